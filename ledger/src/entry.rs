@@ -1,0 +1,368 @@
+//! Feed entries and their verification.
+//!
+//! An entry is `[version, feed, seq, prev_entry_id, kind, body, time_ms]`, signed by the feed's
+//! key. `prev_entry_id` is the id of entry `seq - 1` (null for `seq = 0`), so the entries of a
+//! feed form a hash chain; the entry id is the BLAKE3 of the signed bytes.
+
+use ciborium::Value;
+use thiserror::Error;
+
+use crate::cbor::{self, Cbor, DecodeError, Fields};
+use crate::signed::{Signed, SignedBody, SignedError};
+use crate::{ContentId, PublicKey, SignedJobRequest, WIRE_VERSION};
+
+/// Longest error text kept in a receipt.
+pub const ERROR_TEXT_BYTES_MAX: usize = 1024;
+/// Longest engine name, version or architecture string.
+const LABEL_BYTES_MAX: usize = 64;
+
+/// Entry kind numbers on the wire.
+pub mod kind {
+    pub const EXECUTION: u64 = 1;
+}
+
+/// One feed entry.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Entry {
+    pub feed: PublicKey,
+    pub seq: u64,
+    pub prev: Option<ContentId>,
+    pub body: EntryBody,
+    pub time_ms: u64,
+}
+
+pub type SignedEntry = Signed<Entry>;
+
+/// What an entry records.
+#[derive(Clone, Debug, PartialEq)]
+#[non_exhaustive]
+pub enum EntryBody {
+    Execution(ExecutionReceipt),
+    /// A kind this version does not know; kept so the chain still verifies.
+    Unknown { kind: u64, value: Value },
+}
+
+impl EntryBody {
+    pub fn kind(&self) -> u64 {
+        match self {
+            EntryBody::Execution(_) => kind::EXECUTION,
+            EntryBody::Unknown { kind, .. } => *kind,
+        }
+    }
+
+    pub fn kind_name(&self) -> &'static str {
+        match self {
+            EntryBody::Execution(_) => "execution",
+            EntryBody::Unknown { .. } => "unknown",
+        }
+    }
+}
+
+/// How an execution ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ExecStatus {
+    Ok,
+    Failed,
+}
+
+impl ExecStatus {
+    fn code(self) -> u64 {
+        match self {
+            ExecStatus::Ok => 0,
+            ExecStatus::Failed => 1,
+        }
+    }
+}
+
+/// Where the time went, in microseconds.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Timings {
+    /// Waiting for an inference worker.
+    pub queued_us: u64,
+    /// Running the model.
+    pub run_us: u64,
+    /// From accepting the job to building this receipt.
+    pub total_us: u64,
+}
+
+/// What the execution consumed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Metering {
+    pub cpu_time_us: u64,
+    pub wall_time_us: u64,
+    /// Peak resident memory of the executing process.
+    pub peak_rss_kib: u64,
+}
+
+/// What must match for two runs to give bit-identical outputs.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct Determinism {
+    pub engine: String,
+    pub engine_version: String,
+    pub arch: String,
+    pub threads: u64,
+}
+
+impl Determinism {
+    /// `tract-0.23.9/x86_64/t1`: equal strings promise equal outputs for equal inputs.
+    pub fn class(&self) -> String {
+        format!("{}-{}/{}/t{}", self.engine, self.engine_version, self.arch, self.threads)
+    }
+}
+
+/// The record of one execution.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ExecutionReceipt {
+    pub job: SignedJobRequest,
+    pub model_digest: ContentId,
+    pub input_digest: ContentId,
+    /// `None` when the execution failed.
+    pub output_digest: Option<ContentId>,
+    pub status: ExecStatus,
+    /// Empty when `status` is ok.
+    pub error: String,
+    pub timings: Timings,
+    pub metering: Metering,
+    pub determinism: Determinism,
+}
+
+impl ExecutionReceipt {
+    fn to_value(&self) -> Value {
+        let t = &self.timings;
+        let m = &self.metering;
+        let d = &self.determinism;
+        Value::Array(vec![
+            self.job.to_value(),
+            cbor::bytes(self.model_digest.as_bytes()),
+            cbor::bytes(self.input_digest.as_bytes()),
+            cbor::opt_bytes(self.output_digest.as_ref().map(|d| &d.0[..])),
+            cbor::uint(self.status.code()),
+            cbor::text(&self.error),
+            Value::Array(vec![cbor::uint(t.queued_us), cbor::uint(t.run_us), cbor::uint(t.total_us)]),
+            Value::Array(vec![
+                cbor::uint(m.cpu_time_us),
+                cbor::uint(m.wall_time_us),
+                cbor::uint(m.peak_rss_kib),
+            ]),
+            Value::Array(vec![
+                cbor::text(&d.engine),
+                cbor::text(&d.engine_version),
+                cbor::text(&d.arch),
+                cbor::uint(d.threads),
+            ]),
+        ])
+    }
+
+    fn from_value(value: Value) -> Result<Self, DecodeError> {
+        const WHAT: &str = "execution receipt";
+        let mut f = Fields::new(value, WHAT, 9)?;
+        let job = SignedJobRequest::from_value_verified(f.value("job")?).map_err(|e| match e {
+            SignedError::Decode(d) => d,
+            SignedError::BadSignature { .. } => {
+                DecodeError::invalid(WHAT, "the job request's signature does not verify")
+            }
+        })?;
+        let model_digest = ContentId(f.array("model_digest")?);
+        let input_digest = ContentId(f.array("input_digest")?);
+        let output_digest = f.opt_array("output_digest")?.map(ContentId);
+        let status = match f.u64("status")? {
+            0 => ExecStatus::Ok,
+            1 => ExecStatus::Failed,
+            other => return Err(DecodeError::invalid(WHAT, format!("unknown status {other}"))),
+        };
+        let error = f.text("error", ERROR_TEXT_BYTES_MAX)?;
+        let mut t = Fields::new(f.value("timings")?, WHAT, 3)?;
+        let timings =
+            Timings { queued_us: t.u64("queued_us")?, run_us: t.u64("run_us")?, total_us: t.u64("total_us")? };
+        let mut m = Fields::new(f.value("metering")?, WHAT, 3)?;
+        let metering = Metering {
+            cpu_time_us: m.u64("cpu_time_us")?,
+            wall_time_us: m.u64("wall_time_us")?,
+            peak_rss_kib: m.u64("peak_rss_kib")?,
+        };
+        let mut d = Fields::new(f.value("determinism")?, WHAT, 4)?;
+        let determinism = Determinism {
+            engine: d.text("engine", LABEL_BYTES_MAX)?,
+            engine_version: d.text("engine_version", LABEL_BYTES_MAX)?,
+            arch: d.text("arch", LABEL_BYTES_MAX)?,
+            threads: d.u64("threads")?,
+        };
+        let receipt = ExecutionReceipt {
+            job,
+            model_digest,
+            input_digest,
+            output_digest,
+            status,
+            error,
+            timings,
+            metering,
+            determinism,
+        };
+        receipt.check().map_err(|detail| DecodeError::invalid(WHAT, detail))?;
+        Ok(receipt)
+    }
+
+    /// Internal consistency: digests match the job, status matches the output.
+    fn check(&self) -> Result<(), String> {
+        let job = self.job.body();
+        if self.model_digest != job.model_digest {
+            return Err("model digest differs from the job request's".into());
+        }
+        if self.input_digest != job.input_digest {
+            return Err("input digest differs from the job request's".into());
+        }
+        match (self.status, self.output_digest.is_some(), self.error.is_empty()) {
+            (ExecStatus::Ok, true, true) | (ExecStatus::Failed, false, false) => Ok(()),
+            (ExecStatus::Ok, _, _) => Err("status ok needs an output digest and no error".into()),
+            (ExecStatus::Failed, _, _) => Err("status failed needs an error and no output".into()),
+        }
+    }
+}
+
+impl Cbor for Entry {
+    const WHAT: &'static str = "entry";
+    const BYTES_MAX: usize = 16 * 1024;
+
+    fn to_value(&self) -> Value {
+        let body = match &self.body {
+            EntryBody::Execution(r) => r.to_value(),
+            EntryBody::Unknown { value, .. } => value.clone(),
+        };
+        Value::Array(vec![
+            cbor::uint(WIRE_VERSION),
+            cbor::bytes(&self.feed.to_bytes()),
+            cbor::uint(self.seq),
+            cbor::opt_bytes(self.prev.as_ref().map(|p| &p.0[..])),
+            cbor::uint(self.body.kind()),
+            body,
+            cbor::uint(self.time_ms),
+        ])
+    }
+
+    fn from_value(value: Value) -> Result<Self, DecodeError> {
+        let mut f = Fields::new(value, Self::WHAT, 7)?;
+        let version = f.u64("version")?;
+        if version != WIRE_VERSION {
+            return Err(DecodeError::invalid(Self::WHAT, format!("unsupported version {version}")));
+        }
+        let feed = PublicKey::from_bytes(&f.array("feed")?)
+            .ok_or_else(|| DecodeError::invalid(Self::WHAT, "feed is not a valid key"))?;
+        let seq = f.u64("seq")?;
+        let prev = f.opt_array("prev_entry_id")?.map(ContentId);
+        if (seq == 0) != prev.is_none() {
+            return Err(DecodeError::invalid(
+                Self::WHAT,
+                "prev_entry_id must be null exactly for seq 0",
+            ));
+        }
+        let kind = f.u64("kind")?;
+        let raw = f.value("body")?;
+        let body = match kind {
+            kind::EXECUTION => EntryBody::Execution(ExecutionReceipt::from_value(raw)?),
+            kind => EntryBody::Unknown { kind, value: raw },
+        };
+        Ok(Entry { feed, seq, prev, body, time_ms: f.u64("time_ms")? })
+    }
+}
+
+impl SignedBody for Entry {
+    const KIND: &'static str = "entry";
+    fn signer(&self) -> Result<PublicKey, DecodeError> {
+        Ok(self.feed)
+    }
+}
+
+/// Which check an entry failed.
+#[derive(Debug, Error, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum VerifyErrorKind {
+    #[error("cannot decode: {0}")]
+    Decode(DecodeError),
+    #[error("signature does not verify against the feed key")]
+    BadSignature,
+    #[error("belongs to feed {found}, not {expected}")]
+    WrongFeed { expected: String, found: String },
+    #[error("stored at position {position} but says seq {found}")]
+    SeqMismatch { position: u64, found: u64 },
+    #[error("prev_entry_id {found} does not match the previous entry's id {expected}")]
+    BrokenLink { expected: String, found: String },
+}
+
+/// The first entry of a feed that failed verification, and why.
+#[derive(Debug, Error, Clone, PartialEq, Eq)]
+#[error("entry {seq} is bad: {kind}")]
+pub struct VerifyError {
+    pub seq: u64,
+    pub kind: VerifyErrorKind,
+}
+
+/// Checks entries of one feed in order, starting at any position whose predecessor is known.
+#[derive(Debug, Clone)]
+pub struct FeedVerifier {
+    feed: PublicKey,
+    next_seq: u64,
+    head: Option<ContentId>,
+}
+
+impl FeedVerifier {
+    /// A verifier for the feed from its first entry.
+    pub fn new(feed: PublicKey) -> Self {
+        FeedVerifier { feed, next_seq: 0, head: None }
+    }
+
+    /// A verifier that trusts `head` as the id of entry `next_seq - 1`.
+    pub fn resume(feed: PublicKey, next_seq: u64, head: Option<ContentId>) -> Self {
+        FeedVerifier { feed, next_seq, head }
+    }
+
+    /// Verifies the next entry: decoding, signature, feed, sequence and hash link.
+    pub fn push(&mut self, encoded: &[u8]) -> Result<SignedEntry, VerifyError> {
+        let seq = self.next_seq;
+        let err = |kind| VerifyError { seq, kind };
+        let entry = SignedEntry::decode_verified(encoded).map_err(|e| match e {
+            SignedError::Decode(d) => err(VerifyErrorKind::Decode(d)),
+            SignedError::BadSignature { .. } => err(VerifyErrorKind::BadSignature),
+        })?;
+        let body = entry.body();
+        if body.feed != self.feed {
+            return Err(err(VerifyErrorKind::WrongFeed {
+                expected: self.feed.peer_id(),
+                found: body.feed.peer_id(),
+            }));
+        }
+        if body.seq != seq {
+            return Err(err(VerifyErrorKind::SeqMismatch { position: seq, found: body.seq }));
+        }
+        if body.prev != self.head {
+            let show = |id: Option<ContentId>| id.map_or_else(|| "null".to_owned(), |i| i.short());
+            return Err(err(VerifyErrorKind::BrokenLink {
+                expected: show(self.head),
+                found: show(body.prev),
+            }));
+        }
+        self.next_seq += 1;
+        self.head = Some(entry.id());
+        Ok(entry)
+    }
+
+    pub fn next_seq(&self) -> u64 {
+        self.next_seq
+    }
+
+    pub fn head(&self) -> Option<ContentId> {
+        self.head
+    }
+}
+
+/// Verifies a whole feed from its first entry; returns the number of entries and the head id.
+pub fn verify_feed<'a>(
+    feed: PublicKey,
+    entries: impl IntoIterator<Item = &'a [u8]>,
+) -> Result<(u64, Option<ContentId>), VerifyError> {
+    let mut v = FeedVerifier::new(feed);
+    for bytes in entries {
+        v.push(bytes)?;
+    }
+    Ok((v.next_seq(), v.head()))
+}

@@ -1,0 +1,195 @@
+//! A node's identity: one ed25519 key.
+//!
+//! The same key is the node's ledger feed key and its libp2p identity, so the [`PublicKey`]
+//! and the libp2p `PeerId` name the same node. Users see the `PeerId` form.
+
+use std::fmt;
+use std::fs;
+use std::io::Write;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
+use thiserror::Error;
+
+/// A secret key. Its `Debug` shows only the public half.
+#[derive(Clone)]
+pub struct Keypair {
+    signing: SigningKey,
+}
+
+impl fmt::Debug for Keypair {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Keypair").field("public", &self.public()).finish_non_exhaustive()
+    }
+}
+
+impl Keypair {
+    /// A fresh key from the operating system's random source.
+    pub fn generate() -> Self {
+        let mut secret = [0u8; 32];
+        getrandom::fill(&mut secret).expect("the OS random source is available");
+        Self::from_secret(secret)
+    }
+
+    /// A key from its 32 secret bytes (tests and the simulator derive these from a seed).
+    pub fn from_secret(secret: [u8; 32]) -> Self {
+        Keypair { signing: SigningKey::from_bytes(&secret) }
+    }
+
+    pub fn public(&self) -> PublicKey {
+        PublicKey(self.signing.verifying_key())
+    }
+
+    /// Signs raw bytes. Callers sign through [`crate::Signed`], which adds the domain prefix.
+    pub(crate) fn sign_raw(&self, message: &[u8]) -> [u8; 64] {
+        self.signing.sign(message).to_bytes()
+    }
+
+    /// Reads the key file, refusing one that anyone but its owner can read.
+    pub fn load(path: &Path) -> Result<Self, KeyFileError> {
+        let meta = fs::metadata(path).map_err(|source| {
+            if source.kind() == std::io::ErrorKind::NotFound {
+                KeyFileError::Missing { path: path.to_owned() }
+            } else {
+                KeyFileError::Io { path: path.to_owned(), source }
+            }
+        })?;
+        let mode = meta.permissions().mode() & 0o777;
+        if mode & 0o077 != 0 {
+            return Err(KeyFileError::LoosePermissions { path: path.to_owned(), mode });
+        }
+        let bytes =
+            fs::read(path).map_err(|source| KeyFileError::Io { path: path.to_owned(), source })?;
+        let secret: [u8; 32] = bytes
+            .as_slice()
+            .try_into()
+            .map_err(|_| KeyFileError::Malformed { path: path.to_owned(), len: bytes.len() })?;
+        Ok(Self::from_secret(secret))
+    }
+
+    /// Writes a new key file with mode 0600. Never overwrites an existing key.
+    pub fn save_new(&self, path: &Path) -> Result<(), KeyFileError> {
+        let io = |source| KeyFileError::Io { path: path.to_owned(), source };
+        if let Some(dir) = path.parent() {
+            fs::create_dir_all(dir).map_err(io)?;
+        }
+        let mut file = fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(path)
+            .map_err(|source| {
+                if source.kind() == std::io::ErrorKind::AlreadyExists {
+                    KeyFileError::Exists { path: path.to_owned() }
+                } else {
+                    KeyFileError::Io { path: path.to_owned(), source }
+                }
+            })?;
+        file.write_all(&self.signing.to_bytes()).map_err(io)?;
+        file.sync_all().map_err(io)?;
+        Ok(())
+    }
+}
+
+/// Why a key file could not be used.
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum KeyFileError {
+    #[error("no node key at {path}; create one with `fabnode keys init`")]
+    Missing { path: PathBuf },
+    #[error("a node key already exists at {path}; refusing to overwrite it")]
+    Exists { path: PathBuf },
+    #[error(
+        "key file {path} has mode {mode:03o}: others can read this node's secret key; \
+         fix it with `chmod 600 {path}`",
+        path = path.display()
+    )]
+    LoosePermissions { path: PathBuf, mode: u32 },
+    #[error("key file {path} holds {len} bytes; an ed25519 secret key is 32 bytes", path = path.display())]
+    Malformed { path: PathBuf, len: usize },
+    #[error("key file {path}: {source}", path = path.display())]
+    Io { path: PathBuf, source: std::io::Error },
+}
+
+/// A node's public key: its feed key and, in `PeerId` form, its libp2p identity.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct PublicKey(VerifyingKey);
+
+impl PublicKey {
+    /// Parses 32 bytes; refuses points that are not valid keys.
+    pub fn from_bytes(bytes: &[u8; 32]) -> Option<Self> {
+        VerifyingKey::from_bytes(bytes).ok().map(PublicKey)
+    }
+
+    pub fn to_bytes(&self) -> [u8; 32] {
+        self.0.to_bytes()
+    }
+
+    /// The libp2p `PeerId` of this key, e.g. `12D3KooW...`.
+    pub fn peer_id(&self) -> String {
+        let key = libp2p_identity::ed25519::PublicKey::try_from_bytes(&self.0.to_bytes())
+            .expect("a valid ed25519 verifying key is a valid libp2p ed25519 key");
+        libp2p_identity::PublicKey::from(key).to_peer_id().to_base58()
+    }
+
+    /// Strict ed25519 verification: refuses small-order keys and non-canonical signatures,
+    /// so one message has exactly one valid signature per key.
+    pub(crate) fn verify_raw(&self, message: &[u8], signature: &[u8; 64]) -> bool {
+        let sig = Signature::from_bytes(signature);
+        self.0.verify_strict(message, &sig).is_ok()
+    }
+}
+
+impl fmt::Debug for PublicKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "PublicKey({})", self.peer_id())
+    }
+}
+
+impl fmt::Display for PublicKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.peer_id())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn peer_id_matches_libp2p_keypair() {
+        let kp = Keypair::from_secret([7u8; 32]);
+        let mut secret = [7u8; 32];
+        let lp = libp2p_identity::ed25519::SecretKey::try_from_bytes(&mut secret).unwrap();
+        let lp = libp2p_identity::Keypair::from(libp2p_identity::ed25519::Keypair::from(lp));
+        assert_eq!(kp.public().peer_id(), lp.public().to_peer_id().to_base58());
+        assert!(kp.public().peer_id().starts_with("12D3KooW"));
+    }
+
+    #[test]
+    fn key_file_is_0600_and_loose_permissions_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("node.key");
+        let kp = Keypair::generate();
+        kp.save_new(&path).unwrap();
+        assert_eq!(fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
+        assert_eq!(Keypair::load(&path).unwrap().public(), kp.public());
+        assert!(matches!(kp.save_new(&path), Err(KeyFileError::Exists { .. })));
+
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o644)).unwrap();
+        let err = Keypair::load(&path).unwrap_err();
+        assert!(matches!(err, KeyFileError::LoosePermissions { mode: 0o644, .. }));
+        assert!(err.to_string().contains("chmod 600"));
+    }
+
+    #[test]
+    fn malformed_and_missing_key_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("node.key");
+        assert!(matches!(Keypair::load(&path), Err(KeyFileError::Missing { .. })));
+        fs::write(&path, b"short").unwrap();
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o600)).unwrap();
+        assert!(matches!(Keypair::load(&path), Err(KeyFileError::Malformed { len: 5, .. })));
+    }
+}

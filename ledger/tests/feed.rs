@@ -1,0 +1,226 @@
+//! Feed rules and the redb store, end to end through real files.
+
+use fab_ledger::store::{ENTRIES, ReadOnlyStore, Store, StoreError};
+use fab_ledger::{
+    ContentId, Determinism, EntryBody, ExecStatus, ExecutionReceipt, FeedWriter, JobRequest,
+    Keypair, Metering, Signed, SignedEntry, Timings, VerifyErrorKind, verify_feed,
+};
+use redb::ReadableTable;
+
+fn receipt(requester: &Keypair, nonce: u64) -> ExecutionReceipt {
+    let job = JobRequest {
+        requester: requester.public(),
+        nonce,
+        model: "digits".into(),
+        model_digest: ContentId::of(b"model"),
+        input_digest: ContentId::of(&nonce.to_le_bytes()),
+        input_bytes: 256,
+        created_ms: 1_000 + nonce,
+        deadline_ms: 60_000,
+    };
+    ExecutionReceipt {
+        model_digest: job.model_digest,
+        input_digest: job.input_digest,
+        job: Signed::sign(job, requester),
+        output_digest: Some(ContentId::of(b"out")),
+        status: ExecStatus::Ok,
+        error: String::new(),
+        timings: Timings { queued_us: 1, run_us: 20, total_us: 30 },
+        metering: Metering { cpu_time_us: 19, wall_time_us: 20, peak_rss_kib: 4096 },
+        determinism: Determinism {
+            engine: "tract".into(),
+            engine_version: "0.23.9".into(),
+            arch: "x86_64".into(),
+            threads: 1,
+        },
+    }
+}
+
+fn entries(key: &Keypair, n: u64) -> Vec<SignedEntry> {
+    let mut w = FeedWriter::resume(key.clone(), 0, None);
+    (0..n).map(|i| w.append(EntryBody::Execution(receipt(key, i)), 10 + i)).collect()
+}
+
+#[test]
+fn writer_chain_verifies_and_decodes_back() {
+    let key = Keypair::from_secret([3; 32]);
+    let es = entries(&key, 5);
+    let wire: Vec<Vec<u8>> = es.iter().map(|e| e.encode()).collect();
+    let (n, head) = verify_feed(key.public(), wire.iter().map(|w| w.as_slice())).unwrap();
+    assert_eq!(n, 5);
+    assert_eq!(head, Some(es[4].id()));
+    for (e, w) in es.iter().zip(&wire) {
+        assert_eq!(&SignedEntry::decode_verified(w).unwrap(), e);
+    }
+}
+
+#[test]
+fn chain_rules_name_the_first_bad_entry() {
+    let key = Keypair::from_secret([3; 32]);
+    let other = Keypair::from_secret([4; 32]);
+    let es = entries(&key, 4);
+    let wire = |es: &[SignedEntry]| es.iter().map(|e| e.encode()).collect::<Vec<_>>();
+    let check = |w: Vec<Vec<u8>>| verify_feed(key.public(), w.iter().map(|b| b.as_slice()));
+
+    // Replayed entry: seq 1 twice.
+    let mut replay = wire(&es);
+    replay.insert(2, replay[1].clone());
+    let err = check(replay).unwrap_err();
+    assert_eq!(err.seq, 2);
+    assert!(matches!(err.kind, VerifyErrorKind::SeqMismatch { position: 2, found: 1 }));
+
+    // Dropped entry: 0, 2, 3.
+    let mut gap = wire(&es);
+    gap.remove(1);
+    assert_eq!(check(gap).unwrap_err().seq, 1);
+
+    // Another feed's entry spliced in.
+    let mut foreign = wire(&es);
+    foreign[2] = entries(&other, 3)[2].encode();
+    assert!(matches!(check(foreign).unwrap_err().kind, VerifyErrorKind::WrongFeed { .. }));
+
+    // Forged: the feed's entry re-signed by another key.
+    let mut w = FeedWriter::resume(other.clone(), 0, None);
+    let forged_body = es[0].body().clone();
+    let forged = Signed::sign(forged_body, &other);
+    let mut forged_wire = wire(&es);
+    forged_wire[0] = forged.encode();
+    assert!(matches!(check(forged_wire).unwrap_err().kind, VerifyErrorKind::BadSignature));
+    let _ = w.append(EntryBody::Execution(receipt(&other, 0)), 0);
+
+    // A fork: entry 2 rewritten with a different body but correctly signed breaks entry 3's link.
+    let mut fork_writer = FeedWriter::resume(key.clone(), 2, Some(es[1].id()));
+    let mut fork = wire(&es);
+    fork[2] = fork_writer.append(EntryBody::Execution(receipt(&key, 99)), 12).encode();
+    let err = check(fork).unwrap_err();
+    assert_eq!(err.seq, 3);
+    assert!(matches!(err.kind, VerifyErrorKind::BrokenLink { .. }));
+}
+
+#[test]
+fn every_byte_flip_of_an_entry_is_caught() {
+    let key = Keypair::from_secret([5; 32]);
+    let es = entries(&key, 2);
+    let good = es[1].encode();
+    for i in 0..good.len() {
+        let mut bad = good.clone();
+        bad[i] ^= 0x01;
+        let w = [es[0].encode(), bad];
+        let err = verify_feed(key.public(), w.iter().map(|b| b.as_slice())).unwrap_err();
+        assert_eq!(err.seq, 1, "flip at byte {i}");
+    }
+}
+
+#[test]
+fn store_is_durable_across_reopen_and_tamper_is_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("ledger.redb");
+    let key = Keypair::from_secret([6; 32]);
+    let es = entries(&key, 6);
+    {
+        let mut store = Store::open(&path, key.public()).unwrap();
+        store.append_batch(&es[..3]).unwrap();
+        store.append_batch(&es[3..]).unwrap();
+        // Out-of-order appends are refused whole.
+        assert!(matches!(store.append_batch(&es[..1]), Err(StoreError::OutOfOrder { .. })));
+        let r = store.reader();
+        assert_eq!(r.seq_of_job(&receipt(&key, 4).job.id()).unwrap(), Some(4));
+    }
+    let store = Store::open(&path, key.public()).unwrap();
+    assert_eq!(store.len(), 6);
+    assert_eq!(store.head(), Some(es[5].id()));
+    assert_eq!(store.reader().verify_all().unwrap().unwrap(), (6, Some(es[5].id())));
+    drop(store);
+
+    // Flip one byte of entry 2's stored bytes, writing through redb so the file stays valid.
+    {
+        let db = redb::Database::builder()
+            .set_concurrency_mode(redb::ConcurrencyMode::SingleWriter)
+            .open(&path)
+            .unwrap();
+        let txn = db.begin_write().unwrap();
+        {
+            let mut t = txn.open_table(ENTRIES).unwrap();
+            let mut bytes = t.get(2).unwrap().unwrap().value().to_vec();
+            let last = bytes.len() - 1;
+            bytes[last] ^= 0x40;
+            t.insert(2, bytes.as_slice()).unwrap();
+        }
+        txn.commit().unwrap();
+    }
+    let ro = ReadOnlyStore::open(&path).unwrap();
+    let err = ro.reader().verify_all().unwrap().unwrap_err();
+    assert_eq!(err.seq, 2);
+    assert!(err.to_string().starts_with("entry 2 is bad"), "{err}");
+}
+
+#[test]
+fn tampered_tail_refuses_to_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("ledger.redb");
+    let key = Keypair::from_secret([6; 32]);
+    Store::open(&path, key.public()).unwrap().append_batch(&entries(&key, 3)).unwrap();
+    {
+        let db = redb::Database::builder()
+            .set_concurrency_mode(redb::ConcurrencyMode::SingleWriter)
+            .open(&path)
+            .unwrap();
+        let txn = db.begin_write().unwrap();
+        {
+            let mut t = txn.open_table(ENTRIES).unwrap();
+            let mut bytes = t.get(2).unwrap().unwrap().value().to_vec();
+            bytes[10] ^= 0x01;
+            t.insert(2, bytes.as_slice()).unwrap();
+        }
+        txn.commit().unwrap();
+    }
+    let err = Store::open(&path, key.public()).unwrap_err();
+    assert!(matches!(err, StoreError::Tail { .. }), "{err}");
+    assert!(err.to_string().contains("entry 2"), "{err}");
+}
+
+#[test]
+fn corrupt_file_and_wrong_key_are_clear_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = Keypair::from_secret([6; 32]);
+
+    let garbage = dir.path().join("garbage.redb");
+    std::fs::write(&garbage, vec![0xA5u8; 8192]).unwrap();
+    let err = Store::open(&garbage, key.public()).unwrap_err();
+    assert!(matches!(err, StoreError::Corrupt { .. } | StoreError::Storage { .. }), "{err}");
+
+    // A byte flipped on disk inside redb's pages: the checksum check refuses the file.
+    let path = dir.path().join("ledger.redb");
+    Store::open(&path, key.public()).unwrap().append_batch(&entries(&key, 40)).unwrap();
+    let mut raw = std::fs::read(&path).unwrap();
+    let needle = b"digits";
+    let pos = raw.windows(needle.len()).position(|w| w == needle).expect("entry bytes on disk");
+    raw[pos] ^= 0x20;
+    std::fs::write(&path, &raw).unwrap();
+    let err = Store::open(&path, key.public()).unwrap_err();
+    assert!(matches!(err, StoreError::Corrupt { .. }), "{err}");
+
+    let path2 = dir.path().join("other.redb");
+    Store::open(&path2, key.public()).unwrap();
+    let err = Store::open(&path2, Keypair::from_secret([7; 32]).public()).unwrap_err();
+    assert!(matches!(err, StoreError::WrongFeed { .. }), "{err}");
+}
+
+#[test]
+fn reader_sees_commits_while_writer_is_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("ledger.redb");
+    let key = Keypair::from_secret([8; 32]);
+    let es = entries(&key, 4);
+    let mut store = Store::open(&path, key.public()).unwrap();
+    store.append_batch(&es[..2]).unwrap();
+    let ro = ReadOnlyStore::open(&path).unwrap();
+    assert_eq!(ro.reader().len().unwrap(), 2);
+    store.append_batch(&es[2..]).unwrap();
+    assert_eq!(ro.reader().verify_all().unwrap().unwrap().0, 4);
+    // A second writer is refused with a clear error.
+    assert!(matches!(Store::open(&path, key.public()), Err(StoreError::Locked { .. })));
+    let _ = ro.reader().feed().unwrap();
+    let _ = ContentId::of(b"");
+    let _ = redb::ReadOnlyDatabase::open(dir.path().join("missing.redb")).is_err();
+}

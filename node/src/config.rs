@@ -1,0 +1,399 @@
+//! Node configuration: one TOML file, then `FABNODE_*` environment variables, then flags.
+//!
+//! Every key has a documented default (see `fabnode config show`). The layers are merged as
+//! TOML tables and deserialised once, so an error names the key. Unknown keys are refused:
+//! a misspelt key silently ignored is a setting that silently does not apply.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+/// The whole node configuration.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    pub api: ApiConfig,
+    pub inference: InferenceConfig,
+    pub limits: LimitsConfig,
+    pub ledger: LedgerConfig,
+    pub log: LogConfig,
+}
+
+/// The HTTP/JSON control API.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct ApiConfig {
+    /// Address the control API listens on. Loopback by default: the API has no authentication
+    /// yet, so exposing it is an explicit choice. Port 0 picks a free port (written to
+    /// `<data dir>/api.addr`).
+    pub listen: SocketAddr,
+}
+
+/// Inference workers.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct InferenceConfig {
+    /// Inference threads; each runs one job at a time with one thread of compute.
+    pub workers: usize,
+    /// Jobs that may wait for a worker before new ones are refused as busy.
+    pub queue_depth: usize,
+    /// Largest model file accepted.
+    pub model_bytes_max: u64,
+}
+
+/// Bounds on what one client can ask of the node.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct LimitsConfig {
+    /// Largest input tensor (raw element bytes).
+    pub input_bytes_max: usize,
+    /// Largest HTTP request body (JSON text of a tensor is ~3x its raw bytes).
+    pub request_bytes_max: usize,
+    /// Jobs accepted at once, queued or running; more are refused as busy.
+    pub jobs_in_flight_max: usize,
+    /// Deadline given to a job that does not name one.
+    pub job_timeout_ms: u64,
+}
+
+/// The ledger writer.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct LedgerConfig {
+    /// Most entries committed in one durable write transaction (group commit).
+    pub batch_max: usize,
+}
+
+/// Logging.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogConfig {
+    /// A `tracing` filter: `error`, `warn`, `info`, `debug`, `trace`, or directives such as
+    /// `info,fab_node=debug`.
+    pub level: String,
+    pub format: LogFormat,
+}
+
+/// Log line format.
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    /// One JSON object a line, for log shippers.
+    Json,
+}
+
+pub const DEFAULT_API_PORT: u16 = 7650;
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        ApiConfig { listen: SocketAddr::from(([127, 0, 0, 1], DEFAULT_API_PORT)) }
+    }
+}
+
+impl Default for InferenceConfig {
+    fn default() -> Self {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        InferenceConfig { workers: cores, queue_depth: 64, model_bytes_max: 256 << 20 }
+    }
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig {
+            input_bytes_max: 4 << 20,
+            request_bytes_max: 16 << 20,
+            jobs_in_flight_max: 256,
+            job_timeout_ms: 30_000,
+        }
+    }
+}
+
+impl Default for LedgerConfig {
+    fn default() -> Self {
+        LedgerConfig { batch_max: 256 }
+    }
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig { level: "info".into(), format: LogFormat::Text }
+    }
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            api: ApiConfig::default(),
+            inference: InferenceConfig::default(),
+            limits: LimitsConfig::default(),
+            ledger: LedgerConfig::default(),
+            log: LogConfig::default(),
+        }
+    }
+}
+
+/// Why the configuration is unusable.
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}", path = path.display())]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("config file {path} is not valid TOML: {detail}", path = path.display())]
+    Syntax { path: PathBuf, detail: String },
+    #[error("{origin} sets unknown key `{key}`; known keys: {known}")]
+    UnknownKey { origin: String, key: String, known: String },
+    #[error("{origin}: `{key}` = {value:?} is not valid: expected {expected}")]
+    BadValue { origin: String, key: String, value: String, expected: String },
+    #[error("invalid config: {0}")]
+    Invalid(String),
+}
+
+/// Where a value came from, for error messages.
+#[derive(Clone, Debug)]
+pub enum Origin {
+    File(PathBuf),
+    Env(String),
+    Flag(String),
+}
+
+impl std::fmt::Display for Origin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Origin::File(p) => write!(f, "config file {}", p.display()),
+            Origin::Env(v) => write!(f, "environment variable {v}"),
+            Origin::Flag(k) => write!(f, "flag --{k}"),
+        }
+    }
+}
+
+/// The `(section, key)` pairs of the config, from its defaults.
+pub fn known_keys() -> Vec<(String, String)> {
+    let table = toml::Table::try_from(Config::default()).expect("the default config serialises");
+    let mut out = Vec::new();
+    for (section, value) in table {
+        if let toml::Value::Table(t) = value {
+            for key in t.keys() {
+                out.push((section.clone(), key.clone()));
+            }
+        }
+    }
+    out
+}
+
+/// The environment variable for `section.key`, e.g. `FABNODE_API_LISTEN`.
+pub fn env_name(section: &str, key: &str) -> String {
+    format!("FABNODE_{}_{}", section.to_uppercase(), key.to_uppercase())
+}
+
+fn default_value(section: &str, key: &str) -> Option<toml::Value> {
+    let table = toml::Table::try_from(Config::default()).ok()?;
+    table.get(section)?.as_table()?.get(key).cloned()
+}
+
+/// Parses a string from the environment or a flag as the type of the key's default.
+fn typed_value(origin: &Origin, section: &str, key: &str, raw: &str) -> Result<toml::Value, ConfigError> {
+    let bad = |expected: &str| ConfigError::BadValue {
+        origin: origin.to_string(),
+        key: format!("{section}.{key}"),
+        value: raw.to_owned(),
+        expected: expected.to_owned(),
+    };
+    match default_value(section, key) {
+        Some(toml::Value::Integer(_)) => {
+            raw.trim().parse::<i64>().map(toml::Value::Integer).map_err(|_| bad("an integer"))
+        }
+        Some(toml::Value::Boolean(_)) => {
+            raw.trim().parse::<bool>().map(toml::Value::Boolean).map_err(|_| bad("true or false"))
+        }
+        Some(_) => Ok(toml::Value::String(raw.to_owned())),
+        None => Err(ConfigError::UnknownKey {
+            origin: origin.to_string(),
+            key: format!("{section}.{key}"),
+            known: known_keys().iter().map(|(s, k)| format!("{s}.{k}")).collect::<Vec<_>>().join(", "),
+        }),
+    }
+}
+
+fn set(table: &mut toml::Table, section: &str, key: &str, value: toml::Value) {
+    let entry = table
+        .entry(section.to_owned())
+        .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+    if let toml::Value::Table(t) = entry {
+        t.insert(key.to_owned(), value);
+    }
+}
+
+impl Config {
+    /// Merges the file (if any), the environment, and flag overrides (`section.key`, value),
+    /// in increasing precedence, then validates.
+    pub fn load(
+        file: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+        flags: &[(String, String)],
+    ) -> Result<Config, ConfigError> {
+        let mut table = toml::Table::new();
+        if let Some(path) = file {
+            let text = std::fs::read_to_string(path)
+                .map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
+            table = text.parse::<toml::Table>().map_err(|e| ConfigError::Syntax {
+                path: path.to_owned(),
+                detail: e.to_string(),
+            })?;
+            check_keys(&table, &Origin::File(path.to_owned()))?;
+        }
+        let keys = known_keys();
+        let env: Vec<(String, String)> = env.into_iter().collect();
+        for (section, key) in &keys {
+            let name = env_name(section, key);
+            if let Some((_, raw)) = env.iter().find(|(k, _)| *k == name) {
+                let v = typed_value(&Origin::Env(name.clone()), section, key, raw)?;
+                set(&mut table, section, key, v);
+            }
+        }
+        for (path, raw) in flags {
+            let (section, key) = path.split_once('.').unwrap_or(("", path));
+            let v = typed_value(&Origin::Flag(path.replace('.', "-")), section, key, raw)?;
+            set(&mut table, section, key, v);
+        }
+        let origin = file.map_or_else(|| "the merged configuration".to_owned(), |p| {
+            format!("configuration (file {} plus environment and flags)", p.display())
+        });
+        let config: Config = toml::Value::Table(table).try_into().map_err(|e: toml::de::Error| {
+            ConfigError::Invalid(format!("{origin}: {}", e.to_string().trim()))
+        })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Range checks that types alone cannot express.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        fn range(key: &str, v: u64, lo: u64, hi: u64) -> Result<(), ConfigError> {
+            if (lo..=hi).contains(&v) {
+                Ok(())
+            } else {
+                Err(ConfigError::BadValue {
+                    origin: "configuration".into(),
+                    key: key.into(),
+                    value: v.to_string(),
+                    expected: format!("an integer from {lo} to {hi}"),
+                })
+            }
+        }
+        range("inference.workers", self.inference.workers as u64, 1, 256)?;
+        range("inference.queue_depth", self.inference.queue_depth as u64, 1, 65_536)?;
+        range("inference.model_bytes_max", self.inference.model_bytes_max, 1, 64 << 30)?;
+        range("limits.input_bytes_max", self.limits.input_bytes_max as u64, 1, 1 << 30)?;
+        range("limits.request_bytes_max", self.limits.request_bytes_max as u64, 1024, 4 << 30)?;
+        range("limits.jobs_in_flight_max", self.limits.jobs_in_flight_max as u64, 1, 1 << 20)?;
+        range("limits.job_timeout_ms", self.limits.job_timeout_ms, 1, 24 * 3_600_000)?;
+        range("ledger.batch_max", self.ledger.batch_max as u64, 1, 65_536)?;
+        if tracing_filter_ok(&self.log.level).is_err() {
+            return Err(ConfigError::BadValue {
+                origin: "configuration".into(),
+                key: "log.level".into(),
+                value: self.log.level.clone(),
+                expected: "error, warn, info, debug, trace, or tracing directives like info,fab_node=debug".into(),
+            });
+        }
+        Ok(())
+    }
+
+    /// The effective configuration as TOML.
+    pub fn to_toml(&self) -> String {
+        toml::to_string(self).expect("the config serialises to TOML")
+    }
+}
+
+fn tracing_filter_ok(level: &str) -> Result<(), ()> {
+    let levels = ["error", "warn", "info", "debug", "trace", "off"];
+    for directive in level.split(',').map(str::trim).filter(|d| !d.is_empty()) {
+        let lvl = directive.rsplit_once('=').map_or(directive, |(_, l)| l);
+        if !levels.contains(&lvl.to_lowercase().as_str()) {
+            return Err(());
+        }
+    }
+    Ok(())
+}
+
+fn check_keys(table: &toml::Table, origin: &Origin) -> Result<(), ConfigError> {
+    let keys = known_keys();
+    let known = || keys.iter().map(|(s, k)| format!("{s}.{k}")).collect::<Vec<_>>().join(", ");
+    for (section, value) in table {
+        match value.as_table() {
+            Some(t) if keys.iter().any(|(s, _)| s == section) => {
+                for key in t.keys() {
+                    if !keys.iter().any(|(s, k)| s == section && k == key) {
+                        return Err(ConfigError::UnknownKey {
+                            origin: origin.to_string(),
+                            key: format!("{section}.{key}"),
+                            known: known(),
+                        });
+                    }
+                }
+            }
+            _ => {
+                return Err(ConfigError::UnknownKey {
+                    origin: origin.to_string(),
+                    key: section.clone(),
+                    known: known(),
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn precedence_is_file_then_env_then_flags() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("config.toml");
+        std::fs::write(&file, "[api]\nlisten = \"127.0.0.1:1000\"\n[inference]\nworkers = 3\n").unwrap();
+        let env = vec![("FABNODE_API_LISTEN".to_owned(), "127.0.0.1:2000".to_owned())];
+        let c = Config::load(Some(&file), env.clone(), &[]).unwrap();
+        assert_eq!(c.api.listen.port(), 2000);
+        assert_eq!(c.inference.workers, 3);
+        let flags = vec![("api.listen".to_owned(), "127.0.0.1:3000".to_owned())];
+        let c = Config::load(Some(&file), env, &flags).unwrap();
+        assert_eq!(c.api.listen.port(), 3000);
+        assert_eq!(Config::load(None, vec![], &[]).unwrap(), Config::default());
+    }
+
+    #[test]
+    fn errors_name_the_key_and_what_is_accepted() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("config.toml");
+        let err = |text: &str| {
+            std::fs::write(&file, text).unwrap();
+            Config::load(Some(&file), vec![], &[]).unwrap_err().to_string()
+        };
+        let e = err("[api]\nlisten = \"not an address\"\n");
+        assert!(e.contains("api.listen") || e.contains("listen"), "{e}");
+        let e = err("[log]\nformat = \"xml\"\n");
+        assert!(e.contains("format") && e.contains("text") && e.contains("json"), "{e}");
+        let e = err("[inference]\nworkerz = 2\n");
+        assert!(e.contains("inference.workerz") && e.contains("inference.workers"), "{e}");
+        let e = err("[inference]\nworkers = 0\n");
+        assert!(e.contains("inference.workers") && e.contains("from 1 to 256"), "{e}");
+        let e = err("[log]\nlevel = \"loud\"\n");
+        assert!(e.contains("log.level") && e.contains("debug"), "{e}");
+        let e = err("not toml at all [");
+        assert!(e.contains("not valid TOML"), "{e}");
+
+        let env = vec![("FABNODE_INFERENCE_WORKERS".to_owned(), "many".to_owned())];
+        let e = Config::load(None, env, &[]).unwrap_err().to_string();
+        assert!(e.contains("FABNODE_INFERENCE_WORKERS") && e.contains("an integer"), "{e}");
+    }
+
+    #[test]
+    fn show_round_trips() {
+        let c = Config::default();
+        let back: Config = toml::from_str(&c.to_toml()).unwrap();
+        assert_eq!(back, c);
+    }
+}
