@@ -1,1 +1,89 @@
-fn main() {}
+//! `fabnode`: one binary for every device of the mesh.
+#![cfg_attr(not(test), deny(clippy::unwrap_used))]
+
+mod bench;
+mod client;
+mod cmd;
+mod demo;
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+/// fabnode: run inference jobs and keep a signed, verifiable record of every execution.
+///
+/// A node keeps its data in one directory: its key, its ledger, its registered models.
+/// Start one with `fabnode keys init && fabnode start`, register a model with
+/// `fabnode model add`, and send it work with `fabnode submit`. `fabnode demo` does all of
+/// this on a temporary directory with a bundled model.
+#[derive(Debug, Parser)]
+#[command(name = "fabnode", version, propagate_version = true, max_term_width = 100)]
+struct Cli {
+    #[command(flatten)]
+    global: Global,
+    #[command(subcommand)]
+    command: Command,
+}
+
+/// Options every command takes.
+#[derive(Debug, Args, Clone)]
+pub struct Global {
+    /// The node's data dir [default: $FABNODE_DATA_DIR, else $XDG_DATA_HOME/fabnode, else
+    /// ~/.local/share/fabnode]
+    #[arg(long, global = true, value_name = "DIR")]
+    data_dir: Option<PathBuf>,
+    /// Config file [default: $FABNODE_CONFIG, else <data dir>/config.toml if present]
+    #[arg(long, global = true, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Control API of the node to talk to, e.g. 127.0.0.1:7650 [default: $FABNODE_API, else
+    /// the address the node in the data dir is listening on]
+    #[arg(long, global = true, value_name = "ADDR")]
+    api: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Create or show this node's identity key
+    #[command(subcommand)]
+    Keys(cmd::KeysCmd),
+    /// Show the effective configuration
+    #[command(subcommand)]
+    Config(cmd::ConfigCmd),
+    /// Run the node in the foreground until SIGINT or SIGTERM
+    Start(cmd::StartArgs),
+    /// Register and list models
+    #[command(subcommand)]
+    Model(cmd::ModelCmd),
+    /// Run a job on the node and print its output and signed receipt
+    Submit(cmd::SubmitArgs),
+    /// Read and verify the node's ledger (works while the node runs)
+    #[command(subcommand)]
+    Ledger(cmd::LedgerCmd),
+    /// Start a node on a temporary data dir, classify real held-out digits through its API, and
+    /// verify the ledger it wrote
+    Demo(demo::DemoArgs),
+    /// Measure engine and end-to-end latency, writing JSON
+    #[command(subcommand)]
+    Bench(bench::BenchCmd),
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Keys(c) => cmd::keys(&cli.global, c),
+        Command::Config(c) => cmd::config(&cli.global, c),
+        Command::Start(a) => cmd::start(&cli.global, a),
+        Command::Model(c) => cmd::model(&cli.global, c),
+        Command::Submit(a) => cmd::submit(&cli.global, a),
+        Command::Ledger(c) => cmd::ledger(&cli.global, c),
+        Command::Demo(a) => demo::run(a),
+        Command::Bench(c) => bench::run(&cli.global, c),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

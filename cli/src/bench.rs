@@ -1,0 +1,128 @@
+//! `fabnode bench`: latency measurements written as JSON (see docs/BENCHMARKS.md).
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use clap::Subcommand;
+use fab_inference::{Engine, Tensor, TensorData, TractEngine};
+use fab_node::config::LogFormat;
+use serde_json::{Value, json};
+
+use crate::Global;
+use crate::client::{Client, error_message};
+use crate::cmd::init_logging;
+use crate::demo::{LocalNode, digits_test_set};
+
+#[derive(Debug, Subcommand)]
+pub enum BenchCmd {
+    /// Per-inference latency through the engine (no API, no ledger), one input row per run
+    Engine {
+        /// ONNX model [default: the bundled digits model]
+        #[arg(long)]
+        model: Option<PathBuf>,
+        /// .npy batch whose rows are fed one at a time [default: the bundled held-out digits]
+        #[arg(long)]
+        input: Option<PathBuf>,
+        #[arg(long, default_value_t = 1000)]
+        runs: usize,
+        #[arg(long, default_value_t = 100)]
+        warmup: usize,
+        /// Write the JSON result here as well as to stdout
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// End-to-end `POST /v1/jobs` latency against a local node with the ledger on (each job
+    /// is signed, run, durably committed and verified by the client)
+    Submit {
+        #[arg(long, default_value_t = 1000)]
+        runs: usize,
+        #[arg(long, default_value_t = 50)]
+        warmup: usize,
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+}
+
+fn stats(mut samples: Vec<Duration>) -> Value {
+    samples.sort();
+    let us = |d: Duration| d.as_nanos() as f64 / 1e3;
+    let pick = |p: f64| us(samples[((samples.len() - 1) as f64 * p).round() as usize]);
+    let mean = samples.iter().map(|d| us(*d)).sum::<f64>() / samples.len() as f64;
+    json!({"runs": samples.len(), "median_us": pick(0.5), "mean_us": mean, "p90_us": pick(0.9),
+           "p99_us": pick(0.99), "min_us": us(samples[0]), "max_us": us(samples[samples.len() - 1])})
+}
+
+fn rows(batch: &Tensor) -> Result<Vec<Tensor>> {
+    let TensorData::F32(px) = batch.data() else { bail!("bench input must be f32") };
+    let row_shape: Vec<usize> = std::iter::once(1).chain(batch.shape()[1..].iter().copied()).collect();
+    let width: usize = batch.shape()[1..].iter().product();
+    px.chunks_exact(width)
+        .map(|c| Tensor::new(row_shape.clone(), TensorData::F32(c.to_vec())).map_err(Into::into))
+        .collect()
+}
+
+fn emit(v: Value, out: Option<PathBuf>) -> Result<ExitCode> {
+    let text = serde_json::to_string_pretty(&v)?;
+    println!("{text}");
+    if let Some(p) = out {
+        std::fs::write(&p, text + "\n").with_context(|| format!("writing {}", p.display()))?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn run(_g: &Global, cmd: BenchCmd) -> Result<ExitCode> {
+    match cmd {
+        BenchCmd::Engine { model, input, runs, warmup, out } => {
+            let engine = match &model {
+                Some(p) => TractEngine::load(p, 1 << 30)?,
+                None => TractEngine::load_bytes(crate::demo::DIGITS_ONNX)?,
+            };
+            let inputs = match &input {
+                Some(p) => rows(&Tensor::from_npy(&std::fs::read(p)?, 1 << 30)?)?,
+                None => digits_test_set()?.0,
+            };
+            for i in 0..warmup {
+                engine.run(vec![inputs[i % inputs.len()].clone()])?;
+            }
+            let mut samples = Vec::with_capacity(runs);
+            for i in 0..runs {
+                let x = inputs[i % inputs.len()].clone();
+                let t0 = Instant::now();
+                let out = engine.run(vec![x])?;
+                samples.push(t0.elapsed());
+                std::hint::black_box(out);
+            }
+            let info = engine.info();
+            emit(
+                json!({"bench": "engine", "engine": format!("{}-{}", info.engine, info.engine_version),
+                       "threads": 1, "model": model.map_or("bundled digits.onnx".into(), |p| p.display().to_string()),
+                       "inputs": inputs.len(), "latency": stats(samples)}),
+                out,
+            )
+        }
+        BenchCmd::Submit { runs, warmup, out } => {
+            init_logging("warn", LogFormat::Text);
+            let (images, _) = digits_test_set()?;
+            let mut node = LocalNode::start(|c| c.inference.workers = 1)?;
+            let client = Client::new(node.base.clone(), Duration::from_secs(60));
+            let mut samples = Vec::with_capacity(runs);
+            for i in 0..warmup + runs {
+                let body = json!({"model": "digits", "input": images[i % images.len()].to_json_value()});
+                let t0 = Instant::now();
+                let (status, answer) = client.post("/v1/jobs", &body)?;
+                let dt = t0.elapsed();
+                if status != 200 {
+                    bail!("{}", error_message(status, &answer));
+                }
+                if i >= warmup {
+                    samples.push(dt);
+                }
+            }
+            node.stop()?;
+            emit(json!({"bench": "submit", "path": "HTTP POST /v1/jobs on loopback, 1 client, ledger on (fsync per commit)",
+                        "latency": stats(samples)}), out)
+        }
+    }
+}

@@ -1,0 +1,440 @@
+//! The node-facing commands: keys, config, start, model, submit, ledger.
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use clap::{Args, Subcommand};
+use fab_inference::Tensor;
+use fab_ledger::store::ReadOnlyStore;
+use fab_ledger::{EntryBody, Keypair, SignedEntry};
+use fab_node::config::LogFormat;
+use fab_node::{Config, Node, datadir};
+use serde_json::json;
+
+use crate::Global;
+use crate::client::{Client, api_base, error_message, verify_job_response};
+
+#[derive(Debug, Subcommand)]
+pub enum KeysCmd {
+    /// Create the node key (ed25519, mode 0600) if there is none
+    Init {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show the node's PeerId and key file
+    Show {
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ConfigCmd {
+    /// Print the effective configuration (file, then FABNODE_* environment, then defaults)
+    Show {
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct StartArgs {
+    /// Address for the control API (overrides api.listen), e.g. 127.0.0.1:0 for any free port
+    #[arg(long, value_name = "ADDR")]
+    api_listen: Option<String>,
+    /// Log filter (overrides log.level), e.g. debug or info,fab_node=debug
+    #[arg(long, value_name = "FILTER")]
+    log_level: Option<String>,
+    /// Log format (overrides log.format): text or json
+    #[arg(long, value_name = "FORMAT")]
+    log_format: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ModelCmd {
+    /// Register an ONNX file under a name (loads it once to check that it runs)
+    Add {
+        /// 1-64 letters, digits, '.', '_' or '-'
+        name: String,
+        /// Path to the .onnx file; the node reads it from here, so keep it in place
+        file: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+    /// List registered models
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct SubmitArgs {
+    /// Registered model name
+    #[arg(long)]
+    model: String,
+    /// Input tensor: a .npy file, a JSON file ({"dtype":"f32","shape":[..],"data":[..]}), or
+    /// `-` for either on standard input
+    #[arg(long, value_name = "FILE|-")]
+    input: String,
+    /// Deadline for the job in milliseconds [default: limits.job_timeout_ms]
+    #[arg(long)]
+    timeout_ms: Option<u64>,
+    /// Print the whole answer (outputs and receipt) as JSON
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum LedgerCmd {
+    /// List entries
+    Show {
+        #[arg(long)]
+        json: bool,
+        /// First seq to show
+        #[arg(long, default_value_t = 0)]
+        from: u64,
+        /// Most entries to show
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+    },
+    /// Re-check every entry's signature, sequence and hash link; names the first bad entry
+    Verify {
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// Largest input file the CLI reads.
+const INPUT_FILE_BYTES_MAX: usize = 256 << 20;
+
+fn data_dir(g: &Global) -> PathBuf {
+    datadir::resolve(g.data_dir.as_deref())
+}
+
+/// Loads the config: `--config`, else `FABNODE_CONFIG`, else `<data dir>/config.toml` if present.
+pub fn load_config(g: &Global, flags: &[(String, String)]) -> Result<Config> {
+    let dir = data_dir(g);
+    let file = g
+        .config
+        .clone()
+        .or_else(|| std::env::var_os("FABNODE_CONFIG").filter(|v| !v.is_empty()).map(PathBuf::from))
+        .or_else(|| Some(datadir::config_path(&dir)).filter(|p| p.exists()));
+    Ok(Config::load(file.as_deref(), std::env::vars(), flags)?)
+}
+
+fn print_json(v: &serde_json::Value) {
+    println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
+}
+
+pub fn keys(g: &Global, cmd: KeysCmd) -> Result<ExitCode> {
+    let dir = data_dir(g);
+    let path = datadir::key_path(&dir);
+    let (key, created, json) = match cmd {
+        KeysCmd::Init { json } => {
+            if path.exists() {
+                (Keypair::load(&path)?, false, json)
+            } else {
+                datadir::create(&dir).with_context(|| format!("creating data dir {}", dir.display()))?;
+                let key = Keypair::generate();
+                key.save_new(&path)?;
+                (key, true, json)
+            }
+        }
+        KeysCmd::Show { json } => (Keypair::load(&path)?, false, json),
+    };
+    let peer_id = key.public().peer_id();
+    if json {
+        print_json(&json!({"peer_id": peer_id, "public_key": hex::encode(key.public().to_bytes()), "key_file": path, "created": created}));
+    } else {
+        if created {
+            println!("created a new node key");
+        }
+        println!("peer id   {peer_id}");
+        println!("key file  {}", path.display());
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn config(g: &Global, cmd: ConfigCmd) -> Result<ExitCode> {
+    let ConfigCmd::Show { json } = cmd;
+    let c = load_config(g, &[])?;
+    if json {
+        print_json(&serde_json::to_value(&c)?);
+    } else {
+        print!("{}", c.to_toml());
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Installs the log subscriber on stderr.
+pub fn init_logging(level: &str, format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_new(level)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Json => builder.json().try_init(),
+        LogFormat::Text => builder.try_init(),
+    };
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received; shutting down"),
+        _ = term.recv() => tracing::info!("SIGTERM received; shutting down"),
+    }
+}
+
+pub fn start(g: &Global, a: StartArgs) -> Result<ExitCode> {
+    let mut flags = Vec::new();
+    if let Some(v) = a.api_listen {
+        flags.push(("api.listen".to_owned(), v));
+    }
+    if let Some(v) = a.log_level {
+        flags.push(("log.level".to_owned(), v));
+    }
+    if let Some(v) = a.log_format {
+        flags.push(("log.format".to_owned(), v));
+    }
+    let config = load_config(g, &flags)?;
+    init_logging(&config.log.level, config.log.format);
+    let dir = data_dir(g);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("fab-rt")
+        .build()
+        .context("starting the async runtime")?;
+    rt.block_on(async move {
+        let node = Node::start(&dir, config).await?;
+        eprintln!("fabnode {} listening on http://{} (data dir {})", node.peer_id(), node.local_addr(), dir.display());
+        node.run(shutdown_signal()).await.context("serving the API")?;
+        anyhow::Ok(())
+    })?;
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn model(g: &Global, cmd: ModelCmd) -> Result<ExitCode> {
+    let dir = data_dir(g);
+    match cmd {
+        ModelCmd::Add { name, file, json } => {
+            let config = load_config(g, &[])?;
+            let (rec, info) = fab_node::models::add(&dir, &name, &file, config.inference.model_bytes_max)?;
+            if json {
+                print_json(&json!({"name": name, "record": rec, "facts": info}));
+            } else {
+                println!("model {name} registered");
+                println!("  file    {}", rec.path.display());
+                println!("  digest  {}", rec.digest);
+                for f in &info.inputs {
+                    println!("  input   {f}");
+                }
+                for f in &info.outputs {
+                    println!("  output  {f}");
+                }
+            }
+        }
+        ModelCmd::List { json } => {
+            let models = fab_node::models::list(&dir)?;
+            if json {
+                print_json(&serde_json::to_value(&models)?);
+            } else if models.is_empty() {
+                println!("no models registered; add one with `fabnode model add <name> <file.onnx>`");
+            } else {
+                for (name, rec) in models {
+                    println!("{name:<20} {}  {:>10} B  {}", rec.digest.short(), rec.bytes, rec.path.display());
+                }
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Reads a tensor from a `.npy` or JSON file, or standard input.
+pub fn read_tensor(source: &str) -> Result<Tensor> {
+    let bytes = if source == "-" {
+        let mut buf = Vec::new();
+        std::io::stdin()
+            .take(INPUT_FILE_BYTES_MAX as u64 + 1)
+            .read_to_end(&mut buf)
+            .context("reading standard input")?;
+        buf
+    } else {
+        let meta = std::fs::metadata(source).with_context(|| format!("input file {source}"))?;
+        if meta.len() > INPUT_FILE_BYTES_MAX as u64 {
+            bail!("input file {source} is {} bytes; the limit is {INPUT_FILE_BYTES_MAX}", meta.len());
+        }
+        std::fs::read(source).with_context(|| format!("reading {source}"))?
+    };
+    let t = if bytes.starts_with(b"\x93NUMPY") {
+        Tensor::from_npy(&bytes, INPUT_FILE_BYTES_MAX)
+    } else {
+        Tensor::from_json_bytes(&bytes, INPUT_FILE_BYTES_MAX)
+    };
+    t.with_context(|| format!("input {source} is not a valid .npy or tensor JSON file"))
+}
+
+fn describe_output(name: &str, t: &Tensor) -> String {
+    let shape = format!("{:?}", t.shape());
+    let mut line = format!("{name} {} {shape}", t.dtype());
+    if t.shape().len() == 2 && t.shape()[0] >= 1 && t.shape()[1] > 1 {
+        let tops: Vec<String> = (0..t.shape()[0].min(8)).filter_map(|r| t.argmax_row(r)).map(|i| i.to_string()).collect();
+        line.push_str(&format!("  argmax per row: [{}]", tops.join(", ")));
+    }
+    let v = t.to_json_value();
+    if let Some(data) = v["data"].as_array().filter(|d| d.len() <= 16) {
+        let vals: Vec<String> = data
+            .iter()
+            .map(|x| x.as_f64().map_or_else(|| x.to_string(), |f| format!("{f:.4}")))
+            .collect();
+        line.push_str(&format!("\n    [{}]", vals.join(", ")));
+    }
+    line
+}
+
+pub fn submit(g: &Global, a: SubmitArgs) -> Result<ExitCode> {
+    let config = load_config(g, &[])?;
+    let input = read_tensor(&a.input)?;
+    let client = Client::new(api_base(g.api.as_deref(), &data_dir(g), config.api.listen), Duration::from_secs(300));
+    let mut body = json!({"model": a.model, "input": input.to_json_value()});
+    if let Some(t) = a.timeout_ms {
+        body["timeout_ms"] = json!(t);
+    }
+    let (status, answer) = client.post("/v1/jobs", &body)?;
+    if status != 200 {
+        if a.json {
+            print_json(&answer);
+        }
+        bail!("{}", error_message(status, &answer));
+    }
+    let input_name = answer["input_names"][0].as_str();
+    let verified = verify_job_response(&answer, input_name, &input)?;
+    if a.json {
+        let mut out = answer.clone();
+        out["receipt_verified"] = json!(true);
+        print_json(&out);
+        return Ok(ExitCode::SUCCESS);
+    }
+    let e = verified.entry.body();
+    let EntryBody::Execution(r) = &e.body else { bail!("receipt is not an execution entry") };
+    for (name, t) in &verified.outputs {
+        println!("{}", describe_output(name, t));
+    }
+    if let Some((_, probs)) = verified.outputs.iter().find(|(n, _)| n == "probabilities").or(verified.outputs.last())
+        && let Some(top) = probs.argmax_row(0)
+    {
+        println!("prediction: {top}");
+    }
+    println!("receipt (verified: signature, input and output digests)");
+    println!("  job        {}", verified.job_id);
+    println!("  entry      #{} {}", e.seq, verified.entry.id());
+    println!("  executor   {}", e.feed.peer_id());
+    println!("  model      {} {}", r.job.body().model, r.model_digest.short());
+    println!("  input      {}", r.input_digest.short());
+    println!("  output     {}", r.output_digest.map(|d| d.short()).unwrap_or_default());
+    println!("  run        {} µs (queued {} µs, total {} µs, cpu {} µs)", r.timings.run_us, r.timings.queued_us, r.timings.total_us, r.metering.cpu_time_us);
+    println!("  class      {}", r.determinism.class());
+    println!("  signature  {}", hex::encode(verified.entry.signature()));
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Opens the ledger file read-only. redb may panic on a file altered outside it; that is a
+/// corrupt ledger to the operator, not a crash.
+fn with_ledger<T>(dir: &Path, f: impl FnOnce(&ReadOnlyStore) -> Result<T> + std::panic::UnwindSafe) -> Result<T> {
+    let path = datadir::ledger_path(dir);
+    let prev = std::panic::take_hook();
+    std::panic::set_hook(Box::new(|_| {}));
+    let r = std::panic::catch_unwind(move || {
+        let store = ReadOnlyStore::open(&path)?;
+        f(&store)
+    });
+    std::panic::set_hook(prev);
+    match r {
+        Ok(r) => r,
+        Err(_) => bail!("ledger {} is corrupt: the storage engine could not read it", datadir::ledger_path(dir).display()),
+    }
+}
+
+pub fn ledger(g: &Global, cmd: LedgerCmd) -> Result<ExitCode> {
+    let dir = data_dir(g);
+    match cmd {
+        LedgerCmd::Show { json, from, limit } => {
+            let rows = with_ledger(&dir, move |s| Ok(s.reader().range(from, limit)?))?;
+            let mut out = Vec::new();
+            for (seq, bytes) in rows {
+                let e = SignedEntry::decode_verified(&bytes).with_context(|| {
+                    format!("entry {seq} does not verify; run `fabnode ledger verify`")
+                })?;
+                out.push(e);
+            }
+            if json {
+                let v: Vec<_> = out.iter().map(fab_node::views::entry_json).collect();
+                print_json(&json!({"entries": v}));
+            } else if out.is_empty() {
+                println!("no entries from seq {from}");
+            } else {
+                println!("{:>6}  {:<13}  {:<12}  {:<12}  {:<12}  {:<6}  {:>8}  {:<12}", "seq", "time_ms", "entry", "job", "model", "status", "run_us", "output");
+                for e in &out {
+                    let b = e.body();
+                    if let EntryBody::Execution(r) = &b.body {
+                        println!(
+                            "{:>6}  {:<13}  {:<12}  {:<12}  {:<12}  {:<6}  {:>8}  {:<12}",
+                            b.seq,
+                            b.time_ms,
+                            e.id().short(),
+                            r.job.id().short(),
+                            r.job.body().model,
+                            format!("{:?}", r.status).to_lowercase(),
+                            r.timings.run_us,
+                            r.output_digest.map(|d| d.short()).unwrap_or_else(|| "-".into())
+                        );
+                    } else {
+                        println!("{:>6}  {:<13}  {:<12}  {}", b.seq, b.time_ms, e.id().short(), b.body.kind_name());
+                    }
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        LedgerCmd::Verify { json } => {
+            let key_file = datadir::key_path(&dir);
+            let (feed, result) = with_ledger(&dir, |s| {
+                let r = s.reader();
+                Ok((r.feed()?, r.verify_all()?))
+            })?;
+            // If this data dir has a node key, the ledger must be that node's feed.
+            if let Ok(key) = Keypair::load(&key_file)
+                && key.public() != feed
+            {
+                bail!("ledger feed {} is not this node's key {}", feed.peer_id(), key.public().peer_id());
+            }
+            match result {
+                Ok((n, head)) => {
+                    if json {
+                        print_json(&json!({"ok": true, "entries": n, "head": head, "feed": feed.peer_id()}));
+                    } else {
+                        println!("ledger verified: {n} entries, feed {}, head {}", feed.peer_id(), head.map(|h| h.to_hex()).unwrap_or_else(|| "-".into()));
+                    }
+                    Ok(ExitCode::SUCCESS)
+                }
+                Err(e) => {
+                    if json {
+                        print_json(&json!({"ok": false, "bad_seq": e.seq, "error": e.to_string(), "feed": feed.peer_id()}));
+                    } else {
+                        eprintln!("ledger verification FAILED: {e}");
+                    }
+                    Ok(ExitCode::FAILURE)
+                }
+            }
+        }
+    }
+}

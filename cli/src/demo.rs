@@ -1,0 +1,224 @@
+//! `fabnode demo`: a real node, a real model, real held-out images, a verified ledger.
+
+use std::process::ExitCode;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use clap::Args;
+use fab_inference::{Tensor, TensorData};
+use fab_ledger::Keypair;
+use fab_ledger::store::ReadOnlyStore;
+use fab_node::config::LogFormat;
+use fab_node::{Config, Node, datadir};
+use serde_json::json;
+
+use crate::client::{Client, error_message, verify_job_response};
+use crate::cmd::init_logging;
+
+/// The digits classifier and its held-out set, from `fixtures/digits/` (see make_digits.py).
+pub const DIGITS_ONNX: &[u8] = include_bytes!("../../fixtures/digits/digits.onnx");
+pub const DIGITS_TEST_IMAGES: &[u8] = include_bytes!("../../fixtures/digits/test_images.npy");
+pub const DIGITS_TEST_LABELS: &[u8] = include_bytes!("../../fixtures/digits/test_labels.npy");
+
+#[derive(Debug, Args)]
+pub struct DemoArgs {
+    /// How many held-out images to classify (at most 360)
+    #[arg(long, default_value_t = 360)]
+    images: usize,
+    /// Concurrent client connections
+    #[arg(long, default_value_t = 4)]
+    concurrency: usize,
+    /// Keep the demo's data dir instead of deleting it, and print its path
+    #[arg(long)]
+    keep: bool,
+    /// Print a JSON summary instead of the table
+    #[arg(long)]
+    json: bool,
+}
+
+/// A node with the digits model, running in this process on a temporary data dir.
+#[derive(Debug)]
+pub struct LocalNode {
+    pub dir: tempfile::TempDir,
+    pub base: String,
+    pub peer_id: String,
+    rt: tokio::runtime::Runtime,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
+}
+
+impl LocalNode {
+    pub fn start(config_edit: impl FnOnce(&mut Config)) -> Result<LocalNode> {
+        let dir = tempfile::Builder::new().prefix("fabnode-demo-").tempdir().context("temporary data dir")?;
+        let path = dir.path();
+        Keypair::generate().save_new(&datadir::key_path(path))?;
+        let model_file = path.join("digits.onnx");
+        std::fs::write(&model_file, DIGITS_ONNX).context("writing the bundled model")?;
+        let mut config = Config::default();
+        config.api.listen = ([127, 0, 0, 1], 0).into();
+        config_edit(&mut config);
+        fab_node::models::add(path, "digits", &model_file, config.inference.model_bytes_max)?;
+        let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+        let node = rt.block_on(Node::start(path, config))?;
+        let base = format!("http://{}", node.local_addr());
+        let peer_id = node.peer_id();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let task = rt.spawn(node.run(async move {
+            let _ = stopped.await;
+        }));
+        Ok(LocalNode { dir, base, peer_id, rt, stop: Some(stop), task: Some(task) })
+    }
+
+    /// Graceful shutdown: in-flight jobs finish and the ledger is closed.
+    pub fn stop(&mut self) -> Result<()> {
+        if let (Some(stop), Some(task)) = (self.stop.take(), self.task.take()) {
+            let _ = stop.send(());
+            self.rt.block_on(task).context("node task")?.context("node")?;
+        }
+        Ok(())
+    }
+}
+
+/// The held-out images as single-image tensors, and their labels.
+pub fn digits_test_set() -> Result<(Vec<Tensor>, Vec<i64>)> {
+    let images = Tensor::from_npy(DIGITS_TEST_IMAGES, 1 << 20)?;
+    let labels = Tensor::from_npy(DIGITS_TEST_LABELS, 1 << 20)?;
+    let (TensorData::F32(px), TensorData::I64(lb)) = (images.data(), labels.data()) else {
+        bail!("bundled test set has unexpected dtypes");
+    };
+    let singles = px
+        .chunks_exact(64)
+        .map(|c| Tensor::new(vec![1, 1, 8, 8], TensorData::F32(c.to_vec())))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok((singles, lb.clone()))
+}
+
+fn ascii_digit(t: &Tensor) -> Vec<String> {
+    let TensorData::F32(px) = t.data() else { return Vec::new() };
+    px.chunks(8)
+        .map(|row| row.iter().map(|&v| match v as u32 { 0..=2 => "  ", 3..=7 => "░░", 8..=12 => "▒▒", _ => "██" }).collect())
+        .collect()
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    let idx = ((sorted.len() - 1) as f64 * p).round() as usize;
+    sorted[idx]
+}
+
+pub fn run(a: DemoArgs) -> Result<ExitCode> {
+    init_logging("warn", LogFormat::Text);
+    let (images, labels) = digits_test_set()?;
+    let n = a.images.clamp(1, images.len());
+    let mut node = LocalNode::start(|_| {})?;
+    if !a.json {
+        println!("fabnode demo");
+        println!("  node     {} at {}", node.peer_id, node.base);
+        println!("  data     {}", node.dir.path().display());
+        println!("  model    digits: MLP 64-64-10 trained on scikit-learn digits, ONNX run by tract");
+        println!("  work     {n} held-out 8x8 images through POST /v1/jobs, {} at a time\n", a.concurrency);
+        for (i, line) in ascii_digit(&images[0]).iter().enumerate() {
+            println!("    {line}{}", if i == 3 { format!("   image 0, label {}", labels[0]) } else { String::new() });
+        }
+        println!();
+    }
+
+    let client = Client::new(node.base.clone(), Duration::from_secs(60));
+    let next = AtomicUsize::new(0);
+    let results: Mutex<Vec<Option<(usize, Duration)>>> = Mutex::new(vec![None; n]);
+    let failures: Mutex<Vec<String>> = Mutex::new(Vec::new());
+    let started = Instant::now();
+    std::thread::scope(|s| {
+        for _ in 0..a.concurrency.max(1) {
+            s.spawn(|| {
+                loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    if i >= n {
+                        break;
+                    }
+                    let t0 = Instant::now();
+                    let body = json!({"model": "digits", "input": images[i].to_json_value()});
+                    let outcome = client.post("/v1/jobs", &body).and_then(|(status, answer)| {
+                        if status != 200 {
+                            bail!("{}", error_message(status, &answer));
+                        }
+                        let v = verify_job_response(&answer, answer["input_names"][0].as_str(), &images[i])?;
+                        let probs = v.outputs.iter().find(|(n, _)| n == "probabilities").context("no probabilities output")?;
+                        probs.1.argmax_row(0).context("empty output")
+                    });
+                    match outcome {
+                        Ok(pred) => results.lock().unwrap_or_else(|p| p.into_inner())[i] = Some((pred, t0.elapsed())),
+                        Err(e) => failures.lock().unwrap_or_else(|p| p.into_inner()).push(format!("image {i}: {e:#}")),
+                    }
+                }
+            });
+        }
+    });
+    let elapsed = started.elapsed();
+    node.stop()?;
+
+    let results = results.into_inner().unwrap_or_else(|p| p.into_inner());
+    let failures = failures.into_inner().unwrap_or_else(|p| p.into_inner());
+    if let Some(first) = failures.first() {
+        bail!("{} of {n} jobs failed; first: {first}", failures.len());
+    }
+    let done: Vec<(usize, Duration)> = results.into_iter().flatten().collect();
+    let correct = done.iter().enumerate().filter(|(i, (p, _))| *p as i64 == labels[*i]).count();
+    let accuracy = correct as f64 / n as f64;
+    let mut lat: Vec<Duration> = done.iter().map(|(_, d)| *d).collect();
+    lat.sort();
+    let throughput = n as f64 / elapsed.as_secs_f64();
+
+    let ledger_path = datadir::ledger_path(node.dir.path());
+    let store = ReadOnlyStore::open(&ledger_path)?;
+    let verified = store.reader().verify_all()?;
+    let (entries, head) = match verified {
+        Ok(v) => v,
+        Err(e) => bail!("ledger verification FAILED: {e}"),
+    };
+    if entries != n as u64 {
+        bail!("ledger holds {entries} entries for {n} jobs");
+    }
+    drop(store);
+
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&json!({
+            "images": n, "correct": correct, "accuracy": accuracy,
+            "throughput_jobs_per_s": throughput, "latency_ms_p50": percentile(&lat, 0.5).as_secs_f64() * 1e3,
+            "latency_ms_p99": percentile(&lat, 0.99).as_secs_f64() * 1e3,
+            "ledger_entries_verified": entries, "ledger_head": head, "feed": node.peer_id,
+        }))?);
+    } else {
+        println!("predicted/true label (✗ marks a miss):");
+        for (row, chunk) in done.chunks(12).enumerate() {
+            let cells: Vec<String> = chunk
+                .iter()
+                .enumerate()
+                .map(|(j, (p, _))| {
+                    let l = labels[row * 12 + j];
+                    format!("{p}/{l}{}", if *p as i64 == l { " " } else { "✗" })
+                })
+                .collect();
+            println!("  {:>3}: {}", row * 12, cells.join(" "));
+        }
+        println!();
+        println!("accuracy:   {correct}/{n} = {accuracy:.4}");
+        println!(
+            "throughput: {throughput:.0} jobs/s ({n} jobs in {:.2} s); latency p50 {:.2} ms, p99 {:.2} ms",
+            elapsed.as_secs_f64(),
+            percentile(&lat, 0.5).as_secs_f64() * 1e3,
+            percentile(&lat, 0.99).as_secs_f64() * 1e3
+        );
+        println!("receipts:   {n} verified by the client (signature, input and output digests)");
+        println!("ledger verified: {entries} entries (feed {}, head {})", node.peer_id, head.map(|h| h.short()).unwrap_or_default());
+    }
+    if a.keep {
+        let kept = node.dir.keep();
+        eprintln!("data dir kept at {}", kept.display());
+    }
+    Ok(ExitCode::SUCCESS)
+}

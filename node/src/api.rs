@@ -1,0 +1,372 @@
+//! The HTTP/JSON control API (described in `docs/openapi.yaml`).
+//!
+//! Errors are JSON: `{"error": {"code": "...", "message": "..."}}` with a 4xx status for the
+//! caller's mistakes and 5xx for the node's. A bad request never reaches the ledger.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::body::{Body, Bytes};
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use fab_inference::tensor::digest_named;
+use fab_inference::{InferencePool, PoolError, RunError, Tensor};
+use fab_ledger::{
+    ContentId, Determinism, EntryBody, ExecStatus, ExecutionReceipt, JobRequest, Keypair,
+    Metering, Signed, SignedEntry, Timings,
+};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use tokio::sync::Semaphore;
+use tracing::Instrument;
+
+use crate::config::Config;
+use crate::ledger_writer::{LedgerClient, RANGE_MAX, now_ms};
+use crate::models::{ModelCache, ModelError};
+use crate::views::entry_json;
+
+/// Everything a request handler needs.
+#[derive(Debug)]
+pub struct AppState {
+    pub key: Keypair,
+    pub config: Config,
+    pub data_dir: std::path::PathBuf,
+    pub models: ModelCache,
+    pub pool: InferencePool,
+    pub ledger: LedgerClient,
+    pub job_slots: Arc<Semaphore>,
+    pub nonce: AtomicU64,
+    pub started: Instant,
+}
+
+/// An API error with its status and stable code.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    code: &'static str,
+    message: String,
+    receipt: Option<Value>,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        ApiError { status, code, message: message.into(), receipt: None }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut body = json!({"error": {"code": self.code, "message": self.message}});
+        if let Some(r) = self.receipt {
+            body["receipt"] = r;
+        }
+        (self.status, axum::Json(body)).into_response()
+    }
+}
+
+type ApiResult = Result<axum::Json<Value>, ApiError>;
+
+/// The router with every route.
+pub fn router(state: Arc<AppState>) -> Router {
+    Router::new()
+        .route("/v1/node", get(node_info))
+        .route("/v1/models", get(list_models))
+        .route("/v1/jobs", post(submit_job))
+        .route("/v1/jobs/{id}", get(get_job))
+        .route("/v1/ledger/head", get(ledger_head))
+        .route("/v1/ledger/entries", get(ledger_entries))
+        .route("/v1/ledger/entries/{seq}", get(ledger_entry))
+        .fallback(|| async {
+            ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint; see docs/openapi.yaml")
+        })
+        .layer(axum::extract::DefaultBodyLimit::disable())
+        .with_state(state)
+}
+
+async fn node_info(State(st): State<Arc<AppState>>) -> ApiResult {
+    let (entries, head) = st.ledger.head().await;
+    Ok(axum::Json(json!({
+        "peer_id": st.key.public().peer_id(),
+        "version": env!("CARGO_PKG_VERSION"),
+        "data_dir": st.data_dir,
+        "uptime_s": st.started.elapsed().as_secs(),
+        "ledger": {"entries": entries, "head": head},
+        "inference": {"workers": st.config.inference.workers, "queue_depth": st.config.inference.queue_depth},
+        "models_loaded": st.models.loaded().iter().map(|m| &m.name).collect::<Vec<_>>(),
+    })))
+}
+
+async fn list_models(State(st): State<Arc<AppState>>) -> ApiResult {
+    let dir = st.data_dir.clone();
+    let registered = tokio::task::spawn_blocking(move || crate::models::list(&dir))
+        .await
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "registry", e.to_string()))?;
+    let loaded = st.models.loaded();
+    let models: Vec<Value> = registered
+        .into_iter()
+        .map(|(name, rec)| {
+            let info = loaded.iter().find(|m| m.name == name && m.digest == rec.digest).map(|m| m.info().clone());
+            json!({"name": name, "path": rec.path, "digest": rec.digest, "bytes": rec.bytes,
+                   "engine": rec.engine, "loaded": info.is_some(), "facts": info})
+        })
+        .collect();
+    Ok(axum::Json(json!({ "models": models })))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SubmitBody {
+    model: String,
+    input: Value,
+    #[serde(default)]
+    timeout_ms: Option<u64>,
+}
+
+async fn submit_job(State(st): State<Arc<AppState>>, body: Body) -> Result<Response, ApiError> {
+    let accepted = Instant::now();
+    let limit = st.config.limits.request_bytes_max;
+    let bytes: Bytes = axum::body::to_bytes(body, limit).await.map_err(|_| {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "request_too_large",
+            format!("request body is over limits.request_bytes_max = {limit} bytes"),
+        )
+    })?;
+    let req: SubmitBody = serde_json::from_slice(&bytes).map_err(|e| {
+        ApiError::new(StatusCode::BAD_REQUEST, "bad_request", format!("request body: {e}; expected {{\"model\": name, \"input\": tensor}}"))
+    })?;
+    let input = Tensor::from_json_value(req.input)
+        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_tensor", format!("input: {e}")))?;
+    let input_max = st.config.limits.input_bytes_max;
+    if input.byte_len() > input_max {
+        return Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "input_too_large",
+            format!("input is {} bytes, over limits.input_bytes_max = {input_max}", input.byte_len()),
+        ));
+    }
+    let timeout_ms = req.timeout_ms.unwrap_or(st.config.limits.job_timeout_ms).clamp(1, st.config.limits.job_timeout_ms.max(1));
+    let permit = Arc::clone(&st.job_slots).try_acquire_owned().map_err(|_| {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "busy",
+            format!("{} jobs are already in flight (limits.jobs_in_flight_max); retry later", st.config.limits.jobs_in_flight_max),
+        )
+    })?;
+    let st2 = Arc::clone(&st);
+    let name = req.model.clone();
+    let model = tokio::task::spawn_blocking(move || st2.models.get(&name))
+        .await
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?
+        .map_err(|e| match e {
+            ModelError::Unknown { .. } | ModelError::BadName(_) => {
+                ApiError::new(StatusCode::NOT_FOUND, "unknown_model", e.to_string())
+            }
+            ModelError::Changed { .. } => ApiError::new(StatusCode::CONFLICT, "model_changed", e.to_string()),
+            _ => ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "model_load_failed", e.to_string()),
+        })?;
+
+    let info = model.info().clone();
+    let input_name = info.inputs.first().map_or_else(|| "input".to_owned(), |f| f.name.clone());
+    let input_digest = ContentId(digest_named(&[(input_name.clone(), input.clone())]));
+    let created_ms = now_ms();
+    let request = JobRequest {
+        requester: st.key.public(),
+        nonce: st.nonce.fetch_add(1, Ordering::Relaxed),
+        model: model.name.clone(),
+        model_digest: model.digest,
+        input_digest,
+        input_bytes: input.byte_len() as u64,
+        created_ms,
+        deadline_ms: created_ms + timeout_ms,
+    };
+    let job = Signed::sign(request, &st.key);
+    let job_id = job.id();
+    let span = tracing::info_span!("job", job = %job_id.short(), model = %model.name);
+
+    async move {
+        let rx = st.pool.submit(Arc::clone(&model.engine), vec![input]).map_err(|e| match e {
+            PoolError::Invalid(RunError::InvalidInput(m)) => {
+                ApiError::new(StatusCode::BAD_REQUEST, "invalid_input", m)
+            }
+            PoolError::Busy { .. } => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "busy", e.to_string()),
+            other => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", other.to_string()),
+        })?;
+        let report = tokio::time::timeout(Duration::from_millis(timeout_ms), rx).await;
+        let (status, error, outputs, timings, metering) = match report {
+            Ok(Ok(r)) => {
+                let timings = Timings {
+                    queued_us: r.queued.as_micros() as u64,
+                    run_us: r.wall.as_micros() as u64,
+                    total_us: accepted.elapsed().as_micros() as u64,
+                };
+                let metering = Metering {
+                    cpu_time_us: r.cpu_time.as_micros() as u64,
+                    wall_time_us: r.wall.as_micros() as u64,
+                    peak_rss_kib: r.peak_rss_kib,
+                };
+                match r.outputs {
+                    Ok(outs) => (ExecStatus::Ok, String::new(), Some(outs), timings, metering),
+                    Err(e) => (ExecStatus::Failed, truncate(e.to_string()), None, timings, metering),
+                }
+            }
+            Ok(Err(_)) => {
+                return Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", "the inference worker stopped"));
+            }
+            Err(_) => {
+                let total = accepted.elapsed().as_micros() as u64;
+                (
+                    ExecStatus::Failed,
+                    format!("deadline of {timeout_ms} ms exceeded; the result was discarded"),
+                    None,
+                    Timings { queued_us: 0, run_us: 0, total_us: total },
+                    Metering::default(),
+                )
+            }
+        };
+        let named: Option<Vec<(String, Tensor)>> = outputs.map(|outs| {
+            info.outputs.iter().map(|f| f.name.clone()).zip(outs).collect()
+        });
+        let output_digest = named.as_ref().map(|n| ContentId(digest_named(n)));
+        let receipt = ExecutionReceipt {
+            model_digest: model.digest,
+            input_digest,
+            job,
+            output_digest,
+            status,
+            error: error.clone(),
+            timings,
+            metering,
+            determinism: Determinism {
+                engine: info.engine.to_owned(),
+                engine_version: info.engine_version.to_owned(),
+                arch: std::env::consts::ARCH.to_owned(),
+                threads: info.threads,
+            },
+        };
+        let entry = st.ledger.append(EntryBody::Execution(receipt)).await.map_err(|e| {
+            ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "ledger_unavailable", format!("the job ran but could not be recorded, so no result is returned: {e}"))
+        })?;
+        drop(permit);
+        tracing::info!(seq = entry.body().seq, status = ?status, "job recorded");
+        let receipt_json = entry_json(&entry);
+        match named {
+            Some(outs) => Ok(axum::Json(json!({
+                "job_id": job_id,
+                "status": "ok",
+                "input_names": [input_name],
+                "outputs": outs.iter().map(|(n, t)| json!({"name": n, "tensor": t.to_json_value()})).collect::<Vec<_>>(),
+                "receipt": receipt_json,
+            }))
+            .into_response()),
+            None => Err(ApiError {
+                status: StatusCode::INTERNAL_SERVER_ERROR,
+                code: "execution_failed",
+                message: error,
+                receipt: Some(receipt_json),
+            }),
+        }
+    }
+    .instrument(span)
+    .await
+}
+
+fn truncate(mut s: String) -> String {
+    let max = fab_ledger::entry::ERROR_TEXT_BYTES_MAX;
+    if s.len() > max {
+        let mut cut = max;
+        while !s.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        s.truncate(cut);
+    }
+    s
+}
+
+async fn entry_at(st: &AppState, seq: u64) -> Result<Option<SignedEntry>, ApiError> {
+    let rows = st
+        .ledger
+        .range(seq, 1)
+        .await
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "ledger_error", e))?;
+    match rows.into_iter().next() {
+        Some((s, bytes)) if s == seq => decode_stored(s, &bytes).map(Some),
+        _ => Ok(None),
+    }
+}
+
+fn decode_stored(seq: u64, bytes: &[u8]) -> Result<SignedEntry, ApiError> {
+    SignedEntry::decode_verified(bytes).map_err(|e| {
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "ledger_corrupt",
+            format!("stored entry {seq} does not verify: {e}; run `fabnode ledger verify`"),
+        )
+    })
+}
+
+async fn get_job(State(st): State<Arc<AppState>>, Path(id): Path<String>) -> ApiResult {
+    let job: ContentId = id
+        .parse()
+        .map_err(|_| ApiError::new(StatusCode::BAD_REQUEST, "bad_job_id", "a job id is 64 hex digits"))?;
+    let seq = st
+        .ledger
+        .job_seq(job)
+        .await
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "ledger_error", e))?
+        .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "unknown_job", format!("no job {id} in this node's ledger")))?;
+    let entry = entry_at(&st, seq)
+        .await?
+        .ok_or_else(|| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "ledger_error", "job index points past the ledger"))?;
+    Ok(axum::Json(json!({"job_id": job, "receipt": entry_json(&entry)})))
+}
+
+async fn ledger_head(State(st): State<Arc<AppState>>) -> ApiResult {
+    let (entries, head) = st.ledger.head().await;
+    Ok(axum::Json(json!({"feed": st.key.public().peer_id(), "entries": entries, "head": head})))
+}
+
+#[derive(Deserialize)]
+struct RangeQuery {
+    #[serde(default)]
+    from: u64,
+    #[serde(default = "default_limit")]
+    limit: usize,
+}
+
+fn default_limit() -> usize {
+    100
+}
+
+async fn ledger_entries(State(st): State<Arc<AppState>>, Query(q): Query<RangeQuery>) -> ApiResult {
+    if q.limit == 0 || q.limit > RANGE_MAX {
+        return Err(ApiError::new(StatusCode::BAD_REQUEST, "bad_limit", format!("limit must be 1 to {RANGE_MAX}")));
+    }
+    let rows = st
+        .ledger
+        .range(q.from, q.limit)
+        .await
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "ledger_error", e))?;
+    let entries = rows
+        .iter()
+        .map(|(seq, bytes)| decode_stored(*seq, bytes).map(|e| entry_json(&e)))
+        .collect::<Result<Vec<_>, _>>()?;
+    let (total, _) = st.ledger.head().await;
+    let next = rows.last().map(|(s, _)| s + 1).filter(|n| *n < total);
+    Ok(axum::Json(json!({"feed": st.key.public().peer_id(), "total": total, "entries": entries, "next": next})))
+}
+
+async fn ledger_entry(State(st): State<Arc<AppState>>, Path(seq): Path<String>) -> ApiResult {
+    let seq: u64 = seq
+        .parse()
+        .map_err(|_| ApiError::new(StatusCode::BAD_REQUEST, "bad_seq", "seq is a non-negative integer"))?;
+    let entry = entry_at(&st, seq)
+        .await?
+        .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "unknown_entry", format!("no entry {seq}")))?;
+    Ok(axum::Json(entry_json(&entry)))
+}

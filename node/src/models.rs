@@ -1,0 +1,180 @@
+//! Models registered by path (`fabnode model add`), and the warm cache of loaded engines.
+//!
+//! The registry is `<data dir>/models.json`: name -> absolute path, BLAKE3 digest and size at
+//! the time it was added. A node loads a model on first use, checks that the file still has the
+//! registered digest (a file changed behind the registry's back is refused, not run), and keeps
+//! the loaded engine for every later job. The signed module registry replaces this in a later
+//! release; the digest recorded here is what receipts name either way.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use fab_inference::{Engine, LoadModelError, ModelInfo, TractEngine};
+use fab_ledger::ContentId;
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+pub const REGISTRY_FILE: &str = "models.json";
+/// Longest accepted model name.
+pub const NAME_BYTES_MAX: usize = 64;
+
+/// One registered model.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ModelRecord {
+    pub path: PathBuf,
+    pub digest: ContentId,
+    pub bytes: u64,
+    pub engine: String,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+struct RegistryFile {
+    models: BTreeMap<String, ModelRecord>,
+}
+
+/// Why a model is not available.
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum ModelError {
+    #[error("unknown model `{name}`; registered models: {known}. Add one with `fabnode model add <name> <file.onnx>`")]
+    Unknown { name: String, known: String },
+    #[error("model name `{0}` is not valid: use 1 to 64 letters, digits, '.', '_' or '-'")]
+    BadName(String),
+    #[error("model `{name}`: file {path} changed since it was added (digest {found}, registered {expected}); run `fabnode model add` again if the change is intended", path = path.display())]
+    Changed { name: String, path: PathBuf, expected: String, found: String },
+    #[error("model `{name}`: {source}")]
+    Load { name: String, source: LoadModelError },
+    #[error("model registry {path}: {detail}", path = path.display())]
+    Registry { path: PathBuf, detail: String },
+}
+
+/// A loaded model ready to run.
+#[derive(Clone, Debug)]
+pub struct LoadedModel {
+    pub name: String,
+    pub digest: ContentId,
+    pub engine: Arc<dyn Engine>,
+}
+
+impl LoadedModel {
+    pub fn info(&self) -> &ModelInfo {
+        self.engine.info()
+    }
+}
+
+pub fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= NAME_BYTES_MAX
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'_' || b == b'-')
+}
+
+fn read_registry(path: &Path) -> Result<RegistryFile, ModelError> {
+    match std::fs::read(path) {
+        Ok(bytes) => serde_json::from_slice(&bytes)
+            .map_err(|e| ModelError::Registry { path: path.to_owned(), detail: e.to_string() }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(RegistryFile::default()),
+        Err(e) => Err(ModelError::Registry { path: path.to_owned(), detail: e.to_string() }),
+    }
+}
+
+fn digest_file(path: &Path, max: u64) -> Result<(ContentId, u64, Vec<u8>), LoadModelError> {
+    let io = |source| LoadModelError::Io { path: path.display().to_string(), source };
+    let len = std::fs::metadata(path).map_err(io)?.len();
+    if len > max {
+        return Err(LoadModelError::TooLarge { len, max });
+    }
+    let bytes = std::fs::read(path).map_err(io)?;
+    Ok((ContentId::of(&bytes), len, bytes))
+}
+
+/// Registers `file` as `name` after loading it once to prove it runs. Replaces an existing
+/// registration of the same name. Returns the record and the model's facts.
+pub fn add(data_dir: &Path, name: &str, file: &Path, max_bytes: u64) -> Result<(ModelRecord, ModelInfo), ModelError> {
+    if !valid_name(name) {
+        return Err(ModelError::BadName(name.to_owned()));
+    }
+    let load = |source| ModelError::Load { name: name.to_owned(), source };
+    let path = std::fs::canonicalize(file)
+        .map_err(|source| load(LoadModelError::Io { path: file.display().to_string(), source }))?;
+    let (digest, bytes, content) = digest_file(&path, max_bytes).map_err(load)?;
+    let engine = TractEngine::load_bytes(&content).map_err(load)?;
+    let record = ModelRecord { path, digest, bytes, engine: "tract".into() };
+
+    let reg_path = data_dir.join(REGISTRY_FILE);
+    let mut reg = read_registry(&reg_path)?;
+    reg.models.insert(name.to_owned(), record.clone());
+    let text = serde_json::to_vec_pretty(&reg).expect("the registry serialises");
+    // Write-then-rename so a crash never leaves a half-written registry.
+    let tmp = reg_path.with_extension("json.tmp");
+    let reg_err = |e: std::io::Error| ModelError::Registry { path: reg_path.clone(), detail: e.to_string() };
+    std::fs::create_dir_all(data_dir).map_err(reg_err)?;
+    std::fs::write(&tmp, text).map_err(reg_err)?;
+    std::fs::rename(&tmp, &reg_path).map_err(reg_err)?;
+    Ok((record, engine.info().clone()))
+}
+
+/// All registered models.
+pub fn list(data_dir: &Path) -> Result<BTreeMap<String, ModelRecord>, ModelError> {
+    Ok(read_registry(&data_dir.join(REGISTRY_FILE))?.models)
+}
+
+/// Loaded engines by name; loads on first use and re-reads the registry when a name is new.
+#[derive(Debug)]
+pub struct ModelCache {
+    data_dir: PathBuf,
+    max_bytes: u64,
+    loaded: Mutex<BTreeMap<String, LoadedModel>>,
+}
+
+impl ModelCache {
+    pub fn new(data_dir: PathBuf, max_bytes: u64) -> Self {
+        ModelCache { data_dir, max_bytes, loaded: Mutex::new(BTreeMap::new()) }
+    }
+
+    fn cached(&self, name: &str) -> Option<LoadedModel> {
+        let guard = self.loaded.lock().unwrap_or_else(|p| p.into_inner());
+        guard.get(name).cloned()
+    }
+
+    /// The model called `name`, loading it if needed. Blocking: call off the async threads.
+    pub fn get(&self, name: &str) -> Result<LoadedModel, ModelError> {
+        let registry = list(&self.data_dir)?;
+        let Some(record) = registry.get(name) else {
+            return Err(ModelError::Unknown {
+                name: name.to_owned(),
+                known: if registry.is_empty() {
+                    "none".to_owned()
+                } else {
+                    registry.keys().cloned().collect::<Vec<_>>().join(", ")
+                },
+            });
+        };
+        if let Some(m) = self.cached(name).filter(|m| m.digest == record.digest) {
+            return Ok(m);
+        }
+        let load = |source| ModelError::Load { name: name.to_owned(), source };
+        let (digest, _, bytes) = digest_file(&record.path, self.max_bytes).map_err(load)?;
+        if digest != record.digest {
+            return Err(ModelError::Changed {
+                name: name.to_owned(),
+                path: record.path.clone(),
+                expected: record.digest.short(),
+                found: digest.short(),
+            });
+        }
+        let engine: Arc<dyn Engine> = Arc::new(TractEngine::load_bytes(&bytes).map_err(load)?);
+        let model = LoadedModel { name: name.to_owned(), digest, engine };
+        self.loaded
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(name.to_owned(), model.clone());
+        tracing::info!(model = name, digest = %digest.short(), "model loaded");
+        Ok(model)
+    }
+
+    /// Models loaded so far.
+    pub fn loaded(&self) -> Vec<LoadedModel> {
+        self.loaded.lock().unwrap_or_else(|p| p.into_inner()).values().cloned().collect()
+    }
+}
