@@ -11,7 +11,10 @@ fn main() {
         if line == "name = \"tract-onnx\"" {
             in_tract = true;
         } else if in_tract && line.starts_with("version = ") {
-            version = line.trim_start_matches("version = ").trim_matches('"').to_owned();
+            version = line
+                .trim_start_matches("version = ")
+                .trim_matches('"')
+                .to_owned();
             break;
         } else if line.is_empty() {
             in_tract = false;

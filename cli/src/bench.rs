@@ -55,8 +55,12 @@ fn stats(mut samples: Vec<Duration>) -> Value {
 }
 
 fn rows(batch: &Tensor) -> Result<Vec<Tensor>> {
-    let TensorData::F32(px) = batch.data() else { bail!("bench input must be f32") };
-    let row_shape: Vec<usize> = std::iter::once(1).chain(batch.shape()[1..].iter().copied()).collect();
+    let TensorData::F32(px) = batch.data() else {
+        bail!("bench input must be f32")
+    };
+    let row_shape: Vec<usize> = std::iter::once(1)
+        .chain(batch.shape()[1..].iter().copied())
+        .collect();
     let width: usize = batch.shape()[1..].iter().product();
     px.chunks_exact(width)
         .map(|c| Tensor::new(row_shape.clone(), TensorData::F32(c.to_vec())).map_err(Into::into))
@@ -74,7 +78,13 @@ fn emit(v: Value, out: Option<PathBuf>) -> Result<ExitCode> {
 
 pub fn run(_g: &Global, cmd: BenchCmd) -> Result<ExitCode> {
     match cmd {
-        BenchCmd::Engine { model, input, runs, warmup, out } => {
+        BenchCmd::Engine {
+            model,
+            input,
+            runs,
+            warmup,
+            out,
+        } => {
             let engine = match &model {
                 Some(p) => TractEngine::load(p, 1 << 30)?,
                 None => TractEngine::load_bytes(crate::demo::DIGITS_ONNX)?,
@@ -109,7 +119,8 @@ pub fn run(_g: &Global, cmd: BenchCmd) -> Result<ExitCode> {
             let client = Client::new(node.base.clone(), Duration::from_secs(60));
             let mut samples = Vec::with_capacity(runs);
             for i in 0..warmup + runs {
-                let body = json!({"model": "digits", "input": images[i % images.len()].to_json_value()});
+                let body =
+                    json!({"model": "digits", "input": images[i % images.len()].to_json_value()});
                 let t0 = Instant::now();
                 let (status, answer) = client.post("/v1/jobs", &body)?;
                 let dt = t0.elapsed();
@@ -121,8 +132,11 @@ pub fn run(_g: &Global, cmd: BenchCmd) -> Result<ExitCode> {
                 }
             }
             node.stop()?;
-            emit(json!({"bench": "submit", "path": "HTTP POST /v1/jobs on loopback, 1 client, ledger on (fsync per commit)",
-                        "latency": stats(samples)}), out)
+            emit(
+                json!({"bench": "submit", "path": "HTTP POST /v1/jobs on loopback, 1 client, ledger on (fsync per commit)",
+                        "latency": stats(samples)}),
+                out,
+            )
         }
     }
 }

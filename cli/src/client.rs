@@ -11,7 +11,11 @@ use serde_json::Value;
 
 /// Finds the API: `--api`, else `FABNODE_API`, else the address a running node wrote to the data
 /// dir, else the configured listen address.
-pub fn api_base(flag: Option<&str>, data_dir: &Path, config_listen: std::net::SocketAddr) -> String {
+pub fn api_base(
+    flag: Option<&str>,
+    data_dir: &Path,
+    config_listen: std::net::SocketAddr,
+) -> String {
     let raw = flag
         .map(str::to_owned)
         .or_else(|| std::env::var("FABNODE_API").ok().filter(|s| !s.is_empty()))
@@ -45,7 +49,11 @@ impl Client {
         Client { base, agent }
     }
 
-    fn handle(&self, what: &str, resp: Result<ureq::http::Response<ureq::Body>, ureq::Error>) -> Result<(u16, Value)> {
+    fn handle(
+        &self,
+        what: &str,
+        resp: Result<ureq::http::Response<ureq::Body>, ureq::Error>,
+    ) -> Result<(u16, Value)> {
         let mut resp = resp.map_err(|e| match e {
             ureq::Error::Io(_) | ureq::Error::ConnectionFailed | ureq::Error::HostNotFound => anyhow!(
                 "cannot reach a fabnode API at {}: {e}. Is `fabnode start` running? (set --api or FABNODE_API)",
@@ -59,7 +67,9 @@ impl Client {
             .with_config()
             .limit(256 << 20)
             .read_json()
-            .with_context(|| format!("{what}: the API answered {status} with a body that is not JSON"))?;
+            .with_context(|| {
+                format!("{what}: the API answered {status} with a body that is not JSON")
+            })?;
         Ok((status, body))
     }
 
@@ -70,7 +80,10 @@ impl Client {
 
     pub fn post(&self, path: &str, body: &Value) -> Result<(u16, Value)> {
         let url = format!("{}{path}", self.base);
-        self.handle(&format!("POST {path}"), self.agent.post(&url).send_json(body))
+        self.handle(
+            &format!("POST {path}"),
+            self.agent.post(&url).send_json(body),
+        )
     }
 }
 
@@ -92,14 +105,21 @@ pub struct VerifiedResult {
 /// Checks a `POST /v1/jobs` answer without trusting the node: the entry's signature and
 /// encoding, that it records this job and this input, and that the output digest it signs is
 /// the digest of the outputs received.
-pub fn verify_job_response(body: &Value, input_name: Option<&str>, input: &Tensor) -> Result<VerifiedResult> {
-    let raw = body["receipt"]["raw"].as_str().context("answer has no receipt")?;
+pub fn verify_job_response(
+    body: &Value,
+    input_name: Option<&str>,
+    input: &Tensor,
+) -> Result<VerifiedResult> {
+    let raw = body["receipt"]["raw"]
+        .as_str()
+        .context("answer has no receipt")?;
     let bytes = hex::decode(raw).context("receipt is not hex")?;
     let entry = SignedEntry::decode_verified(&bytes).context("receipt entry does not verify")?;
     let EntryBody::Execution(r) = &entry.body().body else {
         bail!("receipt is not an execution entry");
     };
-    let job_id: ContentId = serde_json::from_value(body["job_id"].clone()).context("answer has no job id")?;
+    let job_id: ContentId =
+        serde_json::from_value(body["job_id"].clone()).context("answer has no job id")?;
     if r.job.id() != job_id {
         bail!("receipt records job {}, not {}", r.job.id(), job_id);
     }
@@ -113,8 +133,14 @@ pub fn verify_job_response(body: &Value, input_name: Option<&str>, input: &Tenso
         }
     }
     let mut outputs = Vec::new();
-    for o in body["outputs"].as_array().context("answer has no outputs")? {
-        let name = o["name"].as_str().context("output without a name")?.to_owned();
+    for o in body["outputs"]
+        .as_array()
+        .context("answer has no outputs")?
+    {
+        let name = o["name"]
+            .as_str()
+            .context("output without a name")?
+            .to_owned();
         let t = Tensor::from_json_value(o["tensor"].clone()).context("output tensor")?;
         outputs.push((name, t));
     }
@@ -122,5 +148,9 @@ pub fn verify_job_response(body: &Value, input_name: Option<&str>, input: &Tenso
     if Some(digest) != r.output_digest {
         bail!("receipt's output digest does not match the outputs received");
     }
-    Ok(VerifiedResult { job_id, outputs, entry })
+    Ok(VerifiedResult {
+        job_id,
+        outputs,
+        entry,
+    })
 }

@@ -121,7 +121,11 @@ pub fn load_config(g: &Global, flags: &[(String, String)]) -> Result<Config> {
     let file = g
         .config
         .clone()
-        .or_else(|| std::env::var_os("FABNODE_CONFIG").filter(|v| !v.is_empty()).map(PathBuf::from))
+        .or_else(|| {
+            std::env::var_os("FABNODE_CONFIG")
+                .filter(|v| !v.is_empty())
+                .map(PathBuf::from)
+        })
         .or_else(|| Some(datadir::config_path(&dir)).filter(|p| p.exists()));
     Ok(Config::load(file.as_deref(), std::env::vars(), flags)?)
 }
@@ -138,7 +142,8 @@ pub fn keys(g: &Global, cmd: KeysCmd) -> Result<ExitCode> {
             if path.exists() {
                 (Keypair::load(&path)?, false, json)
             } else {
-                datadir::create(&dir).with_context(|| format!("creating data dir {}", dir.display()))?;
+                datadir::create(&dir)
+                    .with_context(|| format!("creating data dir {}", dir.display()))?;
                 let key = Keypair::generate();
                 key.save_new(&path)?;
                 (key, true, json)
@@ -148,7 +153,9 @@ pub fn keys(g: &Global, cmd: KeysCmd) -> Result<ExitCode> {
     };
     let peer_id = key.public().peer_id();
     if json {
-        print_json(&json!({"peer_id": peer_id, "public_key": hex::encode(key.public().to_bytes()), "key_file": path, "created": created}));
+        print_json(
+            &json!({"peer_id": peer_id, "public_key": hex::encode(key.public().to_bytes()), "key_file": path, "created": created}),
+        );
     } else {
         if created {
             println!("created a new node key");
@@ -174,7 +181,9 @@ pub fn config(g: &Global, cmd: ConfigCmd) -> Result<ExitCode> {
 pub fn init_logging(level: &str, format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_new(level)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     let _ = match format {
         LogFormat::Json => builder.json().try_init(),
         LogFormat::Text => builder.try_init(),
@@ -217,8 +226,15 @@ pub fn start(g: &Global, a: StartArgs) -> Result<ExitCode> {
         .context("starting the async runtime")?;
     rt.block_on(async move {
         let node = Node::start(&dir, config).await?;
-        eprintln!("fabnode {} listening on http://{} (data dir {})", node.peer_id(), node.local_addr(), dir.display());
-        node.run(shutdown_signal()).await.context("serving the API")?;
+        eprintln!(
+            "fabnode {} listening on http://{} (data dir {})",
+            node.peer_id(),
+            node.local_addr(),
+            dir.display()
+        );
+        node.run(shutdown_signal())
+            .await
+            .context("serving the API")?;
         anyhow::Ok(())
     })?;
     Ok(ExitCode::SUCCESS)
@@ -229,7 +245,8 @@ pub fn model(g: &Global, cmd: ModelCmd) -> Result<ExitCode> {
     match cmd {
         ModelCmd::Add { name, file, json } => {
             let config = load_config(g, &[])?;
-            let (rec, info) = fab_node::models::add(&dir, &name, &file, config.inference.model_bytes_max)?;
+            let (rec, info) =
+                fab_node::models::add(&dir, &name, &file, config.inference.model_bytes_max)?;
             if json {
                 print_json(&json!({"name": name, "record": rec, "facts": info}));
             } else {
@@ -249,10 +266,17 @@ pub fn model(g: &Global, cmd: ModelCmd) -> Result<ExitCode> {
             if json {
                 print_json(&serde_json::to_value(&models)?);
             } else if models.is_empty() {
-                println!("no models registered; add one with `fabnode model add <name> <file.onnx>`");
+                println!(
+                    "no models registered; add one with `fabnode model add <name> <file.onnx>`"
+                );
             } else {
                 for (name, rec) in models {
-                    println!("{name:<20} {}  {:>10} B  {}", rec.digest.short(), rec.bytes, rec.path.display());
+                    println!(
+                        "{name:<20} {}  {:>10} B  {}",
+                        rec.digest.short(),
+                        rec.bytes,
+                        rec.path.display()
+                    );
                 }
             }
         }
@@ -272,7 +296,10 @@ pub fn read_tensor(source: &str) -> Result<Tensor> {
     } else {
         let meta = std::fs::metadata(source).with_context(|| format!("input file {source}"))?;
         if meta.len() > INPUT_FILE_BYTES_MAX as u64 {
-            bail!("input file {source} is {} bytes; the limit is {INPUT_FILE_BYTES_MAX}", meta.len());
+            bail!(
+                "input file {source} is {} bytes; the limit is {INPUT_FILE_BYTES_MAX}",
+                meta.len()
+            );
         }
         std::fs::read(source).with_context(|| format!("reading {source}"))?
     };
@@ -288,14 +315,20 @@ fn describe_output(name: &str, t: &Tensor) -> String {
     let shape = format!("{:?}", t.shape());
     let mut line = format!("{name} {} {shape}", t.dtype());
     if t.shape().len() == 2 && t.shape()[0] >= 1 && t.shape()[1] > 1 {
-        let tops: Vec<String> = (0..t.shape()[0].min(8)).filter_map(|r| t.argmax_row(r)).map(|i| i.to_string()).collect();
+        let tops: Vec<String> = (0..t.shape()[0].min(8))
+            .filter_map(|r| t.argmax_row(r))
+            .map(|i| i.to_string())
+            .collect();
         line.push_str(&format!("  argmax per row: [{}]", tops.join(", ")));
     }
     let v = t.to_json_value();
     if let Some(data) = v["data"].as_array().filter(|d| d.len() <= 16) {
         let vals: Vec<String> = data
             .iter()
-            .map(|x| x.as_f64().map_or_else(|| x.to_string(), |f| format!("{f:.4}")))
+            .map(|x| {
+                x.as_f64()
+                    .map_or_else(|| x.to_string(), |f| format!("{f:.4}"))
+            })
             .collect();
         line.push_str(&format!("\n    [{}]", vals.join(", ")));
     }
@@ -305,7 +338,10 @@ fn describe_output(name: &str, t: &Tensor) -> String {
 pub fn submit(g: &Global, a: SubmitArgs) -> Result<ExitCode> {
     let config = load_config(g, &[])?;
     let input = read_tensor(&a.input)?;
-    let client = Client::new(api_base(g.api.as_deref(), &data_dir(g), config.api.listen), Duration::from_secs(300));
+    let client = Client::new(
+        api_base(g.api.as_deref(), &data_dir(g), config.api.listen),
+        Duration::from_secs(300),
+    );
     let mut body = json!({"model": a.model, "input": input.to_json_value()});
     if let Some(t) = a.timeout_ms {
         body["timeout_ms"] = json!(t);
@@ -326,11 +362,17 @@ pub fn submit(g: &Global, a: SubmitArgs) -> Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     let e = verified.entry.body();
-    let EntryBody::Execution(r) = &e.body else { bail!("receipt is not an execution entry") };
+    let EntryBody::Execution(r) = &e.body else {
+        bail!("receipt is not an execution entry")
+    };
     for (name, t) in &verified.outputs {
         println!("{}", describe_output(name, t));
     }
-    if let Some((_, probs)) = verified.outputs.iter().find(|(n, _)| n == "probabilities").or(verified.outputs.last())
+    if let Some((_, probs)) = verified
+        .outputs
+        .iter()
+        .find(|(n, _)| n == "probabilities")
+        .or(verified.outputs.last())
         && let Some(top) = probs.argmax_row(0)
     {
         println!("prediction: {top}");
@@ -339,29 +381,75 @@ pub fn submit(g: &Global, a: SubmitArgs) -> Result<ExitCode> {
     println!("  job        {}", verified.job_id);
     println!("  entry      #{} {}", e.seq, verified.entry.id());
     println!("  executor   {}", e.feed.peer_id());
-    println!("  model      {} {}", r.job.body().model, r.model_digest.short());
+    println!(
+        "  model      {} {}",
+        r.job.body().model,
+        r.model_digest.short()
+    );
     println!("  input      {}", r.input_digest.short());
-    println!("  output     {}", r.output_digest.map(|d| d.short()).unwrap_or_default());
-    println!("  run        {} µs (queued {} µs, total {} µs, cpu {} µs)", r.timings.run_us, r.timings.queued_us, r.timings.total_us, r.metering.cpu_time_us);
+    println!(
+        "  output     {}",
+        r.output_digest.map(|d| d.short()).unwrap_or_default()
+    );
+    println!(
+        "  run        {} µs (queued {} µs, total {} µs, cpu {} µs)",
+        r.timings.run_us, r.timings.queued_us, r.timings.total_us, r.metering.cpu_time_us
+    );
     println!("  class      {}", r.determinism.class());
     println!("  signature  {}", hex::encode(verified.entry.signature()));
     Ok(ExitCode::SUCCESS)
 }
 
+pub fn status(g: &Global, json_out: bool) -> Result<ExitCode> {
+    let config = load_config(g, &[])?;
+    let client = Client::new(
+        api_base(g.api.as_deref(), &data_dir(g), config.api.listen),
+        Duration::from_secs(10),
+    );
+    let (status, v) = client.get("/v1/node")?;
+    if status != 200 {
+        bail!("{}", error_message(status, &v));
+    }
+    if json_out {
+        print_json(&v);
+    } else {
+        println!("peer id        {}", v["peer_id"].as_str().unwrap_or("?"));
+        println!("version        {}", v["version"].as_str().unwrap_or("?"));
+        println!("uptime         {} s", v["uptime_s"]);
+        println!(
+            "ledger         {} entries, head {}",
+            v["ledger"]["entries"],
+            v["ledger"]["head"].as_str().unwrap_or("-")
+        );
+        println!(
+            "workers        {} (queue {})",
+            v["inference"]["workers"], v["inference"]["queue_depth"]
+        );
+        println!("models loaded  {}", v["models_loaded"]);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 /// Opens the ledger file read-only. redb may panic on a file altered outside it; that is a
 /// corrupt ledger to the operator, not a crash.
-fn with_ledger<T>(dir: &Path, f: impl FnOnce(&ReadOnlyStore) -> Result<T> + std::panic::UnwindSafe) -> Result<T> {
+fn with_ledger<T>(
+    dir: &Path,
+    f: impl FnOnce(&ReadOnlyStore) -> Result<T> + std::panic::UnwindSafe,
+) -> Result<T> {
     let path = datadir::ledger_path(dir);
     let prev = std::panic::take_hook();
     std::panic::set_hook(Box::new(|_| {}));
     let r = std::panic::catch_unwind(move || {
-        let store = ReadOnlyStore::open(&path)?;
+        let store = ReadOnlyStore::open_recovering(&path)?;
         f(&store)
     });
     std::panic::set_hook(prev);
     match r {
         Ok(r) => r,
-        Err(_) => bail!("ledger {} is corrupt: the storage engine could not read it", datadir::ledger_path(dir).display()),
+        Err(_) => bail!(
+            "ledger {} is corrupt: the storage engine could not read it",
+            datadir::ledger_path(dir).display()
+        ),
     }
 }
 
@@ -383,7 +471,10 @@ pub fn ledger(g: &Global, cmd: LedgerCmd) -> Result<ExitCode> {
             } else if out.is_empty() {
                 println!("no entries from seq {from}");
             } else {
-                println!("{:>6}  {:<13}  {:<12}  {:<12}  {:<12}  {:<6}  {:>8}  {:<12}", "seq", "time_ms", "entry", "job", "model", "status", "run_us", "output");
+                println!(
+                    "{:>6}  {:<13}  {:<12}  {:<12}  {:<12}  {:<6}  {:>8}  {:<12}",
+                    "seq", "time_ms", "entry", "job", "model", "status", "run_us", "output"
+                );
                 for e in &out {
                     let b = e.body();
                     if let EntryBody::Execution(r) = &b.body {
@@ -396,10 +487,18 @@ pub fn ledger(g: &Global, cmd: LedgerCmd) -> Result<ExitCode> {
                             r.job.body().model,
                             format!("{:?}", r.status).to_lowercase(),
                             r.timings.run_us,
-                            r.output_digest.map(|d| d.short()).unwrap_or_else(|| "-".into())
+                            r.output_digest
+                                .map(|d| d.short())
+                                .unwrap_or_else(|| "-".into())
                         );
                     } else {
-                        println!("{:>6}  {:<13}  {:<12}  {}", b.seq, b.time_ms, e.id().short(), b.body.kind_name());
+                        println!(
+                            "{:>6}  {:<13}  {:<12}  {}",
+                            b.seq,
+                            b.time_ms,
+                            e.id().short(),
+                            b.body.kind_name()
+                        );
                     }
                 }
             }
@@ -415,20 +514,32 @@ pub fn ledger(g: &Global, cmd: LedgerCmd) -> Result<ExitCode> {
             if let Ok(key) = Keypair::load(&key_file)
                 && key.public() != feed
             {
-                bail!("ledger feed {} is not this node's key {}", feed.peer_id(), key.public().peer_id());
+                bail!(
+                    "ledger feed {} is not this node's key {}",
+                    feed.peer_id(),
+                    key.public().peer_id()
+                );
             }
             match result {
                 Ok((n, head)) => {
                     if json {
-                        print_json(&json!({"ok": true, "entries": n, "head": head, "feed": feed.peer_id()}));
+                        print_json(
+                            &json!({"ok": true, "entries": n, "head": head, "feed": feed.peer_id()}),
+                        );
                     } else {
-                        println!("ledger verified: {n} entries, feed {}, head {}", feed.peer_id(), head.map(|h| h.to_hex()).unwrap_or_else(|| "-".into()));
+                        println!(
+                            "ledger verified: {n} entries, feed {}, head {}",
+                            feed.peer_id(),
+                            head.map(|h| h.to_hex()).unwrap_or_else(|| "-".into())
+                        );
                     }
                     Ok(ExitCode::SUCCESS)
                 }
                 Err(e) => {
                     if json {
-                        print_json(&json!({"ok": false, "bad_seq": e.seq, "error": e.to_string(), "feed": feed.peer_id()}));
+                        print_json(
+                            &json!({"ok": false, "bad_seq": e.seq, "error": e.to_string(), "feed": feed.peer_id()}),
+                        );
                     } else {
                         eprintln!("ledger verification FAILED: {e}");
                     }

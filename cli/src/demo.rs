@@ -51,7 +51,10 @@ pub struct LocalNode {
 
 impl LocalNode {
     pub fn start(config_edit: impl FnOnce(&mut Config)) -> Result<LocalNode> {
-        let dir = tempfile::Builder::new().prefix("fabnode-demo-").tempdir().context("temporary data dir")?;
+        let dir = tempfile::Builder::new()
+            .prefix("fabnode-demo-")
+            .tempdir()
+            .context("temporary data dir")?;
         let path = dir.path();
         Keypair::generate().save_new(&datadir::key_path(path))?;
         let model_file = path.join("digits.onnx");
@@ -59,8 +62,15 @@ impl LocalNode {
         let mut config = Config::default();
         config.api.listen = ([127, 0, 0, 1], 0).into();
         config_edit(&mut config);
-        fab_node::models::add(path, "digits", &model_file, config.inference.model_bytes_max)?;
-        let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+        fab_node::models::add(
+            path,
+            "digits",
+            &model_file,
+            config.inference.model_bytes_max,
+        )?;
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()?;
         let node = rt.block_on(Node::start(path, config))?;
         let base = format!("http://{}", node.local_addr());
         let peer_id = node.peer_id();
@@ -68,14 +78,24 @@ impl LocalNode {
         let task = rt.spawn(node.run(async move {
             let _ = stopped.await;
         }));
-        Ok(LocalNode { dir, base, peer_id, rt, stop: Some(stop), task: Some(task) })
+        Ok(LocalNode {
+            dir,
+            base,
+            peer_id,
+            rt,
+            stop: Some(stop),
+            task: Some(task),
+        })
     }
 
     /// Graceful shutdown: in-flight jobs finish and the ledger is closed.
     pub fn stop(&mut self) -> Result<()> {
         if let (Some(stop), Some(task)) = (self.stop.take(), self.task.take()) {
             let _ = stop.send(());
-            self.rt.block_on(task).context("node task")?.context("node")?;
+            self.rt
+                .block_on(task)
+                .context("node task")?
+                .context("node")?;
         }
         Ok(())
     }
@@ -96,9 +116,20 @@ pub fn digits_test_set() -> Result<(Vec<Tensor>, Vec<i64>)> {
 }
 
 fn ascii_digit(t: &Tensor) -> Vec<String> {
-    let TensorData::F32(px) = t.data() else { return Vec::new() };
+    let TensorData::F32(px) = t.data() else {
+        return Vec::new();
+    };
     px.chunks(8)
-        .map(|row| row.iter().map(|&v| match v as u32 { 0..=2 => "  ", 3..=7 => "░░", 8..=12 => "▒▒", _ => "██" }).collect())
+        .map(|row| {
+            row.iter()
+                .map(|&v| match v as u32 {
+                    0..=2 => "  ",
+                    3..=7 => "░░",
+                    8..=12 => "▒▒",
+                    _ => "██",
+                })
+                .collect()
+        })
         .collect()
 }
 
@@ -119,10 +150,22 @@ pub fn run(a: DemoArgs) -> Result<ExitCode> {
         println!("fabnode demo");
         println!("  node     {} at {}", node.peer_id, node.base);
         println!("  data     {}", node.dir.path().display());
-        println!("  model    digits: MLP 64-64-10 trained on scikit-learn digits, ONNX run by tract");
-        println!("  work     {n} held-out 8x8 images through POST /v1/jobs, {} at a time\n", a.concurrency);
+        println!(
+            "  model    digits: MLP 64-64-10 trained on scikit-learn digits, ONNX run by tract"
+        );
+        println!(
+            "  work     {n} held-out 8x8 images through POST /v1/jobs, {} at a time\n",
+            a.concurrency
+        );
         for (i, line) in ascii_digit(&images[0]).iter().enumerate() {
-            println!("    {line}{}", if i == 3 { format!("   image 0, label {}", labels[0]) } else { String::new() });
+            println!(
+                "    {line}{}",
+                if i == 3 {
+                    format!("   image 0, label {}", labels[0])
+                } else {
+                    String::new()
+                }
+            );
         }
         println!();
     }
@@ -146,13 +189,27 @@ pub fn run(a: DemoArgs) -> Result<ExitCode> {
                         if status != 200 {
                             bail!("{}", error_message(status, &answer));
                         }
-                        let v = verify_job_response(&answer, answer["input_names"][0].as_str(), &images[i])?;
-                        let probs = v.outputs.iter().find(|(n, _)| n == "probabilities").context("no probabilities output")?;
+                        let v = verify_job_response(
+                            &answer,
+                            answer["input_names"][0].as_str(),
+                            &images[i],
+                        )?;
+                        let probs = v
+                            .outputs
+                            .iter()
+                            .find(|(n, _)| n == "probabilities")
+                            .context("no probabilities output")?;
                         probs.1.argmax_row(0).context("empty output")
                     });
                     match outcome {
-                        Ok(pred) => results.lock().unwrap_or_else(|p| p.into_inner())[i] = Some((pred, t0.elapsed())),
-                        Err(e) => failures.lock().unwrap_or_else(|p| p.into_inner()).push(format!("image {i}: {e:#}")),
+                        Ok(pred) => {
+                            results.lock().unwrap_or_else(|p| p.into_inner())[i] =
+                                Some((pred, t0.elapsed()))
+                        }
+                        Err(e) => failures
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .push(format!("image {i}: {e:#}")),
                     }
                 }
             });
@@ -167,7 +224,11 @@ pub fn run(a: DemoArgs) -> Result<ExitCode> {
         bail!("{} of {n} jobs failed; first: {first}", failures.len());
     }
     let done: Vec<(usize, Duration)> = results.into_iter().flatten().collect();
-    let correct = done.iter().enumerate().filter(|(i, (p, _))| *p as i64 == labels[*i]).count();
+    let correct = done
+        .iter()
+        .enumerate()
+        .filter(|(i, (p, _))| *p as i64 == labels[*i])
+        .count();
     let accuracy = correct as f64 / n as f64;
     let mut lat: Vec<Duration> = done.iter().map(|(_, d)| *d).collect();
     lat.sort();
@@ -186,12 +247,15 @@ pub fn run(a: DemoArgs) -> Result<ExitCode> {
     drop(store);
 
     if a.json {
-        println!("{}", serde_json::to_string_pretty(&json!({
-            "images": n, "correct": correct, "accuracy": accuracy,
-            "throughput_jobs_per_s": throughput, "latency_ms_p50": percentile(&lat, 0.5).as_secs_f64() * 1e3,
-            "latency_ms_p99": percentile(&lat, 0.99).as_secs_f64() * 1e3,
-            "ledger_entries_verified": entries, "ledger_head": head, "feed": node.peer_id,
-        }))?);
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&json!({
+                "images": n, "correct": correct, "accuracy": accuracy,
+                "throughput_jobs_per_s": throughput, "latency_ms_p50": percentile(&lat, 0.5).as_secs_f64() * 1e3,
+                "latency_ms_p99": percentile(&lat, 0.99).as_secs_f64() * 1e3,
+                "ledger_entries_verified": entries, "ledger_head": head, "feed": node.peer_id,
+            }))?
+        );
     } else {
         println!("predicted/true label (✗ marks a miss):");
         for (row, chunk) in done.chunks(12).enumerate() {
@@ -214,7 +278,11 @@ pub fn run(a: DemoArgs) -> Result<ExitCode> {
             percentile(&lat, 0.99).as_secs_f64() * 1e3
         );
         println!("receipts:   {n} verified by the client (signature, input and output digests)");
-        println!("ledger verified: {entries} entries (feed {}, head {})", node.peer_id, head.map(|h| h.short()).unwrap_or_default());
+        println!(
+            "ledger verified: {entries} entries (feed {}, head {})",
+            node.peer_id,
+            head.map(|h| h.short()).unwrap_or_default()
+        );
     }
     if a.keep {
         let kept = node.dir.keep();

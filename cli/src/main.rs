@@ -17,7 +17,12 @@ use clap::{Args, Parser, Subcommand};
 /// `fabnode model add`, and send it work with `fabnode submit`. `fabnode demo` does all of
 /// this on a temporary directory with a bundled model.
 #[derive(Debug, Parser)]
-#[command(name = "fabnode", version, propagate_version = true, max_term_width = 100)]
+#[command(
+    name = "fabnode",
+    version,
+    propagate_version = true,
+    max_term_width = 100
+)]
 struct Cli {
     #[command(flatten)]
     global: Global,
@@ -56,6 +61,11 @@ enum Command {
     Model(cmd::ModelCmd),
     /// Run a job on the node and print its output and signed receipt
     Submit(cmd::SubmitArgs),
+    /// Ask the running node for its identity, ledger head and loaded models
+    Status {
+        #[arg(long)]
+        json: bool,
+    },
     /// Read and verify the node's ledger (works while the node runs)
     #[command(subcommand)]
     Ledger(cmd::LedgerCmd),
@@ -75,6 +85,7 @@ fn main() -> std::process::ExitCode {
         Command::Start(a) => cmd::start(&cli.global, a),
         Command::Model(c) => cmd::model(&cli.global, c),
         Command::Submit(a) => cmd::submit(&cli.global, a),
+        Command::Status { json } => cmd::status(&cli.global, json),
         Command::Ledger(c) => cmd::ledger(&cli.global, c),
         Command::Demo(a) => demo::run(a),
         Command::Bench(c) => bench::run(&cli.global, c),

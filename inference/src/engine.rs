@@ -85,7 +85,12 @@ pub fn validate_inputs(info: &ModelInfo, inputs: &[Tensor]) -> Result<(), RunErr
     let mut symbols: Vec<(&str, usize)> = Vec::new();
     for (fact, t) in info.inputs.iter().zip(inputs) {
         if t.dtype() != fact.dtype {
-            return bad(format!("input {}: dtype {} but the model expects {}", fact.name, t.dtype(), fact.dtype));
+            return bad(format!(
+                "input {}: dtype {} but the model expects {}",
+                fact.name,
+                t.dtype(),
+                fact.dtype
+            ));
         }
         if t.shape().len() != fact.shape.len() {
             return bad(format!(

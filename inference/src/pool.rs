@@ -31,7 +31,9 @@ pub struct RunReport {
 #[derive(Debug, Error, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum PoolError {
-    #[error("all {workers} inference workers are busy and the queue of {depth} is full; retry later")]
+    #[error(
+        "all {workers} inference workers are busy and the queue of {depth} is full; retry later"
+    )]
     Busy { workers: usize, depth: usize },
     #[error("the inference pool is shutting down")]
     Closed,
@@ -69,7 +71,11 @@ impl InferencePool {
                     .expect("spawning an inference thread")
             })
             .collect();
-        InferencePool { tx: Some(tx), workers: handles, depth }
+        InferencePool {
+            tx: Some(tx),
+            workers: handles,
+            depth,
+        }
     }
 
     /// Validates `inputs` against the model, then queues the run. Invalid input is refused here,
@@ -81,12 +87,18 @@ impl InferencePool {
     ) -> Result<oneshot::Receiver<RunReport>, PoolError> {
         validate_inputs(engine.info(), &inputs).map_err(PoolError::Invalid)?;
         let (reply, rx) = oneshot::channel();
-        let work = Work { engine, inputs, enqueued: Instant::now(), reply };
+        let work = Work {
+            engine,
+            inputs,
+            enqueued: Instant::now(),
+            reply,
+        };
         match self.tx.as_ref().ok_or(PoolError::Closed)?.try_send(work) {
             Ok(()) => Ok(rx),
-            Err(TrySendError::Full(_)) => {
-                Err(PoolError::Busy { workers: self.workers.len(), depth: self.depth })
-            }
+            Err(TrySendError::Full(_)) => Err(PoolError::Busy {
+                workers: self.workers.len(),
+                depth: self.depth,
+            }),
             Err(TrySendError::Disconnected(_)) => Err(PoolError::Closed),
         }
     }
@@ -129,13 +141,22 @@ fn worker(rx: &Mutex<Receiver<Work>>) {
         let wall = start.elapsed();
         let cpu_time = thread_cpu_time().saturating_sub(cpu0);
         // The requester may have gone away (client disconnected); nothing to do then.
-        let _ = work.reply.send(RunReport { outputs, queued, wall, cpu_time, peak_rss_kib: peak_rss_kib() });
+        let _ = work.reply.send(RunReport {
+            outputs,
+            queued,
+            wall,
+            cpu_time,
+            peak_rss_kib: peak_rss_kib(),
+        });
     }
 }
 
 /// CPU time consumed by the calling thread.
 pub fn thread_cpu_time() -> Duration {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
     // SAFETY: `ts` is a valid, writable timespec and CLOCK_THREAD_CPUTIME_ID is supported on
     // every Linux and macOS this runs on.
     let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };

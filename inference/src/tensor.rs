@@ -148,13 +148,21 @@ pub enum TensorError {
     #[error("tensor JSON is malformed: {0}")]
     Json(String),
     #[error("shape {shape:?} holds {expected} elements but data has {found}")]
-    ShapeMismatch { shape: Vec<usize>, expected: usize, found: usize },
+    ShapeMismatch {
+        shape: Vec<usize>,
+        expected: usize,
+        found: usize,
+    },
     #[error("rank {0} is over the limit of {RANK_MAX}")]
     RankTooHigh(usize),
     #[error("shape {0:?} is too large")]
     ShapeOverflow(Vec<usize>),
     #[error("element {index} ({value}) is not a valid {dtype}")]
-    BadElement { index: usize, value: String, dtype: DType },
+    BadElement {
+        index: usize,
+        value: String,
+        dtype: DType,
+    },
     #[error(".npy: {0}")]
     Npy(String),
 }
@@ -187,7 +195,11 @@ impl Tensor {
     pub fn new(shape: Vec<usize>, data: TensorData) -> Result<Self, TensorError> {
         let expected = element_count(&shape)?;
         if expected != data.len() {
-            return Err(TensorError::ShapeMismatch { shape, expected, found: data.len() });
+            return Err(TensorError::ShapeMismatch {
+                shape,
+                expected,
+                found: data.len(),
+            });
         }
         Ok(Tensor { shape, data })
     }
@@ -216,7 +228,10 @@ impl Tensor {
     /// Parses the JSON form from at most `max_bytes` bytes.
     pub fn from_json_bytes(bytes: &[u8], max_bytes: usize) -> Result<Self, TensorError> {
         if bytes.len() > max_bytes {
-            return Err(TensorError::TooLarge { len: bytes.len(), max: max_bytes });
+            return Err(TensorError::TooLarge {
+                len: bytes.len(),
+                max: max_bytes,
+            });
         }
         let parsed: TensorJson =
             serde_json::from_slice(bytes).map_err(|e| TensorError::Json(e.to_string()))?;
@@ -237,7 +252,11 @@ impl Tensor {
     ) -> Result<Self, TensorError> {
         let expected = element_count(&shape)?;
         if expected != data.len() {
-            return Err(TensorError::ShapeMismatch { shape, expected, found: data.len() });
+            return Err(TensorError::ShapeMismatch {
+                shape,
+                expected,
+                found: data.len(),
+            });
         }
         let bad = |index: usize, n: &serde_json::Number| TensorError::BadElement {
             index,
@@ -247,7 +266,11 @@ impl Tensor {
         let ints = |lo: i64, hi: i64| -> Result<Vec<i64>, TensorError> {
             data.iter()
                 .enumerate()
-                .map(|(i, n)| n.as_i64().filter(|v| (lo..=hi).contains(v)).ok_or_else(|| bad(i, n)))
+                .map(|(i, n)| {
+                    n.as_i64()
+                        .filter(|v| (lo..=hi).contains(v))
+                        .ok_or_else(|| bad(i, n))
+                })
                 .collect()
         };
         let data = match dtype {
@@ -270,7 +293,10 @@ impl Tensor {
             ),
             DType::I64 => TensorData::I64(ints(i64::MIN, i64::MAX)?),
             DType::I32 => TensorData::I32(
-                ints(i32::MIN.into(), i32::MAX.into())?.into_iter().map(|v| v as i32).collect(),
+                ints(i32::MIN.into(), i32::MAX.into())?
+                    .into_iter()
+                    .map(|v| v as i32)
+                    .collect(),
             ),
             DType::U8 => TensorData::U8(ints(0, 255)?.into_iter().map(|v| v as u8).collect()),
         };
@@ -285,15 +311,22 @@ impl Tensor {
             TensorData::I64(v) => serde_json::json!(v),
             TensorData::U8(v) => serde_json::json!(v),
         };
-        serde_json::to_value(TensorJsonOut { dtype: self.dtype(), shape: &self.shape, data })
-            .expect("a tensor always serialises to JSON")
+        serde_json::to_value(TensorJsonOut {
+            dtype: self.dtype(),
+            shape: &self.shape,
+            data,
+        })
+        .expect("a tensor always serialises to JSON")
     }
 
     /// Parses NumPy `.npy` bytes (format 1.0, 2.0 or 3.0; little-endian; C order).
     pub fn from_npy(bytes: &[u8], max_bytes: usize) -> Result<Self, TensorError> {
         let npy = |m: &str| TensorError::Npy(m.to_owned());
         if bytes.len() > max_bytes {
-            return Err(TensorError::TooLarge { len: bytes.len(), max: max_bytes });
+            return Err(TensorError::TooLarge {
+                len: bytes.len(),
+                max: max_bytes,
+            });
         }
         if bytes.len() < 10 || &bytes[..6] != b"\x93NUMPY" {
             return Err(npy("missing the \\x93NUMPY magic; not a .npy file"));
@@ -305,12 +338,19 @@ impl Tensor {
                 if bytes.len() < 12 {
                     return Err(npy("truncated header"));
                 }
-                (u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]) as usize, 12)
+                (
+                    u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]) as usize,
+                    12,
+                )
             }
             v => return Err(TensorError::Npy(format!("unsupported format version {v}"))),
         };
-        let end = start.checked_add(header_len).filter(|&e| e <= bytes.len()).ok_or_else(|| npy("truncated header"))?;
-        let header = std::str::from_utf8(&bytes[start..end]).map_err(|_| npy("header is not text"))?;
+        let end = start
+            .checked_add(header_len)
+            .filter(|&e| e <= bytes.len())
+            .ok_or_else(|| npy("truncated header"))?;
+        let header =
+            std::str::from_utf8(&bytes[start..end]).map_err(|_| npy("header is not text"))?;
         let descr = dict_value(header, "descr").ok_or_else(|| npy("header has no 'descr'"))?;
         let descr = descr.trim_matches(|c| c == '\'' || c == '"');
         let dtype = DType::from_npy_descr(descr).ok_or_else(|| {
@@ -320,21 +360,31 @@ impl Tensor {
         })?;
         match dict_value(header, "fortran_order") {
             Some("False") => {}
-            Some("True") => return Err(npy("Fortran-order arrays are not supported; save with C order")),
+            Some("True") => {
+                return Err(npy(
+                    "Fortran-order arrays are not supported; save with C order",
+                ));
+            }
             _ => return Err(npy("header has no valid 'fortran_order'")),
         }
         let shape_text = dict_value(header, "shape").ok_or_else(|| npy("header has no 'shape'"))?;
-        let shape = parse_shape(shape_text).ok_or_else(|| npy("'shape' is not a tuple of integers"))?;
+        let shape =
+            parse_shape(shape_text).ok_or_else(|| npy("'shape' is not a tuple of integers"))?;
         let count = element_count(&shape)?;
         let body = &bytes[end..];
-        let want = count.checked_mul(dtype.size_bytes()).ok_or_else(|| TensorError::ShapeOverflow(shape.clone()))?;
+        let want = count
+            .checked_mul(dtype.size_bytes())
+            .ok_or_else(|| TensorError::ShapeOverflow(shape.clone()))?;
         if body.len() != want {
             return Err(TensorError::Npy(format!(
                 "shape {shape:?} of {dtype} needs {want} data bytes, file has {}",
                 body.len()
             )));
         }
-        Ok(Tensor { shape, data: TensorData::from_le_bytes(dtype, body) })
+        Ok(Tensor {
+            shape,
+            data: TensorData::from_le_bytes(dtype, body),
+        })
     }
 
     /// Writes NumPy `.npy` format 1.0.
@@ -343,7 +393,11 @@ impl Tensor {
             1 => format!("({},)", self.shape[0]),
             _ => format!(
                 "({})",
-                self.shape.iter().map(|d| d.to_string()).collect::<Vec<_>>().join(", ")
+                self.shape
+                    .iter()
+                    .map(|d| d.to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
             ),
         };
         let mut header = format!(
@@ -382,7 +436,11 @@ impl Tensor {
         let width = *self.shape.last()?;
         let start = row.checked_mul(width)?;
         let vals: Vec<f64> = match &self.data {
-            TensorData::F32(v) => v.get(start..start + width)?.iter().map(|&x| x as f64).collect(),
+            TensorData::F32(v) => v
+                .get(start..start + width)?
+                .iter()
+                .map(|&x| x as f64)
+                .collect(),
             TensorData::F64(v) => v.get(start..start + width)?.to_vec(),
             _ => return None,
         };
@@ -413,9 +471,10 @@ pub fn digest_named(tensors: &[(String, Tensor)]) -> [u8; 32] {
 fn dict_value<'a>(header: &'a str, key: &str) -> Option<&'a str> {
     let pat_single = format!("'{key}':");
     let pat_double = format!("\"{key}\":");
-    let at = header.find(&pat_single).map(|i| i + pat_single.len()).or_else(|| {
-        header.find(&pat_double).map(|i| i + pat_double.len())
-    })?;
+    let at = header
+        .find(&pat_single)
+        .map(|i| i + pat_single.len())
+        .or_else(|| header.find(&pat_double).map(|i| i + pat_double.len()))?;
     let rest = header[at..].trim_start();
     let end = if rest.starts_with('(') {
         rest.find(')')? + 1
@@ -440,7 +499,11 @@ mod tests {
     use super::*;
 
     fn t() -> Tensor {
-        Tensor::new(vec![2, 3], TensorData::F32(vec![0.0, 1.5, -2.0, 3.25, 4.0, 5.0])).unwrap()
+        Tensor::new(
+            vec![2, 3],
+            TensorData::F32(vec![0.0, 1.5, -2.0, 3.25, 4.0, 5.0]),
+        )
+        .unwrap()
     }
 
     #[test]
@@ -449,15 +512,41 @@ mod tests {
         let bytes = serde_json::to_vec(&v).unwrap();
         assert_eq!(Tensor::from_json_bytes(&bytes, 1 << 20).unwrap(), t());
 
-        let cases: &[(&str, fn(&TensorError) -> bool)] = &[
-            (r#"{"dtype":"f32","shape":[2,2],"data":[1,2,3]}"#, |e| matches!(e, TensorError::ShapeMismatch { expected: 4, found: 3, .. })),
-            (r#"{"dtype":"f16","shape":[1],"data":[1]}"#, |e| matches!(e, TensorError::Json(_))),
-            (r#"{"dtype":"f32","shape":[1],"data":[1"#, |e| matches!(e, TensorError::Json(_))),
-            (r#"{"dtype":"u8","shape":[1],"data":[256]}"#, |e| matches!(e, TensorError::BadElement { .. })),
-            (r#"{"dtype":"i32","shape":[1],"data":[1.5]}"#, |e| matches!(e, TensorError::BadElement { .. })),
-            (r#"{"dtype":"f32","shape":[1],"data":[1e300]}"#, |e| matches!(e, TensorError::BadElement { .. })),
-            (r#"{"dtype":"f32","shape":[4294967296,4294967296,4294967296],"data":[]}"#, |e| matches!(e, TensorError::ShapeOverflow(_))),
-            (r#"{"dtype":"f32","shape":[1,1,1,1,1,1,1,1,1],"data":[1]}"#, |e| matches!(e, TensorError::RankTooHigh(9))),
+        type Check = fn(&TensorError) -> bool;
+        let cases: &[(&str, Check)] = &[
+            (r#"{"dtype":"f32","shape":[2,2],"data":[1,2,3]}"#, |e| {
+                matches!(
+                    e,
+                    TensorError::ShapeMismatch {
+                        expected: 4,
+                        found: 3,
+                        ..
+                    }
+                )
+            }),
+            (r#"{"dtype":"f16","shape":[1],"data":[1]}"#, |e| {
+                matches!(e, TensorError::Json(_))
+            }),
+            (r#"{"dtype":"f32","shape":[1],"data":[1"#, |e| {
+                matches!(e, TensorError::Json(_))
+            }),
+            (r#"{"dtype":"u8","shape":[1],"data":[256]}"#, |e| {
+                matches!(e, TensorError::BadElement { .. })
+            }),
+            (r#"{"dtype":"i32","shape":[1],"data":[1.5]}"#, |e| {
+                matches!(e, TensorError::BadElement { .. })
+            }),
+            (r#"{"dtype":"f32","shape":[1],"data":[1e300]}"#, |e| {
+                matches!(e, TensorError::BadElement { .. })
+            }),
+            (
+                r#"{"dtype":"f32","shape":[4294967296,4294967296,4294967296],"data":[]}"#,
+                |e| matches!(e, TensorError::ShapeOverflow(_)),
+            ),
+            (
+                r#"{"dtype":"f32","shape":[1,1,1,1,1,1,1,1,1],"data":[1]}"#,
+                |e| matches!(e, TensorError::RankTooHigh(9)),
+            ),
         ];
         for (text, check) in cases {
             let err = Tensor::from_json_bytes(text.as_bytes(), 1 << 20).unwrap_err();
@@ -490,18 +579,33 @@ mod tests {
         };
         assert!(Tensor::from_npy(&replace(b"<f4", b">f4"), 1 << 20).is_err());
         let fortran = replace(b"'fortran_order': False", b"'fortran_order': True ");
-        assert!(Tensor::from_npy(&fortran, 1 << 20).unwrap_err().to_string().contains("Fortran"));
-        assert!(matches!(Tensor::from_npy(&good, 16), Err(TensorError::TooLarge { .. })));
+        assert!(
+            Tensor::from_npy(&fortran, 1 << 20)
+                .unwrap_err()
+                .to_string()
+                .contains("Fortran")
+        );
+        assert!(matches!(
+            Tensor::from_npy(&good, 16),
+            Err(TensorError::TooLarge { .. })
+        ));
     }
 
     #[test]
     fn digest_depends_on_dtype_shape_and_values() {
         let a = t();
         let b = Tensor::new(vec![3, 2], a.data().clone()).unwrap();
-        let c = Tensor::new(vec![2, 3], TensorData::F32(vec![0.0, 1.5, -2.0, 3.25, 4.0, 5.5])).unwrap();
+        let c = Tensor::new(
+            vec![2, 3],
+            TensorData::F32(vec![0.0, 1.5, -2.0, 3.25, 4.0, 5.5]),
+        )
+        .unwrap();
         assert_ne!(a.digest(), b.digest());
         assert_ne!(a.digest(), c.digest());
-        assert_eq!(a.digest(), Tensor::from_npy(&a.to_npy(), 1 << 20).unwrap().digest());
+        assert_eq!(
+            a.digest(),
+            Tensor::from_npy(&a.to_npy(), 1 << 20).unwrap().digest()
+        );
         assert_eq!(a.argmax_row(1), Some(2));
     }
 

@@ -9,7 +9,9 @@ use fab_inference::{
 };
 
 fn fixture(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../fixtures/digits").join(name)
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../fixtures/digits")
+        .join(name)
 }
 
 fn npy(name: &str) -> Tensor {
@@ -33,7 +35,10 @@ fn facts_are_read_from_the_model() {
     let info = e.info();
     assert_eq!(info.inputs.len(), 1);
     assert_eq!(info.inputs[0].name, "image");
-    assert_eq!(info.inputs[0].shape[1..], [Dim::Fixed(1), Dim::Fixed(8), Dim::Fixed(8)]);
+    assert_eq!(
+        info.inputs[0].shape[1..],
+        [Dim::Fixed(1), Dim::Fixed(8), Dim::Fixed(8)]
+    );
     assert!(matches!(info.inputs[0].shape[0], Dim::Symbolic(_)));
     let names: Vec<&str> = info.outputs.iter().map(|o| o.name.as_str()).collect();
     assert_eq!(names, ["logits", "probabilities"]);
@@ -57,14 +62,19 @@ fn outputs_match_onnxruntime_within_1e5_and_accuracy_matches_the_script() {
     let out = e.run(vec![images.clone()]).unwrap();
     assert_eq!(out[1].shape(), &[360, 10]);
     let max_diff = |a: &[f32], b: &[f32]| {
-        a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max)
+        a.iter()
+            .zip(b)
+            .map(|(x, y)| (x - y).abs())
+            .fold(0f32, f32::max)
     };
     let dl = max_diff(f32s(&out[0]), f32s(&ref_logits));
     let dp = max_diff(f32s(&out[1]), f32s(&ref_probs));
     assert!(dl <= 1e-5, "logits differ from onnxruntime by {dl}");
     assert!(dp <= 1e-5, "probabilities differ from onnxruntime by {dp}");
 
-    let correct = (0..360).filter(|&i| out[1].argmax_row(i) == Some(labels[i] as usize)).count();
+    let correct = (0..360)
+        .filter(|&i| out[1].argmax_row(i) == Some(labels[i] as usize))
+        .count();
     let accuracy = correct as f64 / 360.0;
     assert_eq!(accuracy, meta["accuracy_onnxruntime"].as_f64().unwrap());
     assert!(accuracy >= 0.95);
@@ -72,8 +82,11 @@ fn outputs_match_onnxruntime_within_1e5_and_accuracy_matches_the_script() {
     // One image at a time gives the same answers as the batch.
     let pixels = f32s(&images);
     for i in [0usize, 17, 359] {
-        let one = Tensor::new(vec![1, 1, 8, 8], TensorData::F32(pixels[i * 64..(i + 1) * 64].to_vec()))
-            .unwrap();
+        let one = Tensor::new(
+            vec![1, 1, 8, 8],
+            TensorData::F32(pixels[i * 64..(i + 1) * 64].to_vec()),
+        )
+        .unwrap();
         let o = e.run(vec![one]).unwrap();
         let d = max_diff(f32s(&o[1]), &f32s(&ref_probs)[i * 10..(i + 1) * 10]);
         assert!(d <= 1e-5, "image {i}: {d}");
@@ -85,10 +98,22 @@ fn bad_inputs_are_refused_before_running() {
     let e = engine();
     let info = e.info();
     let cases = [
-        (Tensor::new(vec![1, 1, 8, 8], TensorData::F64(vec![0.0; 64])).unwrap(), "dtype f64"),
-        (Tensor::new(vec![1, 64], TensorData::F32(vec![0.0; 64])).unwrap(), "rank 2"),
-        (Tensor::new(vec![1, 1, 8, 7], TensorData::F32(vec![0.0; 56])).unwrap(), "dimension 3 is 7"),
-        (Tensor::new(vec![0, 1, 8, 8], TensorData::F32(vec![])).unwrap(), "is 0"),
+        (
+            Tensor::new(vec![1, 1, 8, 8], TensorData::F64(vec![0.0; 64])).unwrap(),
+            "dtype f64",
+        ),
+        (
+            Tensor::new(vec![1, 64], TensorData::F32(vec![0.0; 64])).unwrap(),
+            "rank 2",
+        ),
+        (
+            Tensor::new(vec![1, 1, 8, 7], TensorData::F32(vec![0.0; 56])).unwrap(),
+            "dimension 3 is 7",
+        ),
+        (
+            Tensor::new(vec![0, 1, 8, 8], TensorData::F32(vec![])).unwrap(),
+            "is 0",
+        ),
     ];
     for (t, want) in cases {
         match validate_inputs(info, &[t]) {
@@ -130,11 +155,17 @@ fn pool_runs_off_thread_meters_and_refuses_when_full() {
             Err(other) => panic!("{other}"),
         }
     }
-    assert!(busy > 0, "a queue of 1 must refuse some of 50 quick submits");
+    assert!(
+        busy > 0,
+        "a queue of 1 must refuse some of 50 quick submits"
+    );
     for rx in accepted {
         assert!(rx.blocking_recv().unwrap().outputs.is_ok());
     }
     let bad = Tensor::new(vec![1, 2], TensorData::F32(vec![0.0; 2])).unwrap();
-    assert!(matches!(pool.submit(e, vec![bad]), Err(PoolError::Invalid(_))));
+    assert!(matches!(
+        pool.submit(e, vec![bad]),
+        Err(PoolError::Invalid(_))
+    ));
     pool.shutdown();
 }

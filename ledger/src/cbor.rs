@@ -20,7 +20,11 @@ pub const NESTING_MAX: usize = 16;
 #[non_exhaustive]
 pub enum DecodeError {
     #[error("{what}: {len} bytes is over the limit of {max} bytes")]
-    TooLarge { what: &'static str, len: usize, max: usize },
+    TooLarge {
+        what: &'static str,
+        len: usize,
+        max: usize,
+    },
     #[error("{what}: not valid CBOR: {detail}")]
     Malformed { what: &'static str, detail: String },
     #[error("{what}: not in deterministic CBOR form (re-encoding differs)")]
@@ -31,7 +35,10 @@ pub enum DecodeError {
 
 impl DecodeError {
     pub fn invalid(what: &'static str, detail: impl Into<String>) -> Self {
-        DecodeError::Invalid { what, detail: detail.into() }
+        DecodeError::Invalid {
+            what,
+            detail: detail.into(),
+        }
     }
 }
 
@@ -64,11 +71,18 @@ pub fn encode_value(value: &Value) -> Vec<u8> {
 /// Decodes exactly one canonical CBOR item of at most `max` bytes.
 pub fn decode_value(bytes: &[u8], what: &'static str, max: usize) -> Result<Value, DecodeError> {
     if bytes.len() > max {
-        return Err(DecodeError::TooLarge { what, len: bytes.len(), max });
+        return Err(DecodeError::TooLarge {
+            what,
+            len: bytes.len(),
+            max,
+        });
     }
     let mut reader = bytes;
     let value: Value = ciborium::de::from_reader_with_recursion_limit(&mut reader, NESTING_MAX)
-        .map_err(|e| DecodeError::Malformed { what, detail: e.to_string() })?;
+        .map_err(|e| DecodeError::Malformed {
+            what,
+            detail: e.to_string(),
+        })?;
     if !reader.is_empty() {
         return Err(DecodeError::Malformed {
             what,
@@ -87,7 +101,9 @@ fn reject_floats_and_maps(value: &Value, what: &'static str) -> Result<(), Decod
         Value::Float(_) => Err(DecodeError::invalid(what, "floats are not allowed")),
         Value::Map(_) => Err(DecodeError::invalid(what, "maps are not allowed")),
         Value::Tag(_, _) => Err(DecodeError::invalid(what, "tags are not allowed")),
-        Value::Array(items) => items.iter().try_for_each(|v| reject_floats_and_maps(v, what)),
+        Value::Array(items) => items
+            .iter()
+            .try_for_each(|v| reject_floats_and_maps(v, what)),
         _ => Ok(()),
     }
 }
@@ -103,7 +119,10 @@ impl Fields {
     /// Opens `value` as an array of exactly `len` items.
     pub fn new(value: Value, what: &'static str, len: usize) -> Result<Self, DecodeError> {
         match value {
-            Value::Array(items) if items.len() == len => Ok(Fields { what, items: items.into_iter() }),
+            Value::Array(items) if items.len() == len => Ok(Fields {
+                what,
+                items: items.into_iter(),
+            }),
             Value::Array(items) => Err(DecodeError::invalid(
                 what,
                 format!("expected an array of {len} fields, got {}", items.len()),
@@ -128,7 +147,9 @@ impl Fields {
 
     pub fn u64(&mut self, field: &str) -> Result<u64, DecodeError> {
         match self.next(field)? {
-            Value::Integer(i) => u64::try_from(i).map_err(|_| self.wrong(field, "an unsigned integer")),
+            Value::Integer(i) => {
+                u64::try_from(i).map_err(|_| self.wrong(field, "an unsigned integer"))
+            }
             _ => Err(self.wrong(field, "an unsigned integer")),
         }
     }
@@ -151,18 +172,24 @@ impl Fields {
 
     pub fn array<const N: usize>(&mut self, field: &str) -> Result<[u8; N], DecodeError> {
         match self.next(field)? {
-            Value::Bytes(b) => b.try_into().map_err(|_| self.wrong(field, &format!("{N} bytes"))),
+            Value::Bytes(b) => b
+                .try_into()
+                .map_err(|_| self.wrong(field, &format!("{N} bytes"))),
             _ => Err(self.wrong(field, &format!("{N} bytes"))),
         }
     }
 
     /// A field that is either `null` or `N` bytes.
-    pub fn opt_array<const N: usize>(&mut self, field: &str) -> Result<Option<[u8; N]>, DecodeError> {
+    pub fn opt_array<const N: usize>(
+        &mut self,
+        field: &str,
+    ) -> Result<Option<[u8; N]>, DecodeError> {
         match self.next(field)? {
             Value::Null => Ok(None),
-            Value::Bytes(b) => {
-                b.try_into().map(Some).map_err(|_| self.wrong(field, &format!("null or {N} bytes")))
-            }
+            Value::Bytes(b) => b
+                .try_into()
+                .map(Some)
+                .map_err(|_| self.wrong(field, &format!("null or {N} bytes"))),
             _ => Err(self.wrong(field, &format!("null or {N} bytes"))),
         }
     }
@@ -209,13 +236,22 @@ mod tests {
 
     #[test]
     fn rejects_trailing_bytes_floats_maps_and_oversize() {
-        assert!(matches!(decode_value(&[0x01, 0x01], "t", 100), Err(DecodeError::Malformed { .. })));
+        assert!(matches!(
+            decode_value(&[0x01, 0x01], "t", 100),
+            Err(DecodeError::Malformed { .. })
+        ));
         assert!(matches!(
             decode_value(&[0xf9, 0x3c, 0x00], "t", 100),
             Err(DecodeError::Invalid { .. })
         ));
-        assert!(matches!(decode_value(&[0xa0], "t", 100), Err(DecodeError::Invalid { .. })));
-        assert!(matches!(decode_value(&[0x80; 10], "t", 4), Err(DecodeError::TooLarge { .. })));
+        assert!(matches!(
+            decode_value(&[0xa0], "t", 100),
+            Err(DecodeError::Invalid { .. })
+        ));
+        assert!(matches!(
+            decode_value(&[0x80; 10], "t", 4),
+            Err(DecodeError::TooLarge { .. })
+        ));
     }
 
     #[test]
@@ -228,7 +264,10 @@ mod tests {
     fn rejects_declared_length_beyond_input() {
         // byte string claiming 2^32 bytes, with 3 present
         let bytes = [0x5a, 0xff, 0xff, 0xff, 0xff, 1, 2, 3];
-        assert!(matches!(decode_value(&bytes, "t", 100), Err(DecodeError::Malformed { .. })));
+        assert!(matches!(
+            decode_value(&bytes, "t", 100),
+            Err(DecodeError::Malformed { .. })
+        ));
     }
 
     proptest::proptest! {

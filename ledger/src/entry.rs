@@ -37,9 +37,12 @@ pub type SignedEntry = Signed<Entry>;
 #[derive(Clone, Debug, PartialEq)]
 #[non_exhaustive]
 pub enum EntryBody {
-    Execution(ExecutionReceipt),
+    Execution(Box<ExecutionReceipt>),
     /// A kind this version does not know; kept so the chain still verifies.
-    Unknown { kind: u64, value: Value },
+    Unknown {
+        kind: u64,
+        value: Value,
+    },
 }
 
 impl EntryBody {
@@ -107,7 +110,10 @@ pub struct Determinism {
 impl Determinism {
     /// `tract-0.23.9/x86_64/t1`: equal strings promise equal outputs for equal inputs.
     pub fn class(&self) -> String {
-        format!("{}-{}/{}/t{}", self.engine, self.engine_version, self.arch, self.threads)
+        format!(
+            "{}-{}/{}/t{}",
+            self.engine, self.engine_version, self.arch, self.threads
+        )
     }
 }
 
@@ -139,7 +145,11 @@ impl ExecutionReceipt {
             cbor::opt_bytes(self.output_digest.as_ref().map(|d| &d.0[..])),
             cbor::uint(self.status.code()),
             cbor::text(&self.error),
-            Value::Array(vec![cbor::uint(t.queued_us), cbor::uint(t.run_us), cbor::uint(t.total_us)]),
+            Value::Array(vec![
+                cbor::uint(t.queued_us),
+                cbor::uint(t.run_us),
+                cbor::uint(t.total_us),
+            ]),
             Value::Array(vec![
                 cbor::uint(m.cpu_time_us),
                 cbor::uint(m.wall_time_us),
@@ -169,12 +179,20 @@ impl ExecutionReceipt {
         let status = match f.u64("status")? {
             0 => ExecStatus::Ok,
             1 => ExecStatus::Failed,
-            other => return Err(DecodeError::invalid(WHAT, format!("unknown status {other}"))),
+            other => {
+                return Err(DecodeError::invalid(
+                    WHAT,
+                    format!("unknown status {other}"),
+                ));
+            }
         };
         let error = f.text("error", ERROR_TEXT_BYTES_MAX)?;
         let mut t = Fields::new(f.value("timings")?, WHAT, 3)?;
-        let timings =
-            Timings { queued_us: t.u64("queued_us")?, run_us: t.u64("run_us")?, total_us: t.u64("total_us")? };
+        let timings = Timings {
+            queued_us: t.u64("queued_us")?,
+            run_us: t.u64("run_us")?,
+            total_us: t.u64("total_us")?,
+        };
         let mut m = Fields::new(f.value("metering")?, WHAT, 3)?;
         let metering = Metering {
             cpu_time_us: m.u64("cpu_time_us")?,
@@ -199,7 +217,9 @@ impl ExecutionReceipt {
             metering,
             determinism,
         };
-        receipt.check().map_err(|detail| DecodeError::invalid(WHAT, detail))?;
+        receipt
+            .check()
+            .map_err(|detail| DecodeError::invalid(WHAT, detail))?;
         Ok(receipt)
     }
 
@@ -212,7 +232,11 @@ impl ExecutionReceipt {
         if self.input_digest != job.input_digest {
             return Err("input digest differs from the job request's".into());
         }
-        match (self.status, self.output_digest.is_some(), self.error.is_empty()) {
+        match (
+            self.status,
+            self.output_digest.is_some(),
+            self.error.is_empty(),
+        ) {
             (ExecStatus::Ok, true, true) | (ExecStatus::Failed, false, false) => Ok(()),
             (ExecStatus::Ok, _, _) => Err("status ok needs an output digest and no error".into()),
             (ExecStatus::Failed, _, _) => Err("status failed needs an error and no output".into()),
@@ -244,7 +268,10 @@ impl Cbor for Entry {
         let mut f = Fields::new(value, Self::WHAT, 7)?;
         let version = f.u64("version")?;
         if version != WIRE_VERSION {
-            return Err(DecodeError::invalid(Self::WHAT, format!("unsupported version {version}")));
+            return Err(DecodeError::invalid(
+                Self::WHAT,
+                format!("unsupported version {version}"),
+            ));
         }
         let feed = PublicKey::from_bytes(&f.array("feed")?)
             .ok_or_else(|| DecodeError::invalid(Self::WHAT, "feed is not a valid key"))?;
@@ -259,10 +286,16 @@ impl Cbor for Entry {
         let kind = f.u64("kind")?;
         let raw = f.value("body")?;
         let body = match kind {
-            kind::EXECUTION => EntryBody::Execution(ExecutionReceipt::from_value(raw)?),
+            kind::EXECUTION => EntryBody::Execution(Box::new(ExecutionReceipt::from_value(raw)?)),
             kind => EntryBody::Unknown { kind, value: raw },
         };
-        Ok(Entry { feed, seq, prev, body, time_ms: f.u64("time_ms")? })
+        Ok(Entry {
+            feed,
+            seq,
+            prev,
+            body,
+            time_ms: f.u64("time_ms")?,
+        })
     }
 }
 
@@ -289,6 +322,15 @@ pub enum VerifyErrorKind {
     BrokenLink { expected: String, found: String },
 }
 
+impl From<SignedError> for VerifyErrorKind {
+    fn from(e: SignedError) -> Self {
+        match e {
+            SignedError::Decode(d) => VerifyErrorKind::Decode(d),
+            SignedError::BadSignature { .. } => VerifyErrorKind::BadSignature,
+        }
+    }
+}
+
 /// The first entry of a feed that failed verification, and why.
 #[derive(Debug, Error, Clone, PartialEq, Eq)]
 #[error("entry {seq} is bad: {kind}")]
@@ -308,22 +350,27 @@ pub struct FeedVerifier {
 impl FeedVerifier {
     /// A verifier for the feed from its first entry.
     pub fn new(feed: PublicKey) -> Self {
-        FeedVerifier { feed, next_seq: 0, head: None }
+        FeedVerifier {
+            feed,
+            next_seq: 0,
+            head: None,
+        }
     }
 
     /// A verifier that trusts `head` as the id of entry `next_seq - 1`.
     pub fn resume(feed: PublicKey, next_seq: u64, head: Option<ContentId>) -> Self {
-        FeedVerifier { feed, next_seq, head }
+        FeedVerifier {
+            feed,
+            next_seq,
+            head,
+        }
     }
 
     /// Verifies the next entry: decoding, signature, feed, sequence and hash link.
     pub fn push(&mut self, encoded: &[u8]) -> Result<SignedEntry, VerifyError> {
         let seq = self.next_seq;
         let err = |kind| VerifyError { seq, kind };
-        let entry = SignedEntry::decode_verified(encoded).map_err(|e| match e {
-            SignedError::Decode(d) => err(VerifyErrorKind::Decode(d)),
-            SignedError::BadSignature { .. } => err(VerifyErrorKind::BadSignature),
-        })?;
+        let entry = SignedEntry::decode_verified(encoded).map_err(|e| err(e.into()))?;
         let body = entry.body();
         if body.feed != self.feed {
             return Err(err(VerifyErrorKind::WrongFeed {
@@ -332,7 +379,10 @@ impl FeedVerifier {
             }));
         }
         if body.seq != seq {
-            return Err(err(VerifyErrorKind::SeqMismatch { position: seq, found: body.seq }));
+            return Err(err(VerifyErrorKind::SeqMismatch {
+                position: seq,
+                found: body.seq,
+            }));
         }
         if body.prev != self.head {
             let show = |id: Option<ContentId>| id.map_or_else(|| "null".to_owned(), |i| i.short());

@@ -16,13 +16,22 @@ impl FeedWriter {
     /// A writer that continues a feed whose last entry is `head` at `next_seq - 1`.
     pub fn resume(key: Keypair, next_seq: u64, head: Option<ContentId>) -> Self {
         debug_assert_eq!(next_seq == 0, head.is_none());
-        FeedWriter { key, next_seq, head }
+        FeedWriter {
+            key,
+            next_seq,
+            head,
+        }
     }
 
     /// Builds and signs the next entry and advances the head.
     pub fn append(&mut self, body: EntryBody, time_ms: u64) -> SignedEntry {
-        let entry =
-            Entry { feed: self.key.public(), seq: self.next_seq, prev: self.head, body, time_ms };
+        let entry = Entry {
+            feed: self.key.public(),
+            seq: self.next_seq,
+            prev: self.head,
+            body,
+            time_ms,
+        };
         let signed = Signed::sign(entry, &self.key);
         self.next_seq += 1;
         self.head = Some(signed.id());

@@ -20,7 +20,9 @@ pub struct Keypair {
 
 impl fmt::Debug for Keypair {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Keypair").field("public", &self.public()).finish_non_exhaustive()
+        f.debug_struct("Keypair")
+            .field("public", &self.public())
+            .finish_non_exhaustive()
     }
 }
 
@@ -34,7 +36,9 @@ impl Keypair {
 
     /// A key from its 32 secret bytes (tests and the simulator derive these from a seed).
     pub fn from_secret(secret: [u8; 32]) -> Self {
-        Keypair { signing: SigningKey::from_bytes(&secret) }
+        Keypair {
+            signing: SigningKey::from_bytes(&secret),
+        }
     }
 
     pub fn public(&self) -> PublicKey {
@@ -50,27 +54,44 @@ impl Keypair {
     pub fn load(path: &Path) -> Result<Self, KeyFileError> {
         let meta = fs::metadata(path).map_err(|source| {
             if source.kind() == std::io::ErrorKind::NotFound {
-                KeyFileError::Missing { path: path.to_owned() }
+                KeyFileError::Missing {
+                    path: path.to_owned(),
+                }
             } else {
-                KeyFileError::Io { path: path.to_owned(), source }
+                KeyFileError::Io {
+                    path: path.to_owned(),
+                    error: source,
+                }
             }
         })?;
         let mode = meta.permissions().mode() & 0o777;
         if mode & 0o077 != 0 {
-            return Err(KeyFileError::LoosePermissions { path: path.to_owned(), mode });
+            return Err(KeyFileError::LoosePermissions {
+                path: path.to_owned(),
+                mode,
+            });
         }
-        let bytes =
-            fs::read(path).map_err(|source| KeyFileError::Io { path: path.to_owned(), source })?;
-        let secret: [u8; 32] = bytes
-            .as_slice()
-            .try_into()
-            .map_err(|_| KeyFileError::Malformed { path: path.to_owned(), len: bytes.len() })?;
+        let bytes = fs::read(path).map_err(|source| KeyFileError::Io {
+            path: path.to_owned(),
+            error: source,
+        })?;
+        let secret: [u8; 32] =
+            bytes
+                .as_slice()
+                .try_into()
+                .map_err(|_| KeyFileError::Malformed {
+                    path: path.to_owned(),
+                    len: bytes.len(),
+                })?;
         Ok(Self::from_secret(secret))
     }
 
     /// Writes a new key file with mode 0600. Never overwrites an existing key.
     pub fn save_new(&self, path: &Path) -> Result<(), KeyFileError> {
-        let io = |source| KeyFileError::Io { path: path.to_owned(), source };
+        let io = |source| KeyFileError::Io {
+            path: path.to_owned(),
+            error: source,
+        };
         if let Some(dir) = path.parent() {
             fs::create_dir_all(dir).map_err(io)?;
         }
@@ -81,9 +102,14 @@ impl Keypair {
             .open(path)
             .map_err(|source| {
                 if source.kind() == std::io::ErrorKind::AlreadyExists {
-                    KeyFileError::Exists { path: path.to_owned() }
+                    KeyFileError::Exists {
+                        path: path.to_owned(),
+                    }
                 } else {
-                    KeyFileError::Io { path: path.to_owned(), source }
+                    KeyFileError::Io {
+                        path: path.to_owned(),
+                        error: source,
+                    }
                 }
             })?;
         file.write_all(&self.signing.to_bytes()).map_err(io)?;
@@ -108,8 +134,11 @@ pub enum KeyFileError {
     LoosePermissions { path: PathBuf, mode: u32 },
     #[error("key file {path} holds {len} bytes; an ed25519 secret key is 32 bytes", path = path.display())]
     Malformed { path: PathBuf, len: usize },
-    #[error("key file {path}: {source}", path = path.display())]
-    Io { path: PathBuf, source: std::io::Error },
+    #[error("key file {path}: {error}", path = path.display())]
+    Io {
+        path: PathBuf,
+        error: std::io::Error,
+    },
 }
 
 /// A node's public key: its feed key and, in `PeerId` form, its libp2p identity.
@@ -130,7 +159,9 @@ impl PublicKey {
     pub fn peer_id(&self) -> String {
         let key = libp2p_identity::ed25519::PublicKey::try_from_bytes(&self.0.to_bytes())
             .expect("a valid ed25519 verifying key is a valid libp2p ed25519 key");
-        libp2p_identity::PublicKey::from(key).to_peer_id().to_base58()
+        libp2p_identity::PublicKey::from(key)
+            .to_peer_id()
+            .to_base58()
     }
 
     /// Strict ed25519 verification: refuses small-order keys and non-canonical signatures,
@@ -173,13 +204,22 @@ mod tests {
         let path = dir.path().join("node.key");
         let kp = Keypair::generate();
         kp.save_new(&path).unwrap();
-        assert_eq!(fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
+        assert_eq!(
+            fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
         assert_eq!(Keypair::load(&path).unwrap().public(), kp.public());
-        assert!(matches!(kp.save_new(&path), Err(KeyFileError::Exists { .. })));
+        assert!(matches!(
+            kp.save_new(&path),
+            Err(KeyFileError::Exists { .. })
+        ));
 
         fs::set_permissions(&path, fs::Permissions::from_mode(0o644)).unwrap();
         let err = Keypair::load(&path).unwrap_err();
-        assert!(matches!(err, KeyFileError::LoosePermissions { mode: 0o644, .. }));
+        assert!(matches!(
+            err,
+            KeyFileError::LoosePermissions { mode: 0o644, .. }
+        ));
         assert!(err.to_string().contains("chmod 600"));
     }
 
@@ -187,9 +227,15 @@ mod tests {
     fn malformed_and_missing_key_files() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("node.key");
-        assert!(matches!(Keypair::load(&path), Err(KeyFileError::Missing { .. })));
+        assert!(matches!(
+            Keypair::load(&path),
+            Err(KeyFileError::Missing { .. })
+        ));
         fs::write(&path, b"short").unwrap();
         fs::set_permissions(&path, fs::Permissions::from_mode(0o600)).unwrap();
-        assert!(matches!(Keypair::load(&path), Err(KeyFileError::Malformed { len: 5, .. })));
+        assert!(matches!(
+            Keypair::load(&path),
+            Err(KeyFileError::Malformed { len: 5, .. })
+        ));
     }
 }

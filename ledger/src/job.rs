@@ -48,7 +48,10 @@ impl Cbor for JobRequest {
         let mut f = Fields::new(value, Self::WHAT, 9)?;
         let version = f.u64("version")?;
         if version != WIRE_VERSION {
-            return Err(DecodeError::invalid(Self::WHAT, format!("unsupported version {version}")));
+            return Err(DecodeError::invalid(
+                Self::WHAT,
+                format!("unsupported version {version}"),
+            ));
         }
         let requester = PublicKey::from_bytes(&f.array("requester")?)
             .ok_or_else(|| DecodeError::invalid(Self::WHAT, "requester is not a valid key"))?;
@@ -116,7 +119,10 @@ mod tests {
             for bit in 0..8 {
                 let mut bad = wire.clone();
                 bad[i] ^= 1 << bit;
-                assert!(SignedJobRequest::decode_verified(&bad).is_err(), "flip {i}:{bit}");
+                assert!(
+                    SignedJobRequest::decode_verified(&bad).is_err(),
+                    "flip {i}:{bit}"
+                );
             }
         }
     }

@@ -40,7 +40,11 @@ impl<T: SignedBody> Signed<T> {
     pub fn sign(body: T, key: &Keypair) -> Self {
         let bytes = body.to_cbor();
         let signature = key.sign_raw(&signing_message(T::KIND, &bytes));
-        Signed { body, bytes, signature }
+        Signed {
+            body,
+            bytes,
+            signature,
+        }
     }
 
     /// Decodes `[bytes, signature]`, decodes the body canonically and checks the signature
@@ -59,7 +63,11 @@ impl<T: SignedBody> Signed<T> {
         if !signer.verify_raw(&signing_message(T::KIND, &bytes), &signature) {
             return Err(SignedError::BadSignature { what: T::WHAT });
         }
-        Ok(Signed { body, bytes, signature })
+        Ok(Signed {
+            body,
+            bytes,
+            signature,
+        })
     }
 
     pub fn to_value(&self) -> Value {

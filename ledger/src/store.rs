@@ -46,12 +46,22 @@ pub enum StoreError {
     #[error("ledger {path} does not exist", path = path.display())]
     Missing { path: PathBuf },
     #[error(
+        "ledger {path} was not closed cleanly (the node stopped without shutting down) and needs \
+         recovery before it can be read",
+        path = path.display()
+    )]
+    NeedsRecovery { path: PathBuf },
+    #[error(
         "ledger {path} belongs to feed {found}, not this node's key {expected}",
         path = path.display()
     )]
-    WrongFeed { path: PathBuf, expected: String, found: String },
-    #[error("ledger {path}: tail check failed: {source}", path = path.display())]
-    Tail { path: PathBuf, source: VerifyError },
+    WrongFeed {
+        path: PathBuf,
+        expected: String,
+        found: String,
+    },
+    #[error("ledger {path}: tail check failed: {bad}", path = path.display())]
+    Tail { path: PathBuf, bad: VerifyError },
     #[error("ledger append refused: entry seq {found} does not follow head seq {expected}")]
     OutOfOrder { expected: u64, found: u64 },
     #[error("ledger {path}: {detail}", path = path.display())]
@@ -70,9 +80,17 @@ pub struct Store {
 
 fn storage(path: &Path) -> impl Fn(redb::Error) -> StoreError + '_ {
     move |e| match e {
-        redb::Error::Corrupted(detail) => StoreError::Corrupt { path: path.to_owned(), detail },
-        redb::Error::DatabaseAlreadyOpen => StoreError::Locked { path: path.to_owned() },
-        other => StoreError::Storage { path: path.to_owned(), detail: other.to_string() },
+        redb::Error::Corrupted(detail) => StoreError::Corrupt {
+            path: path.to_owned(),
+            detail,
+        },
+        redb::Error::DatabaseAlreadyOpen => StoreError::Locked {
+            path: path.to_owned(),
+        },
+        other => StoreError::Storage {
+            path: path.to_owned(),
+            detail: other.to_string(),
+        },
     }
 }
 
@@ -81,17 +99,37 @@ fn open_error(path: &Path, e: redb::DatabaseError) -> StoreError {
         redb::DatabaseError::Storage(redb::StorageError::Io(io))
             if io.kind() == std::io::ErrorKind::NotFound =>
         {
-            StoreError::Missing { path: path.to_owned() }
+            StoreError::Missing {
+                path: path.to_owned(),
+            }
         }
         // redb reports a file that is not a redb file (bad magic) as an I/O error of kind
         // InvalidData; to the operator that is a corrupt ledger.
         redb::DatabaseError::Storage(redb::StorageError::Io(io))
             if io.kind() == std::io::ErrorKind::InvalidData =>
         {
-            StoreError::Corrupt { path: path.to_owned(), detail: io.to_string() }
+            StoreError::Corrupt {
+                path: path.to_owned(),
+                detail: io.to_string(),
+            }
         }
+        redb::DatabaseError::RepairAborted => StoreError::NeedsRecovery {
+            path: path.to_owned(),
+        },
         other => storage(path)(other.into()),
     }
+}
+
+/// Runs redb's crash recovery on a file that a killed writer left behind, without opening it
+/// as a feed. Recovery restores the last committed transaction; nothing committed is lost.
+/// Refused with [`StoreError::Locked`] while a node has the file open.
+pub fn recover(path: &Path) -> Result<(), StoreError> {
+    let db = redb::Builder::new()
+        .set_concurrency_mode(ConcurrencyMode::SingleWriter)
+        .open(path)
+        .map_err(|e| open_error(path, e))?;
+    drop(db);
+    Ok(())
 }
 
 impl Store {
@@ -107,10 +145,14 @@ impl Store {
         let txn = db.begin_write().map_err(|e| st(e.into()))?;
         {
             let mut meta = txn.open_table(META).map_err(|e| st(e.into()))?;
-            let stored = meta.get(META_FEED).map_err(|e| st(e.into()))?.map(|v| v.value().to_vec());
+            let stored = meta
+                .get(META_FEED)
+                .map_err(|e| st(e.into()))?
+                .map(|v| v.value().to_vec());
             match stored {
                 None => {
-                    meta.insert(META_FEED, &feed.to_bytes()[..]).map_err(|e| st(e.into()))?;
+                    meta.insert(META_FEED, &feed.to_bytes()[..])
+                        .map_err(|e| st(e.into()))?;
                 }
                 Some(bytes) if bytes == feed.to_bytes() => {}
                 Some(bytes) => {
@@ -131,18 +173,25 @@ impl Store {
         txn.commit().map_err(|e| st(e.into()))?;
 
         let (next_seq, head) = verify_tail(path, &db, feed)?;
-        Ok(Store { path: path.to_owned(), db, feed, next_seq, head })
+        Ok(Store {
+            path: path.to_owned(),
+            db,
+            feed,
+            next_seq,
+            head,
+        })
     }
 
     /// Appends a batch of entries in one durable transaction. The entries must continue the
     /// feed exactly; nothing is written if any does not.
     pub fn append_batch(&mut self, batch: &[SignedEntry]) -> Result<(), StoreError> {
-        let mut expected = self.next_seq;
-        for e in batch {
+        for (expected, e) in (self.next_seq..).zip(batch) {
             if e.body().seq != expected {
-                return Err(StoreError::OutOfOrder { expected, found: e.body().seq });
+                return Err(StoreError::OutOfOrder {
+                    expected,
+                    found: e.body().seq,
+                });
             }
-            expected += 1;
         }
         let st = storage(&self.path);
         let txn = self.db.begin_write().map_err(|e| st(e.into()))?;
@@ -150,7 +199,9 @@ impl Store {
             let mut entries = txn.open_table(ENTRIES).map_err(|e| st(e.into()))?;
             let mut jobs = txn.open_table(JOBS).map_err(|e| st(e.into()))?;
             for e in batch {
-                entries.insert(e.body().seq, e.encode().as_slice()).map_err(|e| st(e.into()))?;
+                entries
+                    .insert(e.body().seq, e.encode().as_slice())
+                    .map_err(|e| st(e.into()))?;
                 if let EntryBody::Execution(r) = &e.body().body {
                     jobs.insert(r.job.id().as_bytes().as_slice(), e.body().seq)
                         .map_err(|e| st(e.into()))?;
@@ -187,7 +238,10 @@ impl Store {
     }
 
     pub fn reader(&self) -> Reader<'_> {
-        Reader { path: &self.path, db: Db::Writer(&self.db) }
+        Reader {
+            path: &self.path,
+            db: Db::Writer(&self.db),
+        }
     }
 }
 
@@ -209,23 +263,33 @@ fn verify_tail(
         let prev = entries
             .get(len - 2)
             .map_err(|e| st(e.into()))?
-            .ok_or_else(|| StoreError::Corrupt { path: path.to_owned(), detail: format!("entry {} is missing", len - 2) })?;
-        let prev_entry = SignedEntry::decode_verified(prev.value()).map_err(|e| StoreError::Tail {
-            path: path.to_owned(),
-            source: VerifyError { seq: len - 2, kind: crate::VerifyErrorKind::Decode(match e {
-                crate::signed::SignedError::Decode(d) => d,
-                crate::signed::SignedError::BadSignature { what } => {
-                    crate::cbor::DecodeError::invalid(what, "signature does not verify")
-                }
-            }) },
-        })?;
+            .ok_or_else(|| StoreError::Corrupt {
+                path: path.to_owned(),
+                detail: format!("entry {} is missing", len - 2),
+            })?;
+        let prev_entry =
+            SignedEntry::decode_verified(prev.value()).map_err(|e| StoreError::Tail {
+                path: path.to_owned(),
+                bad: VerifyError {
+                    seq: len - 2,
+                    kind: e.into(),
+                },
+            })?;
         verifier = FeedVerifier::resume(feed, len - 1, Some(prev_entry.id()));
     }
     let tail = entries
         .get(len - 1)
         .map_err(|e| st(e.into()))?
-        .ok_or_else(|| StoreError::Corrupt { path: path.to_owned(), detail: format!("entry {} is missing", len - 1) })?;
-    verifier.push(tail.value()).map_err(|source| StoreError::Tail { path: path.to_owned(), source })?;
+        .ok_or_else(|| StoreError::Corrupt {
+            path: path.to_owned(),
+            detail: format!("entry {} is missing", len - 1),
+        })?;
+    verifier
+        .push(tail.value())
+        .map_err(|bad| StoreError::Tail {
+            path: path.to_owned(),
+            bad,
+        })?;
     Ok((len, verifier.head()))
 }
 
@@ -261,7 +325,7 @@ impl Reader<'_> {
     }
 
     /// Number of entries.
-    pub fn len(&self) -> Result<u64, StoreError> {
+    pub fn entry_count(&self) -> Result<u64, StoreError> {
         let st = storage(self.path);
         let txn = self.txn()?;
         let t = txn.open_table(ENTRIES).map_err(|e| st(e.into()))?;
@@ -273,7 +337,9 @@ impl Reader<'_> {
         let st = storage(self.path);
         let txn = self.txn()?;
         let t = txn.open_table(ENTRIES).map_err(|e| st(e.into()))?;
-        Ok(t.get(seq).map_err(|e| st(e.into()))?.map(|v| v.value().to_vec()))
+        Ok(t.get(seq)
+            .map_err(|e| st(e.into()))?
+            .map(|v| v.value().to_vec()))
     }
 
     /// Up to `limit` raw entries starting at `from`.
@@ -294,7 +360,9 @@ impl Reader<'_> {
         let st = storage(self.path);
         let txn = self.txn()?;
         let t = txn.open_table(JOBS).map_err(|e| st(e.into()))?;
-        Ok(t.get(job.as_bytes().as_slice()).map_err(|e| st(e.into()))?.map(|v| v.value()))
+        Ok(t.get(job.as_bytes().as_slice())
+            .map_err(|e| st(e.into()))?
+            .map(|v| v.value()))
     }
 
     /// The feed key recorded in the file.
@@ -302,10 +370,13 @@ impl Reader<'_> {
         let st = storage(self.path);
         let txn = self.txn()?;
         let t = txn.open_table(META).map_err(|e| st(e.into()))?;
-        let v = t.get(META_FEED).map_err(|e| st(e.into()))?.ok_or_else(|| StoreError::Corrupt {
-            path: self.path.to_owned(),
-            detail: "no feed key recorded".into(),
-        })?;
+        let v = t
+            .get(META_FEED)
+            .map_err(|e| st(e.into()))?
+            .ok_or_else(|| StoreError::Corrupt {
+                path: self.path.to_owned(),
+                detail: "no feed key recorded".into(),
+            })?;
         <[u8; 32]>::try_from(v.value())
             .ok()
             .and_then(|b| PublicKey::from_bytes(&b))
@@ -326,7 +397,10 @@ impl Reader<'_> {
                 if *seq != v.next_seq() {
                     return Ok(Err(VerifyError {
                         seq: v.next_seq(),
-                        kind: crate::VerifyErrorKind::SeqMismatch { position: v.next_seq(), found: *seq },
+                        kind: crate::VerifyErrorKind::SeqMismatch {
+                            position: v.next_seq(),
+                            found: *seq,
+                        },
                     }));
                 }
                 if let Err(e) = v.push(bytes) {
@@ -348,23 +422,46 @@ pub struct ReadOnlyStore {
 
 impl std::fmt::Debug for ReadOnlyStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ReadOnlyStore").field("path", &self.path).finish_non_exhaustive()
+        f.debug_struct("ReadOnlyStore")
+            .field("path", &self.path)
+            .finish_non_exhaustive()
     }
 }
 
 impl ReadOnlyStore {
+    /// Opens the file read-only. A file left by a killed writer gives
+    /// [`StoreError::NeedsRecovery`]; see [`ReadOnlyStore::open_recovering`].
     pub fn open(path: &Path) -> Result<Self, StoreError> {
         if !path.exists() {
-            return Err(StoreError::Missing { path: path.to_owned() });
+            return Err(StoreError::Missing {
+                path: path.to_owned(),
+            });
         }
         let db = redb::Builder::new()
             .set_concurrency_mode(ConcurrencyMode::SingleWriter)
             .open_read_only(path)
             .map_err(|e| open_error(path, e))?;
-        Ok(ReadOnlyStore { path: path.to_owned(), db })
+        Ok(ReadOnlyStore {
+            path: path.to_owned(),
+            db,
+        })
+    }
+
+    /// Like [`ReadOnlyStore::open`], but first runs crash recovery if the file needs it.
+    pub fn open_recovering(path: &Path) -> Result<Self, StoreError> {
+        match Self::open(path) {
+            Err(StoreError::NeedsRecovery { .. }) => {
+                recover(path)?;
+                Self::open(path)
+            }
+            other => other,
+        }
     }
 
     pub fn reader(&self) -> Reader<'_> {
-        Reader { path: &self.path, db: Db::Reader(&self.db) }
+        Reader {
+            path: &self.path,
+            db: Db::Reader(&self.db),
+        }
     }
 }

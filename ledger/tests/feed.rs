@@ -25,8 +25,16 @@ fn receipt(requester: &Keypair, nonce: u64) -> ExecutionReceipt {
         output_digest: Some(ContentId::of(b"out")),
         status: ExecStatus::Ok,
         error: String::new(),
-        timings: Timings { queued_us: 1, run_us: 20, total_us: 30 },
-        metering: Metering { cpu_time_us: 19, wall_time_us: 20, peak_rss_kib: 4096 },
+        timings: Timings {
+            queued_us: 1,
+            run_us: 20,
+            total_us: 30,
+        },
+        metering: Metering {
+            cpu_time_us: 19,
+            wall_time_us: 20,
+            peak_rss_kib: 4096,
+        },
         determinism: Determinism {
             engine: "tract".into(),
             engine_version: "0.23.9".into(),
@@ -38,7 +46,9 @@ fn receipt(requester: &Keypair, nonce: u64) -> ExecutionReceipt {
 
 fn entries(key: &Keypair, n: u64) -> Vec<SignedEntry> {
     let mut w = FeedWriter::resume(key.clone(), 0, None);
-    (0..n).map(|i| w.append(EntryBody::Execution(receipt(key, i)), 10 + i)).collect()
+    (0..n)
+        .map(|i| w.append(EntryBody::Execution(Box::new(receipt(key, i))), 10 + i))
+        .collect()
 }
 
 #[test]
@@ -67,7 +77,13 @@ fn chain_rules_name_the_first_bad_entry() {
     replay.insert(2, replay[1].clone());
     let err = check(replay).unwrap_err();
     assert_eq!(err.seq, 2);
-    assert!(matches!(err.kind, VerifyErrorKind::SeqMismatch { position: 2, found: 1 }));
+    assert!(matches!(
+        err.kind,
+        VerifyErrorKind::SeqMismatch {
+            position: 2,
+            found: 1
+        }
+    ));
 
     // Dropped entry: 0, 2, 3.
     let mut gap = wire(&es);
@@ -77,7 +93,10 @@ fn chain_rules_name_the_first_bad_entry() {
     // Another feed's entry spliced in.
     let mut foreign = wire(&es);
     foreign[2] = entries(&other, 3)[2].encode();
-    assert!(matches!(check(foreign).unwrap_err().kind, VerifyErrorKind::WrongFeed { .. }));
+    assert!(matches!(
+        check(foreign).unwrap_err().kind,
+        VerifyErrorKind::WrongFeed { .. }
+    ));
 
     // Forged: the feed's entry re-signed by another key.
     let mut w = FeedWriter::resume(other.clone(), 0, None);
@@ -85,13 +104,18 @@ fn chain_rules_name_the_first_bad_entry() {
     let forged = Signed::sign(forged_body, &other);
     let mut forged_wire = wire(&es);
     forged_wire[0] = forged.encode();
-    assert!(matches!(check(forged_wire).unwrap_err().kind, VerifyErrorKind::BadSignature));
-    let _ = w.append(EntryBody::Execution(receipt(&other, 0)), 0);
+    assert!(matches!(
+        check(forged_wire).unwrap_err().kind,
+        VerifyErrorKind::BadSignature
+    ));
+    let _ = w.append(EntryBody::Execution(Box::new(receipt(&other, 0))), 0);
 
     // A fork: entry 2 rewritten with a different body but correctly signed breaks entry 3's link.
     let mut fork_writer = FeedWriter::resume(key.clone(), 2, Some(es[1].id()));
     let mut fork = wire(&es);
-    fork[2] = fork_writer.append(EntryBody::Execution(receipt(&key, 99)), 12).encode();
+    fork[2] = fork_writer
+        .append(EntryBody::Execution(Box::new(receipt(&key, 99))), 12)
+        .encode();
     let err = check(fork).unwrap_err();
     assert_eq!(err.seq, 3);
     assert!(matches!(err.kind, VerifyErrorKind::BrokenLink { .. }));
@@ -122,14 +146,20 @@ fn store_is_durable_across_reopen_and_tamper_is_named() {
         store.append_batch(&es[..3]).unwrap();
         store.append_batch(&es[3..]).unwrap();
         // Out-of-order appends are refused whole.
-        assert!(matches!(store.append_batch(&es[..1]), Err(StoreError::OutOfOrder { .. })));
+        assert!(matches!(
+            store.append_batch(&es[..1]),
+            Err(StoreError::OutOfOrder { .. })
+        ));
         let r = store.reader();
         assert_eq!(r.seq_of_job(&receipt(&key, 4).job.id()).unwrap(), Some(4));
     }
     let store = Store::open(&path, key.public()).unwrap();
     assert_eq!(store.len(), 6);
     assert_eq!(store.head(), Some(es[5].id()));
-    assert_eq!(store.reader().verify_all().unwrap().unwrap(), (6, Some(es[5].id())));
+    assert_eq!(
+        store.reader().verify_all().unwrap().unwrap(),
+        (6, Some(es[5].id()))
+    );
     drop(store);
 
     // Flip one byte of entry 2's stored bytes, writing through redb so the file stays valid.
@@ -159,7 +189,10 @@ fn tampered_tail_refuses_to_open() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("ledger.redb");
     let key = Keypair::from_secret([6; 32]);
-    Store::open(&path, key.public()).unwrap().append_batch(&entries(&key, 3)).unwrap();
+    Store::open(&path, key.public())
+        .unwrap()
+        .append_batch(&entries(&key, 3))
+        .unwrap();
     {
         let db = redb::Database::builder()
             .set_concurrency_mode(redb::ConcurrencyMode::SingleWriter)
@@ -187,14 +220,23 @@ fn corrupt_file_and_wrong_key_are_clear_errors() {
     let garbage = dir.path().join("garbage.redb");
     std::fs::write(&garbage, vec![0xA5u8; 8192]).unwrap();
     let err = Store::open(&garbage, key.public()).unwrap_err();
-    assert!(matches!(err, StoreError::Corrupt { .. } | StoreError::Storage { .. }), "{err}");
+    assert!(
+        matches!(err, StoreError::Corrupt { .. } | StoreError::Storage { .. }),
+        "{err}"
+    );
 
     // A byte flipped on disk inside redb's pages: the checksum check refuses the file.
     let path = dir.path().join("ledger.redb");
-    Store::open(&path, key.public()).unwrap().append_batch(&entries(&key, 40)).unwrap();
+    Store::open(&path, key.public())
+        .unwrap()
+        .append_batch(&entries(&key, 40))
+        .unwrap();
     let mut raw = std::fs::read(&path).unwrap();
     let needle = b"digits";
-    let pos = raw.windows(needle.len()).position(|w| w == needle).expect("entry bytes on disk");
+    let pos = raw
+        .windows(needle.len())
+        .position(|w| w == needle)
+        .expect("entry bytes on disk");
     raw[pos] ^= 0x20;
     std::fs::write(&path, &raw).unwrap();
     let err = Store::open(&path, key.public()).unwrap_err();
@@ -215,11 +257,14 @@ fn reader_sees_commits_while_writer_is_open() {
     let mut store = Store::open(&path, key.public()).unwrap();
     store.append_batch(&es[..2]).unwrap();
     let ro = ReadOnlyStore::open(&path).unwrap();
-    assert_eq!(ro.reader().len().unwrap(), 2);
+    assert_eq!(ro.reader().entry_count().unwrap(), 2);
     store.append_batch(&es[2..]).unwrap();
     assert_eq!(ro.reader().verify_all().unwrap().unwrap().0, 4);
     // A second writer is refused with a clear error.
-    assert!(matches!(Store::open(&path, key.public()), Err(StoreError::Locked { .. })));
+    assert!(matches!(
+        Store::open(&path, key.public()),
+        Err(StoreError::Locked { .. })
+    ));
     let _ = ro.reader().feed().unwrap();
     let _ = ContentId::of(b"");
     let _ = redb::ReadOnlyDatabase::open(dir.path().join("missing.redb")).is_err();

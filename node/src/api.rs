@@ -16,8 +16,8 @@ use axum::routing::{get, post};
 use fab_inference::tensor::digest_named;
 use fab_inference::{InferencePool, PoolError, RunError, Tensor};
 use fab_ledger::{
-    ContentId, Determinism, EntryBody, ExecStatus, ExecutionReceipt, JobRequest, Keypair,
-    Metering, Signed, SignedEntry, Timings,
+    ContentId, Determinism, EntryBody, ExecStatus, ExecutionReceipt, JobRequest, Keypair, Metering,
+    Signed, SignedEntry, Timings,
 };
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -54,7 +54,12 @@ pub struct ApiError {
 
 impl ApiError {
     fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
-        ApiError { status, code, message: message.into(), receipt: None }
+        ApiError {
+            status,
+            code,
+            message: message.into(),
+            receipt: None,
+        }
     }
 }
 
@@ -81,7 +86,11 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/ledger/entries", get(ledger_entries))
         .route("/v1/ledger/entries/{seq}", get(ledger_entry))
         .fallback(|| async {
-            ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint; see docs/openapi.yaml")
+            ApiError::new(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                "no such endpoint; see docs/openapi.yaml",
+            )
         })
         .layer(axum::extract::DefaultBodyLimit::disable())
         .with_state(state)
@@ -110,7 +119,10 @@ async fn list_models(State(st): State<Arc<AppState>>) -> ApiResult {
     let models: Vec<Value> = registered
         .into_iter()
         .map(|(name, rec)| {
-            let info = loaded.iter().find(|m| m.name == name && m.digest == rec.digest).map(|m| m.info().clone());
+            let info = loaded
+                .iter()
+                .find(|m| m.name == name && m.digest == rec.digest)
+                .map(|m| m.info().clone());
             json!({"name": name, "path": rec.path, "digest": rec.digest, "bytes": rec.bytes,
                    "engine": rec.engine, "loaded": info.is_some(), "facts": info})
         })
@@ -138,7 +150,11 @@ async fn submit_job(State(st): State<Arc<AppState>>, body: Body) -> Result<Respo
         )
     })?;
     let req: SubmitBody = serde_json::from_slice(&bytes).map_err(|e| {
-        ApiError::new(StatusCode::BAD_REQUEST, "bad_request", format!("request body: {e}; expected {{\"model\": name, \"input\": tensor}}"))
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            format!("request body: {e}; expected {{\"model\": name, \"input\": tensor}}"),
+        )
     })?;
     let input = Tensor::from_json_value(req.input)
         .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_tensor", format!("input: {e}")))?;
@@ -147,15 +163,24 @@ async fn submit_job(State(st): State<Arc<AppState>>, body: Body) -> Result<Respo
         return Err(ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
             "input_too_large",
-            format!("input is {} bytes, over limits.input_bytes_max = {input_max}", input.byte_len()),
+            format!(
+                "input is {} bytes, over limits.input_bytes_max = {input_max}",
+                input.byte_len()
+            ),
         ));
     }
-    let timeout_ms = req.timeout_ms.unwrap_or(st.config.limits.job_timeout_ms).clamp(1, st.config.limits.job_timeout_ms.max(1));
+    let timeout_ms = req
+        .timeout_ms
+        .unwrap_or(st.config.limits.job_timeout_ms)
+        .clamp(1, st.config.limits.job_timeout_ms.max(1));
     let permit = Arc::clone(&st.job_slots).try_acquire_owned().map_err(|_| {
         ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "busy",
-            format!("{} jobs are already in flight (limits.jobs_in_flight_max); retry later", st.config.limits.jobs_in_flight_max),
+            format!(
+                "{} jobs are already in flight (limits.jobs_in_flight_max); retry later",
+                st.config.limits.jobs_in_flight_max
+            ),
         )
     })?;
     let st2 = Arc::clone(&st);
@@ -167,12 +192,21 @@ async fn submit_job(State(st): State<Arc<AppState>>, body: Body) -> Result<Respo
             ModelError::Unknown { .. } | ModelError::BadName(_) => {
                 ApiError::new(StatusCode::NOT_FOUND, "unknown_model", e.to_string())
             }
-            ModelError::Changed { .. } => ApiError::new(StatusCode::CONFLICT, "model_changed", e.to_string()),
-            _ => ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "model_load_failed", e.to_string()),
+            ModelError::Changed { .. } => {
+                ApiError::new(StatusCode::CONFLICT, "model_changed", e.to_string())
+            }
+            _ => ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "model_load_failed",
+                e.to_string(),
+            ),
         })?;
 
     let info = model.info().clone();
-    let input_name = info.inputs.first().map_or_else(|| "input".to_owned(), |f| f.name.clone());
+    let input_name = info
+        .inputs
+        .first()
+        .map_or_else(|| "input".to_owned(), |f| f.name.clone());
     let input_digest = ContentId(digest_named(&[(input_name.clone(), input.clone())]));
     let created_ms = now_ms();
     let request = JobRequest {
@@ -249,7 +283,7 @@ async fn submit_job(State(st): State<Arc<AppState>>, body: Body) -> Result<Respo
                 threads: info.threads,
             },
         };
-        let entry = st.ledger.append(EntryBody::Execution(receipt)).await.map_err(|e| {
+        let entry = st.ledger.append(EntryBody::Execution(Box::new(receipt))).await.map_err(|e| {
             ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "ledger_unavailable", format!("the job ran but could not be recorded, so no result is returned: {e}"))
         })?;
         drop(permit);
@@ -311,24 +345,42 @@ fn decode_stored(seq: u64, bytes: &[u8]) -> Result<SignedEntry, ApiError> {
 }
 
 async fn get_job(State(st): State<Arc<AppState>>, Path(id): Path<String>) -> ApiResult {
-    let job: ContentId = id
-        .parse()
-        .map_err(|_| ApiError::new(StatusCode::BAD_REQUEST, "bad_job_id", "a job id is 64 hex digits"))?;
+    let job: ContentId = id.parse().map_err(|_| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "bad_job_id",
+            "a job id is 64 hex digits",
+        )
+    })?;
     let seq = st
         .ledger
         .job_seq(job)
         .await
         .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "ledger_error", e))?
-        .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "unknown_job", format!("no job {id} in this node's ledger")))?;
-    let entry = entry_at(&st, seq)
-        .await?
-        .ok_or_else(|| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "ledger_error", "job index points past the ledger"))?;
-    Ok(axum::Json(json!({"job_id": job, "receipt": entry_json(&entry)})))
+        .ok_or_else(|| {
+            ApiError::new(
+                StatusCode::NOT_FOUND,
+                "unknown_job",
+                format!("no job {id} in this node's ledger"),
+            )
+        })?;
+    let entry = entry_at(&st, seq).await?.ok_or_else(|| {
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "ledger_error",
+            "job index points past the ledger",
+        )
+    })?;
+    Ok(axum::Json(
+        json!({"job_id": job, "receipt": entry_json(&entry)}),
+    ))
 }
 
 async fn ledger_head(State(st): State<Arc<AppState>>) -> ApiResult {
     let (entries, head) = st.ledger.head().await;
-    Ok(axum::Json(json!({"feed": st.key.public().peer_id(), "entries": entries, "head": head})))
+    Ok(axum::Json(
+        json!({"feed": st.key.public().peer_id(), "entries": entries, "head": head}),
+    ))
 }
 
 #[derive(Deserialize)]
@@ -345,7 +397,11 @@ fn default_limit() -> usize {
 
 async fn ledger_entries(State(st): State<Arc<AppState>>, Query(q): Query<RangeQuery>) -> ApiResult {
     if q.limit == 0 || q.limit > RANGE_MAX {
-        return Err(ApiError::new(StatusCode::BAD_REQUEST, "bad_limit", format!("limit must be 1 to {RANGE_MAX}")));
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "bad_limit",
+            format!("limit must be 1 to {RANGE_MAX}"),
+        ));
     }
     let rows = st
         .ledger
@@ -358,15 +414,25 @@ async fn ledger_entries(State(st): State<Arc<AppState>>, Query(q): Query<RangeQu
         .collect::<Result<Vec<_>, _>>()?;
     let (total, _) = st.ledger.head().await;
     let next = rows.last().map(|(s, _)| s + 1).filter(|n| *n < total);
-    Ok(axum::Json(json!({"feed": st.key.public().peer_id(), "total": total, "entries": entries, "next": next})))
+    Ok(axum::Json(
+        json!({"feed": st.key.public().peer_id(), "total": total, "entries": entries, "next": next}),
+    ))
 }
 
 async fn ledger_entry(State(st): State<Arc<AppState>>, Path(seq): Path<String>) -> ApiResult {
-    let seq: u64 = seq
-        .parse()
-        .map_err(|_| ApiError::new(StatusCode::BAD_REQUEST, "bad_seq", "seq is a non-negative integer"))?;
-    let entry = entry_at(&st, seq)
-        .await?
-        .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "unknown_entry", format!("no entry {seq}")))?;
+    let seq: u64 = seq.parse().map_err(|_| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "bad_seq",
+            "seq is a non-negative integer",
+        )
+    })?;
+    let entry = entry_at(&st, seq).await?.ok_or_else(|| {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "unknown_entry",
+            format!("no entry {seq}"),
+        )
+    })?;
     Ok(axum::Json(entry_json(&entry)))
 }

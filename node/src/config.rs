@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
 /// The whole node configuration.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
     pub api: ApiConfig,
@@ -88,14 +88,20 @@ pub const DEFAULT_API_PORT: u16 = 7650;
 
 impl Default for ApiConfig {
     fn default() -> Self {
-        ApiConfig { listen: SocketAddr::from(([127, 0, 0, 1], DEFAULT_API_PORT)) }
+        ApiConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], DEFAULT_API_PORT)),
+        }
     }
 }
 
 impl Default for InferenceConfig {
     fn default() -> Self {
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-        InferenceConfig { workers: cores, queue_depth: 64, model_bytes_max: 256 << 20 }
+        InferenceConfig {
+            workers: cores,
+            queue_depth: 64,
+            model_bytes_max: 256 << 20,
+        }
     }
 }
 
@@ -118,18 +124,9 @@ impl Default for LedgerConfig {
 
 impl Default for LogConfig {
     fn default() -> Self {
-        LogConfig { level: "info".into(), format: LogFormat::Text }
-    }
-}
-
-impl Default for Config {
-    fn default() -> Self {
-        Config {
-            api: ApiConfig::default(),
-            inference: InferenceConfig::default(),
-            limits: LimitsConfig::default(),
-            ledger: LedgerConfig::default(),
-            log: LogConfig::default(),
+        LogConfig {
+            level: "info".into(),
+            format: LogFormat::Text,
         }
     }
 }
@@ -138,14 +135,26 @@ impl Default for Config {
 #[derive(Debug, Error)]
 #[non_exhaustive]
 pub enum ConfigError {
-    #[error("cannot read config file {path}: {source}", path = path.display())]
-    Read { path: PathBuf, source: std::io::Error },
+    #[error("cannot read config file {path}: {error}", path = path.display())]
+    Read {
+        path: PathBuf,
+        error: std::io::Error,
+    },
     #[error("config file {path} is not valid TOML: {detail}", path = path.display())]
     Syntax { path: PathBuf, detail: String },
     #[error("{origin} sets unknown key `{key}`; known keys: {known}")]
-    UnknownKey { origin: String, key: String, known: String },
+    UnknownKey {
+        origin: String,
+        key: String,
+        known: String,
+    },
     #[error("{origin}: `{key}` = {value:?} is not valid: expected {expected}")]
-    BadValue { origin: String, key: String, value: String, expected: String },
+    BadValue {
+        origin: String,
+        key: String,
+        value: String,
+        expected: String,
+    },
     #[error("invalid config: {0}")]
     Invalid(String),
 }
@@ -193,7 +202,12 @@ fn default_value(section: &str, key: &str) -> Option<toml::Value> {
 }
 
 /// Parses a string from the environment or a flag as the type of the key's default.
-fn typed_value(origin: &Origin, section: &str, key: &str, raw: &str) -> Result<toml::Value, ConfigError> {
+fn typed_value(
+    origin: &Origin,
+    section: &str,
+    key: &str,
+    raw: &str,
+) -> Result<toml::Value, ConfigError> {
     let bad = |expected: &str| ConfigError::BadValue {
         origin: origin.to_string(),
         key: format!("{section}.{key}"),
@@ -201,17 +215,25 @@ fn typed_value(origin: &Origin, section: &str, key: &str, raw: &str) -> Result<t
         expected: expected.to_owned(),
     };
     match default_value(section, key) {
-        Some(toml::Value::Integer(_)) => {
-            raw.trim().parse::<i64>().map(toml::Value::Integer).map_err(|_| bad("an integer"))
-        }
-        Some(toml::Value::Boolean(_)) => {
-            raw.trim().parse::<bool>().map(toml::Value::Boolean).map_err(|_| bad("true or false"))
-        }
+        Some(toml::Value::Integer(_)) => raw
+            .trim()
+            .parse::<i64>()
+            .map(toml::Value::Integer)
+            .map_err(|_| bad("an integer")),
+        Some(toml::Value::Boolean(_)) => raw
+            .trim()
+            .parse::<bool>()
+            .map(toml::Value::Boolean)
+            .map_err(|_| bad("true or false")),
         Some(_) => Ok(toml::Value::String(raw.to_owned())),
         None => Err(ConfigError::UnknownKey {
             origin: origin.to_string(),
             key: format!("{section}.{key}"),
-            known: known_keys().iter().map(|(s, k)| format!("{s}.{k}")).collect::<Vec<_>>().join(", "),
+            known: known_keys()
+                .iter()
+                .map(|(s, k)| format!("{s}.{k}"))
+                .collect::<Vec<_>>()
+                .join(", "),
         }),
     }
 }
@@ -235,12 +257,16 @@ impl Config {
     ) -> Result<Config, ConfigError> {
         let mut table = toml::Table::new();
         if let Some(path) = file {
-            let text = std::fs::read_to_string(path)
-                .map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
-            table = text.parse::<toml::Table>().map_err(|e| ConfigError::Syntax {
+            let text = std::fs::read_to_string(path).map_err(|error| ConfigError::Read {
                 path: path.to_owned(),
-                detail: e.to_string(),
+                error,
             })?;
+            table = text
+                .parse::<toml::Table>()
+                .map_err(|e| ConfigError::Syntax {
+                    path: path.to_owned(),
+                    detail: e.to_string(),
+                })?;
             check_keys(&table, &Origin::File(path.to_owned()))?;
         }
         let keys = known_keys();
@@ -257,12 +283,21 @@ impl Config {
             let v = typed_value(&Origin::Flag(path.replace('.', "-")), section, key, raw)?;
             set(&mut table, section, key, v);
         }
-        let origin = file.map_or_else(|| "the merged configuration".to_owned(), |p| {
-            format!("configuration (file {} plus environment and flags)", p.display())
-        });
-        let config: Config = toml::Value::Table(table).try_into().map_err(|e: toml::de::Error| {
-            ConfigError::Invalid(format!("{origin}: {}", e.to_string().trim()))
-        })?;
+        let origin = file.map_or_else(
+            || "the merged configuration".to_owned(),
+            |p| {
+                format!(
+                    "configuration (file {} plus environment and flags)",
+                    p.display()
+                )
+            },
+        );
+        let config: Config =
+            toml::Value::Table(table)
+                .try_into()
+                .map_err(|e: toml::de::Error| {
+                    ConfigError::Invalid(format!("{origin}: {}", e.to_string().trim()))
+                })?;
         config.validate()?;
         Ok(config)
     }
@@ -282,12 +317,42 @@ impl Config {
             }
         }
         range("inference.workers", self.inference.workers as u64, 1, 256)?;
-        range("inference.queue_depth", self.inference.queue_depth as u64, 1, 65_536)?;
-        range("inference.model_bytes_max", self.inference.model_bytes_max, 1, 64 << 30)?;
-        range("limits.input_bytes_max", self.limits.input_bytes_max as u64, 1, 1 << 30)?;
-        range("limits.request_bytes_max", self.limits.request_bytes_max as u64, 1024, 4 << 30)?;
-        range("limits.jobs_in_flight_max", self.limits.jobs_in_flight_max as u64, 1, 1 << 20)?;
-        range("limits.job_timeout_ms", self.limits.job_timeout_ms, 1, 24 * 3_600_000)?;
+        range(
+            "inference.queue_depth",
+            self.inference.queue_depth as u64,
+            1,
+            65_536,
+        )?;
+        range(
+            "inference.model_bytes_max",
+            self.inference.model_bytes_max,
+            1,
+            64 << 30,
+        )?;
+        range(
+            "limits.input_bytes_max",
+            self.limits.input_bytes_max as u64,
+            1,
+            1 << 30,
+        )?;
+        range(
+            "limits.request_bytes_max",
+            self.limits.request_bytes_max as u64,
+            1024,
+            4 << 30,
+        )?;
+        range(
+            "limits.jobs_in_flight_max",
+            self.limits.jobs_in_flight_max as u64,
+            1,
+            1 << 20,
+        )?;
+        range(
+            "limits.job_timeout_ms",
+            self.limits.job_timeout_ms,
+            1,
+            24 * 3_600_000,
+        )?;
         range("ledger.batch_max", self.ledger.batch_max as u64, 1, 65_536)?;
         if tracing_filter_ok(&self.log.level).is_err() {
             return Err(ConfigError::BadValue {
@@ -319,7 +384,12 @@ fn tracing_filter_ok(level: &str) -> Result<(), ()> {
 
 fn check_keys(table: &toml::Table, origin: &Origin) -> Result<(), ConfigError> {
     let keys = known_keys();
-    let known = || keys.iter().map(|(s, k)| format!("{s}.{k}")).collect::<Vec<_>>().join(", ");
+    let known = || {
+        keys.iter()
+            .map(|(s, k)| format!("{s}.{k}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
     for (section, value) in table {
         match value.as_table() {
             Some(t) if keys.iter().any(|(s, _)| s == section) => {
@@ -353,7 +423,11 @@ mod tests {
     fn precedence_is_file_then_env_then_flags() {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("config.toml");
-        std::fs::write(&file, "[api]\nlisten = \"127.0.0.1:1000\"\n[inference]\nworkers = 3\n").unwrap();
+        std::fs::write(
+            &file,
+            "[api]\nlisten = \"127.0.0.1:1000\"\n[inference]\nworkers = 3\n",
+        )
+        .unwrap();
         let env = vec![("FABNODE_API_LISTEN".to_owned(), "127.0.0.1:2000".to_owned())];
         let c = Config::load(Some(&file), env.clone(), &[]).unwrap();
         assert_eq!(c.api.listen.port(), 2000);
@@ -370,16 +444,27 @@ mod tests {
         let file = dir.path().join("config.toml");
         let err = |text: &str| {
             std::fs::write(&file, text).unwrap();
-            Config::load(Some(&file), vec![], &[]).unwrap_err().to_string()
+            Config::load(Some(&file), vec![], &[])
+                .unwrap_err()
+                .to_string()
         };
         let e = err("[api]\nlisten = \"not an address\"\n");
         assert!(e.contains("api.listen") || e.contains("listen"), "{e}");
         let e = err("[log]\nformat = \"xml\"\n");
-        assert!(e.contains("format") && e.contains("text") && e.contains("json"), "{e}");
+        assert!(
+            e.contains("format") && e.contains("text") && e.contains("json"),
+            "{e}"
+        );
         let e = err("[inference]\nworkerz = 2\n");
-        assert!(e.contains("inference.workerz") && e.contains("inference.workers"), "{e}");
+        assert!(
+            e.contains("inference.workerz") && e.contains("inference.workers"),
+            "{e}"
+        );
         let e = err("[inference]\nworkers = 0\n");
-        assert!(e.contains("inference.workers") && e.contains("from 1 to 256"), "{e}");
+        assert!(
+            e.contains("inference.workers") && e.contains("from 1 to 256"),
+            "{e}"
+        );
         let e = err("[log]\nlevel = \"loud\"\n");
         assert!(e.contains("log.level") && e.contains("debug"), "{e}");
         let e = err("not toml at all [");
@@ -387,7 +472,10 @@ mod tests {
 
         let env = vec![("FABNODE_INFERENCE_WORKERS".to_owned(), "many".to_owned())];
         let e = Config::load(None, env, &[]).unwrap_err().to_string();
-        assert!(e.contains("FABNODE_INFERENCE_WORKERS") && e.contains("an integer"), "{e}");
+        assert!(
+            e.contains("FABNODE_INFERENCE_WORKERS") && e.contains("an integer"),
+            "{e}"
+        );
     }
 
     #[test]

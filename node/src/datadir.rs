@@ -50,5 +50,8 @@ pub fn api_addr_path(dir: &Path) -> PathBuf {
 /// Creates the data dir readable by its owner alone.
 pub fn create(dir: &Path) -> std::io::Result<()> {
     use std::os::unix::fs::DirBuilderExt;
-    std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir)
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
 }

@@ -21,6 +21,9 @@ pub const COMMAND_QUEUE: usize = 1024;
 /// Most entries one read returns.
 pub const RANGE_MAX: usize = 1000;
 
+/// A stored entry: its seq and signed bytes.
+pub type RawEntry = (u64, Vec<u8>);
+
 /// Why an append did not happen.
 #[derive(Debug, Error, Clone)]
 #[non_exhaustive]
@@ -32,14 +35,26 @@ pub enum AppendError {
 }
 
 enum Command {
-    Append { body: EntryBody, reply: oneshot::Sender<Result<SignedEntry, AppendError>> },
+    Append {
+        body: EntryBody,
+        reply: oneshot::Sender<Result<SignedEntry, AppendError>>,
+    },
     Read(Read),
 }
 
 enum Read {
-    Range { from: u64, limit: usize, reply: oneshot::Sender<Result<Vec<(u64, Vec<u8>)>, String>> },
-    JobSeq { job: ContentId, reply: oneshot::Sender<Result<Option<u64>, String>> },
-    Head { reply: oneshot::Sender<(u64, Option<ContentId>)> },
+    Range {
+        from: u64,
+        limit: usize,
+        reply: oneshot::Sender<Result<Vec<RawEntry>, String>>,
+    },
+    JobSeq {
+        job: ContentId,
+        reply: oneshot::Sender<Result<Option<u64>, String>>,
+    },
+    Head {
+        reply: oneshot::Sender<(u64, Option<ContentId>)>,
+    },
 }
 
 /// Cloneable handle to the writer thread.
@@ -55,7 +70,9 @@ pub struct LedgerWriter {
 }
 
 pub fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 impl LedgerWriter {
@@ -77,7 +94,10 @@ impl LedgerWriter {
 }
 
 fn run(mut store: Store, mut feed: FeedWriter, mut rx: mpsc::Receiver<Command>, batch_max: usize) {
-    let mut pending: Vec<(SignedEntry, oneshot::Sender<Result<SignedEntry, AppendError>>)> = Vec::new();
+    let mut pending: Vec<(
+        SignedEntry,
+        oneshot::Sender<Result<SignedEntry, AppendError>>,
+    )> = Vec::new();
     while let Some(first) = rx.blocking_recv() {
         let mut next = Some(first);
         // Gather every append already waiting, up to the batch limit; serve reads in order.
@@ -105,7 +125,10 @@ fn run(mut store: Store, mut feed: FeedWriter, mut rx: mpsc::Receiver<Command>, 
 fn commit(
     store: &mut Store,
     feed: &mut FeedWriter,
-    pending: &mut Vec<(SignedEntry, oneshot::Sender<Result<SignedEntry, AppendError>>)>,
+    pending: &mut Vec<(
+        SignedEntry,
+        oneshot::Sender<Result<SignedEntry, AppendError>>,
+    )>,
 ) {
     if pending.is_empty() {
         return;
@@ -113,7 +136,11 @@ fn commit(
     let entries: Vec<SignedEntry> = pending.iter().map(|(e, _)| e.clone()).collect();
     match store.append_batch(&entries) {
         Ok(()) => {
-            tracing::debug!(count = entries.len(), head = store.len(), "ledger batch committed");
+            tracing::debug!(
+                count = entries.len(),
+                head = store.len(),
+                "ledger batch committed"
+            );
             for (entry, reply) in pending.drain(..) {
                 let _ = reply.send(Ok(entry));
             }
@@ -154,10 +181,12 @@ impl LedgerClient {
 
     /// Appends an entry; resolves once it is durably committed.
     pub async fn append(&self, body: EntryBody) -> Result<SignedEntry, AppendError> {
-        self.ask(|reply| Command::Append { body, reply }).await.unwrap_or(Err(AppendError::Stopped))
+        self.ask(|reply| Command::Append { body, reply })
+            .await
+            .unwrap_or(Err(AppendError::Stopped))
     }
 
-    pub async fn range(&self, from: u64, limit: usize) -> Result<Vec<(u64, Vec<u8>)>, String> {
+    pub async fn range(&self, from: u64, limit: usize) -> Result<Vec<RawEntry>, String> {
         self.ask(|reply| Command::Read(Read::Range { from, limit, reply }))
             .await
             .unwrap_or_else(|| Err("the ledger writer has stopped".into()))
@@ -170,6 +199,8 @@ impl LedgerClient {
     }
 
     pub async fn head(&self) -> (u64, Option<ContentId>) {
-        self.ask(|reply| Command::Read(Read::Head { reply })).await.unwrap_or((0, None))
+        self.ask(|reply| Command::Read(Read::Head { reply }))
+            .await
+            .unwrap_or((0, None))
     }
 }

@@ -37,14 +37,21 @@ struct RegistryFile {
 #[derive(Debug, Error)]
 #[non_exhaustive]
 pub enum ModelError {
-    #[error("unknown model `{name}`; registered models: {known}. Add one with `fabnode model add <name> <file.onnx>`")]
+    #[error(
+        "unknown model `{name}`; registered models: {known}. Add one with `fabnode model add <name> <file.onnx>`"
+    )]
     Unknown { name: String, known: String },
     #[error("model name `{0}` is not valid: use 1 to 64 letters, digits, '.', '_' or '-'")]
     BadName(String),
     #[error("model `{name}`: file {path} changed since it was added (digest {found}, registered {expected}); run `fabnode model add` again if the change is intended", path = path.display())]
-    Changed { name: String, path: PathBuf, expected: String, found: String },
-    #[error("model `{name}`: {source}")]
-    Load { name: String, source: LoadModelError },
+    Changed {
+        name: String,
+        path: PathBuf,
+        expected: String,
+        found: String,
+    },
+    #[error("model `{name}`: {error}")]
+    Load { name: String, error: LoadModelError },
     #[error("model registry {path}: {detail}", path = path.display())]
     Registry { path: PathBuf, detail: String },
 }
@@ -66,20 +73,30 @@ impl LoadedModel {
 pub fn valid_name(name: &str) -> bool {
     !name.is_empty()
         && name.len() <= NAME_BYTES_MAX
-        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'_' || b == b'-')
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'_' || b == b'-')
 }
 
 fn read_registry(path: &Path) -> Result<RegistryFile, ModelError> {
     match std::fs::read(path) {
-        Ok(bytes) => serde_json::from_slice(&bytes)
-            .map_err(|e| ModelError::Registry { path: path.to_owned(), detail: e.to_string() }),
+        Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| ModelError::Registry {
+            path: path.to_owned(),
+            detail: e.to_string(),
+        }),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(RegistryFile::default()),
-        Err(e) => Err(ModelError::Registry { path: path.to_owned(), detail: e.to_string() }),
+        Err(e) => Err(ModelError::Registry {
+            path: path.to_owned(),
+            detail: e.to_string(),
+        }),
     }
 }
 
 fn digest_file(path: &Path, max: u64) -> Result<(ContentId, u64, Vec<u8>), LoadModelError> {
-    let io = |source| LoadModelError::Io { path: path.display().to_string(), source };
+    let io = |error| LoadModelError::Io {
+        path: path.display().to_string(),
+        error,
+    };
     let len = std::fs::metadata(path).map_err(io)?.len();
     if len > max {
         return Err(LoadModelError::TooLarge { len, max });
@@ -90,16 +107,33 @@ fn digest_file(path: &Path, max: u64) -> Result<(ContentId, u64, Vec<u8>), LoadM
 
 /// Registers `file` as `name` after loading it once to prove it runs. Replaces an existing
 /// registration of the same name. Returns the record and the model's facts.
-pub fn add(data_dir: &Path, name: &str, file: &Path, max_bytes: u64) -> Result<(ModelRecord, ModelInfo), ModelError> {
+pub fn add(
+    data_dir: &Path,
+    name: &str,
+    file: &Path,
+    max_bytes: u64,
+) -> Result<(ModelRecord, ModelInfo), ModelError> {
     if !valid_name(name) {
         return Err(ModelError::BadName(name.to_owned()));
     }
-    let load = |source| ModelError::Load { name: name.to_owned(), source };
-    let path = std::fs::canonicalize(file)
-        .map_err(|source| load(LoadModelError::Io { path: file.display().to_string(), source }))?;
+    let load = |error| ModelError::Load {
+        name: name.to_owned(),
+        error,
+    };
+    let path = std::fs::canonicalize(file).map_err(|error| {
+        load(LoadModelError::Io {
+            path: file.display().to_string(),
+            error,
+        })
+    })?;
     let (digest, bytes, content) = digest_file(&path, max_bytes).map_err(load)?;
     let engine = TractEngine::load_bytes(&content).map_err(load)?;
-    let record = ModelRecord { path, digest, bytes, engine: "tract".into() };
+    let record = ModelRecord {
+        path,
+        digest,
+        bytes,
+        engine: "tract".into(),
+    };
 
     let reg_path = data_dir.join(REGISTRY_FILE);
     let mut reg = read_registry(&reg_path)?;
@@ -107,7 +141,10 @@ pub fn add(data_dir: &Path, name: &str, file: &Path, max_bytes: u64) -> Result<(
     let text = serde_json::to_vec_pretty(&reg).expect("the registry serialises");
     // Write-then-rename so a crash never leaves a half-written registry.
     let tmp = reg_path.with_extension("json.tmp");
-    let reg_err = |e: std::io::Error| ModelError::Registry { path: reg_path.clone(), detail: e.to_string() };
+    let reg_err = |e: std::io::Error| ModelError::Registry {
+        path: reg_path.clone(),
+        detail: e.to_string(),
+    };
     std::fs::create_dir_all(data_dir).map_err(reg_err)?;
     std::fs::write(&tmp, text).map_err(reg_err)?;
     std::fs::rename(&tmp, &reg_path).map_err(reg_err)?;
@@ -129,7 +166,11 @@ pub struct ModelCache {
 
 impl ModelCache {
     pub fn new(data_dir: PathBuf, max_bytes: u64) -> Self {
-        ModelCache { data_dir, max_bytes, loaded: Mutex::new(BTreeMap::new()) }
+        ModelCache {
+            data_dir,
+            max_bytes,
+            loaded: Mutex::new(BTreeMap::new()),
+        }
     }
 
     fn cached(&self, name: &str) -> Option<LoadedModel> {
@@ -153,7 +194,10 @@ impl ModelCache {
         if let Some(m) = self.cached(name).filter(|m| m.digest == record.digest) {
             return Ok(m);
         }
-        let load = |source| ModelError::Load { name: name.to_owned(), source };
+        let load = |error| ModelError::Load {
+            name: name.to_owned(),
+            error,
+        };
         let (digest, _, bytes) = digest_file(&record.path, self.max_bytes).map_err(load)?;
         if digest != record.digest {
             return Err(ModelError::Changed {
@@ -164,7 +208,11 @@ impl ModelCache {
             });
         }
         let engine: Arc<dyn Engine> = Arc::new(TractEngine::load_bytes(&bytes).map_err(load)?);
-        let model = LoadedModel { name: name.to_owned(), digest, engine };
+        let model = LoadedModel {
+            name: name.to_owned(),
+            digest,
+            engine,
+        };
         self.loaded
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -175,6 +223,11 @@ impl ModelCache {
 
     /// Models loaded so far.
     pub fn loaded(&self) -> Vec<LoadedModel> {
-        self.loaded.lock().unwrap_or_else(|p| p.into_inner()).values().cloned().collect()
+        self.loaded
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .cloned()
+            .collect()
     }
 }

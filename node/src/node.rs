@@ -34,10 +34,16 @@ pub enum StartError {
          choose another with `--api-listen`, FABNODE_API_LISTEN or api.listen in the config file"
     )]
     PortInUse { addr: SocketAddr },
-    #[error("cannot listen on {addr}: {source}")]
-    Listen { addr: SocketAddr, source: std::io::Error },
-    #[error("data dir {path}: {source}", path = path.display())]
-    DataDir { path: PathBuf, source: std::io::Error },
+    #[error("cannot listen on {addr}: {error}")]
+    Listen {
+        addr: SocketAddr,
+        error: std::io::Error,
+    },
+    #[error("data dir {path}: {error}", path = path.display())]
+    DataDir {
+        path: PathBuf,
+        error: std::io::Error,
+    },
 }
 
 /// A started node: key loaded, ledger open and verified at its tail, API socket bound.
@@ -61,10 +67,15 @@ impl Node {
             if source.kind() == std::io::ErrorKind::AddrInUse {
                 StartError::PortInUse { addr }
             } else {
-                StartError::Listen { addr, source }
+                StartError::Listen {
+                    addr,
+                    error: source,
+                }
             }
         })?;
-        let addr = listener.local_addr().map_err(|source| StartError::Listen { addr, source })?;
+        let addr = listener
+            .local_addr()
+            .map_err(|error| StartError::Listen { addr, error })?;
         let entries = store.len();
         let (writer, ledger) = LedgerWriter::start(store, key.clone(), config.ledger.batch_max);
         let state = Arc::new(AppState {
@@ -81,15 +92,22 @@ impl Node {
             key,
         });
         let addr_file = datadir::api_addr_path(data_dir);
-        std::fs::write(&addr_file, format!("{addr}\n"))
-            .map_err(|source| StartError::DataDir { path: addr_file, source })?;
+        std::fs::write(&addr_file, format!("{addr}\n")).map_err(|error| StartError::DataDir {
+            path: addr_file,
+            error,
+        })?;
         tracing::info!(
             peer_id = %state.key.public().peer_id(),
             api = %addr,
             ledger_entries = entries,
             "node started"
         );
-        Ok(Node { state, writer, listener, addr })
+        Ok(Node {
+            state,
+            writer,
+            listener,
+            addr,
+        })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -103,11 +121,21 @@ impl Node {
     /// Serves until `shutdown` resolves, then stops in order: stop accepting, let in-flight
     /// requests finish (their entries are committed before they answer), stop the workers,
     /// close the ledger.
-    pub async fn run(self, shutdown: impl Future<Output = ()> + Send + 'static) -> std::io::Result<()> {
-        let Node { state, writer, listener, .. } = self;
+    pub async fn run(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> std::io::Result<()> {
+        let Node {
+            state,
+            writer,
+            listener,
+            ..
+        } = self;
         let data_dir = state.data_dir.clone();
         let app = router(Arc::clone(&state));
-        let served = axum::serve(listener, app).with_graceful_shutdown(shutdown).await;
+        let served = axum::serve(listener, app)
+            .with_graceful_shutdown(shutdown)
+            .await;
         tracing::info!("API closed; finishing in-flight work");
         drop(state);
         // The router and every handler are gone, so this was the last reference: dropping it
