@@ -528,7 +528,8 @@ pub fn ledger(g: &Global, cmd: LedgerCmd) -> Result<ExitCode> {
                         );
                     } else {
                         println!(
-                            "ledger verified: {n} entries, feed {}, head {}",
+                            "ledger verified: {n} {}, feed {}, head {}",
+                            if n == 1 { "entry" } else { "entries" },
                             feed.peer_id(),
                             head.map(|h| h.to_hex()).unwrap_or_else(|| "-".into())
                         );

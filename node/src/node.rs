@@ -91,6 +91,16 @@ impl Node {
             config,
             key,
         });
+        // Load every registered model now, so the first job does not pay for parsing and
+        // optimising it. A model that fails to load is reported and stays unavailable; the
+        // node still serves the others.
+        if let Ok(registered) = crate::models::list(data_dir) {
+            for name in registered.keys() {
+                if let Err(e) = tokio::task::block_in_place(|| state.models.get(name)) {
+                    tracing::warn!(model = %name, error = %e, "model not loaded");
+                }
+            }
+        }
         let addr_file = datadir::api_addr_path(data_dir);
         std::fs::write(&addr_file, format!("{addr}\n")).map_err(|error| StartError::DataDir {
             path: addr_file,
