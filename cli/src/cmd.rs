@@ -86,6 +86,9 @@ pub struct SubmitArgs {
     /// Print the whole answer (outputs and receipt) as JSON
     #[arg(long)]
     json: bool,
+    /// Also write each output tensor to DIR/<output name>.npy
+    #[arg(long, value_name = "DIR")]
+    out: Option<PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -355,6 +358,24 @@ pub fn submit(g: &Global, a: SubmitArgs) -> Result<ExitCode> {
     }
     let input_name = answer["input_names"][0].as_str();
     let verified = verify_job_response(&answer, input_name, &input)?;
+    if let Some(dir) = &a.out {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        for (name, t) in &verified.outputs {
+            let safe: String = name
+                .chars()
+                .map(|c| {
+                    if c.is_ascii_alphanumeric() || c == '_' || c == '-' || c == '.' {
+                        c
+                    } else {
+                        '_'
+                    }
+                })
+                .collect();
+            let path = dir.join(format!("{safe}.npy"));
+            std::fs::write(&path, t.to_npy())
+                .with_context(|| format!("writing {}", path.display()))?;
+        }
+    }
     if a.json {
         let mut out = answer.clone();
         out["receipt_verified"] = json!(true);

@@ -233,6 +233,21 @@ fn bad_input_gets_clear_errors_and_nothing_reaches_the_ledger() {
     assert_eq!(s, 200, "{v}");
     let (_, head) = node.get("/v1/ledger/head");
     assert_eq!(head["entries"], 1);
+
+    // A model registered while the node runs is picked up on its first job.
+    let out = t.run(&[
+        "model",
+        "add",
+        "digits-v2",
+        fixture("digits.onnx").to_str().unwrap(),
+    ]);
+    assert!(out.status.success());
+    let (s, v) = node.post_json(
+        "/v1/jobs",
+        &json!({"model": "digits-v2", "input": image_json(6)}),
+    );
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["receipt"]["receipt"]["model"], "digits-v2");
 }
 
 #[test]

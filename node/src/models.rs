@@ -156,12 +156,20 @@ pub fn list(data_dir: &Path) -> Result<BTreeMap<String, ModelRecord>, ModelError
     Ok(read_registry(&data_dir.join(REGISTRY_FILE))?.models)
 }
 
-/// Loaded engines by name; loads on first use and re-reads the registry when a name is new.
+/// The registry as last read, keyed by the file's modification time and length.
+type RegistrySnapshot = (
+    Option<(std::time::SystemTime, u64)>,
+    BTreeMap<String, ModelRecord>,
+);
+
+/// Loaded engines by name. Loads on first use; re-reads the registry file only when it changed
+/// (`fabnode model add` while the node runs), so a job costs one `stat`, not a parse.
 #[derive(Debug)]
 pub struct ModelCache {
     data_dir: PathBuf,
     max_bytes: u64,
     loaded: Mutex<BTreeMap<String, LoadedModel>>,
+    registry: Mutex<Option<RegistrySnapshot>>,
 }
 
 impl ModelCache {
@@ -170,7 +178,25 @@ impl ModelCache {
             data_dir,
             max_bytes,
             loaded: Mutex::new(BTreeMap::new()),
+            registry: Mutex::new(None),
         }
+    }
+
+    fn registry(&self) -> Result<BTreeMap<String, ModelRecord>, ModelError> {
+        let path = self.data_dir.join(REGISTRY_FILE);
+        let stamp = std::fs::metadata(&path)
+            .ok()
+            .and_then(|m| Some((m.modified().ok()?, m.len())));
+        let mut guard = self.registry.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((seen, models)) = guard.as_ref()
+            && *seen == stamp
+            && stamp.is_some()
+        {
+            return Ok(models.clone());
+        }
+        let models = read_registry(&path)?.models;
+        *guard = Some((stamp, models.clone()));
+        Ok(models)
     }
 
     fn cached(&self, name: &str) -> Option<LoadedModel> {
@@ -180,7 +206,7 @@ impl ModelCache {
 
     /// The model called `name`, loading it if needed. Blocking: call off the async threads.
     pub fn get(&self, name: &str) -> Result<LoadedModel, ModelError> {
-        let registry = list(&self.data_dir)?;
+        let registry = self.registry()?;
         let Some(record) = registry.get(name) else {
             return Err(ModelError::Unknown {
                 name: name.to_owned(),
