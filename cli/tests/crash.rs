@@ -107,7 +107,6 @@ fn kill_9_during_submits_loses_no_receipt() {
         let mut node = t
             .start(&[])
             .unwrap_or_else(|e| panic!("round {round}: restart failed: {e}"));
-        let base = node.base.clone();
         let clients = spawn_clients(&node.base, &receipts);
         // The random moment: somewhere from just after start to well into the stream.
         let before = receipts.lock().unwrap().len();
