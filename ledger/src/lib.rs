@@ -16,6 +16,7 @@
 //! - [`entry`]: feed [`Entry`]s, the execution receipt body, and [`verify_feed`] which re-checks
 //!   every signature and link of a feed.
 //! - [`feed`]: [`FeedWriter`], the sans-IO state that numbers, links and signs new entries.
+//! - [`merkle`]: RFC 9162 Merkle trees: append, roots, inclusion and consistency proofs.
 //! - [`store`] (feature `store`): the redb file that holds a feed durably.
 //!
 //! Nothing here reads the clock, spawns, or touches the network; callers pass time in.
@@ -27,6 +28,7 @@ pub mod feed;
 pub mod id;
 pub mod identity;
 pub mod job;
+pub mod merkle;
 pub mod signed;
 #[cfg(feature = "store")]
 pub mod store;
