@@ -320,6 +320,8 @@ pub enum VerifyErrorKind {
     SeqMismatch { position: u64, found: u64 },
     #[error("prev_entry_id {found} does not match the previous entry's id {expected}")]
     BrokenLink { expected: String, found: String },
+    #[error("{0}")]
+    Checkpoint(String),
 }
 
 impl From<SignedError> for VerifyErrorKind {

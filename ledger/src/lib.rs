@@ -16,6 +16,7 @@
 //! - [`entry`]: feed [`Entry`]s, the execution receipt body, and [`verify_feed`] which re-checks
 //!   every signature and link of a feed.
 //! - [`feed`]: [`FeedWriter`], the sans-IO state that numbers, links and signs new entries.
+//! - [`checkpoint`]: signed tree heads in the C2SP tlog-checkpoint note format.
 //! - [`merkle`]: RFC 9162 Merkle trees: append, roots, inclusion and consistency proofs.
 //! - [`store`] (feature `store`): the redb file that holds a feed durably.
 //!
@@ -23,6 +24,7 @@
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
 
 pub mod cbor;
+pub mod checkpoint;
 pub mod entry;
 pub mod feed;
 pub mod id;

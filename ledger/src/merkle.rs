@@ -98,7 +98,7 @@ fn largest_power_of_two_below(n: u64) -> u64 {
 /// either a complete, aligned subtree, or a range whose left part is one.
 fn range_hash<S: NodeSource>(src: &S, start: u64, end: u64) -> Result<Hash, S::Error> {
     let len = end - start;
-    if len.is_power_of_two() && start % len == 0 {
+    if len.is_power_of_two() && start.is_multiple_of(len) {
         return src.node(len.trailing_zeros(), start >> len.trailing_zeros());
     }
     let k = largest_power_of_two_below(len);

@@ -1,15 +1,19 @@
 //! The durable store of a node's feed: one redb file.
 //!
 //! Tables: `entries` (seq -> signed entry bytes, exactly as signed and verified), `jobs`
-//! (job id -> seq, for lookups) and `meta` (the feed key). An append batch is one write
-//! transaction committed with redb's immediate durability (fsync), so an entry is on disk
-//! before [`Store::append_batch`] returns, and a crash leaves either the whole batch or none.
+//! (job id -> seq, for lookups), `nodes` ((level, index) -> complete-subtree hash of the RFC 9162
+//! tree whose leaves are the signed entries), `checkpoints` (tree size -> signed note) and
+//! `meta` (the feed key). An append batch is one write transaction (two-phase commit, immediate
+//! durability): entries, tree nodes and the batch's signed checkpoint land together or not at
+//! all, and [`Store::append_batch`] returns only once they are on disk (group commit).
 //!
 //! The writer opens the file in redb's `SingleWriter` mode: auditors (`fabnode ledger verify`)
 //! can open it read-only at the same time and read what has been committed.
 //!
 //! On open, the writer checks redb's page checksums (a file altered outside redb is refused,
-//! not trusted) and re-verifies the tail entry: its signature, feed, position and link.
+//! not trusted) and re-verifies the tail: the last entry's signature, feed, position and link,
+//! that the last leaf is that entry's hash, and that the root recomputed from the stored tree
+//! equals the root in the last checkpoint, whose signature must verify.
 
 use std::path::{Path, PathBuf};
 
@@ -19,13 +23,19 @@ use redb::{
 };
 use thiserror::Error;
 
+use crate::checkpoint::Checkpoint;
 use crate::entry::{FeedVerifier, VerifyError};
-use crate::{ContentId, EntryBody, PublicKey, SignedEntry};
+use crate::merkle::{self, Frontier, Hash, NodeSource};
+use crate::{ContentId, EntryBody, Keypair, PublicKey, SignedEntry};
 
 /// `seq -> signed entry bytes`. Public so tests and tools can reach the raw bytes.
 pub const ENTRIES: TableDefinition<u64, &[u8]> = TableDefinition::new("entries");
 /// `job id -> seq` of the execution entry for that job.
 pub const JOBS: TableDefinition<&[u8], u64> = TableDefinition::new("jobs");
+/// `(level, index) -> hash` of complete subtrees of the entries' Merkle tree.
+pub const NODES: TableDefinition<(u8, u64), &[u8]> = TableDefinition::new("nodes");
+/// `tree size -> signed checkpoint note`.
+pub const CHECKPOINTS: TableDefinition<u64, &str> = TableDefinition::new("checkpoints");
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 const META_FEED: &str = "feed";
 
@@ -62,6 +72,8 @@ pub enum StoreError {
     },
     #[error("ledger {path}: tail check failed: {bad}", path = path.display())]
     Tail { path: PathBuf, bad: VerifyError },
+    #[error("ledger {path}: {detail}; the stored tree or checkpoint does not match the entries", path = path.display())]
+    Checkpoint { path: PathBuf, detail: String },
     #[error("ledger append refused: entry seq {found} does not follow head seq {expected}")]
     OutOfOrder { expected: u64, found: u64 },
     #[error("ledger {path}: {detail}", path = path.display())]
@@ -73,9 +85,28 @@ pub enum StoreError {
 pub struct Store {
     path: PathBuf,
     db: Database,
-    feed: PublicKey,
+    key: Keypair,
+    network: String,
     next_seq: u64,
     head: Option<ContentId>,
+    frontier: Frontier,
+    checkpoint: Option<Checkpoint>,
+}
+
+/// Complete-subtree hashes served from a redb table.
+struct TableNodes<'a, T>(&'a T);
+
+impl<T: ReadableTable<(u8, u64), &'static [u8]>> NodeSource for TableNodes<'_, T> {
+    type Error = String;
+    fn node(&self, level: u32, index: u64) -> Result<Hash, String> {
+        let v = self
+            .0
+            .get((level as u8, index))
+            .map_err(|e| e.to_string())?
+            .ok_or_else(|| format!("tree node ({level}, {index}) is missing"))?;
+        <[u8; 32]>::try_from(v.value())
+            .map_err(|_| format!("tree node ({level}, {index}) is not 32 bytes"))
+    }
 }
 
 fn storage(path: &Path) -> impl Fn(redb::Error) -> StoreError + '_ {
@@ -133,8 +164,10 @@ pub fn recover(path: &Path) -> Result<(), StoreError> {
 }
 
 impl Store {
-    /// Opens (or creates) the feed file for `key`, checking page checksums and the tail entry.
-    pub fn open(path: &Path, feed: PublicKey) -> Result<Store, StoreError> {
+    /// Opens (or creates) the feed file of `key`, checking page checksums, the tail entry and
+    /// the tree against the last checkpoint. `network` names the mesh in checkpoint origins.
+    pub fn open(path: &Path, key: &Keypair, network: &str) -> Result<Store, StoreError> {
+        let feed = key.public();
         let st = storage(path);
         let db = redb::Builder::new()
             .set_concurrency_mode(ConcurrencyMode::SingleWriter)
@@ -169,21 +202,127 @@ impl Store {
             }
             txn.open_table(ENTRIES).map_err(|e| st(e.into()))?;
             txn.open_table(JOBS).map_err(|e| st(e.into()))?;
+            txn.open_table(NODES).map_err(|e| st(e.into()))?;
+            txn.open_table(CHECKPOINTS).map_err(|e| st(e.into()))?;
         }
         txn.commit().map_err(|e| st(e.into()))?;
 
         let (next_seq, head) = verify_tail(path, &db, feed)?;
-        Ok(Store {
+        let mut store = Store {
             path: path.to_owned(),
             db,
-            feed,
+            key: key.clone(),
+            network: network.to_owned(),
             next_seq,
             head,
-        })
+            frontier: Frontier::new(),
+            checkpoint: None,
+        };
+        store.open_tree()?;
+        Ok(store)
     }
 
-    /// Appends a batch of entries in one durable transaction. The entries must continue the
-    /// feed exactly; nothing is written if any does not.
+    /// Loads the tree border and checks it against the last checkpoint; builds the tree once
+    /// for a ledger written before the tree existed.
+    fn open_tree(&mut self) -> Result<(), StoreError> {
+        let path = self.path.clone();
+        let st = storage(&path);
+        let cp_err = |detail: String| StoreError::Checkpoint {
+            path: path.clone(),
+            detail,
+        };
+        let txn = self.db.begin_read().map_err(|e| st(e.into()))?;
+        let nodes = txn.open_table(NODES).map_err(|e| st(e.into()))?;
+        let cps = txn.open_table(CHECKPOINTS).map_err(|e| st(e.into()))?;
+        let last_cp = cps
+            .last()
+            .map_err(|e| st(e.into()))?
+            .map(|(k, v)| (k.value(), v.value().to_owned()));
+        if self.next_seq > 0 && nodes.len().map_err(|e| st(e.into()))? == 0 && last_cp.is_none() {
+            drop((nodes, cps, txn));
+            return self.rebuild_tree();
+        }
+        let frontier = Frontier::from_source(&TableNodes(&nodes), self.next_seq).map_err(cp_err)?;
+        if self.next_seq == 0 {
+            self.frontier = frontier;
+            return Ok(());
+        }
+        let (size, note) = last_cp.ok_or_else(|| cp_err("no checkpoint".into()))?;
+        let cp = Checkpoint::verify(&note, &self.key.public(), Some(&self.origin()))
+            .map_err(|e| cp_err(format!("last checkpoint: {e}")))?;
+        if size != self.next_seq || cp.size != self.next_seq {
+            return Err(cp_err(format!(
+                "last checkpoint covers {} entries but the ledger holds {}",
+                cp.size, self.next_seq
+            )));
+        }
+        if cp.root != frontier.root() {
+            return Err(cp_err(format!(
+                "recomputed root differs from checkpoint {}",
+                cp.size
+            )));
+        }
+        let entries = txn.open_table(ENTRIES).map_err(|e| st(e.into()))?;
+        let tail = entries
+            .get(self.next_seq - 1)
+            .map_err(|e| st(e.into()))?
+            .map(|v| v.value().to_vec())
+            .unwrap_or_default();
+        let leaf = TableNodes(&nodes)
+            .node(0, self.next_seq - 1)
+            .map_err(cp_err)?;
+        if leaf != merkle::leaf_hash(&tail) {
+            return Err(cp_err(format!(
+                "leaf {} is not the hash of the stored entry",
+                self.next_seq - 1
+            )));
+        }
+        self.frontier = frontier;
+        self.checkpoint = Some(cp);
+        Ok(())
+    }
+
+    fn rebuild_tree(&mut self) -> Result<(), StoreError> {
+        let st = storage(&self.path);
+        let mut frontier = Frontier::new();
+        let mut txn = self.db.begin_write().map_err(|e| st(e.into()))?;
+        txn.set_two_phase_commit(true);
+        let cp;
+        {
+            let entries = txn.open_table(ENTRIES).map_err(|e| st(e.into()))?;
+            let mut nodes = txn.open_table(NODES).map_err(|e| st(e.into()))?;
+            for item in entries.iter().map_err(|e| st(e.into()))? {
+                let (_, v) = item.map_err(|e| st(e.into()))?;
+                for n in frontier.append(merkle::leaf_hash(v.value())) {
+                    nodes
+                        .insert((n.level as u8, n.index), &n.hash[..])
+                        .map_err(|e| st(e.into()))?;
+                }
+            }
+            cp = Checkpoint::sign(&self.key, &self.network, frontier.size(), frontier.root());
+            let mut cps = txn.open_table(CHECKPOINTS).map_err(|e| st(e.into()))?;
+            cps.insert(cp.size, cp.note.as_str())
+                .map_err(|e| st(e.into()))?;
+        }
+        txn.commit().map_err(|e| st(e.into()))?;
+        self.frontier = frontier;
+        self.checkpoint = Some(cp);
+        Ok(())
+    }
+
+    /// This feed's checkpoint origin line.
+    pub fn origin(&self) -> String {
+        crate::checkpoint::origin(&self.network, &self.key.public())
+    }
+
+    /// The checkpoint of the last committed batch.
+    pub fn checkpoint(&self) -> Option<&Checkpoint> {
+        self.checkpoint.as_ref()
+    }
+
+    /// Appends a batch of entries in one durable transaction, with their tree nodes and a
+    /// signed checkpoint of the new tree. The entries must continue the feed exactly; nothing
+    /// is written if any does not.
     pub fn append_batch(&mut self, batch: &[SignedEntry]) -> Result<(), StoreError> {
         for (expected, e) in (self.next_seq..).zip(batch) {
             if e.body().seq != expected {
@@ -193,31 +332,50 @@ impl Store {
                 });
             }
         }
+        let Some(last) = batch.last() else {
+            return Ok(());
+        };
         let st = storage(&self.path);
-        let txn = self.db.begin_write().map_err(|e| st(e.into()))?;
+        let mut frontier = self.frontier.clone();
+        let mut txn = self.db.begin_write().map_err(|e| st(e.into()))?;
+        // Entries will come from peers too: two-phase commit keeps a torn write from ever
+        // being taken for a committed one.
+        txn.set_two_phase_commit(true);
+        let cp;
         {
             let mut entries = txn.open_table(ENTRIES).map_err(|e| st(e.into()))?;
             let mut jobs = txn.open_table(JOBS).map_err(|e| st(e.into()))?;
+            let mut nodes = txn.open_table(NODES).map_err(|e| st(e.into()))?;
             for e in batch {
+                let bytes = e.encode();
                 entries
-                    .insert(e.body().seq, e.encode().as_slice())
+                    .insert(e.body().seq, bytes.as_slice())
                     .map_err(|e| st(e.into()))?;
                 if let EntryBody::Execution(r) = &e.body().body {
                     jobs.insert(r.job.id().as_bytes().as_slice(), e.body().seq)
                         .map_err(|e| st(e.into()))?;
                 }
+                for n in frontier.append(merkle::leaf_hash(&bytes)) {
+                    nodes
+                        .insert((n.level as u8, n.index), &n.hash[..])
+                        .map_err(|e| st(e.into()))?;
+                }
             }
+            cp = Checkpoint::sign(&self.key, &self.network, frontier.size(), frontier.root());
+            let mut cps = txn.open_table(CHECKPOINTS).map_err(|e| st(e.into()))?;
+            cps.insert(cp.size, cp.note.as_str())
+                .map_err(|e| st(e.into()))?;
         }
         txn.commit().map_err(|e| st(e.into()))?;
-        if let Some(last) = batch.last() {
-            self.next_seq = last.body().seq + 1;
-            self.head = Some(last.id());
-        }
+        self.next_seq = last.body().seq + 1;
+        self.head = Some(last.id());
+        self.frontier = frontier;
+        self.checkpoint = Some(cp);
         Ok(())
     }
 
     pub fn feed(&self) -> PublicKey {
-        self.feed
+        self.key.public()
     }
 
     /// Number of entries, which is also the next seq.
@@ -386,11 +544,73 @@ impl Reader<'_> {
             })
     }
 
+    /// The checkpoint with the largest size, as stored (not verified).
+    pub fn latest_checkpoint(&self) -> Result<Option<(u64, String)>, StoreError> {
+        let st = storage(self.path);
+        let txn = self.txn()?;
+        let t = txn.open_table(CHECKPOINTS).map_err(|e| st(e.into()))?;
+        Ok(t.last()
+            .map_err(|e| st(e.into()))?
+            .map(|(k, v)| (k.value(), v.value().to_owned())))
+    }
+
+    /// All stored checkpoints, in size order.
+    pub fn checkpoints(&self) -> Result<Vec<(u64, String)>, StoreError> {
+        let st = storage(self.path);
+        let txn = self.txn()?;
+        let t = txn.open_table(CHECKPOINTS).map_err(|e| st(e.into()))?;
+        let mut out = Vec::new();
+        for item in t.iter().map_err(|e| st(e.into()))? {
+            let (k, v) = item.map_err(|e| st(e.into()))?;
+            out.push((k.value(), v.value().to_owned()));
+        }
+        Ok(out)
+    }
+
+    fn with_nodes<T>(
+        &self,
+        f: impl FnOnce(
+            &TableNodes<'_, redb::ReadOnlyTable<(u8, u64), &'static [u8]>>,
+        ) -> Result<T, String>,
+    ) -> Result<T, StoreError> {
+        let st = storage(self.path);
+        let txn = self.txn()?;
+        let t = txn.open_table(NODES).map_err(|e| st(e.into()))?;
+        f(&TableNodes(&t)).map_err(|detail| StoreError::Checkpoint {
+            path: self.path.to_owned(),
+            detail,
+        })
+    }
+
+    /// The Merkle root of the first `size` entries.
+    pub fn root(&self, size: u64) -> Result<Hash, StoreError> {
+        self.with_nodes(|n| merkle::root(n, size))
+    }
+
+    /// The leaf hash of entry `index`.
+    pub fn leaf(&self, index: u64) -> Result<Hash, StoreError> {
+        self.with_nodes(|n| n.node(0, index))
+    }
+
+    /// RFC 9162 inclusion path of entry `index` in the tree of `size`.
+    pub fn inclusion_proof(&self, index: u64, size: u64) -> Result<Vec<Hash>, StoreError> {
+        self.with_nodes(|n| merkle::inclusion_proof(n, index, size).map_err(|e| e.to_string()))
+    }
+
+    /// RFC 9162 consistency proof from the tree of `first` to the tree of `second`.
+    pub fn consistency_proof(&self, first: u64, second: u64) -> Result<Vec<Hash>, StoreError> {
+        self.with_nodes(|n| merkle::consistency_proof(n, first, second).map_err(|e| e.to_string()))
+    }
+
     /// Re-checks every entry from the first: decoding, signatures, sequence and links.
     /// Returns the entry count and head id, or the first bad entry.
     pub fn verify_all(&self) -> Result<Result<(u64, Option<ContentId>), VerifyError>, StoreError> {
         const PAGE: usize = 1024;
-        let mut v = FeedVerifier::new(self.feed()?);
+        let feed = self.feed()?;
+        let mut v = FeedVerifier::new(feed);
+        let checkpoints = self.checkpoints()?;
+        let mut cps = checkpoints.iter().peekable();
+        let mut tree = Frontier::new();
         loop {
             let page = self.range(v.next_seq(), PAGE)?;
             for (seq, bytes) in &page {
@@ -406,8 +626,33 @@ impl Reader<'_> {
                 if let Err(e) = v.push(bytes) {
                     return Ok(Err(e));
                 }
+                tree.append(merkle::leaf_hash(bytes));
+                // Every checkpoint must sign the root of exactly the entries before it.
+                while let Some((size, note)) = cps.next_if(|(size, _)| *size <= tree.size()) {
+                    let bad = |detail: String| VerifyError {
+                        seq: size.saturating_sub(1),
+                        kind: crate::VerifyErrorKind::Checkpoint(detail),
+                    };
+                    let cp = match Checkpoint::verify(note, &feed, None) {
+                        Ok(cp) => cp,
+                        Err(e) => return Ok(Err(bad(format!("checkpoint {size}: {e}")))),
+                    };
+                    if cp.size != *size || *size != tree.size() || cp.root != tree.root() {
+                        return Ok(Err(bad(format!(
+                            "checkpoint {size} does not sign the root of the first {size} entries"
+                        ))));
+                    }
+                }
             }
             if page.len() < PAGE {
+                if let Some((size, _)) = cps.next() {
+                    return Ok(Err(VerifyError {
+                        seq: v.next_seq(),
+                        kind: crate::VerifyErrorKind::Checkpoint(format!(
+                            "checkpoint {size} is beyond the last entry"
+                        )),
+                    }));
+                }
                 return Ok(Ok((v.next_seq(), v.head())));
             }
         }

@@ -142,7 +142,7 @@ fn store_is_durable_across_reopen_and_tamper_is_named() {
     let key = Keypair::from_secret([6; 32]);
     let es = entries(&key, 6);
     {
-        let mut store = Store::open(&path, key.public()).unwrap();
+        let mut store = Store::open(&path, &key, "test").unwrap();
         store.append_batch(&es[..3]).unwrap();
         store.append_batch(&es[3..]).unwrap();
         // Out-of-order appends are refused whole.
@@ -153,7 +153,7 @@ fn store_is_durable_across_reopen_and_tamper_is_named() {
         let r = store.reader();
         assert_eq!(r.seq_of_job(&receipt(&key, 4).job.id()).unwrap(), Some(4));
     }
-    let store = Store::open(&path, key.public()).unwrap();
+    let store = Store::open(&path, &key, "test").unwrap();
     assert_eq!(store.len(), 6);
     assert_eq!(store.head(), Some(es[5].id()));
     assert_eq!(
@@ -189,7 +189,7 @@ fn tampered_tail_refuses_to_open() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("ledger.redb");
     let key = Keypair::from_secret([6; 32]);
-    Store::open(&path, key.public())
+    Store::open(&path, &key, "test")
         .unwrap()
         .append_batch(&entries(&key, 3))
         .unwrap();
@@ -207,7 +207,7 @@ fn tampered_tail_refuses_to_open() {
         }
         txn.commit().unwrap();
     }
-    let err = Store::open(&path, key.public()).unwrap_err();
+    let err = Store::open(&path, &key, "test").unwrap_err();
     assert!(matches!(err, StoreError::Tail { .. }), "{err}");
     assert!(err.to_string().contains("entry 2"), "{err}");
 }
@@ -219,7 +219,7 @@ fn corrupt_file_and_wrong_key_are_clear_errors() {
 
     let garbage = dir.path().join("garbage.redb");
     std::fs::write(&garbage, vec![0xA5u8; 8192]).unwrap();
-    let err = Store::open(&garbage, key.public()).unwrap_err();
+    let err = Store::open(&garbage, &key, "test").unwrap_err();
     assert!(
         matches!(err, StoreError::Corrupt { .. } | StoreError::Storage { .. }),
         "{err}"
@@ -227,7 +227,7 @@ fn corrupt_file_and_wrong_key_are_clear_errors() {
 
     // A byte flipped on disk inside redb's pages: the checksum check refuses the file.
     let path = dir.path().join("ledger.redb");
-    Store::open(&path, key.public())
+    Store::open(&path, &key, "test")
         .unwrap()
         .append_batch(&entries(&key, 40))
         .unwrap();
@@ -239,12 +239,12 @@ fn corrupt_file_and_wrong_key_are_clear_errors() {
         .expect("entry bytes on disk");
     raw[pos] ^= 0x20;
     std::fs::write(&path, &raw).unwrap();
-    let err = Store::open(&path, key.public()).unwrap_err();
+    let err = Store::open(&path, &key, "test").unwrap_err();
     assert!(matches!(err, StoreError::Corrupt { .. }), "{err}");
 
     let path2 = dir.path().join("other.redb");
-    Store::open(&path2, key.public()).unwrap();
-    let err = Store::open(&path2, Keypair::from_secret([7; 32]).public()).unwrap_err();
+    Store::open(&path2, &key, "test").unwrap();
+    let err = Store::open(&path2, &Keypair::from_secret([7; 32]), "test").unwrap_err();
     assert!(matches!(err, StoreError::WrongFeed { .. }), "{err}");
 }
 
@@ -254,7 +254,7 @@ fn reader_sees_commits_while_writer_is_open() {
     let path = dir.path().join("ledger.redb");
     let key = Keypair::from_secret([8; 32]);
     let es = entries(&key, 4);
-    let mut store = Store::open(&path, key.public()).unwrap();
+    let mut store = Store::open(&path, &key, "test").unwrap();
     store.append_batch(&es[..2]).unwrap();
     let ro = ReadOnlyStore::open(&path).unwrap();
     assert_eq!(ro.reader().entry_count().unwrap(), 2);
@@ -262,10 +262,106 @@ fn reader_sees_commits_while_writer_is_open() {
     assert_eq!(ro.reader().verify_all().unwrap().unwrap().0, 4);
     // A second writer is refused with a clear error.
     assert!(matches!(
-        Store::open(&path, key.public()),
+        Store::open(&path, &key, "test"),
         Err(StoreError::Locked { .. })
     ));
     let _ = ro.reader().feed().unwrap();
     let _ = ContentId::of(b"");
     let _ = redb::ReadOnlyDatabase::open(dir.path().join("missing.redb")).is_err();
+}
+
+#[test]
+fn each_batch_commits_tree_nodes_and_a_signed_checkpoint() {
+    use fab_ledger::checkpoint::Checkpoint;
+    use fab_ledger::merkle::{MemoryTree, verify_consistency, verify_inclusion};
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("ledger.redb");
+    let key = Keypair::from_secret([11; 32]);
+    let es = entries(&key, 37);
+    let mut store = Store::open(&path, &key, "test").unwrap();
+    let mut mem = MemoryTree::new();
+    let mut sizes = Vec::new();
+    for chunk in es.chunks(5) {
+        store.append_batch(chunk).unwrap();
+        for e in chunk {
+            mem.push_leaf_data(&e.encode());
+        }
+        let cp = store.checkpoint().unwrap();
+        assert_eq!((cp.size, cp.root), (mem.size(), mem.root()));
+        Checkpoint::verify(&cp.note, &key.public(), Some(&store.origin())).unwrap();
+        sizes.push(cp.size);
+    }
+    let r = store.reader();
+    let stored = r.checkpoints().unwrap();
+    assert_eq!(stored.iter().map(|(s, _)| *s).collect::<Vec<_>>(), sizes);
+    // Proofs served from the stored nodes verify against the checkpoints.
+    let last = Checkpoint::verify(&stored.last().unwrap().1, &key.public(), None).unwrap();
+    for i in [0u64, 1, 17, 36] {
+        let leaf = r.leaf(i).unwrap();
+        assert_eq!(
+            leaf,
+            fab_ledger::merkle::leaf_hash(&es[i as usize].encode())
+        );
+        let p = r.inclusion_proof(i, 37).unwrap();
+        verify_inclusion(i, 37, &leaf, &p, &last.root).unwrap();
+    }
+    for (size, note) in &stored[..stored.len() - 1] {
+        let old = Checkpoint::verify(note, &key.public(), None).unwrap();
+        let p = r.consistency_proof(*size, 37).unwrap();
+        verify_consistency(*size, 37, &old.root, &last.root, &p).unwrap();
+    }
+    assert_eq!(r.verify_all().unwrap().unwrap().0, 37);
+    drop(store);
+    // Reopening checks the recomputed root against the last checkpoint.
+    let store = Store::open(&path, &key, "test").unwrap();
+    assert_eq!(store.checkpoint().unwrap().root, mem.root());
+}
+
+#[test]
+fn a_damaged_tree_node_or_checkpoint_is_refused_on_open_and_named_by_verify() {
+    use fab_ledger::store::{CHECKPOINTS, NODES};
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("ledger.redb");
+    let key = Keypair::from_secret([12; 32]);
+    {
+        let mut store = Store::open(&path, &key, "test").unwrap();
+        let es = entries(&key, 8);
+        store.append_batch(&es[..4]).unwrap();
+        store.append_batch(&es[4..]).unwrap();
+    }
+    let rewrite = |f: &dyn Fn(&redb::WriteTransaction)| {
+        let db = redb::Database::builder()
+            .set_concurrency_mode(redb::ConcurrencyMode::SingleWriter)
+            .open(&path)
+            .unwrap();
+        let txn = db.begin_write().unwrap();
+        f(&txn);
+        txn.commit().unwrap();
+    };
+    // A node on the right border (the level-3 root of all 8 leaves).
+    rewrite(&|txn| {
+        let mut t = txn.open_table(NODES).unwrap();
+        t.insert((3u8, 0u64), &[0u8; 32][..]).unwrap();
+    });
+    let err = Store::open(&path, &key, "test").unwrap_err();
+    assert!(matches!(err, StoreError::Checkpoint { .. }), "{err}");
+    assert!(err.to_string().contains("recomputed root differs"), "{err}");
+
+    // Restore the node, then forge checkpoint 4's root: verify names it.
+    let mut mem = fab_ledger::merkle::MemoryTree::new();
+    for e in entries(&key, 8) {
+        mem.push_leaf_data(&e.encode());
+    }
+    let full = fab_ledger::merkle::root(&mem, 8).unwrap();
+    rewrite(&|txn| {
+        let mut t = txn.open_table(NODES).unwrap();
+        t.insert((3u8, 0u64), &full[..]).unwrap();
+        let mut c = txn.open_table(CHECKPOINTS).unwrap();
+        let forged = fab_ledger::checkpoint::Checkpoint::sign(&key, "test", 4, [9; 32]);
+        c.insert(4u64, forged.note.as_str()).unwrap();
+    });
+    let store = Store::open(&path, &key, "test").unwrap();
+    let err = store.reader().verify_all().unwrap().unwrap_err();
+    assert_eq!(err.seq, 3);
+    assert!(err.to_string().contains("checkpoint 4"), "{err}");
 }

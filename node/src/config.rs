@@ -63,6 +63,9 @@ pub struct LimitsConfig {
 pub struct LedgerConfig {
     /// Most entries committed in one durable write transaction (group commit).
     pub batch_max: usize,
+    /// Name of the mesh this node's ledger belongs to; part of every checkpoint's origin line
+    /// (`fabnode/<network>/<PeerId>`).
+    pub network: String,
 }
 
 /// Logging.
@@ -118,7 +121,10 @@ impl Default for LimitsConfig {
 
 impl Default for LedgerConfig {
     fn default() -> Self {
-        LedgerConfig { batch_max: 256 }
+        LedgerConfig {
+            batch_max: 256,
+            network: "local".into(),
+        }
     }
 }
 
@@ -354,6 +360,20 @@ impl Config {
             24 * 3_600_000,
         )?;
         range("ledger.batch_max", self.ledger.batch_max as u64, 1, 65_536)?;
+        let net = &self.ledger.network;
+        if net.is_empty()
+            || net.len() > 64
+            || !net
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
+        {
+            return Err(ConfigError::BadValue {
+                origin: "configuration".into(),
+                key: "ledger.network".into(),
+                value: net.clone(),
+                expected: "1 to 64 letters, digits, '-', '_' or '.'".into(),
+            });
+        }
         if tracing_filter_ok(&self.log.level).is_err() {
             return Err(ConfigError::BadValue {
                 origin: "configuration".into(),

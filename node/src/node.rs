@@ -61,7 +61,8 @@ impl Node {
     pub async fn start(data_dir: &Path, config: Config) -> Result<Node, StartError> {
         let key = Keypair::load(&datadir::key_path(data_dir))?;
         let ledger_path = datadir::ledger_path(data_dir);
-        let store = tokio::task::block_in_place(|| Store::open(&ledger_path, key.public()))?;
+        let network = config.ledger.network.clone();
+        let store = tokio::task::block_in_place(|| Store::open(&ledger_path, &key, &network))?;
         let addr = config.api.listen;
         let listener = TcpListener::bind(addr).await.map_err(|source| {
             if source.kind() == std::io::ErrorKind::AddrInUse {
