@@ -17,6 +17,8 @@
 //!   every signature and link of a feed.
 //! - [`feed`]: [`FeedWriter`], the sans-IO state that numbers, links and signs new entries.
 //! - [`checkpoint`]: signed tree heads in the C2SP tlog-checkpoint note format.
+//! - [`receipt`]: offline receipts (entry + inclusion proof + checkpoint).
+//! - [`evidence`]: self-verifying proof that a feed signed two conflicting statements.
 //! - [`merkle`]: RFC 9162 Merkle trees: append, roots, inclusion and consistency proofs.
 //! - [`store`] (feature `store`): the redb file that holds a feed durably.
 //!
@@ -26,15 +28,18 @@
 pub mod cbor;
 pub mod checkpoint;
 pub mod entry;
+pub mod evidence;
 pub mod feed;
 pub mod id;
 pub mod identity;
 pub mod job;
 pub mod merkle;
+pub mod receipt;
 pub mod signed;
 #[cfg(feature = "store")]
 pub mod store;
 
+pub use cbor::Cbor;
 pub use entry::{
     Determinism, Entry, EntryBody, ExecStatus, ExecutionReceipt, Metering, SignedEntry, Timings,
     VerifyError, VerifyErrorKind, verify_feed,
