@@ -104,8 +104,51 @@ pub enum LedgerCmd {
         #[arg(long, default_value_t = 50)]
         limit: usize,
     },
-    /// Re-check every entry's signature, sequence and hash link; names the first bad entry
+    /// Re-check every entry's signature, sequence and hash link, and every checkpoint against
+    /// the Merkle tree of the entries before it; names the first bad entry
     Verify {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print the latest signed checkpoint (C2SP tlog-checkpoint note)
+    Checkpoint {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Write an offline receipt for an entry: the entry, its inclusion proof and the latest
+    /// checkpoint. Verify it anywhere with `fabnode ledger verify-receipt`
+    Prove {
+        /// A job id or an entry id (64 hex digits), or an entry's seq number
+        id: String,
+        /// Write the receipt here instead of standard output
+        #[arg(long, value_name = "FILE")]
+        out: Option<PathBuf>,
+    },
+    /// Verify a receipt file with no node and no data dir
+    VerifyReceipt {
+        /// Receipt JSON file, or - for standard input
+        file: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// RFC 9162 consistency proof that the log at NEW_SIZE extends the log at OLD_SIZE
+    Consistency {
+        old_size: u64,
+        /// [default: the current size]
+        new_size: Option<u64>,
+    },
+    /// Export entries, leaf hashes, roots at every size, checkpoints and proofs as JSON, for
+    /// any RFC 9162 implementation to check (see docs/LEDGER.md)
+    Export {
+        /// Required: the export format is JSON
+        #[arg(long)]
+        json: bool,
+        #[arg(long, value_name = "FILE")]
+        out: Option<PathBuf>,
+    },
+    /// Verify an equivocation evidence file (two conflicting statements signed by one feed)
+    VerifyEvidence {
+        file: String,
         #[arg(long)]
         json: bool,
     },
@@ -133,7 +176,7 @@ pub fn load_config(g: &Global, flags: &[(String, String)]) -> Result<Config> {
     Ok(Config::load(file.as_deref(), std::env::vars(), flags)?)
 }
 
-fn print_json(v: &serde_json::Value) {
+pub fn print_json(v: &serde_json::Value) {
     println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
 }
 
@@ -453,7 +496,7 @@ pub fn status(g: &Global, json_out: bool) -> Result<ExitCode> {
 
 /// Opens the ledger file read-only. redb may panic on a file altered outside it; that is a
 /// corrupt ledger to the operator, not a crash.
-fn with_ledger<T>(
+pub fn with_ledger<T>(
     dir: &Path,
     f: impl FnOnce(&ReadOnlyStore) -> Result<T> + std::panic::UnwindSafe,
 ) -> Result<T> {
@@ -525,6 +568,14 @@ pub fn ledger(g: &Global, cmd: LedgerCmd) -> Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
+        LedgerCmd::Checkpoint { json } => crate::audit::checkpoint(&dir, json),
+        LedgerCmd::Prove { id, out } => crate::audit::prove(&dir, &id, out),
+        LedgerCmd::VerifyReceipt { file, json } => crate::audit::verify_receipt(&file, json),
+        LedgerCmd::Consistency { old_size, new_size } => {
+            crate::audit::consistency(&dir, old_size, new_size)
+        }
+        LedgerCmd::Export { json, out } => crate::audit::export(&dir, json, out),
+        LedgerCmd::VerifyEvidence { file, json } => crate::audit::verify_evidence(&file, json),
         LedgerCmd::Verify { json } => {
             let key_file = datadir::key_path(&dir);
             let (feed, result) = with_ledger(&dir, |s| {

@@ -1,6 +1,7 @@
 //! `fabnode`: one binary for every device of the mesh.
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
 
+mod audit;
 mod bench;
 mod client;
 mod cmd;
@@ -78,6 +79,12 @@ enum Command {
 }
 
 fn main() -> std::process::ExitCode {
+    // Like other Unix tools, end quietly when a reader such as `head` closes the pipe, instead
+    // of panicking on the failed write.
+    // SAFETY: restoring the default disposition of SIGPIPE before any thread starts.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Keys(c) => cmd::keys(&cli.global, c),

@@ -21,7 +21,7 @@ impl Rng {
     }
 }
 
-const ROUNDS: usize = 20;
+const ROUNDS: usize = 50;
 const CLIENTS: usize = 3;
 
 type Receipts = Arc<Mutex<Vec<(u64, ContentId, String)>>>;
@@ -63,6 +63,29 @@ fn spawn_clients(base: &str, receipts: &Receipts) -> Vec<std::thread::JoinHandle
             })
         })
         .collect()
+}
+
+/// The root recomputed from the stored tree equals the last signed checkpoint, which covers
+/// exactly the stored entries.
+fn assert_root_matches_last_checkpoint(dir: &std::path::Path, round: usize) {
+    let store = ReadOnlyStore::open(&dir.join("ledger.redb")).unwrap();
+    let r = store.reader();
+    let count = r.entry_count().unwrap();
+    let Some((size, note)) = r.latest_checkpoint().unwrap() else {
+        assert_eq!(count, 0, "round {round}: entries without a checkpoint");
+        return;
+    };
+    let cp = fab_ledger::checkpoint::Checkpoint::verify(&note, &r.feed().unwrap(), None).unwrap();
+    assert_eq!(
+        (size, cp.size),
+        (count, count),
+        "round {round}: checkpoint size"
+    );
+    assert_eq!(
+        r.root(count).unwrap(),
+        cp.root,
+        "round {round}: recomputed root"
+    );
 }
 
 /// Every receipt is in the ledger at its seq, with its id, indexed by its job id.
@@ -125,6 +148,7 @@ fn kill_9_during_submits_loses_no_receipt() {
         assert!(out.status.success(), "round {round}: {}", text(&out).1);
         // `ledger verify` ran crash recovery, so a plain read-only open works now.
         assert_receipts_in_ledger(t.path(), &receipts, round);
+        assert_root_matches_last_checkpoint(t.path(), round);
     }
     let total = receipts.lock().unwrap().len();
     eprintln!("{ROUNDS} kills, {killed_mid_stream} mid-stream, {total} receipts checked");

@@ -346,3 +346,105 @@ fn keys_config_and_model_commands() {
         text(&out).1
     );
 }
+
+#[test]
+fn checkpoint_prove_verify_receipt_consistency_export_and_evidence() {
+    let t = TestDir::new();
+    let node = t.start(&[]).unwrap();
+    let mut jobs = Vec::new();
+    for i in 0..12 {
+        let (s, v) = node.post_json(
+            "/v1/jobs",
+            &json!({"model": "digits", "input": image_json(i)}),
+        );
+        assert_eq!(s, 200, "{v}");
+        jobs.push(v["job_id"].as_str().unwrap().to_owned());
+    }
+    let out = t.run(&["ledger", "checkpoint", "--json"]);
+    let cp: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(cp["size"], 12);
+    assert!(
+        cp["origin"]
+            .as_str()
+            .unwrap()
+            .starts_with("fabnode/local/12D3KooW")
+    );
+
+    // A receipt verifies with no node and no data dir.
+    let receipt = t.path().join("r.json");
+    let out = t.run(&[
+        "ledger",
+        "prove",
+        &jobs[7],
+        "--out",
+        receipt.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", text(&out).1);
+    drop(node);
+    let out = std::process::Command::new(bin())
+        .args([
+            "ledger",
+            "verify-receipt",
+            receipt.to_str().unwrap(),
+            "--json",
+        ])
+        .env_remove("FABNODE_DATA_DIR")
+        .env("HOME", "/nonexistent")
+        .output()
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        (v["ok"].as_bool(), v["seq"].as_u64()),
+        (Some(true), Some(7)),
+        "{v}"
+    );
+    assert_eq!(v["job_id"].as_str(), Some(jobs[7].as_str()));
+
+    // A tampered receipt fails with the reason.
+    let mut r: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&receipt).unwrap()).unwrap();
+    r["tree_size"] = json!(13);
+    std::fs::write(&receipt, serde_json::to_vec(&r).unwrap()).unwrap();
+    let out = t.run(&["ledger", "verify-receipt", receipt.to_str().unwrap()]);
+    assert!(!out.status.success());
+    assert!(text(&out).1.contains("tree size 13"), "{}", text(&out).1);
+
+    let out = t.run(&["ledger", "consistency", "3"]);
+    let c: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let proof: Vec<Vec<u8>> = c["proof"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| hex::decode(h.as_str().unwrap()).unwrap())
+        .collect();
+    fab_ledger::merkle::verify_consistency(
+        3,
+        12,
+        &hex::decode(c["old_root"].as_str().unwrap()).unwrap(),
+        &hex::decode(c["new_root"].as_str().unwrap()).unwrap(),
+        &proof,
+    )
+    .unwrap();
+
+    let out = t.run(&["ledger", "export", "--json"]);
+    let ex: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(ex["size"], 12);
+    assert_eq!(ex["roots"].as_array().unwrap().len(), 13);
+    assert_eq!(ex["inclusion_proofs"].as_array().unwrap().len(), 12);
+
+    // Evidence: two notes for one size with different roots, signed by this node's key.
+    let key_bytes = std::fs::read(t.path().join("node.key")).unwrap();
+    let key = fab_ledger::Keypair::from_secret(key_bytes.try_into().unwrap());
+    let a = fab_ledger::checkpoint::Checkpoint::sign(&key, "local", 12, [1; 32]);
+    let b = fab_ledger::checkpoint::Checkpoint::sign(&key, "local", 12, [2; 32]);
+    let ev = fab_ledger::evidence::Evidence::checkpoints(&key.public(), &a, &b);
+    let evf = t.path().join("ev.json");
+    std::fs::write(&evf, serde_json::to_vec(&ev).unwrap()).unwrap();
+    let out = t.run(&["ledger", "verify-evidence", evf.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", text(&out).1);
+    assert!(text(&out).0.contains("stop trusting this feed"));
+    let ev = fab_ledger::evidence::Evidence::checkpoints(&key.public(), &a, &a);
+    std::fs::write(&evf, serde_json::to_vec(&ev).unwrap()).unwrap();
+    let out = t.run(&["ledger", "verify-evidence", evf.to_str().unwrap()]);
+    assert!(!out.status.success());
+}
