@@ -164,6 +164,10 @@ impl PublicKey {
             .to_base58()
     }
 
+    pub(crate) fn dalek(&self) -> &VerifyingKey {
+        &self.0
+    }
+
     /// Strict ed25519 verification: refuses small-order keys and non-canonical signatures,
     /// so one message has exactly one valid signature per key.
     pub(crate) fn verify_raw(&self, message: &[u8], signature: &[u8; 64]) -> bool {

@@ -16,6 +16,11 @@ pub trait SignedBody: Cbor {
     const KIND: &'static str;
     /// The key that must have signed this body.
     fn signer(&self) -> Result<PublicKey, DecodeError>;
+    /// Signatures nested inside this body (an entry's embedded job request): `(message,
+    /// signature, key)`. Verified together with the body's own signature.
+    fn inner_signatures(&self) -> Vec<(Vec<u8>, [u8; 64], PublicKey)> {
+        Vec::new()
+    }
 }
 
 /// `body` plus the exact `bytes` that were signed and the `signature`.
@@ -26,7 +31,7 @@ pub struct Signed<T> {
     signature: [u8; 64],
 }
 
-fn signing_message(kind: &str, bytes: &[u8]) -> Vec<u8> {
+pub(crate) fn signing_message(kind: &str, bytes: &[u8]) -> Vec<u8> {
     let mut msg = Vec::with_capacity(12 + kind.len() + bytes.len());
     msg.extend_from_slice(b"fabnode/v1/");
     msg.extend_from_slice(kind.as_bytes());
@@ -55,19 +60,39 @@ impl<T: SignedBody> Signed<T> {
     }
 
     pub fn from_value_verified(value: Value) -> Result<Self, SignedError> {
+        let s = Self::from_value_unverified(value)?;
+        if !s
+            .body
+            .signer()?
+            .verify_raw(&signing_message(T::KIND, &s.bytes), &s.signature)
+        {
+            return Err(SignedError::BadSignature { what: T::WHAT });
+        }
+        for (message, signature, key) in s.body.inner_signatures() {
+            if !key.verify_raw(&message, &signature) {
+                return Err(SignedError::BadInnerSignature { what: T::WHAT });
+            }
+        }
+        Ok(s)
+    }
+
+    /// Decodes without checking the signature: only for batch verification, which checks every
+    /// signature of a batch at once right after.
+    pub(crate) fn from_value_unverified(value: Value) -> Result<Self, SignedError> {
         let mut f = Fields::new(value, T::WHAT, 2)?;
         let bytes = f.bytes("body", T::BYTES_MAX)?;
         let signature = f.array::<64>("signature")?;
         let body = T::from_cbor(&bytes)?;
-        let signer = body.signer()?;
-        if !signer.verify_raw(&signing_message(T::KIND, &bytes), &signature) {
-            return Err(SignedError::BadSignature { what: T::WHAT });
-        }
         Ok(Signed {
             body,
             bytes,
             signature,
         })
+    }
+
+    /// The exact message the signature covers.
+    pub(crate) fn message(&self) -> Vec<u8> {
+        signing_message(T::KIND, &self.bytes)
     }
 
     pub fn to_value(&self) -> Value {
@@ -107,4 +132,6 @@ pub enum SignedError {
     Decode(#[from] DecodeError),
     #[error("{what}: signature does not verify against the signer's key")]
     BadSignature { what: &'static str },
+    #[error("{what}: an embedded signed object's signature does not verify")]
+    BadInnerSignature { what: &'static str },
 }

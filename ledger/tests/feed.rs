@@ -365,3 +365,42 @@ fn a_damaged_tree_node_or_checkpoint_is_refused_on_open_and_named_by_verify() {
     assert_eq!(err.seq, 3);
     assert!(err.to_string().contains("checkpoint 4"), "{err}");
 }
+
+#[test]
+fn batch_verification_agrees_with_one_by_one_and_names_the_same_bad_entry() {
+    use fab_ledger::entry::{FeedVerifier, verify_batch};
+    let key = Keypair::from_secret([13; 32]);
+    let es = entries(&key, 40);
+    let wire: Vec<Vec<u8>> = es.iter().map(|e| e.encode()).collect();
+    let refs: Vec<&[u8]> = wire.iter().map(|w| w.as_slice()).collect();
+    let mut v = FeedVerifier::new(key.public());
+    let got = verify_batch(&mut v, &refs).unwrap();
+    assert_eq!(got.len(), 40);
+    assert_eq!(v.head(), Some(es[39].id()));
+
+    // Resign entry 17 with its job request signed by another key: the entry signature is good,
+    // the embedded one is not.
+    let other = Keypair::from_secret([14; 32]);
+    let mut forged_job = wire.clone();
+    {
+        let mut w = FeedWriter::resume(key.clone(), 17, Some(es[16].id()));
+        let EntryBody::Execution(mut r) = es[17].body().body.clone() else {
+            panic!()
+        };
+        r.job = Signed::sign(r.job.body().clone(), &other);
+        forged_job[17] = w.append(EntryBody::Execution(r), 27).encode();
+    }
+    // Entry 25 re-signed by another key; entry 31 with a flipped signature byte.
+    let mut forged_sig = wire.clone();
+    forged_sig[25] = Signed::sign(es[25].body().clone(), &other).encode();
+    let mut flipped = wire.clone();
+    let n = flipped[31].len();
+    flipped[31][n - 2] ^= 0x10;
+    for (bad, seq) in [(forged_job, 17u64), (forged_sig, 25), (flipped, 31)] {
+        let refs: Vec<&[u8]> = bad.iter().map(|w| w.as_slice()).collect();
+        let batch_err = verify_batch(&mut FeedVerifier::new(key.public()), &refs).unwrap_err();
+        let one_err = verify_feed(key.public(), refs.iter().copied()).unwrap_err();
+        assert_eq!(batch_err, one_err);
+        assert_eq!(batch_err.seq, seq, "{batch_err}");
+    }
+}
