@@ -33,6 +33,34 @@ pub enum BenchCmd {
         #[arg(long)]
         out: Option<PathBuf>,
     },
+    /// Ledger throughput and proof costs: durable appends with group commit and with one commit
+    /// per append, signature verification per core, proof generation and verification in a
+    /// large log. Entries are real execution receipts (two signatures each).
+    Ledger {
+        /// Entries appended for the group-commit and verification measurements
+        #[arg(long, default_value_t = 20_000)]
+        appends: u64,
+        /// Entries per durable commit in the group-commit run
+        #[arg(long, default_value_t = 1_000)]
+        batch: usize,
+        /// Entries appended one commit each
+        #[arg(long, default_value_t = 1_000)]
+        single_appends: u64,
+        /// Size of the log in which proofs are generated and verified
+        #[arg(long, default_value_t = 1_000_000)]
+        log_size: u64,
+        /// Proofs of each kind to time
+        #[arg(long, default_value_t = 2_000)]
+        proofs: usize,
+        /// Entries per signature-verification batch
+        #[arg(long, default_value_t = 1024)]
+        verify_batch: usize,
+        /// Directory for the ledger files [default: a temporary directory]
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
     /// End-to-end `POST /v1/jobs` latency against a local node with the ledger on (each job
     /// is signed, run, durably committed and verified by the client)
     Submit {
@@ -45,7 +73,7 @@ pub enum BenchCmd {
     },
 }
 
-fn stats(mut samples: Vec<Duration>) -> Value {
+pub fn stats(mut samples: Vec<Duration>) -> Value {
     samples.sort();
     let us = |d: Duration| d.as_nanos() as f64 / 1e3;
     let pick = |p: f64| us(samples[((samples.len() - 1) as f64 * p).round() as usize]);
@@ -78,6 +106,27 @@ fn emit(v: Value, out: Option<PathBuf>) -> Result<ExitCode> {
 
 pub fn run(_g: &Global, cmd: BenchCmd) -> Result<ExitCode> {
     match cmd {
+        BenchCmd::Ledger {
+            appends,
+            batch,
+            single_appends,
+            log_size,
+            proofs,
+            verify_batch,
+            dir,
+            out,
+        } => emit(
+            crate::bench_ledger::run(
+                appends,
+                batch,
+                single_appends,
+                log_size,
+                proofs,
+                verify_batch,
+                dir,
+            )?,
+            out,
+        ),
         BenchCmd::Engine {
             model,
             input,

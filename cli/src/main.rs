@@ -3,6 +3,7 @@
 
 mod audit;
 mod bench;
+mod bench_ledger;
 mod client;
 mod cmd;
 mod demo;

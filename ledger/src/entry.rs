@@ -315,6 +315,30 @@ impl SignedBody for Entry {
     }
 }
 
+/// Checks every signature of already-decoded entries (each entry's and its embedded job
+/// request's) in one ed25519 batch. `false` if any is bad or any key is weak; it does not say
+/// which (re-check one by one for that).
+pub fn verify_signatures_batch(entries: &[SignedEntry]) -> bool {
+    let mut messages = Vec::with_capacity(entries.len() * 2);
+    let mut signatures = Vec::with_capacity(entries.len() * 2);
+    let mut keys = Vec::with_capacity(entries.len() * 2);
+    for e in entries {
+        messages.push(e.message());
+        signatures.push(ed25519_dalek::Signature::from_bytes(e.signature()));
+        keys.push(*e.body().feed.dalek());
+        for (m, s, k) in e.body().inner_signatures() {
+            messages.push(m);
+            signatures.push(ed25519_dalek::Signature::from_bytes(&s));
+            keys.push(*k.dalek());
+        }
+    }
+    if keys.iter().any(|k| k.is_weak()) {
+        return false;
+    }
+    let refs: Vec<&[u8]> = messages.iter().map(Vec::as_slice).collect();
+    ed25519_dalek::verify_batch(&refs, &signatures, &keys).is_ok()
+}
+
 /// Verifies many encoded entries of one feed in order, like [`FeedVerifier::push`] on each,
 /// but checks all their signatures (entries' and embedded job requests') in one ed25519 batch.
 ///
@@ -343,22 +367,7 @@ pub fn verify_batch(
         })?;
         decoded.push(e);
     }
-    let mut messages = Vec::with_capacity(decoded.len() * 2);
-    let mut signatures = Vec::with_capacity(decoded.len() * 2);
-    let mut keys = Vec::with_capacity(decoded.len() * 2);
-    for e in &decoded {
-        messages.push(e.message());
-        signatures.push(ed25519_dalek::Signature::from_bytes(e.signature()));
-        keys.push(*e.body().feed.dalek());
-        for (m, s, k) in e.body().inner_signatures() {
-            messages.push(m);
-            signatures.push(ed25519_dalek::Signature::from_bytes(&s));
-            keys.push(*k.dalek());
-        }
-    }
-    let weak = keys.iter().any(|k| k.is_weak());
-    let refs: Vec<&[u8]> = messages.iter().map(Vec::as_slice).collect();
-    let batch_ok = !weak && ed25519_dalek::verify_batch(&refs, &signatures, &keys).is_ok();
+    let batch_ok = verify_signatures_batch(&decoded);
     let mut out = Vec::with_capacity(decoded.len());
     for (e, bytes) in decoded.into_iter().zip(encoded) {
         if batch_ok {
