@@ -45,6 +45,12 @@ impl Keypair {
         PublicKey(self.signing.verifying_key())
     }
 
+    /// The same key as a libp2p identity, so the node's `PeerId` is its feed key.
+    pub fn to_libp2p(&self) -> libp2p_identity::Keypair {
+        libp2p_identity::Keypair::ed25519_from_bytes(self.signing.to_bytes())
+            .expect("32 bytes are a valid ed25519 secret key")
+    }
+
     /// Signs raw bytes. Callers sign through [`crate::Signed`], which adds the domain prefix.
     pub(crate) fn sign_raw(&self, message: &[u8]) -> [u8; 64] {
         self.signing.sign(message).to_bytes()

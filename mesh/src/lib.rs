@@ -1,0 +1,17 @@
+//! fab-mesh: how fabnode nodes find each other and spread their ledgers.
+//!
+//! # Layout
+//!
+//! - [`wire`]: the gossip messages (versioned CBOR with size limits) and topic names, which carry
+//!   the network id so two fleets on one LAN never mix.
+//! - [`validate`]: the sans-IO check every gossip message passes before it is used or forwarded:
+//!   accept, reject (the sender is penalised) or ignore. The simulator reuses it unchanged.
+//! - [`net`] (feature `net`): the libp2p swarm (TCP + Noise + Yamux, QUIC, identify, ping,
+//!   mDNS, gossipsub in strict mode with application validation and peer scoring), driven by one
+//!   [`net::EventLoop`] task and used through a cloneable [`net::MeshClient`].
+#![cfg_attr(not(test), deny(clippy::unwrap_used))]
+
+#[cfg(feature = "net")]
+pub mod net;
+pub mod validate;
+pub mod wire;

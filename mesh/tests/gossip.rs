@@ -1,0 +1,99 @@
+//! Two real swarms on loopback TCP, in one process: a signed entry gossiped from one reaches the
+//! other; a forged one is rejected, counted and not delivered; honest traffic keeps flowing.
+
+use std::time::Duration;
+
+use fab_ledger::{EntryBody, FeedWriter, Keypair, Signed, SignedEntry};
+use fab_mesh::net::{MeshClient, MeshConfig, MeshEvent, start};
+use fab_mesh::validate::Valid;
+use fab_mesh::wire::GossipMsg;
+use tokio::sync::mpsc;
+use tokio::time::{Instant, timeout};
+
+fn entry(w: &mut FeedWriter, n: u64) -> SignedEntry {
+    let value = ciborium::Value::Array(vec![ciborium::Value::Integer(n.into())]);
+    w.append(EntryBody::Unknown { kind: 99, value }, n)
+}
+
+fn node(secret: u8) -> (Keypair, MeshClient, mpsc::Receiver<MeshEvent>) {
+    let key = Keypair::from_secret([secret; 32]);
+    let mut cfg = MeshConfig::new("test");
+    cfg.mdns = false;
+    cfg.heartbeat = Duration::from_millis(100);
+    cfg.listen = vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()];
+    let (client, events, ev) = start(&key, cfg).unwrap();
+    tokio::spawn(ev.run());
+    (key, client, events)
+}
+
+/// Retries a publish until gossipsub has a peer for the topic (subscriptions travel after the
+/// connection is up), bounded by a deadline.
+async fn publish_when_meshed(c: &MeshClient, msg: GossipMsg) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match c.publish(msg.clone()).await {
+            Ok(()) => return,
+            Err(_) if Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(e) => panic!("never meshed: {e}"),
+        }
+    }
+}
+
+async fn next_entry(events: &mut mpsc::Receiver<MeshEvent>) -> Result<SignedEntry, String> {
+    loop {
+        match timeout(Duration::from_secs(10), events.recv()).await {
+            Err(_) => return Err("timed out".into()),
+            Ok(None) => return Err("closed".into()),
+            Ok(Some(MeshEvent::Valid { valid, .. })) => {
+                if let Valid::Entry(e) = *valid {
+                    return Ok(e);
+                }
+            }
+            Ok(Some(MeshEvent::Rejected { reason, .. })) => return Err(reason),
+            Ok(Some(_)) => {}
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn entries_gossip_forgeries_are_rejected_and_honest_traffic_flows() {
+    let (a_key, a, _a_events) = node(1);
+    let (_b_key, b, mut b_events) = node(2);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let addr = loop {
+        if let Some(addr) = a.listen_addrs().await.unwrap().into_iter().next() {
+            break addr;
+        }
+        assert!(Instant::now() < deadline, "A never listened");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    b.dial(addr).await.unwrap();
+
+    let mut w = FeedWriter::resume(a_key.clone(), 0, None);
+    let first = entry(&mut w, 0);
+    publish_when_meshed(&a, GossipMsg::Entry(first.encode())).await;
+    assert_eq!(next_entry(&mut b_events).await.unwrap().id(), first.id());
+
+    // A forged entry: A's next entry re-signed by another key.
+    let next = entry(&mut w, 1);
+    let forged = Signed::sign(next.body().clone(), &Keypair::from_secret([3; 32]));
+    a.publish(GossipMsg::Entry(forged.encode())).await.unwrap();
+    let err = next_entry(&mut b_events).await.unwrap_err();
+    assert!(err.contains("signature"), "{err}");
+    assert_eq!(b.stats().await.unwrap().rejected, 1);
+
+    // Honest traffic still flows.
+    a.publish(GossipMsg::Entry(next.encode())).await.unwrap();
+    assert_eq!(next_entry(&mut b_events).await.unwrap().id(), next.id());
+
+    // B knows A: agent version, and an RTT once a ping completed.
+    let peers = b.peers().await.unwrap();
+    let info = peers.get(&a.peer_id()).expect("A is a peer of B");
+    assert_eq!(
+        info.agent_version.as_deref(),
+        Some(concat!("fabnode/", env!("CARGO_PKG_VERSION")))
+    );
+    assert_eq!(a.peer_id().to_base58(), a_key.public().peer_id());
+}
