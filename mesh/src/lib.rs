@@ -6,6 +6,8 @@
 //!   the network id so two fleets on one LAN never mix.
 //! - [`validate`]: the sans-IO check every gossip message passes before it is used or forwarded:
 //!   accept, reject (the sender is penalised) or ignore. The simulator reuses it unchanged.
+//! - [`replicate`]: the sans-IO replication core: which peer entries to store, which gaps to
+//!   fetch, which checkpoints to trust, whom to penalise.
 //! - [`net`] (feature `net`): the libp2p swarm (TCP + Noise + Yamux, QUIC, identify, ping,
 //!   mDNS, gossipsub in strict mode with application validation and peer scoring), driven by one
 //!   [`net::EventLoop`] task and used through a cloneable [`net::MeshClient`].
@@ -13,5 +15,6 @@
 
 #[cfg(feature = "net")]
 pub mod net;
+pub mod replicate;
 pub mod validate;
 pub mod wire;

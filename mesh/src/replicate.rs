@@ -1,0 +1,399 @@
+//! Ledger replication, sans-IO: what to store, what to fetch and whom to penalise, for every
+//! peer feed a node follows.
+//!
+//! # Calling contract
+//!
+//! The driver (the node, or the simulator) calls [`Replicator::handle`] with one [`Input`] and
+//! the current time, and carries out every [`Output`] it returns, in order: `Store` durably, then
+//! the rest. Entries and checkpoints from gossip must already have passed
+//! [`crate::validate::validate`] (signatures checked); entries in a range response are checked
+//! here. Nothing here reads the clock, touches storage or the network, or iterates a `HashMap`:
+//! the same inputs give the same outputs on every machine.
+//!
+//! # Rules
+//!
+//! - An entry is stored only when it extends the feed's verified chain (`seq` = next, link to
+//!   the head); a later one waits in a bounded buffer and the gap is requested from the peer that
+//!   showed it; an earlier one is a duplicate and dropped.
+//! - A checkpoint at exactly the replica's size must sign the root the replica computes: then it
+//!   becomes the feed's trusted head; a different root is a conflict (the feed signed two
+//!   histories). A checkpoint ahead of the replica triggers a range request.
+//! - A range response must continue the chain; a response entry that fails verification
+//!   penalises the peer that sent it.
+//! - A range request to a peer is not repeated for the same gap until it times out.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use fab_ledger::checkpoint::Checkpoint;
+use fab_ledger::entry::FeedVerifier;
+use fab_ledger::merkle::{Frontier, leaf_hash};
+use fab_ledger::{PublicKey, SignedEntry};
+
+/// Tunables; every one bounds memory or traffic.
+#[derive(Clone, Debug)]
+pub struct ReplicateConfig {
+    /// Out-of-order entries kept per feed while a gap is fetched.
+    pub pending_max: usize,
+    /// Most entries asked for in one range request.
+    pub range_max: u64,
+    /// How long a range request may stay unanswered before it is asked again.
+    pub request_timeout: Duration,
+    /// Feeds followed at most.
+    pub feeds_max: usize,
+}
+
+impl Default for ReplicateConfig {
+    fn default() -> Self {
+        ReplicateConfig {
+            pending_max: 1024,
+            range_max: 512,
+            request_timeout: Duration::from_secs(2),
+            feeds_max: 10_000,
+        }
+    }
+}
+
+/// Something that happened.
+#[derive(Clone, Debug)]
+pub enum Input<P> {
+    /// A validated entry from gossip.
+    Entry { from: P, entry: SignedEntry },
+    /// A validated checkpoint from gossip.
+    Checkpoint {
+        from: P,
+        feed: PublicKey,
+        checkpoint: Checkpoint,
+    },
+    /// A peer's feed sizes (anti-entropy exchange).
+    Heads {
+        from: P,
+        heads: Vec<(PublicKey, u64)>,
+    },
+    /// A peer's answer to a range request: encoded entries from `start`.
+    Range {
+        from: P,
+        feed: PublicKey,
+        start: u64,
+        entries: Vec<Vec<u8>>,
+    },
+    /// Time passed; retry requests that timed out.
+    Tick,
+}
+
+/// Something the driver must do.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Output<P> {
+    /// Persist these entries of `feed` (contiguous, verified, in order).
+    Store {
+        feed: PublicKey,
+        entries: Vec<SignedEntry>,
+    },
+    /// `checkpoint` now signs exactly the stored replica: keep it as the feed's trusted head.
+    Trust {
+        feed: PublicKey,
+        checkpoint: Checkpoint,
+    },
+    /// Ask `peer` for `count` entries of `feed` from `start`.
+    Request {
+        peer: P,
+        feed: PublicKey,
+        start: u64,
+        count: u64,
+    },
+    /// `peer` sent something that fails verification.
+    Penalize { peer: P, reason: String },
+    /// The feed signed something that contradicts what the replica holds.
+    Conflict {
+        feed: PublicKey,
+        seq: u64,
+        detail: String,
+    },
+}
+
+#[derive(Clone, Debug)]
+struct Feed<P> {
+    key: PublicKey,
+    verifier: FeedVerifier,
+    tree: Frontier,
+    trusted: Option<Checkpoint>,
+    pending: BTreeMap<u64, SignedEntry>,
+    /// Outstanding request: (peer, start, count, asked at).
+    asked: Option<(P, u64, u64, Duration)>,
+}
+
+/// The replication state of every followed feed.
+#[derive(Clone, Debug)]
+pub struct Replicator<P> {
+    config: ReplicateConfig,
+    /// Keyed by the feed's public key bytes: deterministic order.
+    feeds: BTreeMap<[u8; 32], Feed<P>>,
+}
+
+/// Where a feed's replica stands.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FeedHead {
+    pub feed: PublicKey,
+    pub size: u64,
+    pub trusted_size: Option<u64>,
+    pub pending: usize,
+}
+
+impl<P: Clone + Ord + std::fmt::Debug> Replicator<P> {
+    pub fn new(config: ReplicateConfig) -> Self {
+        Replicator {
+            config,
+            feeds: BTreeMap::new(),
+        }
+    }
+
+    /// Follows `feed` from where the local store stands: `size` entries with head id `head` and
+    /// the tree border `tree` (from the store), and its last trusted checkpoint.
+    pub fn resume(
+        &mut self,
+        feed: PublicKey,
+        size: u64,
+        head: Option<fab_ledger::ContentId>,
+        tree: Frontier,
+        trusted: Option<Checkpoint>,
+    ) {
+        self.feeds.insert(
+            feed.to_bytes(),
+            Feed {
+                key: feed,
+                verifier: FeedVerifier::resume(feed, size, head),
+                tree,
+                trusted,
+                pending: BTreeMap::new(),
+                asked: None,
+            },
+        );
+    }
+
+    /// Every followed feed's position, in key order.
+    pub fn heads(&self) -> Vec<FeedHead> {
+        self.feeds
+            .values()
+            .map(|f| FeedHead {
+                feed: f.key,
+                size: f.verifier.next_seq(),
+                trusted_size: f.trusted.as_ref().map(|c| c.size),
+                pending: f.pending.len(),
+            })
+            .collect()
+    }
+
+    fn feed(&mut self, key: PublicKey) -> Option<&mut Feed<P>> {
+        let k = key.to_bytes();
+        if !self.feeds.contains_key(&k) {
+            if self.feeds.len() >= self.config.feeds_max {
+                return None;
+            }
+            self.feeds.insert(
+                k,
+                Feed {
+                    key,
+                    verifier: FeedVerifier::new(key),
+                    tree: Frontier::new(),
+                    trusted: None,
+                    pending: BTreeMap::new(),
+                    asked: None,
+                },
+            );
+        }
+        self.feeds.get_mut(&k)
+    }
+
+    pub fn handle(&mut self, input: Input<P>, now: Duration, out: &mut impl Extend<Output<P>>) {
+        let config = self.config.clone();
+        match input {
+            Input::Entry { from, entry } => {
+                let key = entry.body().feed;
+                if let Some(f) = self.feed(key) {
+                    offer(f, &config, from, entry, now, out);
+                }
+            }
+            Input::Checkpoint {
+                from,
+                feed,
+                checkpoint,
+            } => {
+                if let Some(f) = self.feed(feed) {
+                    let size = f.verifier.next_seq();
+                    if checkpoint.size == size && size > 0 {
+                        if checkpoint.root == f.tree.root() {
+                            f.trusted = Some(checkpoint.clone());
+                            out.extend([Output::Trust { feed, checkpoint }]);
+                        } else {
+                            out.extend([Output::Conflict {
+                                feed,
+                                seq: size - 1,
+                                detail: format!(
+                                    "checkpoint {size} signs a root other than the replica's"
+                                ),
+                            }]);
+                        }
+                    } else if checkpoint.size > size {
+                        ask(f, &config, from, checkpoint.size, now, out);
+                    }
+                }
+            }
+            Input::Heads { from, heads } => {
+                for (feed, their_size) in heads {
+                    if let Some(f) = self.feed(feed)
+                        && their_size > f.verifier.next_seq()
+                    {
+                        ask(f, &config, from.clone(), their_size, now, out);
+                    }
+                }
+            }
+            Input::Range {
+                from,
+                feed,
+                start,
+                entries,
+            } => {
+                let Some(f) = self.feed(feed) else { return };
+                if f.asked
+                    .as_ref()
+                    .is_some_and(|(p, s, _, _)| *p == from && *s == start)
+                {
+                    f.asked = None;
+                }
+                for (i, bytes) in entries.iter().enumerate() {
+                    let seq = start + i as u64;
+                    match SignedEntry::decode_verified(bytes) {
+                        Ok(e) if e.body().feed == feed && e.body().seq == seq => {
+                            offer(f, &config, from.clone(), e, now, out);
+                        }
+                        Ok(_) => {
+                            out.extend([Output::Penalize {
+                                peer: from,
+                                reason: format!(
+                                    "range entry {seq} is not entry {seq} of the feed asked for"
+                                ),
+                            }]);
+                            return;
+                        }
+                        Err(e) => {
+                            out.extend([Output::Penalize {
+                                peer: from,
+                                reason: format!("range entry {seq}: {e}"),
+                            }]);
+                            return;
+                        }
+                    }
+                }
+            }
+            Input::Tick => {
+                for f in self.feeds.values_mut() {
+                    if let Some((peer, _, _, at)) = f.asked.clone()
+                        && now.saturating_sub(at) >= config.request_timeout
+                    {
+                        f.asked = None;
+                        let target = f
+                            .pending
+                            .keys()
+                            .next()
+                            .copied()
+                            .unwrap_or(f.verifier.next_seq());
+                        if target > f.verifier.next_seq() {
+                            ask(f, &config, peer, target, now, out);
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Offers one signature-checked entry to a feed's replica.
+fn offer<P: Clone + Ord>(
+    f: &mut Feed<P>,
+    config: &ReplicateConfig,
+    from: P,
+    entry: SignedEntry,
+    now: Duration,
+    out: &mut impl Extend<Output<P>>,
+) {
+    let seq = entry.body().seq;
+    let next = f.verifier.next_seq();
+    if seq < next {
+        if seq + 1 == next && f.verifier.head() != Some(entry.id()) {
+            out.extend([Output::Conflict {
+                feed: f.key,
+                seq,
+                detail: format!("a second, different entry {seq}"),
+            }]);
+        }
+        return;
+    }
+    if seq > next {
+        if f.pending.len() < config.pending_max {
+            f.pending.insert(seq, entry);
+        }
+        ask(f, config, from, seq, now, out);
+        return;
+    }
+    let mut stored = Vec::new();
+    let mut candidate = Some(entry);
+    while let Some(e) = candidate.take() {
+        let bytes = e.encode();
+        match f.verifier.push(&bytes) {
+            Ok(_) => {
+                f.tree.append(leaf_hash(&bytes));
+                stored.push(e);
+                candidate = f.pending.remove(&f.verifier.next_seq());
+            }
+            Err(err) => {
+                out.extend([Output::Conflict {
+                    feed: f.key,
+                    seq: err.seq,
+                    detail: err.kind.to_string(),
+                }]);
+                break;
+            }
+        }
+    }
+    // Drop anything the chain has moved past.
+    let next = f.verifier.next_seq();
+    f.pending.retain(|s, _| *s >= next);
+    if f.asked
+        .as_ref()
+        .is_some_and(|(_, start, count, _)| start + count <= next)
+    {
+        f.asked = None;
+    }
+    if !stored.is_empty() {
+        out.extend([Output::Store {
+            feed: f.key,
+            entries: stored,
+        }]);
+    }
+}
+
+/// Requests the gap up to `until` (exclusive) unless a request is already outstanding.
+fn ask<P: Clone>(
+    f: &mut Feed<P>,
+    config: &ReplicateConfig,
+    peer: P,
+    until: u64,
+    now: Duration,
+    out: &mut impl Extend<Output<P>>,
+) {
+    if f.asked.is_some() {
+        return;
+    }
+    let start = f.verifier.next_seq();
+    if until <= start {
+        return;
+    }
+    let count = (until - start).min(config.range_max);
+    f.asked = Some((peer.clone(), start, count, now));
+    out.extend([Output::Request {
+        peer,
+        feed: f.key,
+        start,
+        count,
+    }]);
+}

@@ -1,0 +1,293 @@
+//! The replication core, driven by hand through virtual time. Every scenario runs twice and the
+//! two output traces must be identical (determinism).
+
+use std::time::Duration;
+
+use fab_ledger::checkpoint::Checkpoint;
+use fab_ledger::merkle::MemoryTree;
+use fab_ledger::{EntryBody, FeedWriter, Keypair, Signed, SignedEntry};
+use fab_mesh::replicate::{Input, Output, ReplicateConfig, Replicator};
+
+type Peer = u32;
+
+fn feed(secret: u8, n: u64) -> (Keypair, Vec<SignedEntry>) {
+    let key = Keypair::from_secret([secret; 32]);
+    let mut w = FeedWriter::resume(key.clone(), 0, None);
+    let es = (0..n)
+        .map(|i| {
+            w.append(
+                EntryBody::Unknown {
+                    kind: 7,
+                    value: ciborium::Value::Integer(i.into()),
+                },
+                i,
+            )
+        })
+        .collect();
+    (key, es)
+}
+
+fn root_of(es: &[SignedEntry]) -> [u8; 32] {
+    let mut t = MemoryTree::new();
+    for e in es {
+        t.push_leaf_data(&e.encode());
+    }
+    t.root()
+}
+
+fn stored_seqs(out: &[Output<Peer>]) -> Vec<u64> {
+    out.iter()
+        .flat_map(|o| match o {
+            Output::Store { entries, .. } => entries.iter().map(|e| e.body().seq).collect(),
+            _ => vec![],
+        })
+        .collect()
+}
+
+fn run(inputs: Vec<(Input<Peer>, u64)>, config: ReplicateConfig) -> (Vec<Output<Peer>>, String) {
+    let mut r = Replicator::<Peer>::new(config);
+    let mut out = Vec::new();
+    for (input, ms) in inputs {
+        r.handle(input, Duration::from_millis(ms), &mut out);
+    }
+    let heads = format!("{:?}", r.heads());
+    (out, heads)
+}
+
+fn twice(inputs: Vec<(Input<Peer>, u64)>, config: ReplicateConfig) -> Vec<Output<Peer>> {
+    let (a, ha) = run(inputs.clone(), config.clone());
+    let (b, hb) = run(inputs, config);
+    assert_eq!(
+        format!("{a:?}"),
+        format!("{b:?}"),
+        "same inputs, same outputs"
+    );
+    assert_eq!(ha, hb);
+    a
+}
+
+fn entry(from: Peer, e: &SignedEntry) -> Input<Peer> {
+    Input::Entry {
+        from,
+        entry: e.clone(),
+    }
+}
+
+#[test]
+fn in_order_entries_are_stored_and_duplicates_dropped() {
+    let (_, es) = feed(1, 4);
+    let inputs = vec![
+        (entry(1, &es[0]), 0),
+        (entry(2, &es[1]), 1),
+        (entry(1, &es[1]), 2),
+        (entry(1, &es[2]), 3),
+        (entry(3, &es[3]), 4),
+    ];
+    let out = twice(inputs, ReplicateConfig::default());
+    assert_eq!(stored_seqs(&out), vec![0, 1, 2, 3]);
+    assert_eq!(out.len(), 4, "the duplicate produced nothing: {out:?}");
+}
+
+#[test]
+fn a_gap_is_requested_once_buffered_entries_land_when_it_fills() {
+    let (key, es) = feed(1, 6);
+    let inputs = vec![
+        (entry(1, &es[0]), 0),
+        (entry(2, &es[4]), 10), // gap 1..4: ask peer 2 for 1..=3... up to 4
+        (entry(2, &es[5]), 11), // still waiting: no second request
+        (entry(3, &es[3]), 12),
+        (
+            Input::Range {
+                from: 2,
+                feed: key.public(),
+                start: 1,
+                entries: es[1..4].iter().map(|e| e.encode()).collect(),
+            },
+            20,
+        ),
+    ];
+    let out = twice(inputs, ReplicateConfig::default());
+    let requests: Vec<_> = out
+        .iter()
+        .filter(|o| matches!(o, Output::Request { .. }))
+        .collect();
+    assert_eq!(
+        requests,
+        vec![&Output::Request {
+            peer: 2,
+            feed: key.public(),
+            start: 1,
+            count: 3
+        }]
+    );
+    assert_eq!(stored_seqs(&out), vec![0, 1, 2, 3, 4, 5]);
+}
+
+#[test]
+fn an_unanswered_request_is_retried_after_the_timeout() {
+    let (_, es) = feed(1, 3);
+    let config = ReplicateConfig {
+        request_timeout: Duration::from_millis(500),
+        ..Default::default()
+    };
+    let inputs = vec![
+        (entry(4, &es[2]), 0),
+        (Input::Tick, 100),
+        (Input::Tick, 600),
+    ];
+    let out = twice(inputs, config);
+    let starts: Vec<(u32, u64, u64)> = out
+        .iter()
+        .filter_map(|o| match o {
+            Output::Request {
+                peer, start, count, ..
+            } => Some((*peer, *start, *count)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(starts, vec![(4, 0, 2), (4, 0, 2)]);
+}
+
+#[test]
+fn checkpoints_are_trusted_when_they_sign_the_replica_and_conflicts_are_reported() {
+    let (key, es) = feed(1, 5);
+    let good = Checkpoint::sign(&key, "t", 5, root_of(&es));
+    let bad = Checkpoint::sign(&key, "t", 5, [9; 32]);
+    let ahead = Checkpoint::sign(&key, "t", 9, [1; 32]);
+    let mut inputs: Vec<(Input<Peer>, u64)> = es.iter().map(|e| (entry(1, e), 0)).collect();
+    inputs.push((
+        Input::Checkpoint {
+            from: 1,
+            feed: key.public(),
+            checkpoint: good.clone(),
+        },
+        1,
+    ));
+    inputs.push((
+        Input::Checkpoint {
+            from: 1,
+            feed: key.public(),
+            checkpoint: bad,
+        },
+        2,
+    ));
+    inputs.push((
+        Input::Checkpoint {
+            from: 6,
+            feed: key.public(),
+            checkpoint: ahead,
+        },
+        3,
+    ));
+    let out = twice(inputs, ReplicateConfig::default());
+    assert!(out.contains(&Output::Trust {
+        feed: key.public(),
+        checkpoint: good
+    }));
+    assert!(
+        out.iter()
+            .any(|o| matches!(o, Output::Conflict { seq: 4, .. }))
+    );
+    assert!(out.contains(&Output::Request {
+        peer: 6,
+        feed: key.public(),
+        start: 5,
+        count: 4
+    }));
+}
+
+#[test]
+fn forks_and_bad_range_responses() {
+    let (key, es) = feed(1, 3);
+    // A second entry 1 signed by the feed (a fork): same seq, different content.
+    let mut w = FeedWriter::resume(key.clone(), 1, Some(es[0].id()));
+    let fork = w.append(
+        EntryBody::Unknown {
+            kind: 7,
+            value: ciborium::Value::Integer(999.into()),
+        },
+        1,
+    );
+    let other = Keypair::from_secret([2; 32]);
+    let forged = Signed::sign(es[2].body().clone(), &other).encode();
+    let inputs = vec![
+        (entry(1, &es[0]), 0),
+        (entry(1, &es[1]), 1),
+        (entry(2, &fork), 2),
+        (
+            Input::Range {
+                from: 3,
+                feed: key.public(),
+                start: 2,
+                entries: vec![forged],
+            },
+            3,
+        ),
+        (
+            Input::Range {
+                from: 4,
+                feed: key.public(),
+                start: 2,
+                entries: vec![es[1].encode()],
+            },
+            4,
+        ),
+        (
+            Input::Range {
+                from: 5,
+                feed: key.public(),
+                start: 2,
+                entries: vec![es[2].encode()],
+            },
+            5,
+        ),
+    ];
+    let out = twice(inputs, ReplicateConfig::default());
+    assert!(
+        out.iter()
+            .any(|o| matches!(o, Output::Conflict { seq: 1, .. })),
+        "{out:?}"
+    );
+    assert!(out.iter().any(
+        |o| matches!(o, Output::Penalize { peer: 3, reason } if reason.contains("signature"))
+    ));
+    assert!(
+        out.iter()
+            .any(|o| matches!(o, Output::Penalize { peer: 4, .. }))
+    );
+    assert_eq!(stored_seqs(&out), vec![0, 1, 2]);
+}
+
+#[test]
+fn heads_exchange_requests_what_is_missing_and_buffers_are_bounded() {
+    let (a, es) = feed(1, 40);
+    let (b, _) = feed(2, 1);
+    let config = ReplicateConfig {
+        pending_max: 8,
+        range_max: 16,
+        ..Default::default()
+    };
+    let mut inputs = vec![(
+        Input::Heads {
+            from: 9,
+            heads: vec![(a.public(), 40), (b.public(), 0)],
+        },
+        0,
+    )];
+    // 30 out-of-order entries arrive while the gap is open: only 8 are kept.
+    inputs.extend(es[10..40].iter().map(|e| (entry(9, e), 1)));
+    let (out, heads) = run(inputs, config);
+    assert_eq!(
+        out.iter()
+            .filter(|o| matches!(o, Output::Request { .. }))
+            .count(),
+        1
+    );
+    assert!(out.contains(&Output::Request {
+        peer: 9,
+        feed: a.public(),
+        start: 0,
+        count: 16
+    }));
+    assert!(heads.contains("pending: 8"), "{heads}");
+}
