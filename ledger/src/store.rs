@@ -93,6 +93,18 @@ pub struct Store {
     checkpoint: Option<Checkpoint>,
 }
 
+/// Appends one leaf to the tree and stores the complete subtrees it creates.
+fn add_leaf(
+    nodes: &mut redb::Table<(u8, u64), &[u8]>,
+    frontier: &mut Frontier,
+    entry_bytes: &[u8],
+) -> Result<(), redb::StorageError> {
+    for n in frontier.append(merkle::leaf_hash(entry_bytes)) {
+        nodes.insert((n.level as u8, n.index), &n.hash[..])?;
+    }
+    Ok(())
+}
+
 /// Complete-subtree hashes served from a redb table.
 struct TableNodes<'a, T>(&'a T);
 
@@ -293,21 +305,28 @@ impl Store {
             let mut nodes = txn.open_table(NODES).map_err(|e| st(e.into()))?;
             for item in entries.iter().map_err(|e| st(e.into()))? {
                 let (_, v) = item.map_err(|e| st(e.into()))?;
-                for n in frontier.append(merkle::leaf_hash(v.value())) {
-                    nodes
-                        .insert((n.level as u8, n.index), &n.hash[..])
-                        .map_err(|e| st(e.into()))?;
-                }
+                add_leaf(&mut nodes, &mut frontier, v.value()).map_err(|e| st(e.into()))?;
             }
-            cp = Checkpoint::sign(&self.key, &self.network, frontier.size(), frontier.root());
-            let mut cps = txn.open_table(CHECKPOINTS).map_err(|e| st(e.into()))?;
-            cps.insert(cp.size, cp.note.as_str())
-                .map_err(|e| st(e.into()))?;
+            cp = self.put_checkpoint(&txn, &frontier)?;
         }
         txn.commit().map_err(|e| st(e.into()))?;
         self.frontier = frontier;
         self.checkpoint = Some(cp);
         Ok(())
+    }
+
+    /// Signs a checkpoint of `frontier`'s tree and writes it in `txn`.
+    fn put_checkpoint(
+        &self,
+        txn: &redb::WriteTransaction,
+        frontier: &Frontier,
+    ) -> Result<Checkpoint, StoreError> {
+        let st = storage(&self.path);
+        let cp = Checkpoint::sign(&self.key, &self.network, frontier.size(), frontier.root());
+        let mut cps = txn.open_table(CHECKPOINTS).map_err(|e| st(e.into()))?;
+        cps.insert(cp.size, cp.note.as_str())
+            .map_err(|e| st(e.into()))?;
+        Ok(cp)
     }
 
     /// This feed's checkpoint origin line.
@@ -355,16 +374,9 @@ impl Store {
                     jobs.insert(r.job.id().as_bytes().as_slice(), e.body().seq)
                         .map_err(|e| st(e.into()))?;
                 }
-                for n in frontier.append(merkle::leaf_hash(&bytes)) {
-                    nodes
-                        .insert((n.level as u8, n.index), &n.hash[..])
-                        .map_err(|e| st(e.into()))?;
-                }
+                add_leaf(&mut nodes, &mut frontier, &bytes).map_err(|e| st(e.into()))?;
             }
-            cp = Checkpoint::sign(&self.key, &self.network, frontier.size(), frontier.root());
-            let mut cps = txn.open_table(CHECKPOINTS).map_err(|e| st(e.into()))?;
-            cps.insert(cp.size, cp.note.as_str())
-                .map_err(|e| st(e.into()))?;
+            cp = self.put_checkpoint(&txn, &frontier)?;
         }
         txn.commit().map_err(|e| st(e.into()))?;
         self.next_seq = last.body().seq + 1;
