@@ -51,6 +51,17 @@ pub struct StartArgs {
     /// Log format (overrides log.format): text or json
     #[arg(long, value_name = "FORMAT")]
     log_format: Option<String>,
+    /// Mesh listen multiaddrs, comma-separated (overrides mesh.listen), e.g.
+    /// /ip4/127.0.0.1/tcp/0
+    #[arg(long, value_name = "ADDRS")]
+    mesh_listen: Option<String>,
+    /// A peer to dial at start (repeatable; overrides mesh.bootstrap), e.g.
+    /// /ip4/10.0.0.5/tcp/4001/p2p/12D3KooW...
+    #[arg(long, value_name = "MULTIADDR")]
+    bootstrap: Vec<String>,
+    /// Do not look for peers with mDNS (overrides mesh.mdns)
+    #[arg(long)]
+    no_mdns: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -107,6 +118,11 @@ pub enum LedgerCmd {
     /// Re-check every entry's signature, sequence and hash link, and every checkpoint against
     /// the Merkle tree of the entries before it; names the first bad entry
     Verify {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Every feed the running node holds, its own and its peers': size and trusted checkpoint
+    Heads {
         #[arg(long)]
         json: bool,
     },
@@ -261,6 +277,15 @@ pub fn start(g: &Global, a: StartArgs) -> Result<ExitCode> {
     }
     if let Some(v) = a.log_format {
         flags.push(("log.format".to_owned(), v));
+    }
+    if let Some(v) = a.mesh_listen {
+        flags.push(("mesh.listen".to_owned(), v));
+    }
+    if !a.bootstrap.is_empty() {
+        flags.push(("mesh.bootstrap".to_owned(), a.bootstrap.join(",")));
+    }
+    if a.no_mdns {
+        flags.push(("mesh.mdns".to_owned(), "false".to_owned()));
     }
     let config = load_config(g, &flags)?;
     init_logging(&config.log.level, config.log.format);
@@ -464,6 +489,65 @@ pub fn submit(g: &Global, a: SubmitArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+fn api_get(g: &Global, path: &str) -> Result<serde_json::Value> {
+    let config = load_config(g, &[])?;
+    let client = Client::new(
+        api_base(g.api.as_deref(), &data_dir(g), config.api.listen),
+        Duration::from_secs(10),
+    );
+    let (status, v) = client.get(path)?;
+    if status != 200 {
+        bail!("{}", error_message(status, &v));
+    }
+    Ok(v)
+}
+
+pub fn peers(g: &Global, json_out: bool) -> Result<ExitCode> {
+    let v = api_get(g, "/v1/peers")?;
+    if json_out {
+        print_json(&v);
+    } else if v["mesh"] == false {
+        println!("the mesh is disabled on this node (mesh.enabled = false)");
+    } else if v["peers"].as_array().is_none_or(|p| p.is_empty()) {
+        println!("no peers connected");
+    } else {
+        for p in v["peers"].as_array().into_iter().flatten() {
+            let rtt = p["rtt_ms"]
+                .as_f64()
+                .map_or_else(|| "-".to_owned(), |r| format!("{r:.2} ms"));
+            println!(
+                "{}  rtt {rtt}  {}",
+                p["peer_id"].as_str().unwrap_or("?"),
+                p["agent_version"].as_str().unwrap_or("?")
+            );
+            for a in p["addresses"].as_array().into_iter().flatten() {
+                println!("    {}", a.as_str().unwrap_or("?"));
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn heads(g: &Global, json_out: bool) -> Result<ExitCode> {
+    let v = api_get(g, "/v1/ledger/heads")?;
+    if json_out {
+        print_json(&v);
+    } else {
+        for f in v["feeds"].as_array().into_iter().flatten() {
+            let who = if f["own"] == true { "own " } else { "peer" };
+            let trusted = f["trusted_size"]
+                .as_u64()
+                .map_or_else(|| "-".to_owned(), |s| s.to_string());
+            println!(
+                "{who}  {}  size {}  trusted checkpoint {trusted}",
+                f["feed"].as_str().unwrap_or("?"),
+                f["size"]
+            );
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 pub fn status(g: &Global, json_out: bool) -> Result<ExitCode> {
     let config = load_config(g, &[])?;
     let client = Client::new(
@@ -568,6 +652,7 @@ pub fn ledger(g: &Global, cmd: LedgerCmd) -> Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
+        LedgerCmd::Heads { json } => heads(g, json),
         LedgerCmd::Checkpoint { json } => crate::audit::checkpoint(&dir, json),
         LedgerCmd::Prove { id, out } => crate::audit::prove(&dir, &id, out),
         LedgerCmd::VerifyReceipt { file, json } => crate::audit::verify_receipt(&file, json),

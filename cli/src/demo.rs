@@ -61,6 +61,8 @@ impl LocalNode {
         std::fs::write(&model_file, DIGITS_ONNX).context("writing the bundled model")?;
         let mut config = Config::default();
         config.api.listen = ([127, 0, 0, 1], 0).into();
+        // One in-process node: nothing to replicate with, and no mDNS traffic on the LAN.
+        config.mesh.enabled = false;
         config_edit(&mut config);
         fab_node::models::add(
             path,

@@ -68,6 +68,11 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// The running node's mesh peers: id, addresses, agent, RTT
+    Peers {
+        #[arg(long)]
+        json: bool,
+    },
     /// Read and verify the node's ledger (works while the node runs)
     #[command(subcommand)]
     Ledger(cmd::LedgerCmd),
@@ -94,6 +99,7 @@ fn main() -> std::process::ExitCode {
         Command::Model(c) => cmd::model(&cli.global, c),
         Command::Submit(a) => cmd::submit(&cli.global, a),
         Command::Status { json } => cmd::status(&cli.global, json),
+        Command::Peers { json } => cmd::peers(&cli.global, json),
         Command::Ledger(c) => cmd::ledger(&cli.global, c),
         Command::Demo(a) => demo::run(a),
         Command::Bench(c) => bench::run(&cli.global, c),

@@ -36,6 +36,15 @@ pub const JOBS: TableDefinition<&[u8], u64> = TableDefinition::new("jobs");
 pub const NODES: TableDefinition<(u8, u64), &[u8]> = TableDefinition::new("nodes");
 /// `tree size -> signed checkpoint note`.
 pub const CHECKPOINTS: TableDefinition<u64, &str> = TableDefinition::new("checkpoints");
+/// `(feed key, seq) -> signed entry bytes` of other nodes' feeds (replicas).
+pub const REPLICA_ENTRIES: TableDefinition<([u8; 32], u64), &[u8]> =
+    TableDefinition::new("replica_entries");
+/// A replicated feed: its key bytes, stored entry count, and last trusted checkpoint note.
+pub type ReplicaHead = ([u8; 32], u64, Option<String>);
+
+/// `feed key -> last trusted checkpoint note` of replicas.
+pub const REPLICA_CHECKPOINTS: TableDefinition<[u8; 32], &str> =
+    TableDefinition::new("replica_checkpoints");
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 const META_FEED: &str = "feed";
 
@@ -91,6 +100,19 @@ pub struct Store {
     head: Option<ContentId>,
     frontier: Frontier,
     checkpoint: Option<Checkpoint>,
+}
+
+/// The next 32-byte key in lexicographic order, if any.
+fn next_key(mut k: [u8; 32]) -> Option<[u8; 32]> {
+    for i in (0..32).rev() {
+        if k[i] == 0xff {
+            k[i] = 0;
+        } else {
+            k[i] += 1;
+            return Some(k);
+        }
+    }
+    None
 }
 
 /// Appends one leaf to the tree and stores the complete subtrees it creates.
@@ -216,6 +238,9 @@ impl Store {
             txn.open_table(JOBS).map_err(|e| st(e.into()))?;
             txn.open_table(NODES).map_err(|e| st(e.into()))?;
             txn.open_table(CHECKPOINTS).map_err(|e| st(e.into()))?;
+            txn.open_table(REPLICA_ENTRIES).map_err(|e| st(e.into()))?;
+            txn.open_table(REPLICA_CHECKPOINTS)
+                .map_err(|e| st(e.into()))?;
         }
         txn.commit().map_err(|e| st(e.into()))?;
 
@@ -327,6 +352,35 @@ impl Store {
         cps.insert(cp.size, cp.note.as_str())
             .map_err(|e| st(e.into()))?;
         Ok(cp)
+    }
+
+    /// Stores verified entries of another node's feed, and optionally its newly trusted
+    /// checkpoint, in one durable transaction. The caller (the replication core) guarantees the
+    /// entries extend what is stored.
+    pub fn store_replica(
+        &mut self,
+        feed: &PublicKey,
+        entries: &[SignedEntry],
+        trusted: Option<&Checkpoint>,
+    ) -> Result<(), StoreError> {
+        let st = storage(&self.path);
+        let key = feed.to_bytes();
+        let txn = self.db.begin_write().map_err(|e| st(e.into()))?;
+        {
+            let mut t = txn.open_table(REPLICA_ENTRIES).map_err(|e| st(e.into()))?;
+            for e in entries {
+                t.insert((key, e.body().seq), e.encode().as_slice())
+                    .map_err(|e| st(e.into()))?;
+            }
+            if let Some(cp) = trusted {
+                let mut c = txn
+                    .open_table(REPLICA_CHECKPOINTS)
+                    .map_err(|e| st(e.into()))?;
+                c.insert(key, cp.note.as_str()).map_err(|e| st(e.into()))?;
+            }
+        }
+        txn.commit().map_err(|e| st(e.into()))?;
+        Ok(())
     }
 
     /// This feed's checkpoint origin line.
@@ -612,6 +666,69 @@ impl Reader<'_> {
     /// RFC 9162 consistency proof from the tree of `first` to the tree of `second`.
     pub fn consistency_proof(&self, first: u64, second: u64) -> Result<Vec<Hash>, StoreError> {
         self.with_nodes(|n| merkle::consistency_proof(n, first, second).map_err(|e| e.to_string()))
+    }
+
+    /// Every replicated feed: its key, stored entry count, and last trusted checkpoint note.
+    pub fn replica_heads(&self) -> Result<Vec<ReplicaHead>, StoreError> {
+        let st = storage(self.path);
+        let txn = self.txn()?;
+        let t = txn.open_table(REPLICA_ENTRIES).map_err(|e| st(e.into()))?;
+        let c = txn
+            .open_table(REPLICA_CHECKPOINTS)
+            .map_err(|e| st(e.into()))?;
+        let mut out: Vec<ReplicaHead> = Vec::new();
+        let mut cursor: Option<[u8; 32]> = None;
+        loop {
+            // Jump from feed to feed: the last key of each feed gives its size.
+            let start = match cursor {
+                None => ([0u8; 32], 0),
+                Some(k) => match next_key(k) {
+                    Some(n) => (n, 0),
+                    None => break,
+                },
+            };
+            let Some(item) = t.range(start..).map_err(|e| st(e.into()))?.next() else {
+                break;
+            };
+            let (k, _) = item.map_err(|e| st(e.into()))?;
+            let feed = k.value().0;
+            let last = t
+                .range((feed, 0)..=(feed, u64::MAX))
+                .map_err(|e| st(e.into()))?
+                .next_back()
+                .transpose()
+                .map_err(|e| st(e.into()))?
+                .map(|(k, _)| k.value().1);
+            let note = c
+                .get(feed)
+                .map_err(|e| st(e.into()))?
+                .map(|v| v.value().to_owned());
+            out.push((feed, last.map_or(0, |s| s + 1), note));
+            cursor = Some(feed);
+        }
+        Ok(out)
+    }
+
+    /// Up to `limit` stored entries of a replicated feed from `from`.
+    pub fn replica_range(
+        &self,
+        feed: &[u8; 32],
+        from: u64,
+        limit: usize,
+    ) -> Result<Vec<(u64, Vec<u8>)>, StoreError> {
+        let st = storage(self.path);
+        let txn = self.txn()?;
+        let t = txn.open_table(REPLICA_ENTRIES).map_err(|e| st(e.into()))?;
+        let mut out = Vec::new();
+        for item in t
+            .range((*feed, from)..=(*feed, u64::MAX))
+            .map_err(|e| st(e.into()))?
+            .take(limit)
+        {
+            let (k, v) = item.map_err(|e| st(e.into()))?;
+            out.push((k.value().1, v.value().to_vec()));
+        }
+        Ok(out)
     }
 
     /// Re-checks every entry from the first: decoding, signatures, sequence and links.

@@ -38,6 +38,8 @@ pub struct AppState {
     pub models: ModelCache,
     pub pool: InferencePool,
     pub ledger: LedgerClient,
+    /// The mesh, when `mesh.enabled`.
+    pub mesh: Option<fab_mesh::net::MeshClient>,
     pub job_slots: Arc<Semaphore>,
     pub nonce: AtomicU64,
     pub started: Instant,
@@ -83,6 +85,8 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/jobs", post(submit_job))
         .route("/v1/jobs/{id}", get(get_job))
         .route("/v1/ledger/head", get(ledger_head))
+        .route("/v1/ledger/heads", get(ledger_heads))
+        .route("/v1/peers", get(peers))
         .route("/v1/ledger/entries", get(ledger_entries))
         .route("/v1/ledger/entries/{seq}", get(ledger_entry))
         .fallback(|| async {
@@ -96,8 +100,62 @@ pub fn router(state: Arc<AppState>) -> Router {
         .with_state(state)
 }
 
+async fn peers(State(st): State<Arc<AppState>>) -> ApiResult {
+    let Some(mesh) = &st.mesh else {
+        return Ok(axum::Json(json!({"mesh": false, "peers": []})));
+    };
+    let peers = mesh.peers().await.map_err(|e| {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "mesh_unavailable",
+            e.to_string(),
+        )
+    })?;
+    let list: Vec<Value> = peers
+        .into_iter()
+        .map(|(id, p)| {
+            json!({"peer_id": id.to_base58(), "addresses": p.addresses.iter().map(|a| a.to_string()).collect::<Vec<_>>(),
+                   "agent_version": p.agent_version, "protocols": p.protocols,
+                   "rtt_ms": p.rtt.map(|d| d.as_secs_f64() * 1e3)})
+        })
+        .collect();
+    Ok(axum::Json(json!({"mesh": true, "peers": list})))
+}
+
+async fn ledger_heads(State(st): State<Arc<AppState>>) -> ApiResult {
+    let (entries, head) = st.ledger.head().await;
+    let replicas = st
+        .ledger
+        .replica_heads()
+        .await
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "ledger_error", e))?;
+    let mut feeds = vec![
+        json!({"feed": st.key.public().peer_id(), "own": true, "size": entries, "head": head}),
+    ];
+    for (key, size, note) in replicas {
+        let feed = fab_ledger::PublicKey::from_bytes(&key);
+        let cp = feed
+            .zip(note)
+            .and_then(|(f, n)| fab_ledger::checkpoint::Checkpoint::verify(&n, &f, None).ok());
+        feeds.push(json!({
+            "feed": feed.map(|f| f.peer_id()), "own": false, "size": size,
+            "trusted_size": cp.as_ref().map(|c| c.size),
+            "trusted_root": cp.as_ref().map(|c| hex::encode(c.root)),
+        }));
+    }
+    Ok(axum::Json(json!({"feeds": feeds})))
+}
+
 async fn node_info(State(st): State<Arc<AppState>>) -> ApiResult {
     let (entries, head) = st.ledger.head().await;
+    let mesh = match &st.mesh {
+        Some(m) => {
+            let listen = m.listen_addrs().await.unwrap_or_default();
+            json!({"enabled": true, "peer_id": m.peer_id().to_base58(),
+                   "listen": listen.iter().map(|a| a.to_string()).collect::<Vec<_>>()})
+        }
+        None => json!({"enabled": false}),
+    };
     Ok(axum::Json(json!({
         "peer_id": st.key.public().peer_id(),
         "version": env!("CARGO_PKG_VERSION"),
@@ -106,6 +164,7 @@ async fn node_info(State(st): State<Arc<AppState>>) -> ApiResult {
         "ledger": {"entries": entries, "head": head},
         "inference": {"workers": st.config.inference.workers, "queue_depth": st.config.inference.queue_depth},
         "models_loaded": st.models.loaded().iter().map(|m| &m.name).collect::<Vec<_>>(),
+        "mesh": mesh,
     })))
 }
 

@@ -18,7 +18,36 @@ pub struct Config {
     pub inference: InferenceConfig,
     pub limits: LimitsConfig,
     pub ledger: LedgerConfig,
+    pub mesh: MeshSection,
     pub log: LogConfig,
+}
+
+/// Joining the mesh.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct MeshSection {
+    /// Start libp2p and replicate ledgers with peers.
+    pub enabled: bool,
+    /// Multiaddrs to listen on (environment and flags: comma-separated).
+    pub listen: Vec<String>,
+    /// Find peers on the LAN with mDNS.
+    pub mdns: bool,
+    /// Multiaddrs of peers to dial at start, e.g. `/ip4/10.0.0.5/tcp/4001/p2p/12D3KooW...`.
+    pub bootstrap: Vec<String>,
+}
+
+impl Default for MeshSection {
+    fn default() -> Self {
+        MeshSection {
+            enabled: true,
+            listen: vec![
+                "/ip4/0.0.0.0/tcp/0".into(),
+                "/ip4/0.0.0.0/udp/0/quic-v1".into(),
+            ],
+            mdns: true,
+            bootstrap: Vec::new(),
+        }
+    }
 }
 
 /// The HTTP/JSON control API.
@@ -231,6 +260,13 @@ fn typed_value(
             .parse::<bool>()
             .map(toml::Value::Boolean)
             .map_err(|_| bad("true or false")),
+        Some(toml::Value::Array(_)) => Ok(toml::Value::Array(
+            raw.split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(|s| toml::Value::String(s.to_owned()))
+                .collect(),
+        )),
         Some(_) => Ok(toml::Value::String(raw.to_owned())),
         None => Err(ConfigError::UnknownKey {
             origin: origin.to_string(),

@@ -11,6 +11,7 @@
 use std::thread::JoinHandle;
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use fab_ledger::checkpoint::Checkpoint;
 use fab_ledger::store::{Store, StoreError};
 use fab_ledger::{ContentId, EntryBody, FeedWriter, Keypair, SignedEntry};
 use thiserror::Error;
@@ -20,6 +21,8 @@ use tokio::sync::{mpsc, oneshot};
 pub const COMMAND_QUEUE: usize = 1024;
 /// Most entries one read returns.
 pub const RANGE_MAX: usize = 1000;
+
+pub use fab_ledger::store::ReplicaHead;
 
 /// A stored entry: its seq and signed bytes.
 pub type RawEntry = (u64, Vec<u8>);
@@ -39,8 +42,25 @@ enum Command {
         body: EntryBody,
         reply: oneshot::Sender<Result<SignedEntry, AppendError>>,
     },
+    Replica {
+        feed: fab_ledger::PublicKey,
+        entries: Vec<SignedEntry>,
+        trusted: Option<Checkpoint>,
+        reply: oneshot::Sender<Result<(), String>>,
+    },
     Read(Read),
 }
+
+/// A committed batch of this node's own entries and the checkpoint that covers it, handed to
+/// the mesh for gossip.
+#[derive(Clone, Debug)]
+pub struct Committed {
+    pub entries: Vec<SignedEntry>,
+    pub checkpoint: Checkpoint,
+}
+
+/// Batches waiting for the mesh; if it falls behind, batches are dropped (peers catch up).
+pub const COMMITTED_QUEUE: usize = 256;
 
 enum Read {
     Range {
@@ -54,6 +74,9 @@ enum Read {
     },
     Head {
         reply: oneshot::Sender<(u64, Option<ContentId>)>,
+    },
+    ReplicaHeads {
+        reply: oneshot::Sender<Result<Vec<ReplicaHead>, String>>,
     },
 }
 
@@ -77,12 +100,19 @@ pub fn now_ms() -> u64 {
 
 impl LedgerWriter {
     /// Starts the writer on an open store.
-    pub fn start(store: Store, key: Keypair, batch_max: usize) -> (LedgerWriter, LedgerClient) {
+    /// Starts the writer on an open store. Each committed batch of own entries is offered to
+    /// `committed` (the mesh), without waiting.
+    pub fn start(
+        store: Store,
+        key: Keypair,
+        batch_max: usize,
+        committed: Option<mpsc::Sender<Committed>>,
+    ) -> (LedgerWriter, LedgerClient) {
         let (tx, rx) = mpsc::channel(COMMAND_QUEUE);
         let feed = FeedWriter::resume(key, store.len(), store.head());
         let thread = std::thread::Builder::new()
             .name("fab-ledger".into())
-            .spawn(move || run(store, feed, rx, batch_max.max(1)))
+            .spawn(move || run(store, feed, rx, batch_max.max(1), committed))
             .expect("spawning the ledger thread");
         (LedgerWriter { thread }, LedgerClient { tx })
     }
@@ -93,7 +123,14 @@ impl LedgerWriter {
     }
 }
 
-fn run(mut store: Store, mut feed: FeedWriter, mut rx: mpsc::Receiver<Command>, batch_max: usize) {
+fn run(
+    mut store: Store,
+    mut feed: FeedWriter,
+    mut rx: mpsc::Receiver<Command>,
+    batch_max: usize,
+    committed: Option<mpsc::Sender<Committed>>,
+) {
+    let published = committed.as_ref();
     let mut pending: Vec<(
         SignedEntry,
         oneshot::Sender<Result<SignedEntry, AppendError>>,
@@ -109,15 +146,25 @@ fn run(mut store: Store, mut feed: FeedWriter, mut rx: mpsc::Receiver<Command>, 
                 }
                 Command::Read(read) => {
                     // A read must see the appends queued before it: commit those first.
-                    commit(&mut store, &mut feed, &mut pending);
+                    commit(&mut store, &mut feed, &mut pending, published);
                     serve_read(&store, read);
+                }
+                Command::Replica {
+                    feed: peer_feed,
+                    entries,
+                    trusted,
+                    reply,
+                } => {
+                    commit(&mut store, &mut feed, &mut pending, published);
+                    let r = store.store_replica(&peer_feed, &entries, trusted.as_ref());
+                    let _ = reply.send(r.map_err(|e| e.to_string()));
                 }
             }
             if pending.len() < batch_max {
                 next = rx.try_recv().ok();
             }
         }
-        commit(&mut store, &mut feed, &mut pending);
+        commit(&mut store, &mut feed, &mut pending, published);
     }
     tracing::info!(entries = store.len(), "ledger closed");
 }
@@ -129,6 +176,7 @@ fn commit(
         SignedEntry,
         oneshot::Sender<Result<SignedEntry, AppendError>>,
     )>,
+    published: Option<&mpsc::Sender<Committed>>,
 ) {
     if pending.is_empty() {
         return;
@@ -143,6 +191,13 @@ fn commit(
             );
             for (entry, reply) in pending.drain(..) {
                 let _ = reply.send(Ok(entry));
+            }
+            if let (Some(tx), Some(checkpoint)) = (published, store.checkpoint()) {
+                // Never block the ledger on the network: peers catch up on anything dropped.
+                let _ = tx.try_send(Committed {
+                    entries,
+                    checkpoint: checkpoint.clone(),
+                });
             }
         }
         Err(e) => {
@@ -168,6 +223,9 @@ fn serve_read(store: &Store, read: Read) {
         }
         Read::Head { reply } => {
             let _ = reply.send((store.len(), store.head()));
+        }
+        Read::ReplicaHeads { reply } => {
+            let _ = reply.send(reader.replica_heads().map_err(text));
         }
     }
 }
@@ -198,6 +256,30 @@ impl LedgerClient {
             .unwrap_or_else(|| Err("the ledger writer has stopped".into()))
     }
 
+    /// Stores verified entries (and a newly trusted checkpoint) of another node's feed.
+    pub async fn store_replica(
+        &self,
+        feed: fab_ledger::PublicKey,
+        entries: Vec<SignedEntry>,
+        trusted: Option<Checkpoint>,
+    ) -> Result<(), String> {
+        self.ask(|reply| Command::Replica {
+            feed,
+            entries,
+            trusted,
+            reply,
+        })
+        .await
+        .unwrap_or_else(|| Err("the ledger writer has stopped".into()))
+    }
+
+    pub async fn replica_heads(&self) -> Result<Vec<ReplicaHead>, String> {
+        self.ask(|reply| Command::Read(Read::ReplicaHeads { reply }))
+            .await
+            .unwrap_or_else(|| Err("the ledger writer has stopped".into()))
+    }
+
+    /// The latest checkpoint of this node's own feed.
     pub async fn head(&self) -> (u64, Option<ContentId>) {
         self.ask(|reply| Command::Read(Read::Head { reply }))
             .await

@@ -11,6 +11,7 @@
 //! - [`datadir`]: where a node keeps its key, ledger, registry and API address.
 //! - [`models`]: models registered by path and the cache of loaded engines.
 //! - [`ledger_writer`]: the thread that owns the store and commits entries in batches.
+//! - `mesh_task`: publishes own entries, replicates peers' feeds through `fab_mesh`.
 //! - [`api`]: the control API (routes, job pipeline, errors).
 //! - [`views`]: JSON views of entries and receipts.
 //! - [`Node`]: startup, serving and graceful shutdown.
@@ -20,6 +21,7 @@ pub mod api;
 pub mod config;
 pub mod datadir;
 pub mod ledger_writer;
+mod mesh_task;
 pub mod models;
 mod node;
 pub mod views;

@@ -18,8 +18,10 @@ use tokio::sync::Semaphore;
 use crate::api::{AppState, router};
 use crate::config::Config;
 use crate::datadir;
-use crate::ledger_writer::{LedgerWriter, now_ms};
+use crate::ledger_writer::{COMMITTED_QUEUE, LedgerWriter, now_ms};
 use crate::models::ModelCache;
+use fab_mesh::net::MeshConfig;
+use fab_mesh::replicate::{ReplicateConfig, Replicator};
 
 /// Why the node did not start.
 #[derive(Debug, Error)]
@@ -44,6 +46,8 @@ pub enum StartError {
         path: PathBuf,
         error: std::io::Error,
     },
+    #[error("mesh: {0}")]
+    Mesh(String),
 }
 
 /// A started node: key loaded, ledger open and verified at its tail, API socket bound.
@@ -53,6 +57,50 @@ pub struct Node {
     writer: LedgerWriter,
     listener: TcpListener,
     addr: SocketAddr,
+    /// The mesh event loop and the replication task; aborted at shutdown.
+    mesh_tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+fn parse_addrs(key: &str, values: &[String]) -> Result<Vec<libp2p::Multiaddr>, StartError> {
+    values
+        .iter()
+        .map(|v| {
+            v.parse().map_err(|e| {
+                StartError::Mesh(format!("`{key}` entry {v:?} is not a multiaddr: {e}"))
+            })
+        })
+        .collect()
+}
+
+/// Rebuilds the replication state of every stored replica, re-verifying each feed's chain.
+fn resume_replicas(store: &Store) -> Result<Replicator<libp2p::PeerId>, StartError> {
+    let mut r = Replicator::new(ReplicateConfig::default());
+    let reader = store.reader();
+    let heads = reader.replica_heads()?;
+    for (feed_bytes, _, note) in heads {
+        let Some(feed) = fab_ledger::PublicKey::from_bytes(&feed_bytes) else {
+            continue;
+        };
+        let mut verifier = fab_ledger::entry::FeedVerifier::new(feed);
+        let mut tree = fab_ledger::merkle::Frontier::new();
+        loop {
+            let page = reader.replica_range(&feed_bytes, verifier.next_seq(), 1024)?;
+            let n = page.len();
+            for (_, bytes) in page {
+                if verifier.push(&bytes).is_err() {
+                    break;
+                }
+                tree.append(fab_ledger::merkle::leaf_hash(&bytes));
+            }
+            if n < 1024 {
+                break;
+            }
+        }
+        let trusted =
+            note.and_then(|n| fab_ledger::checkpoint::Checkpoint::verify(&n, &feed, None).ok());
+        r.resume(feed, verifier.next_seq(), verifier.head(), tree, trusted);
+    }
+    Ok(r)
 }
 
 impl Node {
@@ -78,7 +126,38 @@ impl Node {
             .local_addr()
             .map_err(|error| StartError::Listen { addr, error })?;
         let entries = store.len();
-        let (writer, ledger) = LedgerWriter::start(store, key.clone(), config.ledger.batch_max);
+        let replicator = if config.mesh.enabled {
+            Some(resume_replicas(&store)?)
+        } else {
+            None
+        };
+        let (committed_tx, committed_rx) = tokio::sync::mpsc::channel(COMMITTED_QUEUE);
+        let (writer, ledger) = LedgerWriter::start(
+            store,
+            key.clone(),
+            config.ledger.batch_max,
+            config.mesh.enabled.then_some(committed_tx),
+        );
+        let mut mesh_tasks = Vec::new();
+        let mut mesh = None;
+        if let Some(replicator) = replicator {
+            let mut mc = MeshConfig::new(&config.ledger.network);
+            mc.listen = parse_addrs("mesh.listen", &config.mesh.listen)?;
+            mc.bootstrap = parse_addrs("mesh.bootstrap", &config.mesh.bootstrap)?;
+            mc.mdns = config.mesh.mdns;
+            let (client, events, event_loop) =
+                fab_mesh::net::start(&key, mc).map_err(|e| StartError::Mesh(e.to_string()))?;
+            mesh_tasks.push(tokio::spawn(event_loop.run()));
+            mesh_tasks.push(tokio::spawn(crate::mesh_task::run(
+                key.public(),
+                client.clone(),
+                events,
+                committed_rx,
+                ledger.clone(),
+                replicator,
+            )));
+            mesh = Some(client);
+        }
         let state = Arc::new(AppState {
             models: ModelCache::new(data_dir.to_owned(), config.inference.model_bytes_max),
             pool: InferencePool::new(config.inference.workers, config.inference.queue_depth),
@@ -88,6 +167,7 @@ impl Node {
             nonce: AtomicU64::new(now_ms().saturating_mul(1000)),
             started: Instant::now(),
             data_dir: data_dir.to_owned(),
+            mesh,
             ledger,
             config,
             key,
@@ -118,6 +198,7 @@ impl Node {
             writer,
             listener,
             addr,
+            mesh_tasks,
         })
     }
 
@@ -140,6 +221,7 @@ impl Node {
             state,
             writer,
             listener,
+            mesh_tasks,
             ..
         } = self;
         let data_dir = state.data_dir.clone();
@@ -148,6 +230,13 @@ impl Node {
             .with_graceful_shutdown(shutdown)
             .await;
         tracing::info!("API closed; finishing in-flight work");
+        // The replication task holds a ledger handle: stop the mesh before closing the ledger.
+        for t in &mesh_tasks {
+            t.abort();
+        }
+        for t in mesh_tasks {
+            let _ = t.await;
+        }
         drop(state);
         // The router and every handler are gone, so this was the last reference: dropping it
         // joins the inference workers and closes the ledger channel.

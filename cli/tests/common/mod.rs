@@ -51,6 +51,8 @@ impl TestDir {
         c.env("FABNODE_DATA_DIR", self.path())
             .env_remove("FABNODE_API")
             .env_remove("FABNODE_CONFIG")
+            // Single-node tests stay off the mesh; tests/mesh.rs turns it on.
+            .env("FABNODE_MESH_ENABLED", "false")
             .env("NO_COLOR", "1")
             .stdin(Stdio::null());
         c

@@ -1,0 +1,121 @@
+//! Three real `fabnode` processes on loopback form a mesh through one bootstrap peer and
+//! replicate each other's ledgers by gossip.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+use serde_json::json;
+
+fn mesh_env(network: &str) -> Vec<(String, String)> {
+    vec![
+        ("FABNODE_MESH_ENABLED".into(), "true".into()),
+        ("FABNODE_MESH_MDNS".into(), "false".into()),
+        ("FABNODE_MESH_LISTEN".into(), "/ip4/127.0.0.1/tcp/0".into()),
+        ("FABNODE_LEDGER_NETWORK".into(), network.into()),
+    ]
+}
+
+fn start(t: &TestDir, env: &[(String, String)]) -> RunningNode {
+    let refs: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    t.start(&refs).unwrap()
+}
+
+/// Polls `check` until it holds or the deadline passes; returns how long it took.
+fn wait_for(what: &str, limit: Duration, mut check: impl FnMut() -> bool) -> Duration {
+    let t0 = Instant::now();
+    while !check() {
+        assert!(t0.elapsed() < limit, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    t0.elapsed()
+}
+
+fn feed_size(node: &RunningNode, feed: &str) -> Option<(u64, Option<u64>)> {
+    let (_, v) = node.get("/v1/ledger/heads");
+    v["feeds"]
+        .as_array()?
+        .iter()
+        .find(|f| f["feed"] == feed)
+        .map(|f| (f["size"].as_u64().unwrap(), f["trusted_size"].as_u64()))
+}
+
+#[test]
+fn three_nodes_replicate_every_ledger_through_one_bootstrap_peer() {
+    let network = format!("t{}", std::process::id());
+    let (ta, tb, tc) = (TestDir::new(), TestDir::new(), TestDir::new());
+    let a = start(&ta, &mesh_env(&network));
+    let (_, info) = a.get("/v1/node");
+    let a_id = info["peer_id"].as_str().unwrap().to_owned();
+    let a_addr = format!(
+        "{}/p2p/{a_id}",
+        info["mesh"]["listen"][0].as_str().expect("A listens")
+    );
+    let mut env = mesh_env(&network);
+    env.push(("FABNODE_MESH_BOOTSTRAP".into(), a_addr));
+    let b = start(&tb, &env);
+    let mut c = start(&tc, &env);
+    let b_id = b.get("/v1/node").1["peer_id"].as_str().unwrap().to_owned();
+
+    wait_for("A to see two peers", Duration::from_secs(20), || {
+        a.get("/v1/peers").1["peers"]
+            .as_array()
+            .is_some_and(|p| p.len() == 2)
+    });
+    let out = ta.run(&["peers", "--json"]);
+    let peers: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(
+        peers["peers"][0]["agent_version"]
+            .as_str()
+            .unwrap()
+            .starts_with("fabnode/")
+    );
+
+    // Jobs on A land in B's and C's replicas of A's feed, with A's checkpoint trusted.
+    for i in 0..5 {
+        let (s, v) = a.post_json(
+            "/v1/jobs",
+            &json!({"model": "digits", "input": image_json(i)}),
+        );
+        assert_eq!(s, 200, "{v}");
+    }
+    let took = wait_for(
+        "B and C to hold A's 5 entries",
+        Duration::from_secs(20),
+        || {
+            [&b, &c]
+                .iter()
+                .all(|n| feed_size(n, &a_id) == Some((5, Some(5))))
+        },
+    );
+    eprintln!("A's 5 entries replicated to B and C in {took:?}");
+
+    // And the other way: jobs on B reach A and C (C through A's forwarding or directly).
+    for i in 0..3 {
+        let (s, _) = b.post_json(
+            "/v1/jobs",
+            &json!({"model": "digits", "input": image_json(10 + i)}),
+        );
+        assert_eq!(s, 200);
+    }
+    wait_for(
+        "A and C to hold B's 3 entries",
+        Duration::from_secs(20),
+        || {
+            [&a, &c]
+                .iter()
+                .all(|n| feed_size(n, &b_id) == Some((3, Some(3))))
+        },
+    );
+    let out = tc.run(&["ledger", "heads", "--json"]);
+    let heads: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(heads["feeds"].as_array().unwrap().len(), 3, "{heads}");
+
+    // Replicas are durable: C restarts and still holds them.
+    c.signal(libc::SIGTERM);
+    assert!(c.child.wait().unwrap().success());
+    let c2 = start(&tc, &env);
+    assert_eq!(feed_size(&c2, &a_id), Some((5, Some(5))));
+    assert_eq!(feed_size(&c2, &b_id), Some((3, Some(3))));
+}
