@@ -42,13 +42,15 @@ enum Command {
         body: EntryBody,
         reply: oneshot::Sender<Result<SignedEntry, AppendError>>,
     },
-    Replica {
-        feed: fab_ledger::PublicKey,
-        entries: Vec<SignedEntry>,
-        trusted: Option<Checkpoint>,
-        reply: oneshot::Sender<Result<(), String>>,
-    },
+    Replica(Box<ReplicaWrite>),
     Read(Read),
+}
+
+struct ReplicaWrite {
+    feed: fab_ledger::PublicKey,
+    entries: Vec<SignedEntry>,
+    trusted: Option<Checkpoint>,
+    reply: oneshot::Sender<Result<(), String>>,
 }
 
 /// A committed batch of this node's own entries and the checkpoint that covers it, handed to
@@ -149,12 +151,13 @@ fn run(
                     commit(&mut store, &mut feed, &mut pending, published);
                     serve_read(&store, read);
                 }
-                Command::Replica {
-                    feed: peer_feed,
-                    entries,
-                    trusted,
-                    reply,
-                } => {
+                Command::Replica(w) => {
+                    let ReplicaWrite {
+                        feed: peer_feed,
+                        entries,
+                        trusted,
+                        reply,
+                    } = *w;
                     commit(&mut store, &mut feed, &mut pending, published);
                     let r = store.store_replica(&peer_feed, &entries, trusted.as_ref());
                     let _ = reply.send(r.map_err(|e| e.to_string()));
@@ -263,11 +266,13 @@ impl LedgerClient {
         entries: Vec<SignedEntry>,
         trusted: Option<Checkpoint>,
     ) -> Result<(), String> {
-        self.ask(|reply| Command::Replica {
-            feed,
-            entries,
-            trusted,
-            reply,
+        self.ask(|reply| {
+            Command::Replica(Box::new(ReplicaWrite {
+                feed,
+                entries,
+                trusted,
+                reply,
+            }))
         })
         .await
         .unwrap_or_else(|| Err("the ledger writer has stopped".into()))
