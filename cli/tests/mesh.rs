@@ -119,3 +119,48 @@ fn three_nodes_replicate_every_ledger_through_one_bootstrap_peer() {
     assert_eq!(feed_size(&c2, &a_id), Some((5, Some(5))));
     assert_eq!(feed_size(&c2, &b_id), Some((3, Some(3))));
 }
+
+#[test]
+fn a_node_that_was_offline_catches_up_200_entries() {
+    let network = format!("c{}", std::process::id());
+    let (ta, tb) = (TestDir::new(), TestDir::new());
+    let a = start(&ta, &mesh_env(&network));
+    let (_, info) = a.get("/v1/node");
+    let a_id = info["peer_id"].as_str().unwrap().to_owned();
+    let a_addr = format!(
+        "{}/p2p/{a_id}",
+        info["mesh"]["listen"][0].as_str().expect("A listens")
+    );
+    let mut env = mesh_env(&network);
+    env.push(("FABNODE_MESH_BOOTSTRAP".into(), a_addr));
+
+    // B is offline while A records 200 entries.
+    for i in 0..200 {
+        let (s, _) = a.post_json(
+            "/v1/jobs",
+            &json!({"model": "digits", "input": image_json(i)}),
+        );
+        assert_eq!(s, 200);
+    }
+    let b = start(&tb, &env);
+    let took = wait_for(
+        "B to catch up A's 200 entries",
+        Duration::from_secs(30),
+        || feed_size(&b, &a_id).is_some_and(|(n, _)| n == 200),
+    );
+    eprintln!("B caught up 200 entries in {took:?}");
+    // The next checkpoint A gossips signs exactly B's replica: B trusts it.
+    let (s, _) = a.post_json(
+        "/v1/jobs",
+        &json!({"model": "digits", "input": image_json(7)}),
+    );
+    assert_eq!(s, 200);
+    wait_for(
+        "B to trust A's checkpoint 201",
+        Duration::from_secs(20),
+        || feed_size(&b, &a_id) == Some((201, Some(201))),
+    );
+    // B's replica verifies entry by entry against A's own ledger.
+    let (_, ea) = a.get("/v1/ledger/entries?from=0&limit=1000");
+    assert_eq!(ea["entries"].as_array().unwrap().len(), 201);
+}

@@ -15,7 +15,13 @@ use thiserror::Error;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::validate::{Valid, Verdict, validate};
-use crate::wire::{GOSSIP_BYTES_MAX, GossipMsg, ledger_topic};
+use crate::wire::{
+    GOSSIP_BYTES_MAX, GossipMsg, SYNC_PROTOCOL, SYNC_REQUEST_BYTES_MAX, SYNC_RESPONSE_BYTES_MAX,
+    SyncRequest, SyncResponse, ledger_topic,
+};
+use futures::{AsyncReadExt, AsyncWriteExt};
+use libp2p::StreamProtocol;
+use libp2p::request_response::{self, ProtocolSupport, ResponseChannel};
 
 /// Commands waiting for the event loop.
 pub const COMMAND_QUEUE: usize = 256;
@@ -51,8 +57,19 @@ impl MeshConfig {
 }
 
 /// What the mesh tells the application.
-#[derive(Clone, Debug)]
+#[derive(Debug)]
 pub enum MeshEvent {
+    /// A peer asks for heads or a range; answer with [`MeshClient::respond`].
+    SyncRequest {
+        from: PeerId,
+        request: SyncRequest,
+        reply: SyncReply,
+    },
+    /// A peer answered one of our sync requests.
+    SyncResponse {
+        from: PeerId,
+        response: SyncResponse,
+    },
     /// A gossip message passed validation (and is being forwarded).
     Valid { from: PeerId, valid: Box<Valid> },
     /// A gossip message failed validation; the sender has been penalised.
@@ -94,8 +111,79 @@ pub enum MeshError {
     Stopped,
 }
 
+/// Where to send the answer to a sync request.
+#[derive(Debug)]
+pub struct SyncReply(ResponseChannel<SyncResponse>);
+
+/// `/fabnode/ledger-sync/1` frames: one canonical CBOR value per stream direction, read to the
+/// end with a size cap.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct SyncCodec;
+
+async fn read_capped<T: futures::AsyncRead + Unpin + Send>(
+    io: &mut T,
+    max: usize,
+) -> std::io::Result<Vec<u8>> {
+    let mut buf = Vec::new();
+    io.take(max as u64 + 1).read_to_end(&mut buf).await?;
+    if buf.len() > max {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            "sync message over the size limit",
+        ));
+    }
+    Ok(buf)
+}
+
+fn invalid(e: impl std::fmt::Display) -> std::io::Error {
+    std::io::Error::new(std::io::ErrorKind::InvalidData, e.to_string())
+}
+
+impl request_response::Codec for SyncCodec {
+    type Protocol = StreamProtocol;
+    type Request = SyncRequest;
+    type Response = SyncResponse;
+
+    async fn read_request<T: futures::AsyncRead + Unpin + Send>(
+        &mut self,
+        _: &StreamProtocol,
+        io: &mut T,
+    ) -> std::io::Result<SyncRequest> {
+        SyncRequest::decode(&read_capped(io, SYNC_REQUEST_BYTES_MAX).await?).map_err(invalid)
+    }
+
+    async fn read_response<T: futures::AsyncRead + Unpin + Send>(
+        &mut self,
+        _: &StreamProtocol,
+        io: &mut T,
+    ) -> std::io::Result<SyncResponse> {
+        SyncResponse::decode(&read_capped(io, SYNC_RESPONSE_BYTES_MAX).await?).map_err(invalid)
+    }
+
+    async fn write_request<T: futures::AsyncWrite + Unpin + Send>(
+        &mut self,
+        _: &StreamProtocol,
+        io: &mut T,
+        req: SyncRequest,
+    ) -> std::io::Result<()> {
+        io.write_all(&req.encode()).await?;
+        io.close().await
+    }
+
+    async fn write_response<T: futures::AsyncWrite + Unpin + Send>(
+        &mut self,
+        _: &StreamProtocol,
+        io: &mut T,
+        res: SyncResponse,
+    ) -> std::io::Result<()> {
+        io.write_all(&res.encode()).await?;
+        io.close().await
+    }
+}
+
 #[derive(NetworkBehaviour)]
 struct Behaviour {
+    sync: request_response::Behaviour<SyncCodec>,
     gossipsub: gossipsub::Behaviour,
     identify: identify::Behaviour,
     ping: ping::Behaviour,
@@ -103,6 +191,8 @@ struct Behaviour {
 }
 
 enum Command {
+    Request(PeerId, SyncRequest),
+    Respond(SyncReply, SyncResponse),
     Publish(GossipMsg, oneshot::Sender<Result<(), MeshError>>),
     Dial(Multiaddr, oneshot::Sender<Result<(), MeshError>>),
     ListenAddrs(oneshot::Sender<Vec<Multiaddr>>),
@@ -197,7 +287,15 @@ pub fn start(
             } else {
                 None
             };
+            let sync = request_response::Behaviour::with_codec(
+                SyncCodec,
+                [(StreamProtocol::new(SYNC_PROTOCOL), ProtocolSupport::Full)],
+                request_response::Config::default()
+                    .with_request_timeout(Duration::from_secs(10))
+                    .with_max_concurrent_streams(64),
+            );
             Ok(Behaviour {
+                sync,
                 gossipsub,
                 identify,
                 ping: ping::Behaviour::new(ping::Config::new()),
@@ -260,6 +358,17 @@ impl EventLoop {
 
     fn command(&mut self, cmd: Command) {
         match cmd {
+            Command::Request(peer, request) => {
+                self.swarm.behaviour_mut().sync.send_request(&peer, request);
+            }
+            Command::Respond(SyncReply(channel), response) => {
+                // The asker may have gone; nothing to do then.
+                let _ = self
+                    .swarm
+                    .behaviour_mut()
+                    .sync
+                    .send_response(channel, response);
+            }
             Command::Publish(msg, reply) => {
                 let r = self
                     .swarm
@@ -396,6 +505,22 @@ impl MeshClient {
             .await
             .map_err(|_| MeshError::Stopped)?;
         rx.await.map_err(|_| MeshError::Stopped)
+    }
+
+    /// Sends a sync request; the answer arrives as [`MeshEvent::SyncResponse`].
+    pub async fn request(&self, peer: PeerId, request: SyncRequest) -> Result<(), MeshError> {
+        self.tx
+            .send(Command::Request(peer, request))
+            .await
+            .map_err(|_| MeshError::Stopped)
+    }
+
+    /// Answers a peer's sync request.
+    pub async fn respond(&self, reply: SyncReply, response: SyncResponse) -> Result<(), MeshError> {
+        self.tx
+            .send(Command::Respond(reply, response))
+            .await
+            .map_err(|_| MeshError::Stopped)
     }
 
     /// Publishes on the ledger topic. Fails with a publish error while no peer is subscribed.

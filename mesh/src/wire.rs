@@ -76,3 +76,215 @@ impl GossipMsg {
         }
     }
 }
+
+/// The catch-up protocol (libp2p request-response).
+pub const SYNC_PROTOCOL: &str = "/fabnode/ledger-sync/1";
+/// Largest sync request accepted.
+pub const SYNC_REQUEST_BYTES_MAX: usize = 1024;
+/// Largest sync response accepted (a range of up to 512 entries of ≤16 KiB, or a heads list).
+pub const SYNC_RESPONSE_BYTES_MAX: usize = 8 << 20;
+/// Most feeds in a heads answer.
+pub const HEADS_MAX: usize = 10_000;
+/// Most entries in a range answer.
+pub const RANGE_MAX: u64 = 512;
+
+/// A catch-up request: CBOR `[1, 0]` (heads) or `[1, 1, feed, start, count]` (range).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SyncRequest {
+    /// Which feeds do you hold, and how many entries of each?
+    Heads,
+    /// Entries `start .. start + count` of `feed` (own or replica).
+    Range {
+        feed: [u8; 32],
+        start: u64,
+        count: u64,
+    },
+}
+
+/// A catch-up answer: `[1, 0, [[feed, size], ...]]`, `[1, 1, feed, start, [entry, ...]]` or
+/// `[1, 2, reason]`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SyncResponse {
+    Heads(Vec<([u8; 32], u64)>),
+    Range {
+        feed: [u8; 32],
+        start: u64,
+        entries: Vec<Vec<u8>>,
+    },
+    Refused(String),
+}
+
+const SYNC_WHAT: &str = "sync message";
+
+impl SyncRequest {
+    pub fn encode(&self) -> Vec<u8> {
+        let v = match self {
+            SyncRequest::Heads => vec![cbor::uint(1), cbor::uint(0)],
+            SyncRequest::Range { feed, start, count } => {
+                vec![
+                    cbor::uint(1),
+                    cbor::uint(1),
+                    cbor::bytes(feed),
+                    cbor::uint(*start),
+                    cbor::uint(*count),
+                ]
+            }
+        };
+        cbor::encode_value(&Value::Array(v))
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<Self, DecodeError> {
+        let value = cbor::decode_value(bytes, SYNC_WHAT, SYNC_REQUEST_BYTES_MAX)?;
+        let Value::Array(items) = &value else {
+            return Err(DecodeError::invalid(SYNC_WHAT, "expected an array"));
+        };
+        let len = items.len();
+        let mut f = Fields::new(value, SYNC_WHAT, len)?;
+        if f.u64("version")? != 1 {
+            return Err(DecodeError::invalid(SYNC_WHAT, "unsupported version"));
+        }
+        match (f.u64("kind")?, len) {
+            (0, 2) => Ok(SyncRequest::Heads),
+            (1, 5) => Ok(SyncRequest::Range {
+                feed: f.array("feed")?,
+                start: f.u64("start")?,
+                count: f.u64("count")?,
+            }),
+            _ => Err(DecodeError::invalid(SYNC_WHAT, "unknown request")),
+        }
+    }
+}
+
+impl SyncResponse {
+    pub fn encode(&self) -> Vec<u8> {
+        let v = match self {
+            SyncResponse::Heads(heads) => vec![
+                cbor::uint(1),
+                cbor::uint(0),
+                Value::Array(
+                    heads
+                        .iter()
+                        .map(|(f, n)| Value::Array(vec![cbor::bytes(f), cbor::uint(*n)]))
+                        .collect(),
+                ),
+            ],
+            SyncResponse::Range {
+                feed,
+                start,
+                entries,
+            } => vec![
+                cbor::uint(1),
+                cbor::uint(1),
+                cbor::bytes(feed),
+                cbor::uint(*start),
+                Value::Array(entries.iter().map(|e| cbor::bytes(e)).collect()),
+            ],
+            SyncResponse::Refused(reason) => vec![cbor::uint(1), cbor::uint(2), cbor::text(reason)],
+        };
+        cbor::encode_value(&Value::Array(v))
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<Self, DecodeError> {
+        let value = cbor::decode_value(bytes, SYNC_WHAT, SYNC_RESPONSE_BYTES_MAX)?;
+        let Value::Array(items) = &value else {
+            return Err(DecodeError::invalid(SYNC_WHAT, "expected an array"));
+        };
+        let len = items.len();
+        let mut f = Fields::new(value, SYNC_WHAT, len)?;
+        if f.u64("version")? != 1 {
+            return Err(DecodeError::invalid(SYNC_WHAT, "unsupported version"));
+        }
+        let list = |v: Value, max: usize| match v {
+            Value::Array(a) if a.len() <= max => Ok(a),
+            _ => Err(DecodeError::invalid(
+                SYNC_WHAT,
+                format!("expected a list of at most {max}"),
+            )),
+        };
+        match (f.u64("kind")?, len) {
+            (0, 3) => {
+                let mut heads = Vec::new();
+                for item in list(f.value("heads")?, HEADS_MAX)? {
+                    let mut h = Fields::new(item, SYNC_WHAT, 2)?;
+                    heads.push((h.array("feed")?, h.u64("size")?));
+                }
+                Ok(SyncResponse::Heads(heads))
+            }
+            (1, 5) => {
+                let feed = f.array("feed")?;
+                let start = f.u64("start")?;
+                let mut entries = Vec::new();
+                for item in list(f.value("entries")?, RANGE_MAX as usize)? {
+                    match item {
+                        Value::Bytes(b) => entries.push(b),
+                        _ => {
+                            return Err(DecodeError::invalid(
+                                SYNC_WHAT,
+                                "range entries must be byte strings",
+                            ));
+                        }
+                    }
+                }
+                Ok(SyncResponse::Range {
+                    feed,
+                    start,
+                    entries,
+                })
+            }
+            (2, 3) => Ok(SyncResponse::Refused(f.text("reason", 1024)?)),
+            _ => Err(DecodeError::invalid(SYNC_WHAT, "unknown response")),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sync_messages_round_trip_and_refuse_bad_input() {
+        for r in [
+            SyncRequest::Heads,
+            SyncRequest::Range {
+                feed: [3; 32],
+                start: 7,
+                count: 100,
+            },
+        ] {
+            assert_eq!(SyncRequest::decode(&r.encode()).unwrap(), r);
+        }
+        for r in [
+            SyncResponse::Heads(vec![([1; 32], 5), ([2; 32], 0)]),
+            SyncResponse::Range {
+                feed: [4; 32],
+                start: 9,
+                entries: vec![vec![1, 2], vec![]],
+            },
+            SyncResponse::Refused("no".into()),
+        ] {
+            assert_eq!(SyncResponse::decode(&r.encode()).unwrap(), r);
+        }
+        // Wrong arity, unknown kinds, oversized lists and plain garbage are refused.
+        let bad_req = cbor::encode_value(&Value::Array(vec![
+            cbor::uint(1),
+            cbor::uint(1),
+            cbor::bytes(&[0; 32]),
+        ]));
+        assert!(SyncRequest::decode(&bad_req).is_err());
+        assert!(
+            SyncRequest::decode(&cbor::encode_value(&Value::Array(vec![
+                cbor::uint(1),
+                cbor::uint(9)
+            ])))
+            .is_err()
+        );
+        let too_many = SyncResponse::Range {
+            feed: [0; 32],
+            start: 0,
+            entries: vec![vec![]; RANGE_MAX as usize + 1],
+        };
+        assert!(SyncResponse::decode(&too_many.encode()).is_err());
+        assert!(SyncResponse::decode(b"\xff\xfe").is_err());
+        assert!(SyncRequest::decode(&vec![0x80; 2000]).is_err());
+    }
+}

@@ -80,6 +80,12 @@ enum Read {
     ReplicaHeads {
         reply: oneshot::Sender<Result<Vec<ReplicaHead>, String>>,
     },
+    ReplicaRange {
+        feed: [u8; 32],
+        from: u64,
+        limit: usize,
+        reply: oneshot::Sender<Result<Vec<RawEntry>, String>>,
+    },
 }
 
 /// Cloneable handle to the writer thread.
@@ -230,6 +236,18 @@ fn serve_read(store: &Store, read: Read) {
         Read::ReplicaHeads { reply } => {
             let _ = reply.send(reader.replica_heads().map_err(text));
         }
+        Read::ReplicaRange {
+            feed,
+            from,
+            limit,
+            reply,
+        } => {
+            let _ = reply.send(
+                reader
+                    .replica_range(&feed, from, limit.min(RANGE_MAX))
+                    .map_err(text),
+            );
+        }
     }
 }
 
@@ -282,6 +300,25 @@ impl LedgerClient {
         self.ask(|reply| Command::Read(Read::ReplicaHeads { reply }))
             .await
             .unwrap_or_else(|| Err("the ledger writer has stopped".into()))
+    }
+
+    /// Up to `limit` stored entries of a replicated feed from `from`.
+    pub async fn replica_range(
+        &self,
+        feed: [u8; 32],
+        from: u64,
+        limit: usize,
+    ) -> Result<Vec<RawEntry>, String> {
+        self.ask(|reply| {
+            Command::Read(Read::ReplicaRange {
+                feed,
+                from,
+                limit,
+                reply,
+            })
+        })
+        .await
+        .unwrap_or_else(|| Err("the ledger writer has stopped".into()))
     }
 
     /// The latest checkpoint of this node's own feed.

@@ -11,7 +11,7 @@ use fab_ledger::PublicKey;
 use fab_mesh::net::{MeshClient, MeshEvent};
 use fab_mesh::replicate::{Input, Output, Replicator};
 use fab_mesh::validate::Valid;
-use fab_mesh::wire::GossipMsg;
+use fab_mesh::wire::{GossipMsg, RANGE_MAX, SyncRequest, SyncResponse};
 use libp2p::PeerId;
 use tokio::sync::mpsc;
 
@@ -19,6 +19,8 @@ use crate::ledger_writer::{Committed, LedgerClient};
 
 /// How often the replication core is ticked (request timeouts) and unsent gossip retried.
 const TICK: Duration = Duration::from_millis(250);
+/// Ask every connected peer for its heads this often (anti-entropy), besides on connect.
+const HEADS_EVERY: Duration = Duration::from_secs(3);
 /// Own messages kept for retry while no peer is subscribed yet; older ones are dropped.
 const UNSENT_MAX: usize = 4096;
 
@@ -48,9 +50,10 @@ pub async fn run(
     let started = Instant::now();
     let mut tick = tokio::time::interval(TICK);
     let mut outputs: Vec<Output<PeerId>> = Vec::new();
-    // Own entries and checkpoints not yet published because no peer was subscribed. Until
-    // catch-up (/fabnode/ledger-sync/1) exists this is what keeps early entries from being lost.
+    // Own entries and checkpoints not yet published because no peer was subscribed: retried, so
+    // live peers see them promptly (catch-up would also find them, later).
     let mut unsent: VecDeque<GossipMsg> = VecDeque::new();
+    let mut last_heads = Instant::now();
     loop {
         tokio::select! {
             batch = committed.recv() => {
@@ -77,7 +80,31 @@ pub async fn run(
                     MeshEvent::Rejected { from, reason } => {
                         tracing::warn!(peer = %from, %reason, "peer sent an invalid message");
                     }
-                    MeshEvent::PeerConnected(peer) => tracing::debug!(%peer, "peer connected"),
+                    MeshEvent::PeerConnected(peer) => {
+                        tracing::debug!(%peer, "peer connected; exchanging heads");
+                        let _ = mesh.request(peer, SyncRequest::Heads).await;
+                    }
+                    MeshEvent::SyncRequest { from, request, reply } => {
+                        let response = serve(own, &ledger, request).await;
+                        tracing::debug!(peer = %from, "sync request served");
+                        let _ = mesh.respond(reply, response).await;
+                    }
+                    MeshEvent::SyncResponse { from, response } => match response {
+                        SyncResponse::Heads(heads) => {
+                            let heads = heads
+                                .into_iter()
+                                .filter_map(|(k, n)| PublicKey::from_bytes(&k).map(|f| (f, n)))
+                                .filter(|(f, _)| *f != own)
+                                .collect();
+                            replicator.handle(Input::Heads { from, heads }, started.elapsed(), &mut outputs);
+                        }
+                        SyncResponse::Range { feed, start, entries } => {
+                            if let Some(feed) = PublicKey::from_bytes(&feed).filter(|f| *f != own) {
+                                replicator.handle(Input::Range { from, feed, start, entries }, started.elapsed(), &mut outputs);
+                            }
+                        }
+                        SyncResponse::Refused(reason) => tracing::debug!(peer = %from, %reason, "sync refused"),
+                    },
                 }
                 if !unsent.is_empty() {
                     flush(&mesh, &mut unsent).await;
@@ -86,13 +113,59 @@ pub async fn run(
             _ = tick.tick() => {
                 replicator.handle(Input::Tick, started.elapsed(), &mut outputs);
                 flush(&mesh, &mut unsent).await;
+                if last_heads.elapsed() >= HEADS_EVERY {
+                    last_heads = Instant::now();
+                    for peer in mesh.peers().await.map(|p| p.into_keys().collect::<Vec<_>>()).unwrap_or_default() {
+                        let _ = mesh.request(peer, SyncRequest::Heads).await;
+                    }
+                }
             }
         }
-        apply(&ledger, &mut outputs).await;
+        apply(&mesh, &ledger, &mut outputs).await;
     }
 }
 
-async fn apply(ledger: &LedgerClient, outputs: &mut Vec<Output<PeerId>>) {
+/// Answers a peer's sync request from the own feed or a replica.
+async fn serve(own: PublicKey, ledger: &LedgerClient, request: SyncRequest) -> SyncResponse {
+    match request {
+        SyncRequest::Heads => {
+            let (size, _) = ledger.head().await;
+            let mut heads = vec![(own.to_bytes(), size)];
+            match ledger.replica_heads().await {
+                Ok(r) => heads.extend(r.into_iter().map(|(k, n, _)| (k, n))),
+                Err(e) => return SyncResponse::Refused(e),
+            }
+            SyncResponse::Heads(heads)
+        }
+        SyncRequest::Range { feed, start, count } => {
+            let limit = count.min(RANGE_MAX) as usize;
+            let rows = if feed == own.to_bytes() {
+                ledger.range(start, limit).await
+            } else {
+                ledger.replica_range(feed, start, limit).await
+            };
+            match rows {
+                Ok(rows) => {
+                    // Only the contiguous run from `start`.
+                    let entries = rows
+                        .into_iter()
+                        .enumerate()
+                        .take_while(|(i, (seq, _))| *seq == start + *i as u64)
+                        .map(|(_, (_, bytes))| bytes)
+                        .collect();
+                    SyncResponse::Range {
+                        feed,
+                        start,
+                        entries,
+                    }
+                }
+                Err(e) => SyncResponse::Refused(e),
+            }
+        }
+    }
+}
+
+async fn apply(mesh: &MeshClient, ledger: &LedgerClient, outputs: &mut Vec<Output<PeerId>>) {
     for out in outputs.drain(..) {
         match out {
             Output::Store { feed, entries } => {
@@ -117,9 +190,13 @@ async fn apply(ledger: &LedgerClient, outputs: &mut Vec<Output<PeerId>>) {
                 start,
                 count,
             } => {
-                // Range requests travel over /fabnode/ledger-sync/1, which is not built yet:
-                // until then a gap is filled only by later gossip.
-                tracing::debug!(%peer, feed = %feed, start, count, "replica gap (catch-up not yet available)");
+                tracing::debug!(%peer, feed = %feed, start, count, "catching up");
+                let request = SyncRequest::Range {
+                    feed: feed.to_bytes(),
+                    start,
+                    count,
+                };
+                let _ = mesh.request(peer, request).await;
             }
             Output::Penalize { peer, reason } => tracing::warn!(%peer, %reason, "peer penalised"),
             Output::Conflict { feed, seq, detail } => {
