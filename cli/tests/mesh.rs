@@ -8,11 +8,18 @@ use std::time::{Duration, Instant};
 use common::*;
 use serde_json::json;
 
+const TCP: &str = "/ip4/127.0.0.1/tcp/0";
+const QUIC: &str = "/ip4/127.0.0.1/udp/0/quic-v1";
+
 fn mesh_env(network: &str) -> Vec<(String, String)> {
+    mesh_env_on(network, TCP)
+}
+
+fn mesh_env_on(network: &str, listen: &str) -> Vec<(String, String)> {
     vec![
         ("FABNODE_MESH_ENABLED".into(), "true".into()),
         ("FABNODE_MESH_MDNS".into(), "false".into()),
-        ("FABNODE_MESH_LISTEN".into(), "/ip4/127.0.0.1/tcp/0".into()),
+        ("FABNODE_MESH_LISTEN".into(), listen.into()),
         ("FABNODE_LEDGER_NETWORK".into(), network.into()),
     ]
 }
@@ -121,10 +128,19 @@ fn three_nodes_replicate_every_ledger_through_one_bootstrap_peer() {
 }
 
 #[test]
-fn a_node_that_was_offline_catches_up_200_entries() {
-    let network = format!("c{}", std::process::id());
+fn a_node_that_was_offline_catches_up_200_entries_over_tcp() {
+    catch_up(TCP, "c");
+}
+
+#[test]
+fn a_node_that_was_offline_catches_up_200_entries_over_quic() {
+    catch_up(QUIC, "q");
+}
+
+fn catch_up(listen: &str, tag: &str) {
+    let network = format!("{tag}{}", std::process::id());
     let (ta, tb) = (TestDir::new(), TestDir::new());
-    let a = start(&ta, &mesh_env(&network));
+    let a = start(&ta, &mesh_env_on(&network, listen));
     let (_, info) = a.get("/v1/node");
     let a_id = info["peer_id"].as_str().unwrap().to_owned();
     let a_addr = format!(
@@ -148,7 +164,7 @@ fn a_node_that_was_offline_catches_up_200_entries() {
         Duration::from_secs(30),
         || feed_size(&b, &a_id).is_some_and(|(n, _)| n == 200),
     );
-    eprintln!("B caught up 200 entries in {took:?}");
+    eprintln!("B caught up 200 entries over {listen} in {took:?}");
     // The next checkpoint A gossips signs exactly B's replica: B trusts it.
     let (s, _) = a.post_json(
         "/v1/jobs",
