@@ -61,6 +61,21 @@ pub enum BenchCmd {
         #[arg(long)]
         out: Option<PathBuf>,
     },
+    /// Gossip convergence: N real `fabnode` processes on loopback, all bootstrapped from the
+    /// first; jobs run on random nodes; time from the receipt to the entry being held by every
+    /// other node (polled through each node's API)
+    Mesh {
+        #[arg(long, default_value_t = 20)]
+        nodes: usize,
+        /// Jobs to time
+        #[arg(long, default_value_t = 50)]
+        jobs: usize,
+        /// Mesh listen address for every node
+        #[arg(long, default_value = "/ip4/127.0.0.1/tcp/0")]
+        listen: String,
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
     /// End-to-end `POST /v1/jobs` latency against a local node with the ledger on (each job
     /// is signed, run, durably committed and verified by the client)
     Submit {
@@ -106,6 +121,12 @@ fn emit(v: Value, out: Option<PathBuf>) -> Result<ExitCode> {
 
 pub fn run(_g: &Global, cmd: BenchCmd) -> Result<ExitCode> {
     match cmd {
+        BenchCmd::Mesh {
+            nodes,
+            jobs,
+            listen,
+            out,
+        } => emit(crate::bench_mesh::run(nodes, jobs, &listen)?, out),
         BenchCmd::Ledger {
             appends,
             batch,

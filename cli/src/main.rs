@@ -4,6 +4,7 @@
 mod audit;
 mod bench;
 mod bench_ledger;
+mod bench_mesh;
 mod client;
 mod cmd;
 mod demo;
