@@ -24,6 +24,22 @@ fn mesh_env_on(network: &str, listen: &str) -> Vec<(String, String)> {
     ]
 }
 
+/// The peer id of `a`, and the environment for a node that listens on `listen` and bootstraps
+/// from `a` (whose first listen address must use the same transport).
+fn joining_env(a: &RunningNode, network: &str, listen: &str) -> (String, Vec<(String, String)>) {
+    let (_, info) = a.get("/v1/node");
+    let a_id = info["peer_id"].as_str().unwrap().to_owned();
+    let addr = info["mesh"]["listen"][0].as_str().expect("A listens");
+    let transport = if listen == QUIC { "/quic-v1" } else { "/tcp/" };
+    assert!(addr.contains(transport), "{addr} is not on {listen}");
+    let mut env = mesh_env_on(network, listen);
+    env.push((
+        "FABNODE_MESH_BOOTSTRAP".into(),
+        format!("{addr}/p2p/{a_id}"),
+    ));
+    (a_id, env)
+}
+
 fn start(t: &TestDir, env: &[(String, String)]) -> RunningNode {
     let refs: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
     t.start(&refs).unwrap()
@@ -53,14 +69,7 @@ fn three_nodes_replicate_every_ledger_through_one_bootstrap_peer() {
     let network = format!("t{}", std::process::id());
     let (ta, tb, tc) = (TestDir::new(), TestDir::new(), TestDir::new());
     let a = start(&ta, &mesh_env(&network));
-    let (_, info) = a.get("/v1/node");
-    let a_id = info["peer_id"].as_str().unwrap().to_owned();
-    let a_addr = format!(
-        "{}/p2p/{a_id}",
-        info["mesh"]["listen"][0].as_str().expect("A listens")
-    );
-    let mut env = mesh_env(&network);
-    env.push(("FABNODE_MESH_BOOTSTRAP".into(), a_addr));
+    let (a_id, env) = joining_env(&a, &network, TCP);
     let b = start(&tb, &env);
     let mut c = start(&tc, &env);
     let b_id = b.get("/v1/node").1["peer_id"].as_str().unwrap().to_owned();
@@ -141,14 +150,7 @@ fn catch_up(listen: &str, tag: &str) {
     let network = format!("{tag}{}", std::process::id());
     let (ta, tb) = (TestDir::new(), TestDir::new());
     let a = start(&ta, &mesh_env_on(&network, listen));
-    let (_, info) = a.get("/v1/node");
-    let a_id = info["peer_id"].as_str().unwrap().to_owned();
-    let a_addr = format!(
-        "{}/p2p/{a_id}",
-        info["mesh"]["listen"][0].as_str().expect("A listens")
-    );
-    let mut env = mesh_env(&network);
-    env.push(("FABNODE_MESH_BOOTSTRAP".into(), a_addr));
+    let (a_id, env) = joining_env(&a, &network, listen);
 
     // B is offline while A records 200 entries.
     for i in 0..200 {

@@ -116,6 +116,21 @@ pub enum SyncResponse {
 
 const SYNC_WHAT: &str = "sync message";
 
+/// Decodes a sync message's array of at most `max` bytes and checks its version; returns the
+/// remaining fields (kind first) and the array's length.
+fn open_sync(bytes: &[u8], max: usize) -> Result<(Fields, usize), DecodeError> {
+    let value = cbor::decode_value(bytes, SYNC_WHAT, max)?;
+    let Value::Array(items) = &value else {
+        return Err(DecodeError::invalid(SYNC_WHAT, "expected an array"));
+    };
+    let len = items.len();
+    let mut f = Fields::new(value, SYNC_WHAT, len)?;
+    if f.u64("version")? != 1 {
+        return Err(DecodeError::invalid(SYNC_WHAT, "unsupported version"));
+    }
+    Ok((f, len))
+}
+
 impl SyncRequest {
     pub fn encode(&self) -> Vec<u8> {
         let v = match self {
@@ -134,15 +149,7 @@ impl SyncRequest {
     }
 
     pub fn decode(bytes: &[u8]) -> Result<Self, DecodeError> {
-        let value = cbor::decode_value(bytes, SYNC_WHAT, SYNC_REQUEST_BYTES_MAX)?;
-        let Value::Array(items) = &value else {
-            return Err(DecodeError::invalid(SYNC_WHAT, "expected an array"));
-        };
-        let len = items.len();
-        let mut f = Fields::new(value, SYNC_WHAT, len)?;
-        if f.u64("version")? != 1 {
-            return Err(DecodeError::invalid(SYNC_WHAT, "unsupported version"));
-        }
+        let (mut f, len) = open_sync(bytes, SYNC_REQUEST_BYTES_MAX)?;
         match (f.u64("kind")?, len) {
             (0, 2) => Ok(SyncRequest::Heads),
             (1, 5) => Ok(SyncRequest::Range {
@@ -185,15 +192,7 @@ impl SyncResponse {
     }
 
     pub fn decode(bytes: &[u8]) -> Result<Self, DecodeError> {
-        let value = cbor::decode_value(bytes, SYNC_WHAT, SYNC_RESPONSE_BYTES_MAX)?;
-        let Value::Array(items) = &value else {
-            return Err(DecodeError::invalid(SYNC_WHAT, "expected an array"));
-        };
-        let len = items.len();
-        let mut f = Fields::new(value, SYNC_WHAT, len)?;
-        if f.u64("version")? != 1 {
-            return Err(DecodeError::invalid(SYNC_WHAT, "unsupported version"));
-        }
+        let (mut f, len) = open_sync(bytes, SYNC_RESPONSE_BYTES_MAX)?;
         let list = |v: Value, max: usize| match v {
             Value::Array(a) if a.len() <= max => Ok(a),
             _ => Err(DecodeError::invalid(
