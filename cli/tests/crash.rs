@@ -135,7 +135,7 @@ fn kill_9_during_submits_loses_no_receipt() {
         let before = receipts.lock().unwrap().len();
         std::thread::sleep(Duration::from_millis(5 + rng.next() % 250));
         node.child.kill().unwrap(); // SIGKILL
-        node.child.wait().unwrap();
+        node.wait();
         for c in clients {
             c.join().unwrap();
         }
@@ -175,7 +175,7 @@ fn sigterm_and_sigint_during_submits_stop_cleanly() {
             std::thread::yield_now();
         }
         node.signal(sig);
-        let status = node.child.wait().unwrap();
+        let status = node.wait();
         for c in clients {
             c.join().unwrap();
         }

@@ -130,7 +130,7 @@ fn three_nodes_replicate_every_ledger_through_one_bootstrap_peer() {
 
     // Replicas are durable: C restarts and still holds them.
     c.signal(libc::SIGTERM);
-    assert!(c.child.wait().unwrap().success());
+    assert!(c.wait().success());
     let c2 = start(&tc, &env);
     assert_eq!(feed_size(&c2, &a_id), Some((5, Some(5))));
     assert_eq!(feed_size(&c2, &b_id), Some((3, Some(3))));

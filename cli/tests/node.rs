@@ -80,7 +80,7 @@ fn start_submit_verify_then_tamper_is_named() {
 
     // Graceful stop on SIGTERM.
     node.signal(libc::SIGTERM);
-    let status = node.child.wait().unwrap();
+    let status = node.wait();
     assert!(status.success(), "{}", node.log());
     assert!(node.log().contains("node stopped"), "{}", node.log());
     assert!(!t.path().join("api.addr").exists());

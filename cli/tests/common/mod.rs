@@ -94,7 +94,7 @@ impl TestDir {
             }
         }
         let log2 = Arc::clone(&log);
-        std::thread::spawn(move || {
+        let reader = std::thread::spawn(move || {
             for line in lines.map_while(Result::ok) {
                 let mut l = log2.lock().unwrap();
                 l.push_str(&line);
@@ -106,10 +106,12 @@ impl TestDir {
                 child,
                 base: format!("http://{addr}"),
                 log,
+                reader: Some(reader),
             }),
             None => {
                 let status = child.wait().unwrap();
-                // Let the reader thread finish collecting.
+                // The pipe closed with the process: the reader thread ends once it has read it all.
+                let _ = reader.join();
                 let text = log.lock().unwrap().clone();
                 Err(format!("exit {status}: {text}"))
             }
@@ -121,6 +123,7 @@ pub struct RunningNode {
     pub child: Child,
     pub base: String,
     pub log: Arc<Mutex<String>>,
+    reader: Option<std::thread::JoinHandle<()>>,
 }
 
 impl RunningNode {
@@ -168,6 +171,16 @@ impl RunningNode {
         unsafe {
             libc::kill(self.child.id() as i32, sig);
         }
+    }
+
+    /// Waits for the process to exit and for its stderr to be read to the end, so `log()`
+    /// holds everything the process wrote.
+    pub fn wait(&mut self) -> std::process::ExitStatus {
+        let status = self.child.wait().unwrap();
+        if let Some(r) = self.reader.take() {
+            let _ = r.join();
+        }
+        status
     }
 
     pub fn log(&self) -> String {
