@@ -105,10 +105,14 @@ pub struct VerifiedResult {
 /// Checks a `POST /v1/jobs` answer without trusting the node: the entry's signature and
 /// encoding, that it records this job and this input, and that the output digest it signs is
 /// the digest of the outputs received.
+/// Checks a job answer: the receipt's signature, that it records this job, input and outputs,
+/// and who ran it: `executor` (a peer id) when the job was sent to a peer, otherwise the node
+/// that signed the job itself.
 pub fn verify_job_response(
     body: &Value,
     input_name: Option<&str>,
     input: &Tensor,
+    executor: Option<&str>,
 ) -> Result<VerifiedResult> {
     let raw = body["receipt"]["raw"]
         .as_str()
@@ -123,8 +127,20 @@ pub fn verify_job_response(
     if r.job.id() != job_id {
         bail!("receipt records job {}, not {}", r.job.id(), job_id);
     }
-    if r.job.body().requester != entry.body().feed {
-        bail!("this node's receipt names another requester");
+    match executor {
+        Some(peer) => {
+            let signer = entry.body().feed.peer_id();
+            if signer != peer {
+                bail!(
+                    "the receipt is signed by {signer}, not by {peer} that was asked to run the job"
+                );
+            }
+        }
+        None => {
+            if r.job.body().requester != entry.body().feed {
+                bail!("this node's receipt names another requester");
+            }
+        }
     }
     if let Some(name) = input_name {
         let digest = ContentId(digest_named(&[(name.to_owned(), input.clone())]));

@@ -100,6 +100,10 @@ pub struct SubmitArgs {
     /// Also write each output tensor to DIR/<output name>.npy
     #[arg(long, value_name = "DIR")]
     out: Option<PathBuf>,
+    /// Run the job on this peer (a peer id from `fabnode peers`) instead of on the local node.
+    /// The peer's signed receipt and outputs are checked against the job before they are shown.
+    #[arg(long, value_name = "PEER_ID")]
+    on: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -417,6 +421,9 @@ pub fn submit(g: &Global, a: SubmitArgs) -> Result<ExitCode> {
     if let Some(t) = a.timeout_ms {
         body["timeout_ms"] = json!(t);
     }
+    if let Some(peer) = &a.on {
+        body["on"] = json!(peer);
+    }
     let (status, answer) = client.post("/v1/jobs", &body)?;
     if status != 200 {
         if a.json {
@@ -425,7 +432,7 @@ pub fn submit(g: &Global, a: SubmitArgs) -> Result<ExitCode> {
         bail!("{}", error_message(status, &answer));
     }
     let input_name = answer["input_names"][0].as_str();
-    let verified = verify_job_response(&answer, input_name, &input)?;
+    let verified = verify_job_response(&answer, input_name, &input, a.on.as_deref())?;
     if let Some(dir) = &a.out {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
         for (name, t) in &verified.outputs {
@@ -466,7 +473,7 @@ pub fn submit(g: &Global, a: SubmitArgs) -> Result<ExitCode> {
     {
         println!("prediction: {top}");
     }
-    println!("receipt (verified: signature, input and output digests)");
+    println!("receipt (verified: signature, executor, input and output digests)");
     println!("  job        {}", verified.job_id);
     println!("  entry      #{} {}", e.seq, verified.entry.id());
     println!("  executor   {}", e.feed.peer_id());

@@ -192,8 +192,12 @@ pub fn run(a: DemoArgs) -> Result<ExitCode> {
                         if status != 200 {
                             bail!("{}", error_message(status, &answer));
                         }
-                        let v =
-                            verify_job_response(&answer, answer["input_names"][0].as_str(), img)?;
+                        let v = verify_job_response(
+                            &answer,
+                            answer["input_names"][0].as_str(),
+                            img,
+                            None,
+                        )?;
                         let probs = v
                             .outputs
                             .iter()

@@ -4,6 +4,7 @@
 //!
 //! - [`wire`]: the gossip messages (versioned CBOR with size limits) and topic names, which carry
 //!   the network id so two fleets on one LAN never mix.
+//! - [`exec`]: the `/fabnode/exec/1` messages that run a job on a chosen peer.
 //! - [`validate`]: the sans-IO check every gossip message passes before it is used or forwarded:
 //!   accept, reject (the sender is penalised) or ignore. The simulator reuses it unchanged.
 //! - [`replicate`]: the sans-IO replication core: which peer entries to store, which gaps to
@@ -13,6 +14,7 @@
 //!   [`net::EventLoop`] task and used through a cloneable [`net::MeshClient`].
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
 
+pub mod exec;
 #[cfg(feature = "net")]
 pub mod net;
 pub mod replicate;

@@ -9,11 +9,18 @@ use fab_ledger::{ContentId, Keypair};
 use futures::StreamExt;
 use libp2p::gossipsub::{self, IdentTopic, MessageAcceptance, MessageAuthenticity};
 use libp2p::swarm::behaviour::toggle::Toggle;
+use libp2p::swarm::dial_opts::DialOpts;
 use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
-use libp2p::{Multiaddr, PeerId, Swarm, SwarmBuilder, identify, mdns, noise, ping, tcp, yamux};
+use libp2p::{
+    Multiaddr, PeerId, Swarm, SwarmBuilder, connection_limits, identify, kad, mdns, noise, ping,
+    tcp, yamux,
+};
 use thiserror::Error;
 use tokio::sync::{mpsc, oneshot};
 
+use crate::exec::{
+    EXEC_PROTOCOL, EXEC_REQUEST_BYTES_MAX, EXEC_RESPONSE_BYTES_MAX, ExecRequest, ExecResponse,
+};
 use crate::validate::{Valid, Verdict, validate};
 use crate::wire::{
     GOSSIP_BYTES_MAX, GossipMsg, SYNC_PROTOCOL, SYNC_REQUEST_BYTES_MAX, SYNC_RESPONSE_BYTES_MAX,
@@ -22,6 +29,7 @@ use crate::wire::{
 use futures::{AsyncReadExt, AsyncWriteExt};
 use libp2p::StreamProtocol;
 use libp2p::request_response::{self, ProtocolSupport, ResponseChannel};
+use std::collections::HashMap;
 
 /// Commands waiting for the event loop.
 pub const COMMAND_QUEUE: usize = 256;
@@ -42,6 +50,12 @@ pub struct MeshConfig {
     pub bootstrap: Vec<Multiaddr>,
     /// Gossipsub heartbeat.
     pub heartbeat: Duration,
+    /// Connections the node keeps open at least, dialing peers found through Kademlia when it
+    /// has fewer. Enough for gossipsub to build a full mesh (D = 6) without relying on one
+    /// bootstrap peer.
+    pub peers_target: usize,
+    /// Established connections at most, inbound and outbound together.
+    pub connections_max: u32,
 }
 
 impl MeshConfig {
@@ -52,6 +66,8 @@ impl MeshConfig {
             mdns: true,
             bootstrap: Vec::new(),
             heartbeat: Duration::from_millis(500),
+            peers_target: 8,
+            connections_max: 128,
         }
     }
 }
@@ -64,6 +80,12 @@ pub enum MeshEvent {
         from: PeerId,
         request: SyncRequest,
         reply: SyncReply,
+    },
+    /// A peer asks this node to run a job; answer with [`MeshClient::respond_exec`].
+    ExecRequest {
+        from: PeerId,
+        request: ExecRequest,
+        reply: ExecReply,
     },
     /// A peer answered one of our sync requests.
     SyncResponse {
@@ -109,16 +131,70 @@ pub enum MeshError {
     Dial(String),
     #[error("the mesh event loop has stopped")]
     Stopped,
+    #[error("peer {peer}: {detail}")]
+    Exec { peer: PeerId, detail: String },
 }
 
 /// Where to send the answer to a sync request.
 #[derive(Debug)]
 pub struct SyncReply(ResponseChannel<SyncResponse>);
 
-/// `/fabnode/ledger-sync/1` frames: one canonical CBOR value per stream direction, read to the
-/// end with a size cap.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct SyncCodec;
+/// Where to send the answer to an exec request.
+#[derive(Debug)]
+pub struct ExecReply(ResponseChannel<ExecResponse>);
+
+/// Longest a remote job may take, transfer included; the API applies the job's own deadline
+/// within it.
+pub const EXEC_TIMEOUT: Duration = Duration::from_secs(600);
+
+/// A request-response message: canonical CBOR with a size cap.
+pub trait Frame: Sized + Send + 'static {
+    /// Largest encoding read from the wire.
+    const BYTES_MAX: usize;
+    fn encode_frame(&self) -> Vec<u8>;
+    fn decode_frame(bytes: &[u8]) -> Result<Self, fab_ledger::cbor::DecodeError>;
+}
+
+macro_rules! frame {
+    ($t:ty, $max:expr) => {
+        impl Frame for $t {
+            const BYTES_MAX: usize = $max;
+            fn encode_frame(&self) -> Vec<u8> {
+                self.encode()
+            }
+            fn decode_frame(bytes: &[u8]) -> Result<Self, fab_ledger::cbor::DecodeError> {
+                Self::decode(bytes)
+            }
+        }
+    };
+}
+
+frame!(SyncRequest, SYNC_REQUEST_BYTES_MAX);
+frame!(SyncResponse, SYNC_RESPONSE_BYTES_MAX);
+frame!(ExecRequest, EXEC_REQUEST_BYTES_MAX);
+frame!(ExecResponse, EXEC_RESPONSE_BYTES_MAX);
+
+/// Request-response frames for `/fabnode/ledger-sync/1` and `/fabnode/exec/1`: one canonical
+/// CBOR value per stream direction, read to the end with a size cap.
+pub struct CborCodec<Req, Resp>(std::marker::PhantomData<fn() -> (Req, Resp)>);
+
+impl<Req, Resp> Default for CborCodec<Req, Resp> {
+    fn default() -> Self {
+        CborCodec(std::marker::PhantomData)
+    }
+}
+
+impl<Req, Resp> std::fmt::Debug for CborCodec<Req, Resp> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("CborCodec")
+    }
+}
+
+impl<Req, Resp> Clone for CborCodec<Req, Resp> {
+    fn clone(&self) -> Self {
+        Self::default()
+    }
+}
 
 async fn read_capped<T: futures::AsyncRead + Unpin + Send>(
     io: &mut T,
@@ -129,61 +205,77 @@ async fn read_capped<T: futures::AsyncRead + Unpin + Send>(
     if buf.len() > max {
         return Err(std::io::Error::new(
             std::io::ErrorKind::InvalidData,
-            "sync message over the size limit",
+            "message over the size limit",
         ));
     }
     Ok(buf)
 }
 
-fn invalid(e: impl std::fmt::Display) -> std::io::Error {
-    std::io::Error::new(std::io::ErrorKind::InvalidData, e.to_string())
+async fn read_frame<F: Frame, T: futures::AsyncRead + Unpin + Send>(
+    io: &mut T,
+) -> std::io::Result<F> {
+    let bytes = read_capped(io, F::BYTES_MAX).await?;
+    F::decode_frame(&bytes)
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e.to_string()))
 }
 
-impl request_response::Codec for SyncCodec {
+async fn write_frame<F: Frame, T: futures::AsyncWrite + Unpin + Send>(
+    io: &mut T,
+    frame: F,
+) -> std::io::Result<()> {
+    io.write_all(&frame.encode_frame()).await?;
+    io.close().await
+}
+
+impl<Req: Frame, Resp: Frame> request_response::Codec for CborCodec<Req, Resp> {
     type Protocol = StreamProtocol;
-    type Request = SyncRequest;
-    type Response = SyncResponse;
+    type Request = Req;
+    type Response = Resp;
 
     async fn read_request<T: futures::AsyncRead + Unpin + Send>(
         &mut self,
         _: &StreamProtocol,
         io: &mut T,
-    ) -> std::io::Result<SyncRequest> {
-        SyncRequest::decode(&read_capped(io, SYNC_REQUEST_BYTES_MAX).await?).map_err(invalid)
+    ) -> std::io::Result<Req> {
+        read_frame(io).await
     }
 
     async fn read_response<T: futures::AsyncRead + Unpin + Send>(
         &mut self,
         _: &StreamProtocol,
         io: &mut T,
-    ) -> std::io::Result<SyncResponse> {
-        SyncResponse::decode(&read_capped(io, SYNC_RESPONSE_BYTES_MAX).await?).map_err(invalid)
+    ) -> std::io::Result<Resp> {
+        read_frame(io).await
     }
 
     async fn write_request<T: futures::AsyncWrite + Unpin + Send>(
         &mut self,
         _: &StreamProtocol,
         io: &mut T,
-        req: SyncRequest,
+        req: Req,
     ) -> std::io::Result<()> {
-        io.write_all(&req.encode()).await?;
-        io.close().await
+        write_frame(io, req).await
     }
 
     async fn write_response<T: futures::AsyncWrite + Unpin + Send>(
         &mut self,
         _: &StreamProtocol,
         io: &mut T,
-        res: SyncResponse,
+        res: Resp,
     ) -> std::io::Result<()> {
-        io.write_all(&res.encode()).await?;
-        io.close().await
+        write_frame(io, res).await
     }
 }
 
+type SyncCodec = CborCodec<SyncRequest, SyncResponse>;
+type ExecCodec = CborCodec<ExecRequest, ExecResponse>;
+
 #[derive(NetworkBehaviour)]
 struct Behaviour {
+    limits: connection_limits::Behaviour,
+    kad: kad::Behaviour<kad::store::MemoryStore>,
     sync: request_response::Behaviour<SyncCodec>,
+    exec: request_response::Behaviour<ExecCodec>,
     gossipsub: gossipsub::Behaviour,
     identify: identify::Behaviour,
     ping: ping::Behaviour,
@@ -192,6 +284,12 @@ struct Behaviour {
 
 enum Command {
     Request(PeerId, SyncRequest),
+    Exec(
+        PeerId,
+        ExecRequest,
+        oneshot::Sender<Result<ExecResponse, MeshError>>,
+    ),
+    RespondExec(ExecReply, ExecResponse),
     Respond(SyncReply, SyncResponse),
     Publish(GossipMsg, oneshot::Sender<Result<(), MeshError>>),
     Dial(Multiaddr, oneshot::Sender<Result<(), MeshError>>),
@@ -216,6 +314,12 @@ pub struct EventLoop {
     topic: IdentTopic,
     peers: BTreeMap<PeerId, PeerInfo>,
     stats: MeshStats,
+    peers_target: usize,
+    last_bootstrap: Option<tokio::time::Instant>,
+    exec_pending: HashMap<
+        request_response::OutboundRequestId,
+        (PeerId, oneshot::Sender<Result<ExecResponse, MeshError>>),
+    >,
 }
 
 impl std::fmt::Debug for EventLoop {
@@ -230,6 +334,36 @@ fn identify_protocol(network: &str) -> String {
     format!("/fabnode/1.0.0/{network}")
 }
 
+/// The Kademlia protocol id: one DHT per network, so discovery never crosses meshes.
+pub fn kad_protocol(network: &str) -> String {
+    format!("/fabnode/{network}/kad/1.0.0")
+}
+
+/// Peer scoring on the ledger topic. The topic carries little and bursty traffic (one entry per
+/// job), so the mesh-delivery-rate penalties (P3, P3b), which assume a steady stream, are off:
+/// with them every quiet mesh peer soon scores below the graylist threshold and gossip stops.
+/// What remains rewards first deliveries and punishes invalid messages hard: two invalid
+/// messages take a peer below the graylist threshold (-80), so its traffic is ignored.
+fn ledger_topic_score() -> gossipsub::TopicScoreParams {
+    gossipsub::TopicScoreParams {
+        topic_weight: 1.0,
+        time_in_mesh_weight: 0.0,
+        first_message_deliveries_weight: 1.0,
+        first_message_deliveries_decay: 0.9,
+        first_message_deliveries_cap: 50.0,
+        mesh_message_deliveries_weight: 0.0,
+        mesh_failure_penalty_weight: 0.0,
+        invalid_message_deliveries_weight: -50.0,
+        invalid_message_deliveries_decay: 0.9,
+        ..Default::default()
+    }
+}
+
+/// How often the event loop checks its connection count against the target.
+const MAINTAIN_EVERY: Duration = Duration::from_secs(2);
+/// How often a node re-walks the DHT while it has fewer connections than its target.
+const BOOTSTRAP_EVERY: Duration = Duration::from_secs(30);
+
 /// Builds the swarm and starts listening. Returns the handle, the event stream and the loop to
 /// spawn.
 pub fn start(
@@ -241,6 +375,13 @@ pub fn start(
     let network = config.network.clone();
     let heartbeat = config.heartbeat;
     let use_mdns = config.mdns;
+    let kad_proto = StreamProtocol::try_from_owned(kad_protocol(&network))
+        .map_err(|e| MeshError::Build(format!("network name {network:?}: {e}")))?;
+    let limits = connection_limits::ConnectionLimits::default()
+        .with_max_established(Some(config.connections_max))
+        .with_max_established_per_peer(Some(2))
+        .with_max_pending_incoming(Some(64))
+        .with_max_pending_outgoing(Some(64));
     let mut swarm = SwarmBuilder::with_existing_identity(key.to_libp2p())
         .with_tokio()
         .with_tcp(
@@ -265,14 +406,13 @@ pub fn start(
                 .build()?;
             let mut gossipsub =
                 gossipsub::Behaviour::new(MessageAuthenticity::Signed(kp.clone()), gs_config)?;
-            let mut score = gossipsub::PeerScoreParams::default();
-            score.topics.insert(
-                topic.hash(),
-                gossipsub::TopicScoreParams {
-                    invalid_message_deliveries_weight: -100.0,
-                    ..Default::default()
-                },
-            );
+            let mut score = gossipsub::PeerScoreParams {
+                // No IP-colocation penalty (P6): fleets behind one NAT, pods on one host and
+                // every node of a loopback test share an address, and P6 would graylist them.
+                ip_colocation_factor_weight: 0.0,
+                ..Default::default()
+            };
+            score.topics.insert(topic.hash(), ledger_topic_score());
             gossipsub.with_peer_score(score, gossipsub::PeerScoreThresholds::default())?;
             gossipsub.subscribe(&topic)?;
             let identify = identify::Behaviour::new(
@@ -287,15 +427,36 @@ pub fn start(
             } else {
                 None
             };
+            let exec = request_response::Behaviour::with_codec(
+                ExecCodec::default(),
+                [(StreamProtocol::new(EXEC_PROTOCOL), ProtocolSupport::Full)],
+                request_response::Config::default()
+                    .with_request_timeout(EXEC_TIMEOUT)
+                    .with_max_concurrent_streams(64),
+            );
             let sync = request_response::Behaviour::with_codec(
-                SyncCodec,
+                SyncCodec::default(),
                 [(StreamProtocol::new(SYNC_PROTOCOL), ProtocolSupport::Full)],
                 request_response::Config::default()
                     .with_request_timeout(Duration::from_secs(10))
                     .with_max_concurrent_streams(64),
             );
+            let peer_id = kp.public().to_peer_id();
+            let mut kad_config = kad::Config::new(kad_proto);
+            kad_config.set_periodic_bootstrap_interval(Some(Duration::from_secs(300)));
+            let mut kad = kad::Behaviour::with_config(
+                peer_id,
+                kad::store::MemoryStore::new(peer_id),
+                kad_config,
+            );
+            // Every node serves the DHT: on a LAN or loopback there is no external address to
+            // confirm, and client mode would leave every routing table empty.
+            kad.set_mode(Some(kad::Mode::Server));
             Ok(Behaviour {
+                limits: connection_limits::Behaviour::new(limits),
+                kad,
                 sync,
+                exec,
                 gossipsub,
                 identify,
                 ping: ping::Behaviour::new(ping::Config::new()),
@@ -314,6 +475,11 @@ pub fn start(
             })?;
     }
     for addr in &config.bootstrap {
+        // A bootstrap address that names its peer goes into the routing table, so the first
+        // DHT walk can start from it.
+        if let Some(libp2p::multiaddr::Protocol::P2p(peer)) = addr.iter().last() {
+            swarm.behaviour_mut().kad.add_address(&peer, addr.clone());
+        }
         if let Err(e) = swarm.dial(addr.clone()) {
             tracing::warn!(%addr, error = %e, "bootstrap dial failed");
         }
@@ -329,6 +495,9 @@ pub fn start(
         topic,
         peers: BTreeMap::new(),
         stats: MeshStats::default(),
+        peers_target: config.peers_target,
+        last_bootstrap: None,
+        exec_pending: HashMap::new(),
     };
     Ok((MeshClient { tx, peer_id }, rx, ev))
 }
@@ -336,6 +505,8 @@ pub fn start(
 impl EventLoop {
     /// Runs until every [`MeshClient`] is dropped.
     pub async fn run(mut self) {
+        let mut maintain = tokio::time::interval(MAINTAIN_EVERY);
+        maintain.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 // Local commands first: they are bounded by the application, remote events are not.
@@ -345,9 +516,47 @@ impl EventLoop {
                     None => break,
                 },
                 event = self.swarm.select_next_some() => self.event(event),
+                _ = maintain.tick() => self.maintain(),
             }
         }
         tracing::debug!("mesh event loop stopped");
+    }
+
+    /// Connections below target: dial peers from the routing table, and walk the DHT now and
+    /// then to find more.
+    fn maintain(&mut self) {
+        let connected = self.swarm.connected_peers().count();
+        if connected >= self.peers_target {
+            return;
+        }
+        let mut candidates = Vec::new();
+        for bucket in self.swarm.behaviour_mut().kad.kbuckets() {
+            for e in bucket.iter() {
+                candidates.push((*e.node.key.preimage(), e.node.value.clone().into_vec()));
+            }
+        }
+        let mut wanted = self.peers_target - connected;
+        for (peer, addrs) in candidates {
+            if wanted == 0 {
+                break;
+            }
+            if self.swarm.is_connected(&peer) {
+                continue;
+            }
+            if self
+                .swarm
+                .dial(DialOpts::peer_id(peer).addresses(addrs).build())
+                .is_ok()
+            {
+                wanted -= 1;
+            }
+        }
+        let due = self
+            .last_bootstrap
+            .is_none_or(|t| t.elapsed() >= BOOTSTRAP_EVERY);
+        if due && connected > 0 && self.swarm.behaviour_mut().kad.bootstrap().is_ok() {
+            self.last_bootstrap = Some(tokio::time::Instant::now());
+        }
     }
 
     fn emit(&mut self, e: MeshEvent) {
@@ -360,6 +569,17 @@ impl EventLoop {
         match cmd {
             Command::Request(peer, request) => {
                 self.swarm.behaviour_mut().sync.send_request(&peer, request);
+            }
+            Command::Exec(peer, request, reply) => {
+                let id = self.swarm.behaviour_mut().exec.send_request(&peer, request);
+                self.exec_pending.insert(id, (peer, reply));
+            }
+            Command::RespondExec(ExecReply(channel), response) => {
+                let _ = self
+                    .swarm
+                    .behaviour_mut()
+                    .exec
+                    .send_response(channel, response);
             }
             Command::Respond(SyncReply(channel), response) => {
                 // The asker may have gone; nothing to do then.
@@ -435,6 +655,63 @@ impl EventLoop {
                     }
                 }
             }
+            SwarmEvent::Behaviour(BehaviourEvent::Sync(request_response::Event::Message {
+                peer,
+                message,
+                ..
+            })) => match message {
+                request_response::Message::Request {
+                    request, channel, ..
+                } => self.emit(MeshEvent::SyncRequest {
+                    from: peer,
+                    request,
+                    reply: SyncReply(channel),
+                }),
+                request_response::Message::Response { response, .. } => {
+                    self.emit(MeshEvent::SyncResponse {
+                        from: peer,
+                        response,
+                    });
+                }
+            },
+            SwarmEvent::Behaviour(BehaviourEvent::Sync(
+                request_response::Event::OutboundFailure { peer, error, .. },
+            )) => {
+                tracing::debug!(%peer, %error, "sync request failed");
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Exec(request_response::Event::Message {
+                peer,
+                message,
+                ..
+            })) => match message {
+                request_response::Message::Request {
+                    request, channel, ..
+                } => self.emit(MeshEvent::ExecRequest {
+                    from: peer,
+                    request,
+                    reply: ExecReply(channel),
+                }),
+                request_response::Message::Response {
+                    request_id,
+                    response,
+                } => {
+                    if let Some((_, reply)) = self.exec_pending.remove(&request_id) {
+                        let _ = reply.send(Ok(response));
+                    }
+                }
+            },
+            SwarmEvent::Behaviour(BehaviourEvent::Exec(
+                request_response::Event::OutboundFailure {
+                    request_id, error, ..
+                },
+            )) => {
+                if let Some((peer, reply)) = self.exec_pending.remove(&request_id) {
+                    let _ = reply.send(Err(MeshError::Exec {
+                        peer,
+                        detail: error.to_string(),
+                    }));
+                }
+            }
             SwarmEvent::Behaviour(BehaviourEvent::Identify(identify::Event::Received {
                 peer_id,
                 info,
@@ -447,6 +724,15 @@ impl EventLoop {
                     self.peers.remove(&peer_id);
                     return;
                 }
+                let kad_proto = kad_protocol(&self.network);
+                if info.protocols.iter().any(|p| p.as_ref() == kad_proto) {
+                    for addr in &info.listen_addrs {
+                        self.swarm
+                            .behaviour_mut()
+                            .kad
+                            .add_address(&peer_id, addr.clone());
+                    }
+                }
                 let p = self.peers.entry(peer_id).or_default();
                 p.agent_version = Some(info.agent_version);
                 p.protocols = info.protocols.iter().map(|s| s.to_string()).collect();
@@ -458,6 +744,22 @@ impl EventLoop {
                 ..
             })) => {
                 self.peers.entry(peer).or_default().rtt = Some(rtt);
+            }
+            // A new peer learned through the DHT: connect while below target, so the gossip
+            // mesh does not hang on the bootstrap peer alone.
+            SwarmEvent::Behaviour(BehaviourEvent::Kad(kad::Event::RoutingUpdated {
+                peer,
+                is_new_peer: true,
+                addresses,
+                ..
+            })) if !self.swarm.is_connected(&peer)
+                && self.swarm.connected_peers().count() < self.peers_target =>
+            {
+                let _ = self.swarm.dial(
+                    DialOpts::peer_id(peer)
+                        .addresses(addresses.into_vec())
+                        .build(),
+                );
             }
             SwarmEvent::Behaviour(BehaviourEvent::Mdns(mdns::Event::Discovered(found))) => {
                 for (peer, addr) in found {
@@ -511,6 +813,28 @@ impl MeshClient {
     pub async fn request(&self, peer: PeerId, request: SyncRequest) -> Result<(), MeshError> {
         self.tx
             .send(Command::Request(peer, request))
+            .await
+            .map_err(|_| MeshError::Stopped)
+    }
+
+    /// Asks `peer` over `/fabnode/exec/1` and waits for its answer (dialing it when needed,
+    /// with addresses learned from identify and Kademlia).
+    pub async fn exec(
+        &self,
+        peer: PeerId,
+        request: ExecRequest,
+    ) -> Result<ExecResponse, MeshError> {
+        self.ask(|r| Command::Exec(peer, request, r)).await?
+    }
+
+    /// Answers a peer's exec request.
+    pub async fn respond_exec(
+        &self,
+        reply: ExecReply,
+        response: ExecResponse,
+    ) -> Result<(), MeshError> {
+        self.tx
+            .send(Command::RespondExec(reply, response))
             .await
             .map_err(|_| MeshError::Stopped)
     }

@@ -41,6 +41,8 @@ pub struct AppState {
     /// The mesh, when `mesh.enabled`.
     pub mesh: Option<fab_mesh::net::MeshClient>,
     pub job_slots: Arc<Semaphore>,
+    /// Jobs from peers being run now, so a replayed request cannot run twice concurrently.
+    pub remote_running: std::sync::Mutex<std::collections::HashSet<ContentId>>,
     pub nonce: AtomicU64,
     pub started: Instant,
 }
@@ -48,14 +50,14 @@ pub struct AppState {
 /// An API error with its status and stable code.
 #[derive(Debug)]
 pub struct ApiError {
-    status: StatusCode,
-    code: &'static str,
-    message: String,
-    receipt: Option<Value>,
+    pub status: StatusCode,
+    pub code: &'static str,
+    pub message: String,
+    pub receipt: Option<Value>,
 }
 
 impl ApiError {
-    fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
         ApiError {
             status,
             code,
@@ -196,6 +198,223 @@ struct SubmitBody {
     input: Value,
     #[serde(default)]
     timeout_ms: Option<u64>,
+    /// Run on this peer (a peer id) over `/fabnode/exec/1` instead of locally.
+    #[serde(default)]
+    on: Option<String>,
+}
+
+/// A job that ran (or failed while running) and was recorded.
+#[derive(Debug)]
+pub struct Executed {
+    pub entry: SignedEntry,
+    /// The outputs with their names; `None` when the job failed.
+    pub outputs: Option<Vec<(String, Tensor)>>,
+    /// Why it failed (empty on success).
+    pub error: String,
+}
+
+/// Finds a registered model, loading it on first use.
+pub async fn resolve_model(
+    st: &Arc<AppState>,
+    name: &str,
+) -> Result<crate::models::LoadedModel, ApiError> {
+    let st2 = Arc::clone(st);
+    let name = name.to_owned();
+    tokio::task::spawn_blocking(move || st2.models.get(&name))
+        .await
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?
+        .map_err(|e| match e {
+            ModelError::Unknown { .. } | ModelError::BadName(_) => {
+                ApiError::new(StatusCode::NOT_FOUND, "unknown_model", e.to_string())
+            }
+            ModelError::Changed { .. } => {
+                ApiError::new(StatusCode::CONFLICT, "model_changed", e.to_string())
+            }
+            _ => ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "model_load_failed",
+                e.to_string(),
+            ),
+        })
+}
+
+/// Takes one of the node's job slots, or says it is busy.
+pub fn job_slot(st: &Arc<AppState>) -> Result<tokio::sync::OwnedSemaphorePermit, ApiError> {
+    Arc::clone(&st.job_slots).try_acquire_owned().map_err(|_| {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "busy",
+            format!(
+                "{} jobs are already in flight (limits.jobs_in_flight_max); retry later",
+                st.config.limits.jobs_in_flight_max
+            ),
+        )
+    })
+}
+
+/// Refuses an input over `limits.input_bytes_max`.
+pub fn check_input_size(st: &AppState, input: &Tensor) -> Result<(), ApiError> {
+    let input_max = st.config.limits.input_bytes_max;
+    if input.byte_len() > input_max {
+        return Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "input_too_large",
+            format!(
+                "input is {} bytes, over limits.input_bytes_max = {input_max}",
+                input.byte_len()
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Runs a signed job on a loaded model and records its receipt in the ledger; the caller has
+/// checked that the job names this model and input. Only a recorded job returns `Ok`.
+pub async fn execute(
+    st: &Arc<AppState>,
+    job: Signed<JobRequest>,
+    model: &crate::models::LoadedModel,
+    input: Tensor,
+    timeout_ms: u64,
+    accepted: Instant,
+) -> Result<Executed, ApiError> {
+    let info = model.info().clone();
+    let input_digest = job.body().input_digest;
+    let rx = st
+        .pool
+        .submit(Arc::clone(&model.engine), vec![input])
+        .map_err(|e| match e {
+            PoolError::Invalid(RunError::InvalidInput(m)) => {
+                ApiError::new(StatusCode::BAD_REQUEST, "invalid_input", m)
+            }
+            PoolError::Busy { .. } => {
+                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "busy", e.to_string())
+            }
+            other => ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+                other.to_string(),
+            ),
+        })?;
+    let report = tokio::time::timeout(Duration::from_millis(timeout_ms), rx).await;
+    let (status, error, outputs, timings, metering) = match report {
+        Ok(Ok(r)) => {
+            let timings = Timings {
+                queued_us: r.queued.as_micros() as u64,
+                run_us: r.wall.as_micros() as u64,
+                total_us: accepted.elapsed().as_micros() as u64,
+            };
+            let metering = Metering {
+                cpu_time_us: r.cpu_time.as_micros() as u64,
+                wall_time_us: r.wall.as_micros() as u64,
+                peak_rss_kib: r.peak_rss_kib,
+            };
+            match r.outputs {
+                Ok(outs) => (ExecStatus::Ok, String::new(), Some(outs), timings, metering),
+                Err(e) => (
+                    ExecStatus::Failed,
+                    truncate(e.to_string()),
+                    None,
+                    timings,
+                    metering,
+                ),
+            }
+        }
+        Ok(Err(_)) => {
+            return Err(ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+                "the inference worker stopped",
+            ));
+        }
+        Err(_) => {
+            let total = accepted.elapsed().as_micros() as u64;
+            (
+                ExecStatus::Failed,
+                format!("deadline of {timeout_ms} ms exceeded; the result was discarded"),
+                None,
+                Timings {
+                    queued_us: 0,
+                    run_us: 0,
+                    total_us: total,
+                },
+                Metering::default(),
+            )
+        }
+    };
+    let named: Option<Vec<(String, Tensor)>> = outputs.map(|outs| {
+        info.outputs
+            .iter()
+            .map(|f| f.name.clone())
+            .zip(outs)
+            .collect()
+    });
+    let output_digest = named.as_ref().map(|n| ContentId(digest_named(n)));
+    let receipt = ExecutionReceipt {
+        model_digest: model.digest,
+        input_digest,
+        job,
+        output_digest,
+        status,
+        error: error.clone(),
+        timings,
+        metering,
+        determinism: Determinism {
+            engine: info.engine.to_owned(),
+            engine_version: info.engine_version.to_owned(),
+            arch: std::env::consts::ARCH.to_owned(),
+            threads: info.threads,
+        },
+    };
+    let entry = st
+        .ledger
+        .append(EntryBody::Execution(Box::new(receipt)))
+        .await
+        .map_err(|e| {
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "ledger_unavailable",
+                format!("the job ran but could not be recorded, so no result is returned: {e}"),
+            )
+        })?;
+    tracing::info!(seq = entry.body().seq, status = ?status, "job recorded");
+    Ok(Executed {
+        entry,
+        outputs: named,
+        error,
+    })
+}
+
+/// The HTTP answer for a recorded job: 200 with outputs, or 500 `execution_failed` with the
+/// receipt.
+pub fn job_response(
+    job_id: ContentId,
+    input_name: &str,
+    executed: Executed,
+    executor: Option<String>,
+) -> Result<Response, ApiError> {
+    let receipt_json = entry_json(&executed.entry);
+    match executed.outputs {
+        Some(outs) => {
+            let mut body = json!({
+                "job_id": job_id,
+                "status": "ok",
+                "input_names": [input_name],
+                "outputs": outs.iter().map(|(n, t)| json!({"name": n, "tensor": t.to_json_value()})).collect::<Vec<_>>(),
+                "receipt": receipt_json,
+            });
+            if let Some(peer) = executor {
+                body["executor"] = json!(peer);
+            }
+            Ok(axum::Json(body).into_response())
+        }
+        None => Err(ApiError {
+            status: StatusCode::INTERNAL_SERVER_ERROR,
+            code: "execution_failed",
+            message: executed.error,
+            receipt: Some(receipt_json),
+        }),
+    }
 }
 
 async fn submit_job(State(st): State<Arc<AppState>>, body: Body) -> Result<Response, ApiError> {
@@ -212,57 +431,34 @@ async fn submit_job(State(st): State<Arc<AppState>>, body: Body) -> Result<Respo
         ApiError::new(
             StatusCode::BAD_REQUEST,
             "bad_request",
-            format!("request body: {e}; expected {{\"model\": name, \"input\": tensor}}"),
+            format!(
+                "request body: {e}; expected {{\"model\": name, \"input\": tensor, \"on\"?: peer id}}"
+            ),
         )
     })?;
     let input = Tensor::from_json_value(req.input)
         .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_tensor", format!("input: {e}")))?;
-    let input_max = st.config.limits.input_bytes_max;
-    if input.byte_len() > input_max {
-        return Err(ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "input_too_large",
-            format!(
-                "input is {} bytes, over limits.input_bytes_max = {input_max}",
-                input.byte_len()
-            ),
-        ));
-    }
+    check_input_size(&st, &input)?;
     let timeout_ms = req
         .timeout_ms
         .unwrap_or(st.config.limits.job_timeout_ms)
         .clamp(1, st.config.limits.job_timeout_ms.max(1));
-    let permit = Arc::clone(&st.job_slots).try_acquire_owned().map_err(|_| {
-        ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "busy",
-            format!(
-                "{} jobs are already in flight (limits.jobs_in_flight_max); retry later",
-                st.config.limits.jobs_in_flight_max
-            ),
-        )
-    })?;
-    let st2 = Arc::clone(&st);
-    let name = req.model.clone();
-    let model = tokio::task::spawn_blocking(move || st2.models.get(&name))
-        .await
-        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?
-        .map_err(|e| match e {
-            ModelError::Unknown { .. } | ModelError::BadName(_) => {
-                ApiError::new(StatusCode::NOT_FOUND, "unknown_model", e.to_string())
-            }
-            ModelError::Changed { .. } => {
-                ApiError::new(StatusCode::CONFLICT, "model_changed", e.to_string())
-            }
-            _ => ApiError::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "model_load_failed",
-                e.to_string(),
-            ),
+    if let Some(on) = req.on {
+        let peer: libp2p::PeerId = on.parse().map_err(|_| {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "bad_peer_id",
+                format!("on: {on:?} is not a peer id (fabnode peers lists them)"),
+            )
         })?;
-
-    let info = model.info().clone();
-    let input_name = info
+        if peer.to_string() != st.key.public().peer_id() {
+            return crate::exec::submit_remote(&st, peer, &req.model, input, timeout_ms).await;
+        }
+    }
+    let permit = job_slot(&st)?;
+    let model = resolve_model(&st, &req.model).await?;
+    let input_name = model
+        .info()
         .inputs
         .first()
         .map_or_else(|| "input".to_owned(), |f| f.name.clone());
@@ -281,92 +477,11 @@ async fn submit_job(State(st): State<Arc<AppState>>, body: Body) -> Result<Respo
     let job = Signed::sign(request, &st.key);
     let job_id = job.id();
     let span = tracing::info_span!("job", job = %job_id.short(), model = %model.name);
-
-    async move {
-        let rx = st.pool.submit(Arc::clone(&model.engine), vec![input]).map_err(|e| match e {
-            PoolError::Invalid(RunError::InvalidInput(m)) => {
-                ApiError::new(StatusCode::BAD_REQUEST, "invalid_input", m)
-            }
-            PoolError::Busy { .. } => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "busy", e.to_string()),
-            other => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", other.to_string()),
-        })?;
-        let report = tokio::time::timeout(Duration::from_millis(timeout_ms), rx).await;
-        let (status, error, outputs, timings, metering) = match report {
-            Ok(Ok(r)) => {
-                let timings = Timings {
-                    queued_us: r.queued.as_micros() as u64,
-                    run_us: r.wall.as_micros() as u64,
-                    total_us: accepted.elapsed().as_micros() as u64,
-                };
-                let metering = Metering {
-                    cpu_time_us: r.cpu_time.as_micros() as u64,
-                    wall_time_us: r.wall.as_micros() as u64,
-                    peak_rss_kib: r.peak_rss_kib,
-                };
-                match r.outputs {
-                    Ok(outs) => (ExecStatus::Ok, String::new(), Some(outs), timings, metering),
-                    Err(e) => (ExecStatus::Failed, truncate(e.to_string()), None, timings, metering),
-                }
-            }
-            Ok(Err(_)) => {
-                return Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", "the inference worker stopped"));
-            }
-            Err(_) => {
-                let total = accepted.elapsed().as_micros() as u64;
-                (
-                    ExecStatus::Failed,
-                    format!("deadline of {timeout_ms} ms exceeded; the result was discarded"),
-                    None,
-                    Timings { queued_us: 0, run_us: 0, total_us: total },
-                    Metering::default(),
-                )
-            }
-        };
-        let named: Option<Vec<(String, Tensor)>> = outputs.map(|outs| {
-            info.outputs.iter().map(|f| f.name.clone()).zip(outs).collect()
-        });
-        let output_digest = named.as_ref().map(|n| ContentId(digest_named(n)));
-        let receipt = ExecutionReceipt {
-            model_digest: model.digest,
-            input_digest,
-            job,
-            output_digest,
-            status,
-            error: error.clone(),
-            timings,
-            metering,
-            determinism: Determinism {
-                engine: info.engine.to_owned(),
-                engine_version: info.engine_version.to_owned(),
-                arch: std::env::consts::ARCH.to_owned(),
-                threads: info.threads,
-            },
-        };
-        let entry = st.ledger.append(EntryBody::Execution(Box::new(receipt))).await.map_err(|e| {
-            ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "ledger_unavailable", format!("the job ran but could not be recorded, so no result is returned: {e}"))
-        })?;
-        drop(permit);
-        tracing::info!(seq = entry.body().seq, status = ?status, "job recorded");
-        let receipt_json = entry_json(&entry);
-        match named {
-            Some(outs) => Ok(axum::Json(json!({
-                "job_id": job_id,
-                "status": "ok",
-                "input_names": [input_name],
-                "outputs": outs.iter().map(|(n, t)| json!({"name": n, "tensor": t.to_json_value()})).collect::<Vec<_>>(),
-                "receipt": receipt_json,
-            }))
-            .into_response()),
-            None => Err(ApiError {
-                status: StatusCode::INTERNAL_SERVER_ERROR,
-                code: "execution_failed",
-                message: error,
-                receipt: Some(receipt_json),
-            }),
-        }
-    }
-    .instrument(span)
-    .await
+    let executed = execute(&st, job, &model, input, timeout_ms, accepted)
+        .instrument(span)
+        .await?;
+    drop(permit);
+    job_response(job_id, &input_name, executed, None)
 }
 
 fn truncate(mut s: String) -> String {

@@ -20,6 +20,7 @@
 pub mod api;
 pub mod config;
 pub mod datadir;
+mod exec;
 pub mod ledger_writer;
 mod mesh_task;
 pub mod models;

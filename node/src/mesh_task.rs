@@ -46,6 +46,7 @@ pub async fn run(
     mut committed: mpsc::Receiver<Committed>,
     ledger: LedgerClient,
     mut replicator: Replicator<PeerId>,
+    exec: mpsc::Sender<crate::exec::Incoming>,
 ) {
     let started = Instant::now();
     let mut tick = tokio::time::interval(TICK);
@@ -83,6 +84,15 @@ pub async fn run(
                     MeshEvent::PeerConnected(peer) => {
                         tracing::debug!(%peer, "peer connected; exchanging heads");
                         let _ = mesh.request(peer, SyncRequest::Heads).await;
+                    }
+                    MeshEvent::ExecRequest { from, request, reply } => {
+                        if let Err(mpsc::error::TrySendError::Full((_, _, reply)) | mpsc::error::TrySendError::Closed((_, _, reply))) = exec.try_send((from, request, reply)) {
+                            let busy = fab_mesh::exec::ExecResponse::Refused {
+                                code: "busy".into(),
+                                message: "too many exec requests waiting; retry later".into(),
+                            };
+                            let _ = mesh.respond_exec(reply, busy).await;
+                        }
                     }
                     MeshEvent::SyncRequest { from, request, reply } => {
                         let response = serve(own, &ledger, request).await;

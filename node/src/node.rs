@@ -140,6 +140,7 @@ impl Node {
         );
         let mut mesh_tasks = Vec::new();
         let mut mesh = None;
+        let (exec_tx, exec_rx) = tokio::sync::mpsc::channel(crate::exec::EXEC_QUEUE);
         if let Some(replicator) = replicator {
             let mut mc = MeshConfig::new(&config.ledger.network);
             mc.listen = parse_addrs("mesh.listen", &config.mesh.listen)?;
@@ -155,6 +156,7 @@ impl Node {
                 committed_rx,
                 ledger.clone(),
                 replicator,
+                exec_tx,
             )));
             mesh = Some(client);
         }
@@ -162,6 +164,7 @@ impl Node {
             models: ModelCache::new(data_dir.to_owned(), config.inference.model_bytes_max),
             pool: InferencePool::new(config.inference.workers, config.inference.queue_depth),
             job_slots: Arc::new(Semaphore::new(config.limits.jobs_in_flight_max)),
+            remote_running: Default::default(),
             // Nonces only need to differ between this node's requests; start from the clock so
             // they also differ across restarts.
             nonce: AtomicU64::new(now_ms().saturating_mul(1000)),
@@ -181,6 +184,12 @@ impl Node {
                     tracing::warn!(model = %name, error = %e, "model not loaded");
                 }
             }
+        }
+        if state.mesh.is_some() {
+            mesh_tasks.push(tokio::spawn(crate::exec::serve(
+                Arc::clone(&state),
+                exec_rx,
+            )));
         }
         let addr_file = datadir::api_addr_path(data_dir);
         std::fs::write(&addr_file, format!("{addr}\n")).map_err(|error| StartError::DataDir {
