@@ -522,10 +522,15 @@ pub fn peers(g: &Global, json_out: bool) -> Result<ExitCode> {
             let rtt = p["rtt_ms"]
                 .as_f64()
                 .map_or_else(|| "-".to_owned(), |r| format!("{r:.2} ms"));
+            let score = p["score"]
+                .as_f64()
+                .map_or_else(|| "-".to_owned(), |s| format!("{s:.1}"));
             println!(
-                "{}  rtt {rtt}  {}",
+                "{}  {}  rtt {rtt}  score {score}  {}  {} protocols",
                 p["peer_id"].as_str().unwrap_or("?"),
-                p["agent_version"].as_str().unwrap_or("?")
+                p["transport"].as_str().unwrap_or("?"),
+                p["agent_version"].as_str().unwrap_or("?"),
+                p["protocols"].as_array().map_or(0, |a| a.len())
             );
             for a in p["addresses"].as_array().into_iter().flatten() {
                 println!("    {}", a.as_str().unwrap_or("?"));

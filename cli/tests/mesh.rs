@@ -146,13 +146,23 @@ fn a_node_that_was_offline_catches_up_200_entries_over_quic() {
     catch_up(QUIC, "q");
 }
 
+/// B goes offline while A writes 200 entries that gossip delivers to C; B, restarted, can only
+/// get them by catch-up (ledger-sync), since nobody gossips them again.
 fn catch_up(listen: &str, tag: &str) {
     let network = format!("{tag}{}", std::process::id());
-    let (ta, tb) = (TestDir::new(), TestDir::new());
+    let (ta, tb, tc) = (TestDir::new(), TestDir::new(), TestDir::new());
     let a = start(&ta, &mesh_env_on(&network, listen));
     let (a_id, env) = joining_env(&a, &network, listen);
-
-    // B is offline while A records 200 entries.
+    let c = start(&tc, &env);
+    let mut b = start(&tb, &env);
+    wait_for("A to see B and C", Duration::from_secs(20), || {
+        a.get("/v1/peers").1["peers"]
+            .as_array()
+            .is_some_and(|p| p.len() == 2)
+    });
+    b.signal(libc::SIGTERM);
+    assert!(b.wait().success());
+    drop(b);
     for i in 0..200 {
         let (s, _) = a.post_json(
             "/v1/jobs",
@@ -160,6 +170,9 @@ fn catch_up(listen: &str, tag: &str) {
         );
         assert_eq!(s, 200);
     }
+    wait_for("C to hold A's 200 entries", Duration::from_secs(30), || {
+        feed_size(&c, &a_id).is_some_and(|(n, _)| n == 200)
+    });
     let b = start(&tb, &env);
     let took = wait_for(
         "B to catch up A's 200 entries",
@@ -178,7 +191,315 @@ fn catch_up(listen: &str, tag: &str) {
         Duration::from_secs(20),
         || feed_size(&b, &a_id) == Some((201, Some(201))),
     );
-    // B's replica verifies entry by entry against A's own ledger.
-    let (_, ea) = a.get("/v1/ledger/entries?from=0&limit=1000");
-    assert_eq!(ea["entries"].as_array().unwrap().len(), 201);
+}
+
+fn peer_count(n: &RunningNode) -> usize {
+    n.get("/v1/peers").1["peers"]
+        .as_array()
+        .map_or(0, |p| p.len())
+}
+
+fn peer_id(n: &RunningNode) -> String {
+    n.get("/v1/node").1["peer_id"].as_str().unwrap().to_owned()
+}
+
+#[test]
+fn five_nodes_find_each_other_and_run_a_job_on_a_chosen_peer() {
+    let network = format!("x{}", std::process::id());
+    let dirs: Vec<TestDir> = (0..5).map(|_| TestDir::new()).collect();
+    let a = start(&dirs[0], &mesh_env(&network));
+    let (_, env) = joining_env(&a, &network, TCP);
+    let mut nodes = vec![a];
+    for d in &dirs[1..] {
+        nodes.push(start(d, &env));
+    }
+    // Every node knows only A's address; Kademlia finds the rest.
+    wait_for(
+        "every node to see the 4 others",
+        Duration::from_secs(30),
+        || nodes.iter().all(|n| peer_count(n) == 4),
+    );
+    let b_id = peer_id(&nodes[1]);
+    let input = dirs[0].path().join("three.json");
+    std::fs::write(&input, image_json(3).to_string()).unwrap();
+    let input = input.to_str().unwrap();
+
+    let out = dirs[0].run(&[
+        "submit", "--model", "digits", "--input", input, "--on", &b_id, "--json",
+    ]);
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stderr}");
+    let answer: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(answer["executor"], b_id.as_str());
+    assert_eq!(answer["receipt_verified"], true);
+    // B ran it: the entry is B's first, in B's own ledger.
+    assert_eq!(feed_size(&nodes[1], &b_id).map(|s| s.0), Some(1));
+    assert_eq!(
+        feed_size(&nodes[0], &peer_id(&nodes[0])).map(|s| s.0),
+        Some(0)
+    );
+    let took = wait_for(
+        "all five ledgers to hold B's entry",
+        Duration::from_secs(2),
+        || {
+            nodes
+                .iter()
+                .all(|n| feed_size(n, &b_id).is_some_and(|s| s.0 == 1))
+        },
+    );
+    eprintln!("B's entry reached all five ledgers {took:?} after the answer");
+    // Human-readable output names the executor; bad peer ids and unknown models are explained.
+    let out = dirs[2].run(&[
+        "submit", "--model", "digits", "--input", input, "--on", &b_id,
+    ]);
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stdout.contains(&format!("executor   {b_id}")), "{stdout}");
+    let out = dirs[0].run(&["submit", "--model", "digits", "--input", input, "--on", "B"]);
+    assert!(!out.status.success());
+    assert!(text(&out).1.contains("bad_peer_id"), "{}", text(&out).1);
+    let out = dirs[0].run(&["submit", "--model", "nope", "--input", input, "--on", &b_id]);
+    assert!(
+        text(&out).1.contains("404 unknown_model"),
+        "{}",
+        text(&out).1
+    );
+    let out = dirs[0].run(&["peers"]);
+    assert!(text(&out).0.contains(" tcp "), "{}", text(&out).0);
+}
+
+mod bad_peer {
+    //! A misbehaving peer in this process, speaking the real protocols to real nodes.
+
+    use super::*;
+    use fab_inference::Tensor;
+    use fab_ledger::{ContentId, Keypair, Signed};
+    use fab_mesh::exec::{ExecRequest, ExecResponse};
+    use fab_mesh::net::{Addr, MeshClient, MeshConfig, Peer};
+
+    fn join(network: &str, bootstrap: &str) -> (tokio::runtime::Runtime, MeshClient, Keypair) {
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        let key = Keypair::generate();
+        let mut config = MeshConfig::new(network);
+        config.listen = vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()];
+        config.mdns = false;
+        config.bootstrap = vec![bootstrap.parse::<Addr>().unwrap()];
+        let (client, mut events, event_loop) = {
+            let _g = rt.enter();
+            fab_mesh::net::start(&key, config).unwrap()
+        };
+        rt.spawn(event_loop.run());
+        // Drain events; this peer answers nothing.
+        rt.spawn(async move { while events.recv().await.is_some() {} });
+        (rt, client, key)
+    }
+
+    fn job(
+        signer: &Keypair,
+        requester: &Keypair,
+        model_digest: ContentId,
+        input: &Tensor,
+    ) -> Vec<u8> {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as u64;
+        let request = fab_ledger::JobRequest {
+            requester: requester.public(),
+            nonce: now,
+            model: "digits".into(),
+            model_digest,
+            input_digest: ContentId(fab_inference::tensor::digest_named(&[(
+                "image".into(),
+                input.clone(),
+            )])),
+            input_bytes: input.byte_len() as u64,
+            created_ms: now,
+            deadline_ms: now + 10_000,
+        };
+        Signed::sign(request, signer).encode()
+    }
+
+    #[test]
+    fn forged_malformed_and_oversized_gossip_is_rejected_and_scored_down() {
+        let network = format!("m{}", std::process::id());
+        let (ta, tb) = (TestDir::new(), TestDir::new());
+        let a = start(&ta, &mesh_env(&network));
+        let (a_id, env) = joining_env(&a, &network, TCP);
+        let b = start(&tb, &env);
+        let addr = format!(
+            "{}/p2p/{a_id}",
+            a.get("/v1/node").1["mesh"]["listen"][0].as_str().unwrap()
+        );
+        let (rt, m, _) = join(&network, &addr);
+        wait_for(
+            "A to see B and the bad peer",
+            Duration::from_secs(20),
+            || peer_count(&a) == 2,
+        );
+        // A real, valid entry with its signature broken.
+        let (s, _) = a.post_json(
+            "/v1/jobs",
+            &json!({"model": "digits", "input": image_json(1)}),
+        );
+        assert_eq!(s, 200);
+        let (_, e) = a.get("/v1/ledger/entries/0");
+        let mut forged = hex::decode(e["raw"].as_str().unwrap()).unwrap();
+        let last = forged.len() - 1;
+        forged[last] ^= 1;
+        let payloads = [
+            fab_mesh::wire::GossipMsg::Entry(forged).encode(),
+            b"\xa1\x01\x02 not the envelope".to_vec(),
+            vec![0x42; fab_mesh::wire::GOSSIP_BYTES_MAX + 100],
+        ];
+        rt.block_on(async {
+            // Wait until the bad peer has A in its view of the topic.
+            for p in &payloads {
+                let mut tries = 0;
+                while m.publish_raw(p.clone()).await.is_err() {
+                    tries += 1;
+                    assert!(tries < 200, "the bad peer could not publish");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        });
+        wait_for(
+            "A to reject the 3 bad messages",
+            Duration::from_secs(10),
+            || a.get("/v1/node").1["mesh"]["gossip"]["rejected"].as_u64() >= Some(3),
+        );
+        let m_id = m.peer_id().to_string();
+        let peers = a.get("/v1/peers").1;
+        let score = peers["peers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["peer_id"] == m_id.as_str())
+            .and_then(|p| p["score"].as_f64());
+        assert!(
+            score.is_some_and(|s| s < 0.0),
+            "bad peer's score {score:?}: {peers}"
+        );
+        let metrics = a
+            .agent()
+            .get(format!("{}/metrics", a.base))
+            .call()
+            .unwrap()
+            .body_mut()
+            .read_to_string()
+            .unwrap();
+        assert!(
+            metrics.contains("fabnode_gossip_messages_total{result=\"rejected\"} 3"),
+            "{metrics}"
+        );
+        // Honest traffic keeps flowing, and the nodes kept running.
+        for i in 0..3 {
+            let (s, _) = a.post_json(
+                "/v1/jobs",
+                &json!({"model": "digits", "input": image_json(10 + i)}),
+            );
+            assert_eq!(s, 200);
+        }
+        wait_for("B to hold A's 4 entries", Duration::from_secs(10), || {
+            feed_size(&b, &a_id).is_some_and(|(n, _)| n == 4)
+        });
+        assert!(a.log().contains("gossip message rejected"));
+        drop(rt);
+    }
+
+    #[test]
+    fn exec_requests_are_checked_before_anything_runs() {
+        let network = format!("e{}", std::process::id());
+        let tb = TestDir::new();
+        let b = start(&tb, &mesh_env(&network));
+        let b_id = peer_id(&b);
+        let addr = format!(
+            "{}/p2p/{b_id}",
+            b.get("/v1/node").1["mesh"]["listen"][0].as_str().unwrap()
+        );
+        let (rt, m, key) = join(&network, &addr);
+        let peer: Peer = b_id.parse().unwrap();
+        let input = Tensor::from_json_value(image_json(5)).unwrap();
+        let npy = input.to_npy();
+        let ask = |r: ExecRequest| rt.block_on(m.exec(peer, r)).unwrap();
+        let refused = |r: ExecResponse| match r {
+            ExecResponse::Refused { code, .. } => code,
+            other => panic!("expected a refusal, got {other:?}"),
+        };
+        assert_eq!(
+            refused(ask(ExecRequest::Describe {
+                model: "nope".into()
+            })),
+            "unknown_model"
+        );
+        let ExecResponse::Described {
+            digest,
+            inputs,
+            outputs,
+            ..
+        } = ask(ExecRequest::Describe {
+            model: "digits".into(),
+        })
+        else {
+            panic!("no description")
+        };
+        assert_eq!(inputs, ["image"]);
+        assert_eq!(outputs.len(), 2);
+        let digest = ContentId(digest);
+        let run = |job: Vec<u8>, npy: Vec<u8>| ExecRequest::Run {
+            job,
+            inputs: vec![("image".into(), npy)],
+        };
+        // Signed by someone other than the peer that sends it.
+        let other = Keypair::generate();
+        assert_eq!(
+            refused(ask(run(job(&other, &other, digest, &input), npy.clone()))),
+            "requester_mismatch"
+        );
+        // Signed by a key that is not the named requester: the signature does not verify.
+        assert_eq!(
+            refused(ask(run(job(&other, &key, digest, &input), npy.clone()))),
+            "bad_job"
+        );
+        // Another model version than the one B holds.
+        assert_eq!(
+            refused(ask(run(
+                job(&key, &key, ContentId([9; 32]), &input),
+                npy.clone()
+            ))),
+            "model_changed"
+        );
+        // An input other than the one the job signs.
+        let other_input = Tensor::from_json_value(image_json(6)).unwrap();
+        assert_eq!(
+            refused(ask(run(
+                job(&key, &key, digest, &input),
+                other_input.to_npy()
+            ))),
+            "input_mismatch"
+        );
+        // Garbage tensor bytes.
+        assert_eq!(
+            refused(ask(run(
+                job(&key, &key, digest, &input),
+                b"not npy".to_vec()
+            ))),
+            "bad_tensor"
+        );
+        assert_eq!(
+            b.get("/v1/ledger/head").1["entries"],
+            0,
+            "nothing refused reached the ledger"
+        );
+        // A good job runs once; the same signed job sent again is a replay.
+        let good = job(&key, &key, digest, &input);
+        let ExecResponse::Ran { entry, outputs } = ask(run(good.clone(), npy.clone())) else {
+            panic!("the job did not run")
+        };
+        let entry = fab_ledger::SignedEntry::decode_verified(&entry).unwrap();
+        assert_eq!(entry.body().feed.peer_id(), b_id);
+        assert_eq!(outputs.len(), 2);
+        assert_eq!(refused(ask(run(good, npy))), "replayed");
+        assert_eq!(b.get("/v1/ledger/head").1["entries"], 1);
+    }
 }

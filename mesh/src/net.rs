@@ -31,6 +31,8 @@ use libp2p::StreamProtocol;
 use libp2p::request_response::{self, ProtocolSupport, ResponseChannel};
 use std::collections::HashMap;
 
+pub use libp2p::{Multiaddr as Addr, PeerId as Peer};
+
 /// Commands waiting for the event loop.
 pub const COMMAND_QUEUE: usize = 256;
 /// Events waiting for the application; beyond this, events are dropped and counted (ledger
@@ -107,6 +109,11 @@ pub struct PeerInfo {
     pub agent_version: Option<String>,
     pub protocols: Vec<String>,
     pub rtt: Option<Duration>,
+    /// This node's gossipsub score of the peer: below zero for a peer that sent invalid
+    /// messages; at -80 and below its traffic is ignored.
+    pub score: Option<f64>,
+    /// `tcp`, `quic` or `memory`: the transport of the first connection.
+    pub transport: Option<&'static str>,
 }
 
 /// Counters for metrics and tests.
@@ -291,7 +298,7 @@ enum Command {
     ),
     RespondExec(ExecReply, ExecResponse),
     Respond(SyncReply, SyncResponse),
-    Publish(GossipMsg, oneshot::Sender<Result<(), MeshError>>),
+    Publish(Vec<u8>, oneshot::Sender<Result<(), MeshError>>),
     Dial(Multiaddr, oneshot::Sender<Result<(), MeshError>>),
     ListenAddrs(oneshot::Sender<Vec<Multiaddr>>),
     Peers(oneshot::Sender<BTreeMap<PeerId, PeerInfo>>),
@@ -342,8 +349,9 @@ pub fn kad_protocol(network: &str) -> String {
 /// Peer scoring on the ledger topic. The topic carries little and bursty traffic (one entry per
 /// job), so the mesh-delivery-rate penalties (P3, P3b), which assume a steady stream, are off:
 /// with them every quiet mesh peer soon scores below the graylist threshold and gossip stops.
-/// What remains rewards first deliveries and punishes invalid messages hard: two invalid
-/// messages take a peer below the graylist threshold (-80), so its traffic is ignored.
+/// What remains rewards first deliveries and punishes invalid messages, quadratically: one
+/// takes a peer to the gossip threshold (-10), three below the graylist threshold (-80), after
+/// which its traffic is ignored until the penalty decays.
 fn ledger_topic_score() -> gossipsub::TopicScoreParams {
     gossipsub::TopicScoreParams {
         topic_weight: 1.0,
@@ -353,10 +361,24 @@ fn ledger_topic_score() -> gossipsub::TopicScoreParams {
         first_message_deliveries_cap: 50.0,
         mesh_message_deliveries_weight: 0.0,
         mesh_failure_penalty_weight: 0.0,
-        invalid_message_deliveries_weight: -50.0,
+        invalid_message_deliveries_weight: -10.0,
         invalid_message_deliveries_decay: 0.9,
         ..Default::default()
     }
+}
+
+fn transport_of(addr: &Multiaddr) -> &'static str {
+    use libp2p::multiaddr::Protocol;
+    let mut t = "other";
+    for p in addr.iter() {
+        match p {
+            Protocol::QuicV1 => return "quic",
+            Protocol::Tcp(_) => t = "tcp",
+            Protocol::Memory(_) => return "memory",
+            _ => {}
+        }
+    }
+    t
 }
 
 /// How often the event loop checks its connection count against the target.
@@ -594,7 +616,7 @@ impl EventLoop {
                     .swarm
                     .behaviour_mut()
                     .gossipsub
-                    .publish(self.topic.clone(), msg.encode())
+                    .publish(self.topic.clone(), msg)
                     .map(|_| ())
                     .map_err(|e| MeshError::Publish(e.to_string()));
                 let _ = reply.send(r);
@@ -610,7 +632,11 @@ impl EventLoop {
                 let _ = reply.send(self.swarm.listeners().cloned().collect());
             }
             Command::Peers(reply) => {
-                let _ = reply.send(self.peers.clone());
+                let mut peers = self.peers.clone();
+                for (id, p) in &mut peers {
+                    p.score = self.swarm.behaviour().gossipsub.peer_score(id);
+                }
+                let _ = reply.send(peers);
             }
             Command::Stats(reply) => {
                 let _ = reply.send(self.stats);
@@ -772,6 +798,9 @@ impl EventLoop {
                 peer_id, endpoint, ..
             } => {
                 let p = self.peers.entry(peer_id).or_default();
+                if p.transport.is_none() {
+                    p.transport = Some(transport_of(endpoint.get_remote_address()));
+                }
                 if !p.addresses.contains(endpoint.get_remote_address()) {
                     p.addresses.push(endpoint.get_remote_address().clone());
                 }
@@ -849,7 +878,13 @@ impl MeshClient {
 
     /// Publishes on the ledger topic. Fails with a publish error while no peer is subscribed.
     pub async fn publish(&self, msg: GossipMsg) -> Result<(), MeshError> {
-        self.ask(|r| Command::Publish(msg, r)).await?
+        self.ask(|r| Command::Publish(msg.encode(), r)).await?
+    }
+
+    /// Publishes a payload on the ledger topic as is, unchecked: for tools and tests that
+    /// exercise how peers validate what they receive. Nodes use [`MeshClient::publish`].
+    pub async fn publish_raw(&self, payload: Vec<u8>) -> Result<(), MeshError> {
+        self.ask(|r| Command::Publish(payload, r)).await?
     }
 
     pub async fn dial(&self, addr: Multiaddr) -> Result<(), MeshError> {

@@ -89,6 +89,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/ledger/head", get(ledger_head))
         .route("/v1/ledger/heads", get(ledger_heads))
         .route("/v1/peers", get(peers))
+        .route("/metrics", get(metrics))
         .route("/v1/ledger/entries", get(ledger_entries))
         .route("/v1/ledger/entries/{seq}", get(ledger_entry))
         .fallback(|| async {
@@ -118,10 +119,62 @@ async fn peers(State(st): State<Arc<AppState>>) -> ApiResult {
         .map(|(id, p)| {
             json!({"peer_id": id.to_base58(), "addresses": p.addresses.iter().map(|a| a.to_string()).collect::<Vec<_>>(),
                    "agent_version": p.agent_version, "protocols": p.protocols,
-                   "rtt_ms": p.rtt.map(|d| d.as_secs_f64() * 1e3)})
+                   "rtt_ms": p.rtt.map(|d| d.as_secs_f64() * 1e3), "score": p.score, "transport": p.transport})
         })
         .collect();
     Ok(axum::Json(json!({"mesh": true, "peers": list})))
+}
+
+/// Prometheus text exposition of the node's counters.
+async fn metrics(State(st): State<Arc<AppState>>) -> Response {
+    use std::fmt::Write;
+    let (entries, _) = st.ledger.head().await;
+    let mut out = String::new();
+    let mut metric = |name: &str, kind: &str, help: &str, samples: &[(&str, f64)]| {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+        for (labels, v) in samples {
+            let _ = writeln!(out, "{name}{labels} {v}");
+        }
+    };
+    metric(
+        "fabnode_ledger_entries",
+        "gauge",
+        "Entries in this node's own ledger feed.",
+        &[("", entries as f64)],
+    );
+    if let Some(mesh) = &st.mesh {
+        let stats = mesh.stats().await.unwrap_or_default();
+        let peers = mesh.peers().await.map(|p| p.len()).unwrap_or(0);
+        metric(
+            "fabnode_gossip_messages_total",
+            "counter",
+            "Gossip messages received, by validation result; rejected senders are penalised.",
+            &[
+                ("{result=\"accepted\"}", stats.accepted as f64),
+                ("{result=\"rejected\"}", stats.rejected as f64),
+            ],
+        );
+        metric(
+            "fabnode_mesh_events_dropped_total",
+            "counter",
+            "Mesh events dropped because the node fell behind (catch-up recovers them).",
+            &[("", stats.events_dropped as f64)],
+        );
+        metric(
+            "fabnode_mesh_peers",
+            "gauge",
+            "Connected peers of this network.",
+            &[("", peers as f64)],
+        );
+    }
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4",
+        )],
+        out,
+    )
+        .into_response()
 }
 
 async fn ledger_heads(State(st): State<Arc<AppState>>) -> ApiResult {
@@ -153,8 +206,11 @@ async fn node_info(State(st): State<Arc<AppState>>) -> ApiResult {
     let mesh = match &st.mesh {
         Some(m) => {
             let listen = m.listen_addrs().await.unwrap_or_default();
+            let stats = m.stats().await.unwrap_or_default();
             json!({"enabled": true, "peer_id": m.peer_id().to_base58(),
-                   "listen": listen.iter().map(|a| a.to_string()).collect::<Vec<_>>()})
+                   "listen": listen.iter().map(|a| a.to_string()).collect::<Vec<_>>(),
+                   "gossip": {"accepted": stats.accepted, "rejected": stats.rejected,
+                              "events_dropped": stats.events_dropped}})
         }
         None => json!({"enabled": false}),
     };
