@@ -1,104 +1,13 @@
 //! `fabnode bench mesh`: gossip convergence across real node processes on loopback.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Result, bail};
 use serde_json::{Value, json};
 
 use crate::bench::stats;
-use crate::client::Client;
-use crate::demo::{DIGITS_ONNX, digits_test_set};
-
-struct Proc {
-    child: Child,
-    client: Client,
-    peer_id: String,
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        // SAFETY: signalling our own child by pid.
-        unsafe {
-            libc::kill(self.child.id() as i32, libc::SIGTERM);
-        }
-        let _ = self.child.wait();
-    }
-}
-
-fn spawn(
-    exe: &std::path::Path,
-    dir: &std::path::Path,
-    network: &str,
-    listen: &str,
-    bootstrap: Option<&str>,
-) -> Result<Proc> {
-    let run = |args: &[&str]| -> Result<()> {
-        let out = Command::new(exe)
-            .args(args)
-            .env("FABNODE_DATA_DIR", dir)
-            .output()?;
-        if !out.status.success() {
-            bail!(
-                "fabnode {}: {}",
-                args.join(" "),
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
-        Ok(())
-    };
-    run(&["keys", "init"])?;
-    let model = dir.join("digits.onnx");
-    std::fs::write(&model, DIGITS_ONNX)?;
-    run(&[
-        "model",
-        "add",
-        "digits",
-        model.to_str().context("utf-8 path")?,
-    ])?;
-    let mut cmd = Command::new(exe);
-    cmd.args([
-        "start",
-        "--api-listen",
-        "127.0.0.1:0",
-        "--mesh-listen",
-        listen,
-        "--no-mdns",
-        "--log-level",
-        "warn",
-    ])
-    .env("FABNODE_DATA_DIR", dir)
-    .env("FABNODE_LEDGER_NETWORK", network)
-    .env("FABNODE_INFERENCE_WORKERS", "1")
-    .stdout(Stdio::null())
-    .stderr(Stdio::piped());
-    if let Some(b) = bootstrap {
-        cmd.args(["--bootstrap", b]);
-    }
-    let mut child = cmd.spawn()?;
-    let stderr = child.stderr.take().context("stderr")?;
-    let mut lines = BufReader::new(stderr).lines();
-    let mut api = None;
-    for line in lines.by_ref() {
-        let line = line?;
-        if let Some(rest) = line.split(" listening on http://").nth(1) {
-            api = rest.split_whitespace().next().map(str::to_owned);
-            break;
-        }
-    }
-    // Keep draining stderr so the node never blocks on a full pipe.
-    std::thread::spawn(move || for _ in lines.map_while(Result::ok) {});
-    let api = api.context("node did not start")?;
-    let client = Client::new(format!("http://{api}"), Duration::from_secs(30));
-    let (_, info) = client.get("/v1/node")?;
-    let peer_id = info["peer_id"].as_str().context("peer id")?.to_owned();
-    Ok(Proc {
-        child,
-        client,
-        peer_id,
-    })
-}
+use crate::demo::digits_test_set;
+use crate::procs::{Proc, spawn, wait_for_peers};
 
 fn size_of(p: &Proc, feed: &str) -> u64 {
     p.client
@@ -125,12 +34,7 @@ pub fn run(n: usize, jobs: usize, listen: &str) -> Result<Value> {
     let network = format!("bench{}", std::process::id());
     let t_start = Instant::now();
     let first = spawn(&exe, &tmp.path().join("n0"), &network, listen, None)?;
-    let (_, info) = first.client.get("/v1/node")?;
-    let addr = format!(
-        "{}/p2p/{}",
-        info["mesh"]["listen"][0].as_str().context("listen addr")?,
-        first.peer_id
-    );
+    let addr = first.dial_addr()?;
     let mut nodes = vec![first];
     for i in 1..n {
         nodes.push(spawn(
@@ -142,25 +46,7 @@ pub fn run(n: usize, jobs: usize, listen: &str) -> Result<Value> {
         )?);
     }
     // Formed: every node holds enough connections for a full gossip mesh (D = 6).
-    let want_peers = (n - 1).min(6);
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let counts: Vec<usize> = nodes
-            .iter()
-            .map(|p| {
-                p.client
-                    .get("/v1/peers")
-                    .map_or(0, |(_, v)| v["peers"].as_array().map_or(0, |p| p.len()))
-            })
-            .collect();
-        if counts.iter().all(|&c| c >= want_peers) {
-            break;
-        }
-        if Instant::now() > deadline {
-            bail!("the mesh did not form within 60 s: peers per node {counts:?}");
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    wait_for_peers(&nodes, (n - 1).min(6), Duration::from_secs(60))?;
     let formed = t_start.elapsed();
     let (images, _) = digits_test_set()?;
     let mut samples = Vec::with_capacity(jobs);

@@ -40,6 +40,11 @@ pub struct Client {
 }
 
 impl Client {
+    /// The API's base URL.
+    pub fn base(&self) -> &str {
+        &self.base
+    }
+
     pub fn new(base: String, timeout: Duration) -> Self {
         let agent = ureq::Agent::config_builder()
             .http_status_as_error(false)

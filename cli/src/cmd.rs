@@ -120,7 +120,8 @@ pub enum LedgerCmd {
         limit: usize,
     },
     /// Re-check every entry's signature, sequence and hash link, and every checkpoint against
-    /// the Merkle tree of the entries before it; names the first bad entry
+    /// the Merkle tree of the entries before it; names the first bad entry. Peers' feeds held
+    /// as replicas are checked the same way, with their trusted checkpoints
     Verify {
         #[arg(long)]
         json: bool,
@@ -675,9 +676,13 @@ pub fn ledger(g: &Global, cmd: LedgerCmd) -> Result<ExitCode> {
         LedgerCmd::VerifyEvidence { file, json } => crate::audit::verify_evidence(&file, json),
         LedgerCmd::Verify { json } => {
             let key_file = datadir::key_path(&dir);
-            let (feed, result) = with_ledger(&dir, |s| {
+            let (feed, result, replicas) = with_ledger(&dir, |s| {
                 let r = s.reader();
-                Ok((r.feed()?, r.verify_all()?))
+                let mut replicas = Vec::new();
+                for (k, _, _) in r.replica_heads()? {
+                    replicas.push((k, r.verify_replica(&k)?));
+                }
+                Ok((r.feed()?, r.verify_all()?, replicas))
             })?;
             // If this data dir has a node key, the ledger must be that node's feed.
             if let Ok(key) = Keypair::load(&key_file)
@@ -689,11 +694,23 @@ pub fn ledger(g: &Global, cmd: LedgerCmd) -> Result<ExitCode> {
                     key.public().peer_id()
                 );
             }
+            let replica_peer = |k: &[u8; 32]| {
+                fab_ledger::PublicKey::from_bytes(k).map_or_else(|| hex::encode(k), |p| p.peer_id())
+            };
+            let replicas_json: Vec<serde_json::Value> = replicas
+                .iter()
+                .map(|(k, r)| match r {
+                    Ok(v) => json!({"feed": replica_peer(k), "ok": true, "entries": v.size,
+                                    "head": v.head, "root": hex::encode(v.root), "trusted_size": v.trusted_size}),
+                    Err(e) => json!({"feed": replica_peer(k), "ok": false, "bad_seq": e.seq, "error": e.to_string()}),
+                })
+                .collect();
+            let replicas_ok = replicas.iter().all(|(_, r)| r.is_ok());
             match result {
                 Ok((n, head)) => {
                     if json {
                         print_json(
-                            &json!({"ok": true, "entries": n, "head": head, "feed": feed.peer_id()}),
+                            &json!({"ok": replicas_ok, "entries": n, "head": head, "feed": feed.peer_id(), "replicas": replicas_json}),
                         );
                     } else {
                         println!(
@@ -702,13 +719,32 @@ pub fn ledger(g: &Global, cmd: LedgerCmd) -> Result<ExitCode> {
                             feed.peer_id(),
                             head.map(|h| h.to_hex()).unwrap_or_else(|| "-".into())
                         );
+                        for (k, r) in &replicas {
+                            match r {
+                                Ok(v) => println!(
+                                    "replica verified: {} entries of {}, root {}, trusted checkpoint {}",
+                                    v.size,
+                                    replica_peer(k),
+                                    hex::encode(v.root),
+                                    v.trusted_size.map_or_else(|| "-".into(), |s| s.to_string())
+                                ),
+                                Err(e) => eprintln!(
+                                    "replica of {} FAILED verification: {e}",
+                                    replica_peer(k)
+                                ),
+                            }
+                        }
                     }
-                    Ok(ExitCode::SUCCESS)
+                    Ok(if replicas_ok {
+                        ExitCode::SUCCESS
+                    } else {
+                        ExitCode::FAILURE
+                    })
                 }
                 Err(e) => {
                     if json {
                         print_json(
-                            &json!({"ok": false, "bad_seq": e.seq, "error": e.to_string(), "feed": feed.peer_id()}),
+                            &json!({"ok": false, "bad_seq": e.seq, "error": e.to_string(), "feed": feed.peer_id(), "replicas": replicas_json}),
                         );
                     } else {
                         eprintln!("ledger verification FAILED: {e}");

@@ -14,8 +14,9 @@ use fab_node::config::LogFormat;
 use fab_node::{Config, Node, datadir};
 use serde_json::json;
 
-use crate::client::{Client, error_message, verify_job_response};
+use crate::client::{error_message, verify_job_response};
 use crate::cmd::init_logging;
+use crate::procs::{spawn, wait_for_peers};
 
 /// The digits classifier and its held-out set, from `fixtures/digits/` (see make_digits.py).
 pub const DIGITS_ONNX: &[u8] = include_bytes!("../../fixtures/digits/digits.onnx");
@@ -41,9 +42,9 @@ pub struct DemoArgs {
 /// A node with the digits model, running in this process on a temporary data dir.
 #[derive(Debug)]
 pub struct LocalNode {
-    pub dir: tempfile::TempDir,
+    /// Removed when the node is dropped.
+    _dir: tempfile::TempDir,
     pub base: String,
-    pub peer_id: String,
     rt: tokio::runtime::Runtime,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
@@ -75,15 +76,13 @@ impl LocalNode {
             .build()?;
         let node = rt.block_on(Node::start(path, config))?;
         let base = format!("http://{}", node.local_addr());
-        let peer_id = node.peer_id();
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let task = rt.spawn(node.run(async move {
             let _ = stopped.await;
         }));
         Ok(LocalNode {
-            dir,
+            _dir: dir,
             base,
-            peer_id,
             rt,
             stop: Some(stop),
             task: Some(task),
@@ -143,20 +142,73 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[idx]
 }
 
+/// The answer of one demo job.
+struct Done {
+    prediction: usize,
+    latency: Duration,
+}
+
+/// The entry count and Merkle root of every feed, as each node's ledger file holds it.
+type FeedView = std::collections::BTreeMap<String, (u64, String)>;
+
+/// Verifies one stopped node's ledger file offline: its own feed and every replica.
+fn verify_ledger(dir: &std::path::Path) -> Result<FeedView> {
+    let store = ReadOnlyStore::open(&datadir::ledger_path(dir))?;
+    let r = store.reader();
+    let feed = r.feed()?.peer_id();
+    let (size, _) = match r.verify_all()? {
+        Ok(v) => v,
+        Err(e) => bail!("ledger of {feed} FAILED verification: {e}"),
+    };
+    let mut view = FeedView::new();
+    view.insert(feed.clone(), (size, hex::encode(r.root(size)?)));
+    for (k, _, _) in r.replica_heads()? {
+        match r.verify_replica(&k)? {
+            Ok(v) => {
+                view.insert(v.feed.peer_id(), (v.size, hex::encode(v.root)));
+            }
+            Err(e) => bail!("{feed}'s replica FAILED verification: {e}"),
+        }
+    }
+    Ok(view)
+}
+
 pub fn run(a: DemoArgs) -> Result<ExitCode> {
     init_logging("warn", LogFormat::Text);
     let (images, labels) = digits_test_set()?;
     let n = a.images.clamp(1, 100_000);
-    let mut node = LocalNode::start(|_| {})?;
+    let exe = std::env::current_exe()?;
+    let tmp = tempfile::Builder::new()
+        .prefix("fabnode-demo-")
+        .tempdir()
+        .context("temporary directory")?;
+    let network = format!("demo{}", std::process::id());
+    let listen = "/ip4/127.0.0.1/tcp/0";
+    let names = ["A", "B", "C"];
+    let first = spawn(&exe, &tmp.path().join("A"), &network, listen, None)?;
+    let boot = first.dial_addr()?;
+    let mut nodes = vec![first];
+    for name in &names[1..] {
+        nodes.push(spawn(
+            &exe,
+            &tmp.path().join(name),
+            &network,
+            listen,
+            Some(&boot),
+        )?);
+    }
+    wait_for_peers(&nodes, 2, Duration::from_secs(30))?;
     if !a.json {
-        println!("fabnode demo");
-        println!("  node     {} at {}", node.peer_id, node.base);
-        println!("  data     {}", node.dir.path().display());
+        println!("fabnode demo: a three-node mesh on loopback");
+        for (name, p) in names.iter().zip(&nodes) {
+            println!("  node {name}   {}  {}", p.peer_id, p.client.base());
+        }
+        println!("  data     {}", tmp.path().display());
         println!(
             "  model    digits: MLP 64-64-10 trained on scikit-learn digits, ONNX run by tract"
         );
         println!(
-            "  work     {n} held-out 8x8 images through POST /v1/jobs, {} at a time\n",
+            "  work     {n} held-out 8x8 images; job i is submitted on node i mod 3 and runs on\n           the next node over /fabnode/exec/1, {} at a time\n",
             a.concurrency
         );
         for (i, line) in ascii_digit(&images[0]).iter().enumerate() {
@@ -172,9 +224,8 @@ pub fn run(a: DemoArgs) -> Result<ExitCode> {
         println!();
     }
 
-    let client = Client::new(node.base.clone(), Duration::from_secs(60));
     let next = AtomicUsize::new(0);
-    let results: Mutex<Vec<Option<(usize, Duration)>>> = Mutex::new(vec![None; n]);
+    let results: Mutex<Vec<Option<Done>>> = Mutex::new((0..n).map(|_| None).collect());
     let failures: Mutex<Vec<String>> = Mutex::new(Vec::new());
     let started = Instant::now();
     std::thread::scope(|s| {
@@ -187,8 +238,9 @@ pub fn run(a: DemoArgs) -> Result<ExitCode> {
                     }
                     let t0 = Instant::now();
                     let img = &images[i % images.len()];
-                    let body = json!({"model": "digits", "input": img.to_json_value()});
-                    let outcome = client.post("/v1/jobs", &body).and_then(|(status, answer)| {
+                    let (submitter, executor) = (&nodes[i % 3], &nodes[(i + 1) % 3]);
+                    let body = json!({"model": "digits", "input": img.to_json_value(), "on": executor.peer_id});
+                    let outcome = submitter.client.post("/v1/jobs", &body).and_then(|(status, answer)| {
                         if status != 200 {
                             bail!("{}", error_message(status, &answer));
                         }
@@ -196,7 +248,7 @@ pub fn run(a: DemoArgs) -> Result<ExitCode> {
                             &answer,
                             answer["input_names"][0].as_str(),
                             img,
-                            None,
+                            Some(&executor.peer_id),
                         )?;
                         let probs = v
                             .outputs
@@ -206,9 +258,11 @@ pub fn run(a: DemoArgs) -> Result<ExitCode> {
                         probs.1.argmax_row(0).context("empty output")
                     });
                     match outcome {
-                        Ok(pred) => {
-                            results.lock().unwrap_or_else(|p| p.into_inner())[i] =
-                                Some((pred, t0.elapsed()))
+                        Ok(prediction) => {
+                            results.lock().unwrap_or_else(|p| p.into_inner())[i] = Some(Done {
+                                prediction,
+                                latency: t0.elapsed(),
+                            })
                         }
                         Err(e) => failures
                             .lock()
@@ -220,44 +274,72 @@ pub fn run(a: DemoArgs) -> Result<ExitCode> {
         }
     });
     let elapsed = started.elapsed();
-    node.stop()?;
-
     let results = results.into_inner().unwrap_or_else(|p| p.into_inner());
     let failures = failures.into_inner().unwrap_or_else(|p| p.into_inner());
     if let Some(first) = failures.first() {
         bail!("{} of {n} jobs failed; first: {first}", failures.len());
     }
-    let done: Vec<(usize, Duration)> = results.into_iter().flatten().collect();
+    let done: Vec<Done> = results.into_iter().flatten().collect();
     let correct = done
         .iter()
         .enumerate()
-        .filter(|(i, (p, _))| *p as i64 == labels[*i % labels.len()])
+        .filter(|(i, d)| d.prediction as i64 == labels[*i % labels.len()])
         .count();
     let accuracy = correct as f64 / n as f64;
-    let mut lat: Vec<Duration> = done.iter().map(|(_, d)| *d).collect();
+    let mut lat: Vec<Duration> = done.iter().map(|d| d.latency).collect();
     lat.sort();
     let throughput = n as f64 / elapsed.as_secs_f64();
 
-    let ledger_path = datadir::ledger_path(node.dir.path());
-    let store = ReadOnlyStore::open(&ledger_path)?;
-    let verified = store.reader().verify_all()?;
-    let (entries, head) = match verified {
-        Ok(v) => v,
-        Err(e) => bail!("ledger verification FAILED: {e}"),
-    };
-    if entries != n as u64 {
-        bail!("ledger holds {entries} entries for {n} jobs");
+    // Replication: every node ends up holding every feed, each with a trusted checkpoint that
+    // signs all of it.
+    let t_rep = Instant::now();
+    let expected: Vec<u64> = (0..3)
+        .map(|k| (0..n).filter(|i| (i + 1) % 3 == k).count() as u64)
+        .collect();
+    loop {
+        let converged = nodes.iter().all(|p| {
+            p.client.get("/v1/ledger/heads").is_ok_and(|(_, v)| {
+                nodes.iter().zip(&expected).all(|(owner, want)| {
+                    v["feeds"].as_array().into_iter().flatten().any(|f| {
+                        f["feed"] == owner.peer_id.as_str()
+                            && f["size"].as_u64() == Some(*want)
+                            && (f["own"] == true || f["trusted_size"].as_u64() == Some(*want))
+                    })
+                })
+            })
+        });
+        if converged {
+            break;
+        }
+        if t_rep.elapsed() > Duration::from_secs(60) {
+            bail!("the three ledgers did not converge within 60 s");
+        }
+        std::thread::sleep(Duration::from_millis(20));
     }
-    drop(store);
-
+    let replicated = t_rep.elapsed();
+    // Stop the nodes cleanly and verify every ledger file offline, as an auditor would.
+    let ids: Vec<String> = nodes.iter().map(|p| p.peer_id.clone()).collect();
+    for p in nodes {
+        p.stop()?;
+    }
+    let views: Vec<FeedView> = names
+        .iter()
+        .map(|name| verify_ledger(&tmp.path().join(name)))
+        .collect::<Result<_>>()?;
+    for (id, view) in ids.iter().zip(&views) {
+        if views.iter().any(|v| v != view) {
+            bail!("the ledgers disagree: {id} holds {view:?}; all: {views:?}");
+        }
+    }
     if a.json {
         println!(
             "{}",
             serde_json::to_string_pretty(&json!({
-                "images": n, "correct": correct, "accuracy": accuracy,
+                "nodes": ids, "images": n, "correct": correct, "accuracy": accuracy,
                 "throughput_jobs_per_s": throughput, "latency_ms_p50": percentile(&lat, 0.5).as_secs_f64() * 1e3,
                 "latency_ms_p99": percentile(&lat, 0.99).as_secs_f64() * 1e3,
-                "ledger_entries_verified": entries, "ledger_head": head, "feed": node.peer_id,
+                "replicated_after_ms": replicated.as_secs_f64() * 1e3,
+                "feeds": views[0].iter().map(|(f, (size, root))| json!({"feed": f, "entries": size, "root": root, "identical_on": names})).collect::<Vec<_>>(),
             }))?
         );
     } else {
@@ -266,9 +348,10 @@ pub fn run(a: DemoArgs) -> Result<ExitCode> {
             let cells: Vec<String> = chunk
                 .iter()
                 .enumerate()
-                .map(|(j, (p, _))| {
+                .map(|(j, d)| {
                     let l = labels[(row * 12 + j) % labels.len()];
-                    format!("{p}/{l}{}", if *p as i64 == l { " " } else { "✗" })
+                    let p = d.prediction;
+                    format!("{p}/{l}{}", if p as i64 == l { " " } else { "✗" })
                 })
                 .collect();
             println!("  {:>3}: {}", row * 12, cells.join(" "));
@@ -281,16 +364,26 @@ pub fn run(a: DemoArgs) -> Result<ExitCode> {
             percentile(&lat, 0.5).as_secs_f64() * 1e3,
             percentile(&lat, 0.99).as_secs_f64() * 1e3
         );
-        println!("receipts:   {n} verified by the client (signature, input and output digests)");
         println!(
-            "ledger verified: {entries} entries (feed {}, head {})",
-            node.peer_id,
-            head.map(|h| h.short()).unwrap_or_default()
+            "receipts:   {n} verified by the submitting client (executor's signature, job, input and\n            output digests)"
         );
+        println!(
+            "replicated: every feed complete and checkpoint-trusted on all three nodes {:.0} ms after\n            the last answer",
+            replicated.as_secs_f64() * 1e3
+        );
+        println!("ledgers verified offline after a clean stop; identical on A, B and C:");
+        for (name, feed) in names.iter().zip(&ids) {
+            if let Some((size, root)) = views[0].get(feed) {
+                println!(
+                    "  feed {name} {feed}  {size:>4} entries  root {}",
+                    &root[..16]
+                );
+            }
+        }
     }
     if a.keep {
-        let kept = node.dir.keep();
-        eprintln!("data dir kept at {}", kept.display());
+        let kept = tmp.keep();
+        eprintln!("data dirs kept at {}", kept.display());
     }
     Ok(ExitCode::SUCCESS)
 }

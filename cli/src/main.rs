@@ -8,6 +8,7 @@ mod bench_mesh;
 mod client;
 mod cmd;
 mod demo;
+mod procs;
 
 use std::path::PathBuf;
 

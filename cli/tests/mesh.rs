@@ -268,6 +268,21 @@ fn five_nodes_find_each_other_and_run_a_job_on_a_chosen_peer() {
     assert!(text(&out).0.contains(" tcp "), "{}", text(&out).0);
 }
 
+#[test]
+fn demo_runs_a_three_process_mesh_and_verifies_every_ledger() {
+    let t = TestDir::new();
+    let out = t.run(&["demo", "--images", "45", "--json"]);
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stderr}");
+    let v: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(v["nodes"].as_array().unwrap().len(), 3);
+    assert!(v["accuracy"].as_f64().unwrap() > 0.9, "{v}");
+    let feeds = v["feeds"].as_array().unwrap();
+    assert_eq!(feeds.len(), 3, "{v}");
+    // Job i ran on node (i + 1) mod 3: 15 entries each, identical on every node.
+    assert!(feeds.iter().all(|f| f["entries"] == 15), "{v}");
+}
+
 mod bad_peer {
     //! A misbehaving peer in this process, speaking the real protocols to real nodes.
 

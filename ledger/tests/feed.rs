@@ -404,3 +404,56 @@ fn batch_verification_agrees_with_one_by_one_and_names_the_same_bad_entry() {
         assert_eq!(batch_err.seq, seq, "{batch_err}");
     }
 }
+
+#[test]
+fn a_replica_verifies_to_the_owner_root_and_tampering_is_named() {
+    use fab_ledger::store::REPLICA_ENTRIES;
+    let dir = tempfile::tempdir().unwrap();
+    let owner_key = Keypair::from_secret([21; 32]);
+    let es = entries(&owner_key, 10);
+    let mut owner = Store::open(&dir.path().join("owner.redb"), &owner_key, "test").unwrap();
+    owner.append_batch(&es[..6]).unwrap();
+    let cp6 = owner.checkpoint().unwrap().clone();
+    owner.append_batch(&es[6..]).unwrap();
+    let cp10 = owner.checkpoint().unwrap().clone();
+
+    let path = dir.path().join("replica.redb");
+    let mut replica = Store::open(&path, &Keypair::from_secret([22; 32]), "test").unwrap();
+    let feed = owner_key.public();
+    replica.store_replica(&feed, &es[..6], Some(&cp6)).unwrap();
+    replica.store_replica(&feed, &es[6..], Some(&cp10)).unwrap();
+    let v = replica
+        .reader()
+        .verify_replica(&feed.to_bytes())
+        .unwrap()
+        .unwrap();
+    assert_eq!((v.size, v.root, v.trusted_size), (10, cp10.root, Some(10)));
+    assert_eq!(v.head, Some(es[9].id()));
+    drop(replica);
+
+    // A flipped byte in a stored replica entry is named by its seq.
+    {
+        let db = redb::Database::open(&path).unwrap();
+        let txn = db.begin_write().unwrap();
+        {
+            let mut t = txn.open_table(REPLICA_ENTRIES).unwrap();
+            let mut bytes = t
+                .get((feed.to_bytes(), 4))
+                .unwrap()
+                .unwrap()
+                .value()
+                .to_vec();
+            let n = bytes.len();
+            bytes[n - 3] ^= 0x10;
+            t.insert((feed.to_bytes(), 4), bytes.as_slice()).unwrap();
+        }
+        txn.commit().unwrap();
+    }
+    let ro = ReadOnlyStore::open(&path).unwrap();
+    let err = ro
+        .reader()
+        .verify_replica(&feed.to_bytes())
+        .unwrap()
+        .unwrap_err();
+    assert_eq!(err.seq, 4, "{err}");
+}
