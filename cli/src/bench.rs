@@ -73,6 +73,23 @@ pub enum BenchCmd {
         /// Mesh listen address for every node
         #[arg(long, default_value = "/ip4/127.0.0.1/tcp/0")]
         listen: String,
+        /// Seconds of no work after the jobs, over which idle CPU and memory are measured
+        #[arg(long, default_value_t = 10)]
+        idle_s: u64,
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// Remote-execution overhead: two real `fabnode` processes; the same jobs submitted on A to
+    /// run on B (`on`) and to run on A itself; latency at the client minus the inference time
+    /// the receipt records
+    Exec {
+        #[arg(long, default_value_t = 1000)]
+        runs: usize,
+        #[arg(long, default_value_t = 50)]
+        warmup: usize,
+        /// Mesh listen address for both nodes
+        #[arg(long, default_value = "/ip4/127.0.0.1/tcp/0")]
+        listen: String,
         #[arg(long)]
         out: Option<PathBuf>,
     },
@@ -125,8 +142,18 @@ pub fn run(_g: &Global, cmd: BenchCmd) -> Result<ExitCode> {
             nodes,
             jobs,
             listen,
+            idle_s,
             out,
-        } => emit(crate::bench_mesh::run(nodes, jobs, &listen)?, out),
+        } => emit(
+            crate::bench_mesh::run(nodes, jobs, &listen, Duration::from_secs(idle_s))?,
+            out,
+        ),
+        BenchCmd::Exec {
+            runs,
+            warmup,
+            listen,
+            out,
+        } => emit(crate::bench_mesh::exec(runs, warmup, &listen)?, out),
         BenchCmd::Ledger {
             appends,
             batch,

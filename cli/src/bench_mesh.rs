@@ -23,7 +23,7 @@ fn size_of(p: &Proc, feed: &str) -> u64 {
         .unwrap_or(0)
 }
 
-pub fn run(n: usize, jobs: usize, listen: &str) -> Result<Value> {
+pub fn run(n: usize, jobs: usize, listen: &str, idle: Duration) -> Result<Value> {
     if n < 2 {
         bail!("a mesh needs at least 2 nodes");
     }
@@ -82,20 +82,20 @@ pub fn run(n: usize, jobs: usize, listen: &str) -> Result<Value> {
         }
         samples.push(t0.elapsed());
     }
-    let rss: Vec<u64> = nodes
+    // Idle: no jobs for `idle` seconds; CPU time and RSS of every node over the window.
+    let cpu0: Vec<u64> = nodes.iter().map(|p| cpu_ticks(p.child.id())).collect();
+    let t_idle = Instant::now();
+    std::thread::sleep(idle);
+    let window = t_idle.elapsed().as_secs_f64();
+    let hz = clock_ticks_per_s();
+    let cpu_pct: Vec<f64> = nodes
         .iter()
-        .filter_map(|p| {
-            let status = std::fs::read_to_string(format!("/proc/{}/status", p.child.id())).ok()?;
-            status
-                .lines()
-                .find(|l| l.starts_with("VmRSS:"))?
-                .split_whitespace()
-                .nth(1)?
-                .parse()
-                .ok()
-        })
+        .zip(&cpu0)
+        .map(|(p, c0)| (cpu_ticks(p.child.id()) - c0) as f64 / hz / window * 100.0)
         .collect();
-    let rss_mean_kib = rss.iter().sum::<u64>() / rss.len().max(1) as u64;
+    let rss: Vec<u64> = nodes.iter().map(|p| rss_kib(p.child.id())).collect();
+    let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len().max(1) as f64;
+    let rss_f: Vec<f64> = rss.iter().map(|&r| r as f64).collect();
     Ok(json!({
         "bench": "mesh",
         "nodes": n,
@@ -103,6 +103,106 @@ pub fn run(n: usize, jobs: usize, listen: &str) -> Result<Value> {
         "topology": "every node bootstrapped from node 0, then found the others through Kademlia",
         "mesh_formed_s": formed.as_secs_f64(),
         "convergence": {"what": "receipt returned on node k -> entry held by every other node (polled via each node's API, sequentially)", "latency": stats(samples)},
-        "rss_kib_mean_after": rss_mean_kib,
+        "idle": {
+            "what": "every node, after the jobs, with no work for the window: CPU time / wall time, and resident memory",
+            "window_s": window,
+            "cpu_percent_mean": mean(&cpu_pct),
+            "cpu_percent_max": cpu_pct.iter().copied().fold(0.0, f64::max),
+            "rss_kib_mean": mean(&rss_f),
+            "rss_kib_max": rss.iter().max(),
+        },
+    }))
+}
+
+/// User + system CPU time of a process, in clock ticks.
+pub fn cpu_ticks(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| {
+            // Fields after the parenthesised command name; utime and stime are 14 and 15.
+            let rest = &s[s.rfind(')')? + 2..];
+            let f: Vec<&str> = rest.split_whitespace().collect();
+            Some(f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?)
+        })
+        .unwrap_or(0)
+}
+
+pub fn clock_ticks_per_s() -> f64 {
+    // SAFETY: sysconf has no preconditions.
+    let t = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    if t > 0 { t as f64 } else { 100.0 }
+}
+
+/// Resident memory of a process, KiB.
+pub fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))?
+                .split_whitespace()
+                .nth(1)?
+                .parse()
+                .ok()
+        })
+        .unwrap_or(0)
+}
+
+/// Remote-execution overhead between two node processes, with local execution on the same
+/// node as the reference.
+pub fn exec(runs: usize, warmup: usize, listen: &str) -> Result<Value> {
+    let exe = std::env::current_exe()?;
+    let tmp = tempfile::Builder::new()
+        .prefix("fabnode-bench-exec-")
+        .tempdir()?;
+    let network = format!("bench{}", std::process::id());
+    let a = spawn(&exe, &tmp.path().join("A"), &network, listen, None)?;
+    let boot = a.dial_addr()?;
+    let b = spawn(&exe, &tmp.path().join("B"), &network, listen, Some(&boot))?;
+    let nodes = [a, b];
+    wait_for_peers(&nodes, 1, Duration::from_secs(30))?;
+    let [a, b] = &nodes;
+    let (images, _) = digits_test_set()?;
+    // One job: (latency at the client, inference wall time from the receipt).
+    let job = |i: usize, on: Option<&str>| -> Result<(Duration, Duration)> {
+        let mut body =
+            json!({"model": "digits", "input": images[i % images.len()].to_json_value()});
+        if let Some(peer) = on {
+            body["on"] = json!(peer);
+        }
+        let t0 = Instant::now();
+        let (status, v) = a.client.post("/v1/jobs", &body)?;
+        let total = t0.elapsed();
+        if status != 200 {
+            bail!("job failed: {v}");
+        }
+        let run_us = v["receipt"]["receipt"]["timings"]["run_us"]
+            .as_u64()
+            .ok_or_else(|| anyhow::anyhow!("no run time in the receipt: {v}"))?;
+        Ok((total, Duration::from_micros(run_us)))
+    };
+    let (mut remote, mut remote_total, mut local, mut local_total, mut inference) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for i in 0..warmup + runs {
+        // Interleaved, so both see the same machine state.
+        let (rt, rr) = job(i, Some(&b.peer_id))?;
+        let (lt, lr) = job(i, None)?;
+        if i >= warmup {
+            remote.push(rt.saturating_sub(rr));
+            remote_total.push(rt);
+            local.push(lt.saturating_sub(lr));
+            local_total.push(lt);
+            inference.push(rr);
+        }
+    }
+    Ok(json!({
+        "bench": "exec",
+        "listen": listen,
+        "what": "POST /v1/jobs on node A, sequential; remote: \"on\": B over /fabnode/exec/1 (describe + run, B signs and durably commits the entry, A verifies it); local: run on A itself (A signs and commits)",
+        "remote_overhead": {"what": "client latency minus the inference time in B's receipt", "latency": stats(remote)},
+        "remote_total": stats(remote_total),
+        "local_overhead": {"what": "client latency minus the inference time in A's receipt", "latency": stats(local)},
+        "local_total": stats(local_total),
+        "inference": stats(inference),
     }))
 }

@@ -518,3 +518,90 @@ mod bad_peer {
         assert_eq!(b.get("/v1/ledger/head").1["entries"], 1);
     }
 }
+
+/// Set in the copy of this test binary that runs inside a private network namespace.
+const IN_NETNS: &str = "FABNODE_TEST_IN_NETNS";
+
+#[test]
+fn five_nodes_discover_each_other_by_mdns_in_a_private_network() {
+    if std::env::var_os(IN_NETNS).is_some() {
+        return mdns_inside_namespace();
+    }
+    // mDNS multicasts on every non-loopback interface. Run the nodes in a fresh network
+    // namespace whose only link is a veth pair, so nothing leaves this machine and nothing outside
+    // answers: this test binary re-runs itself there.
+    let exe = std::env::current_exe().unwrap();
+    let out = std::process::Command::new("unshare")
+        .args(["--net", "--"])
+        .arg(exe)
+        .args([
+            "--exact",
+            "five_nodes_discover_each_other_by_mdns_in_a_private_network",
+            "--nocapture",
+        ])
+        .env(IN_NETNS, "1")
+        .output()
+        .expect("unshare (util-linux) runs");
+    let (stdout, stderr) = text(&out);
+    assert!(
+        out.status.success() && stdout.contains("1 passed"),
+        "inside the namespace: {stdout}\n{stderr}"
+    );
+    eprintln!(
+        "{}",
+        stderr
+            .lines()
+            .filter(|l| l.contains("mDNS in"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+}
+
+fn mdns_inside_namespace() {
+    for cmd in [
+        "ip link set lo up",
+        "ip link add fab0 type veth peer name fab1",
+        "ip addr add 10.77.0.1/24 dev fab0",
+        "ip link set fab0 multicast on",
+        "ip link set fab1 up",
+        "ip link set fab0 up",
+    ] {
+        let st = std::process::Command::new("sh")
+            .args(["-c", cmd])
+            .status()
+            .unwrap();
+        assert!(st.success(), "{cmd}");
+    }
+    let network = format!("md{}", std::process::id());
+    let env = vec![
+        ("FABNODE_MESH_ENABLED".to_owned(), "true".to_owned()),
+        ("FABNODE_MESH_MDNS".into(), "true".into()),
+        ("FABNODE_MESH_LISTEN".into(), "/ip4/0.0.0.0/tcp/0".into()),
+        ("FABNODE_LEDGER_NETWORK".into(), network),
+    ];
+    let dirs: Vec<TestDir> = (0..5).map(|_| TestDir::new()).collect();
+    let nodes: Vec<RunningNode> = dirs.iter().map(|d| start(d, &env)).collect();
+    // No bootstrap peer anywhere: only mDNS can introduce them.
+    let took = wait_for(
+        "every node to find the 4 others by mDNS",
+        Duration::from_secs(30),
+        || nodes.iter().all(|n| peer_count(n) == 4),
+    );
+    eprintln!("5 nodes found each other by mDNS in {took:?}");
+    // And a job on one reaches all by gossip.
+    let (s, _) = nodes[2].post_json(
+        "/v1/jobs",
+        &json!({"model": "digits", "input": image_json(2)}),
+    );
+    assert_eq!(s, 200);
+    let id = peer_id(&nodes[2]);
+    wait_for(
+        "all five to hold the entry",
+        Duration::from_secs(10),
+        || {
+            nodes
+                .iter()
+                .all(|n| feed_size(n, &id).is_some_and(|s| s.0 == 1))
+        },
+    );
+}

@@ -58,6 +58,9 @@ pub struct MeshConfig {
     pub peers_target: usize,
     /// Established connections at most, inbound and outbound together.
     pub connections_max: u32,
+    /// Use libp2p's in-process memory transport (`/memory/<n>` addresses) instead of TCP and
+    /// QUIC: for behaviour tests and the simulator, with no sockets.
+    pub memory_transport: bool,
 }
 
 impl MeshConfig {
@@ -70,6 +73,7 @@ impl MeshConfig {
             heartbeat: Duration::from_millis(500),
             peers_target: 8,
             connections_max: 128,
+            memory_transport: false,
         }
     }
 }
@@ -396,7 +400,7 @@ pub fn start(
     let topic = IdentTopic::new(ledger_topic(&config.network));
     let network = config.network.clone();
     let heartbeat = config.heartbeat;
-    let use_mdns = config.mdns;
+    let use_mdns = config.mdns && !config.memory_transport;
     let kad_proto = StreamProtocol::try_from_owned(kad_protocol(&network))
         .map_err(|e| MeshError::Build(format!("network name {network:?}: {e}")))?;
     let limits = connection_limits::ConnectionLimits::default()
@@ -404,16 +408,7 @@ pub fn start(
         .with_max_established_per_peer(Some(2))
         .with_max_pending_incoming(Some(64))
         .with_max_pending_outgoing(Some(64));
-    let mut swarm = SwarmBuilder::with_existing_identity(key.to_libp2p())
-        .with_tokio()
-        .with_tcp(
-            tcp::Config::default().nodelay(true),
-            noise::Config::new,
-            yamux::Config::default,
-        )
-        .map_err(|e| build(&e))?
-        .with_quic()
-        .with_behaviour(|kp| {
+    let make_behaviour = |kp: &libp2p::identity::Keypair| -> Result<Behaviour, Box<dyn std::error::Error + Send + Sync>> {
             let gs_config = gossipsub::ConfigBuilder::default()
                 .validation_mode(gossipsub::ValidationMode::Strict)
                 // Nothing is forwarded before the application has validated it.
@@ -484,10 +479,40 @@ pub fn start(
                 ping: ping::Behaviour::new(ping::Config::new()),
                 mdns: Toggle::from(mdns),
             })
-        })
-        .map_err(|e| build(&e))?
-        .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(120)))
-        .build();
+        };
+    let idle = |c: libp2p::swarm::Config| c.with_idle_connection_timeout(Duration::from_secs(120));
+    let mut swarm = if config.memory_transport {
+        SwarmBuilder::with_existing_identity(key.to_libp2p())
+            .with_tokio()
+            .with_other_transport(|kp| {
+                use libp2p::Transport as _;
+                Ok::<_, Box<dyn std::error::Error + Send + Sync>>(
+                    libp2p::core::transport::MemoryTransport::default()
+                        .upgrade(libp2p::core::upgrade::Version::V1)
+                        .authenticate(noise::Config::new(kp)?)
+                        .multiplex(yamux::Config::default()),
+                )
+            })
+            .map_err(|e| build(&e))?
+            .with_behaviour(make_behaviour)
+            .map_err(|e| build(&e))?
+            .with_swarm_config(idle)
+            .build()
+    } else {
+        SwarmBuilder::with_existing_identity(key.to_libp2p())
+            .with_tokio()
+            .with_tcp(
+                tcp::Config::default().nodelay(true),
+                noise::Config::new,
+                yamux::Config::default,
+            )
+            .map_err(|e| build(&e))?
+            .with_quic()
+            .with_behaviour(make_behaviour)
+            .map_err(|e| build(&e))?
+            .with_swarm_config(idle)
+            .build()
+    };
     for addr in &config.listen {
         swarm
             .listen_on(addr.clone())

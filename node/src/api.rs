@@ -43,6 +43,9 @@ pub struct AppState {
     pub job_slots: Arc<Semaphore>,
     /// Jobs from peers being run now, so a replayed request cannot run twice concurrently.
     pub remote_running: std::sync::Mutex<std::collections::HashSet<ContentId>>,
+    /// Peers' models as they described them: (peer, name) -> (digest, input name).
+    pub described:
+        std::sync::Mutex<std::collections::HashMap<(libp2p::PeerId, String), (ContentId, String)>>,
     pub nonce: AtomicU64,
     pub started: Instant,
 }

@@ -28,6 +28,8 @@ use crate::ledger_writer::now_ms;
 
 /// Exec requests waiting for the executor; beyond this a peer is told the node is busy.
 pub const EXEC_QUEUE: usize = 64;
+/// Peers' model descriptions remembered at most (then forgotten all at once).
+const DESCRIBED_MAX: usize = 4096;
 /// A job created further than this in the future is refused (clock skew allowance).
 const CLOCK_SKEW_MS: u64 = 60_000;
 
@@ -274,42 +276,74 @@ pub async fn submit_remote(
             )),
         }
     };
-    let ExecResponse::Described { digest, inputs, .. } = ask(ExecRequest::Describe {
-        model: model.to_owned(),
-    })
-    .await?
-    else {
-        return Err(bad_answer(peer, "expected a model description"));
+    // What the peer holds under this name: cached, so a job costs one round trip; described
+    // again when the peer says its model changed.
+    let key = (peer, model.to_owned());
+    let mut cached = st.described.lock().ok().and_then(|c| c.get(&key).cloned());
+    let mut retried = false;
+    let (job, input_name, entry, outputs) = loop {
+        let (model_digest, input_name) = match cached.take() {
+            Some(d) => d,
+            None => {
+                let ExecResponse::Described { digest, inputs, .. } = ask(ExecRequest::Describe {
+                    model: model.to_owned(),
+                })
+                .await?
+                else {
+                    return Err(bad_answer(peer, "expected a model description"));
+                };
+                let d = (
+                    ContentId(digest),
+                    inputs
+                        .first()
+                        .cloned()
+                        .unwrap_or_else(|| "input".to_owned()),
+                );
+                if let Ok(mut c) = st.described.lock() {
+                    if c.len() >= DESCRIBED_MAX {
+                        c.clear();
+                    }
+                    c.insert(key.clone(), d.clone());
+                }
+                retried = true;
+                d
+            }
+        };
+        let input_digest = ContentId(digest_named(&[(input_name.clone(), input.clone())]));
+        let created_ms = now_ms();
+        let request = JobRequest {
+            requester: st.key.public(),
+            nonce: st.nonce.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+            model: model.to_owned(),
+            model_digest,
+            input_digest,
+            input_bytes: input.byte_len() as u64,
+            created_ms,
+            deadline_ms: created_ms
+                + timeout_ms.saturating_sub(started.elapsed().as_millis() as u64),
+        };
+        let job = Signed::sign(request, &st.key);
+        let span = tracing::info_span!("remote_job", job = %job.id().short(), %peer);
+        match ask(ExecRequest::Run {
+            job: job.encode(),
+            inputs: vec![(input_name.clone(), input.to_npy())],
+        })
+        .instrument(span)
+        .await
+        {
+            Ok(ExecResponse::Ran { entry, outputs }) => break (job, input_name, entry, outputs),
+            Ok(_) => return Err(bad_answer(peer, "expected a result")),
+            // The cached description is stale: forget it and ask once more.
+            Err(e) if e.code == "model_changed" && !retried => {
+                if let Ok(mut c) = st.described.lock() {
+                    c.remove(&key);
+                }
+                retried = true;
+            }
+            Err(e) => return Err(e),
+        }
     };
-    let model_digest = ContentId(digest);
-    let input_name = inputs
-        .first()
-        .cloned()
-        .unwrap_or_else(|| "input".to_owned());
-    let input_digest = ContentId(digest_named(&[(input_name.clone(), input.clone())]));
-    let created_ms = now_ms();
-    let request = JobRequest {
-        requester: st.key.public(),
-        nonce: st.nonce.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
-        model: model.to_owned(),
-        model_digest,
-        input_digest,
-        input_bytes: input.byte_len() as u64,
-        created_ms,
-        deadline_ms: created_ms + timeout_ms.saturating_sub(started.elapsed().as_millis() as u64),
-    };
-    let job = Signed::sign(request, &st.key);
     let job_id = job.id();
-    let span = tracing::info_span!("remote_job", job = %job_id.short(), %peer);
-    let ExecResponse::Ran { entry, outputs } = ask(ExecRequest::Run {
-        job: job.encode(),
-        inputs: vec![(input_name.clone(), input.to_npy())],
-    })
-    .instrument(span)
-    .await?
-    else {
-        return Err(bad_answer(peer, "expected a result"));
-    };
     let executed = verify_answer(peer, &job, &entry, outputs)?;
     tracing::info!(job = %job_id.short(), %peer, seq = executed.entry.body().seq, "remote job verified");
     job_response(job_id, &input_name, executed, Some(peer.to_string()))

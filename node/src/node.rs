@@ -165,6 +165,7 @@ impl Node {
             pool: InferencePool::new(config.inference.workers, config.inference.queue_depth),
             job_slots: Arc::new(Semaphore::new(config.limits.jobs_in_flight_max)),
             remote_running: Default::default(),
+            described: Default::default(),
             // Nonces only need to differ between this node's requests; start from the clock so
             // they also differ across restarts.
             nonce: AtomicU64::new(now_ms().saturating_mul(1000)),
