@@ -19,8 +19,10 @@ use crate::ledger_writer::{Committed, LedgerClient};
 
 /// How often the replication core is ticked (request timeouts) and unsent gossip retried.
 const TICK: Duration = Duration::from_millis(250);
-/// Ask every connected peer for its heads this often (anti-entropy), besides on connect.
+/// Ask some connected peers for their heads this often (anti-entropy), besides on connect.
 const HEADS_EVERY: Duration = Duration::from_secs(3);
+/// How many peers are asked each round, in rotation over the connected peers.
+const HEADS_PEERS: usize = 2;
 /// Own messages kept for retry while no peer is subscribed yet; older ones are dropped.
 const UNSENT_MAX: usize = 4096;
 
@@ -55,6 +57,7 @@ pub async fn run(
     // live peers see them promptly (catch-up would also find them, later).
     let mut unsent: VecDeque<GossipMsg> = VecDeque::new();
     let mut last_heads = Instant::now();
+    let mut heads_turn = 0usize;
     loop {
         tokio::select! {
             batch = committed.recv() => {
@@ -125,9 +128,14 @@ pub async fn run(
                 flush(&mesh, &mut unsent).await;
                 if last_heads.elapsed() >= HEADS_EVERY {
                     last_heads = Instant::now();
-                    for peer in mesh.peers().await.map(|p| p.into_keys().collect::<Vec<_>>()).unwrap_or_default() {
+                    // A few peers per round, in rotation: any peer that holds what this node
+                    // lacks repairs it, and the cost stays flat as the mesh grows.
+                    let peers: Vec<PeerId> = mesh.peers().await.map(|p| p.into_keys().collect()).unwrap_or_default();
+                    for k in 0..HEADS_PEERS.min(peers.len()) {
+                        let peer = peers[(heads_turn + k) % peers.len()];
                         let _ = mesh.request(peer, SyncRequest::Heads).await;
                     }
+                    heads_turn = heads_turn.wrapping_add(HEADS_PEERS);
                 }
             }
         }
