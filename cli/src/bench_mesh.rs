@@ -94,6 +94,10 @@ pub fn run(n: usize, jobs: usize, listen: &str, idle: Duration) -> Result<Value>
         .map(|(p, c0)| (cpu_ticks(p.child.id()) - c0) as f64 / hz / window * 100.0)
         .collect();
     let rss: Vec<u64> = nodes.iter().map(|p| rss_kib(p.child.id())).collect();
+    let anon: Vec<f64> = nodes
+        .iter()
+        .map(|p| status_kib(p.child.id(), "RssAnon:") as f64)
+        .collect();
     let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len().max(1) as f64;
     let rss_f: Vec<f64> = rss.iter().map(|&r| r as f64).collect();
     Ok(json!({
@@ -110,6 +114,8 @@ pub fn run(n: usize, jobs: usize, listen: &str, idle: Duration) -> Result<Value>
             "cpu_percent_max": cpu_pct.iter().copied().fold(0.0, f64::max),
             "rss_kib_mean": mean(&rss_f),
             "rss_kib_max": rss.iter().max(),
+            "rss_anon_kib_mean": mean(&anon),
+            "rss_note": "RSS counts the executable's resident read-only pages, shared by every node process on a host; RssAnon is each node's private memory",
         },
     }))
 }
@@ -135,11 +141,16 @@ pub fn clock_ticks_per_s() -> f64 {
 
 /// Resident memory of a process, KiB.
 pub fn rss_kib(pid: u32) -> u64 {
+    status_kib(pid, "VmRSS:")
+}
+
+/// A KiB field of /proc/<pid>/status (VmRSS, RssAnon, RssFile, ...).
+pub fn status_kib(pid: u32, field: &str) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
         .and_then(|s| {
             s.lines()
-                .find(|l| l.starts_with("VmRSS:"))?
+                .find(|l| l.starts_with(field))?
                 .split_whitespace()
                 .nth(1)?
                 .parse()
