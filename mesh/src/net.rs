@@ -102,8 +102,10 @@ pub enum MeshEvent {
     Valid { from: PeerId, valid: Box<Valid> },
     /// A gossip message failed validation; the sender has been penalised.
     Rejected { from: PeerId, reason: String },
-    /// A connection to a peer of this network is up.
+    /// A connection to a peer is up.
     PeerConnected(PeerId),
+    /// The last connection to a peer closed (or it turned out to be of another network).
+    PeerDisconnected(PeerId),
 }
 
 /// What is known about a connected peer.
@@ -837,6 +839,7 @@ impl EventLoop {
                 ..
             } => {
                 self.peers.remove(&peer_id);
+                self.emit(MeshEvent::PeerDisconnected(peer_id));
             }
             SwarmEvent::NewListenAddr { address, .. } => {
                 tracing::info!(%address, "mesh listening");

@@ -20,9 +20,13 @@
 //!   histories). A checkpoint ahead of the replica triggers a range request.
 //! - A range response must continue the chain; a response entry that fails verification
 //!   penalises the peer that sent it.
-//! - A range request to a peer is not repeated for the same gap until it times out.
+//! - A range request to a peer is not repeated for the same gap until it times out, or until
+//!   that peer goes away.
+//! - Anti-entropy: a peer is asked for its heads when it comes up, and every `heads_every` the
+//!   next `heads_peers` peers in (key-ordered) rotation are asked, so the cost stays flat as the
+//!   mesh grows while any peer that holds what this node lacks eventually repairs it.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use fab_ledger::checkpoint::Checkpoint;
@@ -41,6 +45,10 @@ pub struct ReplicateConfig {
     pub request_timeout: Duration,
     /// Feeds followed at most.
     pub feeds_max: usize,
+    /// How often connected peers are asked for their heads.
+    pub heads_every: Duration,
+    /// How many peers are asked each round.
+    pub heads_peers: usize,
 }
 
 impl Default for ReplicateConfig {
@@ -50,6 +58,8 @@ impl Default for ReplicateConfig {
             range_max: 512,
             request_timeout: Duration::from_secs(2),
             feeds_max: 10_000,
+            heads_every: Duration::from_secs(3),
+            heads_peers: 2,
         }
     }
 }
@@ -77,8 +87,12 @@ pub enum Input<P> {
         start: u64,
         entries: Vec<Vec<u8>>,
     },
-    /// Time passed; retry requests that timed out.
+    /// Time passed: retry requests that timed out, and run the heads exchange when it is due.
     Tick,
+    /// A connection to a peer of this mesh is up.
+    PeerUp(P),
+    /// The last connection to a peer closed.
+    PeerDown(P),
 }
 
 /// Something the driver must do.
@@ -94,6 +108,8 @@ pub enum Output<P> {
         feed: PublicKey,
         checkpoint: Checkpoint,
     },
+    /// Ask `peer` which feeds it holds and how far (a heads request).
+    AskHeads { peer: P },
     /// Ask `peer` for `count` entries of `feed` from `start`.
     Request {
         peer: P,
@@ -128,6 +144,10 @@ pub struct Replicator<P> {
     config: ReplicateConfig,
     /// Keyed by the feed's public key bytes: deterministic order.
     feeds: BTreeMap<[u8; 32], Feed<P>>,
+    /// Connected peers, in order: the heads-exchange rotation.
+    peers: BTreeSet<P>,
+    heads_turn: usize,
+    last_heads: Option<Duration>,
 }
 
 /// Where a feed's replica stands.
@@ -144,6 +164,9 @@ impl<P: Clone + Ord + std::fmt::Debug> Replicator<P> {
         Replicator {
             config,
             feeds: BTreeMap::new(),
+            peers: BTreeSet::new(),
+            heads_turn: 0,
+            last_heads: None,
         }
     }
 
@@ -285,7 +308,38 @@ impl<P: Clone + Ord + std::fmt::Debug> Replicator<P> {
                     }
                 }
             }
+            Input::PeerUp(peer) => {
+                if self.peers.insert(peer.clone()) {
+                    out.extend([Output::AskHeads { peer }]);
+                }
+            }
+            Input::PeerDown(peer) => {
+                self.peers.remove(&peer);
+                // A gap asked of this peer will not be answered: ask someone else next time.
+                for f in self.feeds.values_mut() {
+                    if f.asked.as_ref().is_some_and(|(p, ..)| *p == peer) {
+                        f.asked = None;
+                    }
+                }
+            }
             Input::Tick => {
+                let due = self
+                    .last_heads
+                    .is_none_or(|t| now.saturating_sub(t) >= config.heads_every);
+                if due && !self.peers.is_empty() {
+                    self.last_heads = Some(now);
+                    let n = self.peers.len();
+                    let ask: Vec<P> = self
+                        .peers
+                        .iter()
+                        .cycle()
+                        .skip(self.heads_turn % n)
+                        .take(config.heads_peers.min(n))
+                        .cloned()
+                        .collect();
+                    self.heads_turn = (self.heads_turn + ask.len()) % n;
+                    out.extend(ask.into_iter().map(|peer| Output::AskHeads { peer }));
+                }
                 for f in self.feeds.values_mut() {
                     if let Some((peer, _, _, at)) = f.asked.clone()
                         && now.saturating_sub(at) >= config.request_timeout

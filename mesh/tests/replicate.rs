@@ -291,3 +291,70 @@ fn heads_exchange_requests_what_is_missing_and_buffers_are_bounded() {
     }));
     assert!(heads.contains("pending: 8"), "{heads}");
 }
+
+#[test]
+fn heads_are_asked_of_new_peers_and_of_two_peers_per_round_in_rotation() {
+    let config = ReplicateConfig::default(); // every 3 s, two peers
+    let inputs = vec![
+        (Input::PeerUp(5), 0),
+        (Input::PeerUp(5), 10), // a second connection: not asked again
+        (Input::PeerUp(1), 20),
+        (Input::PeerUp(3), 30),
+        (Input::Tick, 100),  // first round: 1, 3
+        (Input::Tick, 1000), // not due
+        (Input::Tick, 3100), // 5, 1
+        (Input::PeerDown(1), 3200),
+        (Input::Tick, 6100), // 3, 5 (rotation over what is left)
+    ];
+    let out = twice(inputs, config);
+    let asked: Vec<Peer> = out
+        .iter()
+        .map(|o| match o {
+            Output::AskHeads { peer } => *peer,
+            other => panic!("unexpected {other:?}"),
+        })
+        .collect();
+    assert_eq!(asked, [5, 1, 3, 1, 3, 5, 1, 5, 3]);
+}
+
+#[test]
+fn a_gap_asked_of_a_peer_that_left_is_asked_of_another_at_once() {
+    let (a, _) = feed(1, 10);
+    let inputs = vec![
+        (Input::PeerUp(1), 0),
+        (Input::PeerUp(2), 0),
+        (
+            Input::Heads {
+                from: 1,
+                heads: vec![(a.public(), 10)],
+            },
+            10,
+        ),
+        // Peer 2 reports the same while the request to 1 is outstanding: nothing new.
+        (
+            Input::Heads {
+                from: 2,
+                heads: vec![(a.public(), 10)],
+            },
+            20,
+        ),
+        (Input::PeerDown(1), 30),
+        // Now the gap is free: 2's next report asks 2, without waiting for the timeout.
+        (
+            Input::Heads {
+                from: 2,
+                heads: vec![(a.public(), 10)],
+            },
+            40,
+        ),
+    ];
+    let out = twice(inputs, ReplicateConfig::default());
+    let requests: Vec<(Peer, u64)> = out
+        .iter()
+        .filter_map(|o| match o {
+            Output::Request { peer, start, .. } => Some((*peer, *start)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(requests, [(1, 0), (2, 0)]);
+}

@@ -19,10 +19,6 @@ use crate::ledger_writer::{Committed, LedgerClient};
 
 /// How often the replication core is ticked (request timeouts) and unsent gossip retried.
 const TICK: Duration = Duration::from_millis(250);
-/// Ask some connected peers for their heads this often (anti-entropy), besides on connect.
-const HEADS_EVERY: Duration = Duration::from_secs(3);
-/// How many peers are asked each round, in rotation over the connected peers.
-const HEADS_PEERS: usize = 2;
 /// Own messages kept for retry while no peer is subscribed yet; older ones are dropped.
 const UNSENT_MAX: usize = 4096;
 
@@ -56,8 +52,6 @@ pub async fn run(
     // Own entries and checkpoints not yet published because no peer was subscribed: retried, so
     // live peers see them promptly (catch-up would also find them, later).
     let mut unsent: VecDeque<GossipMsg> = VecDeque::new();
-    let mut last_heads = Instant::now();
-    let mut heads_turn = 0usize;
     loop {
         tokio::select! {
             batch = committed.recv() => {
@@ -85,8 +79,10 @@ pub async fn run(
                         tracing::warn!(peer = %from, %reason, "peer sent an invalid message");
                     }
                     MeshEvent::PeerConnected(peer) => {
-                        tracing::debug!(%peer, "peer connected; exchanging heads");
-                        let _ = mesh.request(peer, SyncRequest::Heads).await;
+                        replicator.handle(Input::PeerUp(peer), started.elapsed(), &mut outputs);
+                    }
+                    MeshEvent::PeerDisconnected(peer) => {
+                        replicator.handle(Input::PeerDown(peer), started.elapsed(), &mut outputs);
                     }
                     MeshEvent::ExecRequest { from, request, reply } => {
                         if let Err(mpsc::error::TrySendError::Full((_, _, reply)) | mpsc::error::TrySendError::Closed((_, _, reply))) = exec.try_send((from, request, reply)) {
@@ -126,17 +122,6 @@ pub async fn run(
             _ = tick.tick() => {
                 replicator.handle(Input::Tick, started.elapsed(), &mut outputs);
                 flush(&mesh, &mut unsent).await;
-                if last_heads.elapsed() >= HEADS_EVERY {
-                    last_heads = Instant::now();
-                    // A few peers per round, in rotation: any peer that holds what this node
-                    // lacks repairs it, and the cost stays flat as the mesh grows.
-                    let peers: Vec<PeerId> = mesh.peers().await.map(|p| p.into_keys().collect()).unwrap_or_default();
-                    for k in 0..HEADS_PEERS.min(peers.len()) {
-                        let peer = peers[(heads_turn + k) % peers.len()];
-                        let _ = mesh.request(peer, SyncRequest::Heads).await;
-                    }
-                    heads_turn = heads_turn.wrapping_add(HEADS_PEERS);
-                }
             }
         }
         apply(&mesh, &ledger, &mut outputs).await;
@@ -201,6 +186,10 @@ async fn apply(mesh: &MeshClient, ledger: &LedgerClient, outputs: &mut Vec<Outpu
                 {
                     tracing::error!(feed = %feed, error = %e, "storing a replica checkpoint failed");
                 }
+            }
+            Output::AskHeads { peer } => {
+                tracing::debug!(%peer, "asking for heads");
+                let _ = mesh.request(peer, SyncRequest::Heads).await;
             }
             Output::Request {
                 peer,
