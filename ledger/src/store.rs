@@ -795,7 +795,7 @@ impl Reader<'_> {
 
 /// Where a verified replica stands: its size, head entry id, Merkle root, and whether its last
 /// trusted checkpoint signs exactly that root.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug)]
 pub struct ReplicaVerified {
     pub feed: PublicKey,
     pub size: u64,
@@ -803,6 +803,10 @@ pub struct ReplicaVerified {
     pub root: Hash,
     /// Size of the last trusted checkpoint, which was checked against the replica's tree.
     pub trusted_size: Option<u64>,
+    /// The trusted checkpoint itself.
+    pub trusted: Option<Checkpoint>,
+    /// The tree's right border, to go on appending.
+    pub tree: Frontier,
 }
 
 impl Reader<'_> {
@@ -897,7 +901,9 @@ impl Reader<'_> {
             size: v.next_seq(),
             head: v.head(),
             root: tree.root(),
-            trusted_size: trusted.map(|c| c.size),
+            trusted_size: trusted.as_ref().map(|c| c.size),
+            trusted,
+            tree,
         }))
     }
 }
