@@ -137,6 +137,67 @@ fn three_nodes_replicate_every_ledger_through_one_bootstrap_peer() {
 }
 
 #[test]
+fn a_damaged_replica_is_fetched_again_and_the_node_keeps_running() {
+    let network = format!("r{}", std::process::id());
+    let (ta, tb) = (TestDir::new(), TestDir::new());
+    let a = start(&ta, &mesh_env(&network));
+    let (a_id, env) = joining_env(&a, &network, TCP);
+    let mut b = start(&tb, &env);
+    for i in 0..5 {
+        let (s, _) = a.post_json(
+            "/v1/jobs",
+            &json!({"model": "digits", "input": image_json(i)}),
+        );
+        assert_eq!(s, 200);
+    }
+    wait_for("B to hold A's 5 entries", Duration::from_secs(20), || {
+        feed_size(&b, &a_id) == Some((5, Some(5)))
+    });
+    b.signal(libc::SIGTERM);
+    assert!(b.wait().success());
+    drop(b);
+    // Flip a bit of B's stored copy of A's entry 2.
+    {
+        use redb::ReadableTable;
+        let db = redb::Database::builder()
+            .set_concurrency_mode(redb::ConcurrencyMode::SingleWriter)
+            .open(tb.path().join("ledger.redb"))
+            .unwrap();
+        let feed = a.get("/v1/ledger/entries/0").1["raw"].as_str().map(|raw| {
+            let e = fab_ledger::SignedEntry::decode_verified(&hex::decode(raw).unwrap()).unwrap();
+            e.body().feed.to_bytes()
+        });
+        let feed = feed.unwrap();
+        let txn = db.begin_write().unwrap();
+        {
+            let mut t = txn.open_table(fab_ledger::store::REPLICA_ENTRIES).unwrap();
+            let mut bytes = t.get((feed, 2)).unwrap().unwrap().value().to_vec();
+            let n = bytes.len();
+            bytes[n - 2] ^= 0x01;
+            t.insert((feed, 2), bytes.as_slice()).unwrap();
+        }
+        txn.commit().unwrap();
+    }
+    let out = tb.run(&["ledger", "verify"]);
+    assert!(
+        !out.status.success(),
+        "a damaged replica must fail verification"
+    );
+    assert!(text(&out).1.contains("FAILED"), "{}", text(&out).1);
+    // B starts anyway, says what it found, and repairs the replica from A.
+    let b = start(&tb, &env);
+    wait_for("B to repair A's feed", Duration::from_secs(20), || {
+        tb.run(&["ledger", "verify"]).status.success()
+    });
+    assert!(
+        b.log().contains("stored replica does not verify"),
+        "{}",
+        b.log()
+    );
+    assert_eq!(feed_size(&b, &a_id).map(|s| s.0), Some(5));
+}
+
+#[test]
 fn a_node_that_was_offline_catches_up_200_entries_over_tcp() {
     catch_up(TCP, "c");
 }
