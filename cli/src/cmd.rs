@@ -126,7 +126,8 @@ pub enum LedgerCmd {
         #[arg(long)]
         json: bool,
     },
-    /// Every feed the running node holds, its own and its peers': size and trusted checkpoint
+    /// Every feed the running node holds, its own and its peers': size, trusted checkpoint and
+    /// root, lag behind the largest size any peer has shown, age of the last entry
     Heads {
         #[arg(long)]
         json: bool,
@@ -551,8 +552,19 @@ fn heads(g: &Global, json_out: bool) -> Result<ExitCode> {
             let trusted = f["trusted_size"]
                 .as_u64()
                 .map_or_else(|| "-".to_owned(), |s| s.to_string());
+            let root = f["trusted_root"]
+                .as_str()
+                .map_or_else(String::new, |r| format!(" root {}", &r[..r.len().min(16)]));
+            let lag = f["lag_entries"]
+                .as_u64()
+                .map_or_else(String::new, |l| format!("  lag {l}"));
+            let age = f["last_entry_age_ms"]
+                .as_u64()
+                .map_or_else(String::new, |a| {
+                    format!("  last entry {:.1} s ago", a as f64 / 1e3)
+                });
             println!(
-                "{who}  {}  size {}  trusted checkpoint {trusted}",
+                "{who}  {}  size {}  trusted checkpoint {trusted}{root}{lag}{age}",
                 f["feed"].as_str().unwrap_or("?"),
                 f["size"]
             );

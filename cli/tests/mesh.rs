@@ -127,6 +127,19 @@ fn three_nodes_replicate_every_ledger_through_one_bootstrap_peer() {
     let out = tc.run(&["ledger", "heads", "--json"]);
     let heads: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(heads["feeds"].as_array().unwrap().len(), 3, "{heads}");
+    for f in heads["feeds"].as_array().unwrap() {
+        if f["own"] == false {
+            assert!(f["last_entry_ms"].as_u64().is_some(), "{heads}");
+            assert_eq!(f["lag_entries"], 0, "{heads}");
+            assert_eq!(
+                f["trusted_root"].as_str().map(str::len),
+                Some(64),
+                "{heads}"
+            );
+        }
+    }
+    let out = tc.run(&["ledger", "heads"]);
+    assert!(text(&out).0.contains("lag 0"), "{}", text(&out).0);
 
     // Replicas are durable: C restarts and still holds them.
     c.signal(libc::SIGTERM);

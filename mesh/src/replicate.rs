@@ -134,6 +134,8 @@ struct Feed<P> {
     tree: Frontier,
     trusted: Option<Checkpoint>,
     pending: BTreeMap<u64, SignedEntry>,
+    /// Largest size shown by any peer.
+    known: u64,
     /// Outstanding request: (peer, start, count, asked at).
     asked: Option<(P, u64, u64, Duration)>,
 }
@@ -157,6 +159,9 @@ pub struct FeedHead {
     pub size: u64,
     pub trusted_size: Option<u64>,
     pub pending: usize,
+    /// The largest size any peer has shown for this feed (heads, checkpoints, entries):
+    /// `known_size - size` is how far the replica lags.
+    pub known_size: u64,
 }
 
 impl<P: Clone + Ord + std::fmt::Debug> Replicator<P> {
@@ -188,6 +193,7 @@ impl<P: Clone + Ord + std::fmt::Debug> Replicator<P> {
                 tree,
                 trusted,
                 pending: BTreeMap::new(),
+                known: size,
                 asked: None,
             },
         );
@@ -202,6 +208,7 @@ impl<P: Clone + Ord + std::fmt::Debug> Replicator<P> {
                 size: f.verifier.next_seq(),
                 trusted_size: f.trusted.as_ref().map(|c| c.size),
                 pending: f.pending.len(),
+                known_size: f.known.max(f.verifier.next_seq()),
             })
             .collect()
     }
@@ -220,6 +227,7 @@ impl<P: Clone + Ord + std::fmt::Debug> Replicator<P> {
                     tree: Frontier::new(),
                     trusted: None,
                     pending: BTreeMap::new(),
+                    known: 0,
                     asked: None,
                 },
             );
@@ -233,6 +241,7 @@ impl<P: Clone + Ord + std::fmt::Debug> Replicator<P> {
             Input::Entry { from, entry } => {
                 let key = entry.body().feed;
                 if let Some(f) = self.feed(key) {
+                    f.known = f.known.max(entry.body().seq.saturating_add(1));
                     offer(f, &config, from, entry, now, out);
                 }
             }
@@ -242,6 +251,7 @@ impl<P: Clone + Ord + std::fmt::Debug> Replicator<P> {
                 checkpoint,
             } => {
                 if let Some(f) = self.feed(feed) {
+                    f.known = f.known.max(checkpoint.size);
                     let size = f.verifier.next_seq();
                     if checkpoint.size == size && size > 0 {
                         if checkpoint.root == f.tree.root() {
@@ -263,10 +273,11 @@ impl<P: Clone + Ord + std::fmt::Debug> Replicator<P> {
             }
             Input::Heads { from, heads } => {
                 for (feed, their_size) in heads {
-                    if let Some(f) = self.feed(feed)
-                        && their_size > f.verifier.next_seq()
-                    {
-                        ask(f, &config, from.clone(), their_size, now, out);
+                    if let Some(f) = self.feed(feed) {
+                        f.known = f.known.max(their_size);
+                        if their_size > f.verifier.next_seq() {
+                            ask(f, &config, from.clone(), their_size, now, out);
+                        }
                     }
                 }
             }

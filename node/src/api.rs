@@ -43,6 +43,8 @@ pub struct AppState {
     pub job_slots: Arc<Semaphore>,
     /// Jobs from peers being run now, so a replayed request cannot run twice concurrently.
     pub remote_running: std::sync::Mutex<std::collections::HashSet<ContentId>>,
+    /// Where each replica stands in the replication core (updated every 250 ms).
+    pub replication: tokio::sync::watch::Receiver<Vec<fab_mesh::replicate::FeedHead>>,
     /// Peers' models as they described them: (peer, name) -> (digest, input name).
     pub described:
         std::sync::Mutex<std::collections::HashMap<(libp2p::PeerId, String), (ContentId, String)>>,
@@ -190,18 +192,57 @@ async fn ledger_heads(State(st): State<Arc<AppState>>) -> ApiResult {
     let mut feeds = vec![
         json!({"feed": st.key.public().peer_id(), "own": true, "size": entries, "head": head}),
     ];
+    let known: std::collections::HashMap<[u8; 32], u64> = st
+        .replication
+        .borrow()
+        .iter()
+        .map(|h| (h.feed.to_bytes(), h.known_size))
+        .collect();
+    let now = now_ms();
+    let own_last = match entries {
+        0 => None,
+        n => st
+            .ledger
+            .range(n - 1, 1)
+            .await
+            .ok()
+            .and_then(|r| r.into_iter().next()),
+    };
+    feeds[0]["last_entry_ms"] = json!(own_last.and_then(|(_, b)| entry_time(&b)));
     for (key, size, note) in replicas {
         let feed = fab_ledger::PublicKey::from_bytes(&key);
         let cp = feed
             .zip(note)
             .and_then(|(f, n)| fab_ledger::checkpoint::Checkpoint::verify(&n, &f, None).ok());
+        let last = match size {
+            0 => None,
+            n => st
+                .ledger
+                .replica_range(key, n - 1, 1)
+                .await
+                .ok()
+                .and_then(|r| r.into_iter().next())
+                .and_then(|(_, b)| entry_time(&b)),
+        };
+        let known_size = known.get(&key).copied().unwrap_or(size).max(size);
         feeds.push(json!({
             "feed": feed.map(|f| f.peer_id()), "own": false, "size": size,
             "trusted_size": cp.as_ref().map(|c| c.size),
             "trusted_root": cp.as_ref().map(|c| hex::encode(c.root)),
+            "known_size": known_size,
+            "lag_entries": known_size - size,
+            "last_entry_ms": last,
+            "last_entry_age_ms": last.map(|t| now.saturating_sub(t)),
         }));
     }
     Ok(axum::Json(json!({"feeds": feeds})))
+}
+
+/// The signed time of a stored entry.
+fn entry_time(bytes: &[u8]) -> Option<u64> {
+    SignedEntry::decode_verified(bytes)
+        .ok()
+        .map(|e| e.body().time_ms)
 }
 
 async fn node_info(State(st): State<Arc<AppState>>) -> ApiResult {

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use fab_ledger::PublicKey;
 use fab_mesh::net::{MeshClient, MeshEvent};
-use fab_mesh::replicate::{Input, Output, Replicator};
+use fab_mesh::replicate::{FeedHead, Input, Output, Replicator};
 use fab_mesh::validate::Valid;
 use fab_mesh::wire::{GossipMsg, RANGE_MAX, SyncRequest, SyncResponse};
 use libp2p::PeerId;
@@ -37,15 +37,33 @@ async fn flush(mesh: &MeshClient, unsent: &mut VecDeque<GossipMsg>) {
     }
 }
 
-pub async fn run(
-    own: PublicKey,
-    mesh: MeshClient,
-    mut events: mpsc::Receiver<MeshEvent>,
-    mut committed: mpsc::Receiver<Committed>,
-    ledger: LedgerClient,
-    mut replicator: Replicator<PeerId>,
-    exec: mpsc::Sender<crate::exec::Incoming>,
-) {
+/// What the mesh task is wired to.
+pub struct MeshTask {
+    /// This node's feed key.
+    pub own: PublicKey,
+    pub mesh: MeshClient,
+    pub events: mpsc::Receiver<MeshEvent>,
+    /// This node's committed batches, to gossip.
+    pub committed: mpsc::Receiver<Committed>,
+    pub ledger: LedgerClient,
+    pub replicator: Replicator<PeerId>,
+    /// Where peers' exec requests go.
+    pub exec: mpsc::Sender<crate::exec::Incoming>,
+    /// The replication core's view of every replica, for the API.
+    pub heads: tokio::sync::watch::Sender<Vec<FeedHead>>,
+}
+
+pub async fn run(task: MeshTask) {
+    let MeshTask {
+        own,
+        mesh,
+        mut events,
+        mut committed,
+        ledger,
+        mut replicator,
+        exec,
+        heads,
+    } = task;
     let started = Instant::now();
     let mut tick = tokio::time::interval(TICK);
     let mut outputs: Vec<Output<PeerId>> = Vec::new();
@@ -121,6 +139,7 @@ pub async fn run(
             }
             _ = tick.tick() => {
                 replicator.handle(Input::Tick, started.elapsed(), &mut outputs);
+                heads.send_replace(replicator.heads());
                 flush(&mesh, &mut unsent).await;
             }
         }

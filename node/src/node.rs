@@ -128,6 +128,7 @@ impl Node {
         let mut mesh_tasks = Vec::new();
         let mut mesh = None;
         let (exec_tx, exec_rx) = tokio::sync::mpsc::channel(crate::exec::EXEC_QUEUE);
+        let (heads_tx, heads_rx) = tokio::sync::watch::channel(Vec::new());
         if let Some(replicator) = replicator {
             let mut mc = MeshConfig::new(&config.ledger.network);
             mc.listen = parse_addrs("mesh.listen", &config.mesh.listen)?;
@@ -137,13 +138,16 @@ impl Node {
                 fab_mesh::net::start(&key, mc).map_err(|e| StartError::Mesh(e.to_string()))?;
             mesh_tasks.push(tokio::spawn(event_loop.run()));
             mesh_tasks.push(tokio::spawn(crate::mesh_task::run(
-                key.public(),
-                client.clone(),
-                events,
-                committed_rx,
-                ledger.clone(),
-                replicator,
-                exec_tx,
+                crate::mesh_task::MeshTask {
+                    own: key.public(),
+                    mesh: client.clone(),
+                    events,
+                    committed: committed_rx,
+                    ledger: ledger.clone(),
+                    replicator,
+                    exec: exec_tx,
+                    heads: heads_tx,
+                },
             )));
             mesh = Some(client);
         }
@@ -153,6 +157,7 @@ impl Node {
             job_slots: Arc::new(Semaphore::new(config.limits.jobs_in_flight_max)),
             remote_running: Default::default(),
             described: Default::default(),
+            replication: heads_rx,
             // Nonces only need to differ between this node's requests; start from the clock so
             // they also differ across restarts.
             nonce: AtomicU64::new(now_ms().saturating_mul(1000)),
