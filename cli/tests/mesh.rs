@@ -265,6 +265,23 @@ fn catch_up(listen: &str, tag: &str) {
         Duration::from_secs(20),
         || feed_size(&b, &a_id) == Some((201, Some(201))),
     );
+    // Remote execution over the same transport: B runs a job on A.
+    let (s, v) = b.post_json(
+        "/v1/jobs",
+        &json!({"model": "digits", "input": image_json(8), "on": a_id}),
+    );
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["executor"], a_id.as_str());
+    let (_, peers) = b.get("/v1/peers");
+    let transport = if listen == QUIC { "quic" } else { "tcp" };
+    assert!(
+        peers["peers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|p| p["transport"] == transport),
+        "{peers}"
+    );
 }
 
 fn peer_count(n: &RunningNode) -> usize {
