@@ -807,6 +807,8 @@ pub struct ReplicaVerified {
     pub trusted: Option<Checkpoint>,
     /// The tree's right border, to go on appending.
     pub tree: Frontier,
+    /// Signed time of the last entry.
+    pub last_time_ms: Option<u64>,
 }
 
 impl Reader<'_> {
@@ -896,7 +898,16 @@ impl Reader<'_> {
                 )),
             }));
         }
+        let last_time_ms = match v.next_seq() {
+            0 => None,
+            n => self
+                .replica_range(feed, n - 1, 1)?
+                .first()
+                .and_then(|(_, b)| SignedEntry::decode_verified(b).ok())
+                .map(|e| e.body().time_ms),
+        };
         Ok(Ok(ReplicaVerified {
+            last_time_ms,
             feed: key,
             size: v.next_seq(),
             head: v.head(),

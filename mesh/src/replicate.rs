@@ -136,6 +136,8 @@ struct Feed<P> {
     pending: BTreeMap<u64, SignedEntry>,
     /// Largest size shown by any peer.
     known: u64,
+    /// Signed time of the last stored entry.
+    last_time_ms: Option<u64>,
     /// Outstanding request: (peer, start, count, asked at).
     asked: Option<(P, u64, u64, Duration)>,
 }
@@ -162,6 +164,8 @@ pub struct FeedHead {
     /// The largest size any peer has shown for this feed (heads, checkpoints, entries):
     /// `known_size - size` is how far the replica lags.
     pub known_size: u64,
+    /// Signed time of the last stored entry.
+    pub last_time_ms: Option<u64>,
 }
 
 impl<P: Clone + Ord + std::fmt::Debug> Replicator<P> {
@@ -175,13 +179,15 @@ impl<P: Clone + Ord + std::fmt::Debug> Replicator<P> {
         }
     }
 
-    /// Follows `feed` from where the local store stands: `size` entries with head id `head` and
-    /// the tree border `tree` (from the store), and its last trusted checkpoint.
+    /// Follows `feed` from where the local store stands: `size` entries with head id `head`,
+    /// signed at `last_time_ms`, the tree border `tree` (from the store), and its last trusted
+    /// checkpoint.
     pub fn resume(
         &mut self,
         feed: PublicKey,
         size: u64,
         head: Option<fab_ledger::ContentId>,
+        last_time_ms: Option<u64>,
         tree: Frontier,
         trusted: Option<Checkpoint>,
     ) {
@@ -194,6 +200,7 @@ impl<P: Clone + Ord + std::fmt::Debug> Replicator<P> {
                 trusted,
                 pending: BTreeMap::new(),
                 known: size,
+                last_time_ms,
                 asked: None,
             },
         );
@@ -209,6 +216,7 @@ impl<P: Clone + Ord + std::fmt::Debug> Replicator<P> {
                 trusted_size: f.trusted.as_ref().map(|c| c.size),
                 pending: f.pending.len(),
                 known_size: f.known.max(f.verifier.next_seq()),
+                last_time_ms: f.last_time_ms,
             })
             .collect()
     }
@@ -228,6 +236,7 @@ impl<P: Clone + Ord + std::fmt::Debug> Replicator<P> {
                     trusted: None,
                     pending: BTreeMap::new(),
                     known: 0,
+                    last_time_ms: None,
                     asked: None,
                 },
             );
@@ -407,6 +416,7 @@ fn offer<P: Clone + Ord>(
         match f.verifier.push(&bytes) {
             Ok(_) => {
                 f.tree.append(leaf_hash(&bytes));
+                f.last_time_ms = Some(e.body().time_ms);
                 stored.push(e);
                 candidate = f.pending.remove(&f.verifier.next_seq());
             }

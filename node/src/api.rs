@@ -192,11 +192,12 @@ async fn ledger_heads(State(st): State<Arc<AppState>>) -> ApiResult {
     let mut feeds = vec![
         json!({"feed": st.key.public().peer_id(), "own": true, "size": entries, "head": head}),
     ];
-    let known: std::collections::HashMap<[u8; 32], u64> = st
+    // The replication core's view (known sizes, last entry times): no ledger reads per feed.
+    let view: std::collections::HashMap<[u8; 32], (u64, Option<u64>)> = st
         .replication
         .borrow()
         .iter()
-        .map(|h| (h.feed.to_bytes(), h.known_size))
+        .map(|h| (h.feed.to_bytes(), (h.known_size, h.last_time_ms)))
         .collect();
     let now = now_ms();
     let own_last = match entries {
@@ -214,17 +215,8 @@ async fn ledger_heads(State(st): State<Arc<AppState>>) -> ApiResult {
         let cp = feed
             .zip(note)
             .and_then(|(f, n)| fab_ledger::checkpoint::Checkpoint::verify(&n, &f, None).ok());
-        let last = match size {
-            0 => None,
-            n => st
-                .ledger
-                .replica_range(key, n - 1, 1)
-                .await
-                .ok()
-                .and_then(|r| r.into_iter().next())
-                .and_then(|(_, b)| entry_time(&b)),
-        };
-        let known_size = known.get(&key).copied().unwrap_or(size).max(size);
+        let (known, last) = view.get(&key).copied().unwrap_or((size, None));
+        let known_size = known.max(size);
         feeds.push(json!({
             "feed": feed.map(|f| f.peer_id()), "own": false, "size": size,
             "trusted_size": cp.as_ref().map(|c| c.size),

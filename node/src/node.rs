@@ -79,7 +79,7 @@ fn resume_replicas(store: &Store) -> Result<Replicator<libp2p::PeerId>, StartErr
     for (feed_bytes, _, _) in reader.replica_heads()? {
         // Re-verified from the first entry (signatures in batches); O(replica size) at start.
         match reader.verify_replica(&feed_bytes)? {
-            Ok(v) => r.resume(v.feed, v.size, v.head, v.tree, v.trusted),
+            Ok(v) => r.resume(v.feed, v.size, v.head, v.last_time_ms, v.tree, v.trusted),
             Err(e) => {
                 // Not followed from what is stored: catch-up fetches the feed again from its
                 // first entry and overwrites the stored copy.
