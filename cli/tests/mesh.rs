@@ -722,3 +722,71 @@ fn mdns_inside_namespace() {
         },
     );
 }
+
+/// Needs Node.js and `npm ci` in tools/interop-js (`.ci/run` does both), hence ignored in a
+/// plain `cargo test`; run with `cargo test -p fabnode --test mesh -- --ignored`.
+#[test]
+#[ignore = "needs Node.js and tools/interop-js/node_modules (.ci/run installs them)"]
+fn a_js_libp2p_peer_identifies_pings_and_reads_the_ledger_topic() {
+    use std::io::{BufRead, BufReader};
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../tools/interop-js");
+    assert!(
+        dir.join("node_modules").is_dir(),
+        "run `npm ci` in {}",
+        dir.display()
+    );
+    let network = format!("js{}", std::process::id());
+    let t = TestDir::new();
+    let a = start(&t, &mesh_env(&network));
+    let (_, info) = a.get("/v1/node");
+    let addr = format!(
+        "{}/p2p/{}",
+        info["mesh"]["listen"][0].as_str().unwrap(),
+        info["peer_id"].as_str().unwrap()
+    );
+    let mut js = std::process::Command::new("node")
+        .arg("interop.mjs")
+        .args([&addr, &network])
+        .current_dir(&dir)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("node (Node.js) runs");
+    let stderr = js.stderr.take().unwrap();
+    let mut lines = BufReader::new(stderr).lines();
+    assert!(
+        lines
+            .by_ref()
+            .map_while(Result::ok)
+            .any(|l| l == "subscribed"),
+        "the js peer did not get as far as subscribing"
+    );
+    // The js peer is an observer: connected and identified, not a fabnode node.
+    wait_for("A to identify the js peer", Duration::from_secs(10), || {
+        a.get("/v1/peers").1["peers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|p| p["role"] == "observer")
+    });
+    let (s, _) = a.post_json(
+        "/v1/jobs",
+        &json!({"model": "digits", "input": image_json(4)}),
+    );
+    assert_eq!(s, 200);
+    let out = js.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let v: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap_or_default();
+    assert!(out.status.success() && v["ok"] == true, "{stdout}");
+    assert!(
+        v["agent"]
+            .as_str()
+            .is_some_and(|a| a.starts_with("fabnode/")),
+        "{v}"
+    );
+    assert!(v["rtt_ms"].as_f64().is_some(), "{v}");
+    let protocols = v["protocols"].as_array().unwrap();
+    for p in ["/ipfs/id/1.0.0", "/ipfs/ping/1.0.0", "/meshsub/1.1.0"] {
+        assert!(protocols.iter().any(|x| x == p), "{p} not offered: {v}");
+    }
+}

@@ -102,7 +102,7 @@ pub enum MeshEvent {
     Valid { from: PeerId, valid: Box<Valid> },
     /// A gossip message failed validation; the sender has been penalised.
     Rejected { from: PeerId, reason: String },
-    /// A connection to a peer is up.
+    /// A fabnode node of this network is connected and identified.
     PeerConnected(PeerId),
     /// The last connection to a peer closed (or it turned out to be of another network).
     PeerDisconnected(PeerId),
@@ -120,6 +120,9 @@ pub struct PeerInfo {
     pub score: Option<f64>,
     /// `tcp`, `quic` or `memory`: the transport of the first connection.
     pub transport: Option<&'static str>,
+    /// A fabnode node of this network (identified); otherwise another libp2p implementation
+    /// that may read the public topics, or a peer not identified yet.
+    pub member: bool,
 }
 
 /// Counters for metrics and tests.
@@ -329,6 +332,8 @@ pub struct EventLoop {
     stats: MeshStats,
     peers_target: usize,
     last_bootstrap: Option<tokio::time::Instant>,
+    /// Connected peers identified as fabnode nodes of this network.
+    members: std::collections::BTreeSet<PeerId>,
     exec_pending: HashMap<
         request_response::OutboundRequestId,
         (PeerId, oneshot::Sender<Result<ExecResponse, MeshError>>),
@@ -547,6 +552,7 @@ pub fn start(
         peers_target: config.peers_target,
         last_bootstrap: None,
         exec_pending: HashMap::new(),
+        members: Default::default(),
     };
     Ok((MeshClient { tx, peer_id }, rx, ev))
 }
@@ -770,13 +776,16 @@ impl EventLoop {
                 info,
                 ..
             })) => {
-                if info.protocol_version != identify_protocol(&self.network) {
-                    // Another network (or not fabnode): do not mix.
+                let member = info.protocol_version == identify_protocol(&self.network);
+                if !member && info.protocol_version.starts_with("/fabnode/") {
+                    // A fabnode node of another network: do not mix.
                     tracing::debug!(peer = %peer_id, version = %info.protocol_version, "peer of another network; disconnecting");
                     let _ = self.swarm.disconnect_peer_id(peer_id);
                     self.peers.remove(&peer_id);
                     return;
                 }
+                // Anything else is another libp2p implementation: it may identify, ping and
+                // read the public topics (an observer), but is not asked for ledgers.
                 let kad_proto = kad_protocol(&self.network);
                 if info.protocols.iter().any(|p| p.as_ref() == kad_proto) {
                     for addr in &info.listen_addrs {
@@ -790,6 +799,10 @@ impl EventLoop {
                 p.agent_version = Some(info.agent_version);
                 p.protocols = info.protocols.iter().map(|s| s.to_string()).collect();
                 p.addresses = info.listen_addrs;
+                p.member = member;
+                if member && self.members.insert(peer_id) {
+                    self.emit(MeshEvent::PeerConnected(peer_id));
+                }
             }
             SwarmEvent::Behaviour(BehaviourEvent::Ping(ping::Event {
                 peer,
@@ -831,7 +844,6 @@ impl EventLoop {
                 if !p.addresses.contains(endpoint.get_remote_address()) {
                     p.addresses.push(endpoint.get_remote_address().clone());
                 }
-                self.emit(MeshEvent::PeerConnected(peer_id));
             }
             SwarmEvent::ConnectionClosed {
                 peer_id,
@@ -839,7 +851,9 @@ impl EventLoop {
                 ..
             } => {
                 self.peers.remove(&peer_id);
-                self.emit(MeshEvent::PeerDisconnected(peer_id));
+                if self.members.remove(&peer_id) {
+                    self.emit(MeshEvent::PeerDisconnected(peer_id));
+                }
             }
             SwarmEvent::NewListenAddr { address, .. } => {
                 tracing::info!(%address, "mesh listening");

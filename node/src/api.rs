@@ -124,7 +124,8 @@ async fn peers(State(st): State<Arc<AppState>>) -> ApiResult {
         .map(|(id, p)| {
             json!({"peer_id": id.to_base58(), "addresses": p.addresses.iter().map(|a| a.to_string()).collect::<Vec<_>>(),
                    "agent_version": p.agent_version, "protocols": p.protocols,
-                   "rtt_ms": p.rtt.map(|d| d.as_secs_f64() * 1e3), "score": p.score, "transport": p.transport})
+                   "rtt_ms": p.rtt.map(|d| d.as_secs_f64() * 1e3), "score": p.score, "transport": p.transport,
+                   "role": if p.member { "node" } else if p.agent_version.is_some() { "observer" } else { "connecting" }})
         })
         .collect();
     Ok(axum::Json(json!({"mesh": true, "peers": list})))
