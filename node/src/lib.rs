@@ -1,5 +1,8 @@
 //! fab-node: the fabnode node.
 //!
+//! Without default features only [`sched`], the sans-IO scheduler core, is built (no tokio,
+//! libp2p, tract or redb): the simulator drives it with virtual time.
+//!
 //! A node loads its key, opens its ledger, starts its inference workers and serves the
 //! HTTP/JSON control API. A job submitted through the API is signed as a job request, run on
 //! an inference worker, recorded as a signed execution entry that is durably committed, and
@@ -15,17 +18,30 @@
 //! - [`api`]: the control API (routes, job pipeline, errors).
 //! - [`views`]: JSON views of entries and receipts.
 //! - [`Node`]: startup, serving and graceful shutdown.
+//! - [`sched`]: the auction, requester side and bidder side (sans-IO).
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
 
+#[cfg(feature = "runtime")]
 pub mod api;
+#[cfg(feature = "runtime")]
 pub mod config;
+#[cfg(feature = "runtime")]
 pub mod datadir;
+#[cfg(feature = "runtime")]
 mod exec;
+#[cfg(feature = "runtime")]
 pub mod ledger_writer;
+#[cfg(feature = "runtime")]
 mod mesh_task;
+#[cfg(feature = "runtime")]
 pub mod models;
+#[cfg(feature = "runtime")]
 mod node;
+pub mod sched;
+#[cfg(feature = "runtime")]
 pub mod views;
 
+#[cfg(feature = "runtime")]
 pub use config::Config;
+#[cfg(feature = "runtime")]
 pub use node::{Node, StartError};

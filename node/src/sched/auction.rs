@@ -1,0 +1,611 @@
+//! The requester side of the auction.
+//!
+//! # Calling contract
+//!
+//! The driver calls [`Auction::handle`] with one [`Input`] and the current time and carries out
+//! every [`Output`]: send calls for bids, run awarded jobs (locally when `local` is set), report
+//! each attempt's end with [`Input::Done`] or [`Input::Failed`], and tick it. Bids must already
+//! be signature-checked.
+//!
+//! # Rules
+//!
+//! - Candidates come from the telemetry view; the SLA filters them (tier, region, labels,
+//!   estimated deadline, cost) before anyone is asked. No feasible node: the job fails at once,
+//!   naming every candidate's reason.
+//! - Fast path: when the local node is feasible and its estimate scores at least as well as
+//!   every other candidate's, it is awarded at once, with no network round trip.
+//! - Otherwise at most `bids_max` candidates (best estimates first) are asked; the window
+//!   closes when every one has answered or `window` has passed.
+//! - Bids are scored as integers ([`super::score`]); ties go to the shorter completion, then to
+//!   the lower peer id, so every run with the same inputs awards the same peers.
+//! - `replicas = k` awards the k best distinct peers. An attempt that fails, or outlives its
+//!   estimate by `slack`, is re-awarded to the next best unused bid, up to `attempts_max`.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::time::Duration;
+
+use super::estimate::{Estimate, JobShape, Link, Telemetry, estimate};
+use super::score::{Score, Sla, Weights, reliability_permille, score};
+
+/// A job's id (the content id of its signed request).
+pub type JobId = [u8; 32];
+
+/// Tunables; each bounds time, traffic or memory.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AuctionConfig {
+    pub weights: Weights,
+    /// Longest wait for bids.
+    pub window: Duration,
+    /// Peers asked per job at most.
+    pub bids_max: usize,
+    /// Awards per job at most (first attempts and re-awards together, per replica).
+    pub attempts_max: u32,
+    /// Jobs being placed or run at once.
+    pub jobs_max: usize,
+    /// An attempt may take this many times its estimate (permille) plus `grace` before it is
+    /// given up and re-awarded.
+    pub slack_permille: u64,
+    pub grace: Duration,
+    /// Explanations kept after jobs end.
+    pub history_max: usize,
+}
+
+impl Default for AuctionConfig {
+    fn default() -> Self {
+        AuctionConfig {
+            weights: Weights::default(),
+            window: Duration::from_millis(50),
+            bids_max: 8,
+            attempts_max: 3,
+            jobs_max: 1024,
+            slack_permille: 3000,
+            grace: Duration::from_millis(500),
+            history_max: 1024,
+        }
+    }
+}
+
+/// A node that could run the job, from the telemetry view.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Candidate<P> {
+    pub peer: P,
+    pub telemetry: Telemetry,
+    pub link: Link,
+}
+
+/// A job to place. `local` is this node, when it can run the job itself.
+#[derive(Clone, Debug)]
+pub struct Submission<P> {
+    pub job: JobId,
+    pub shape: JobShape,
+    pub sla: Sla,
+    pub local: Option<Candidate<P>>,
+    pub peers: Vec<Candidate<P>>,
+}
+
+#[derive(Clone, Debug)]
+pub enum Input<P> {
+    /// Place a job.
+    Submit(Box<Submission<P>>),
+    /// A peer's bid (signature checked by the driver).
+    Bid {
+        job: JobId,
+        from: P,
+        estimate: Estimate,
+    },
+    /// A peer will not bid, and why.
+    Decline {
+        job: JobId,
+        from: P,
+        reason: String,
+    },
+    /// An awarded attempt returned a verified result.
+    Done {
+        job: JobId,
+        from: P,
+    },
+    /// An awarded attempt ended without a result: refused, disconnected, crashed.
+    Failed {
+        job: JobId,
+        from: P,
+        reason: String,
+    },
+    Tick,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Output<P> {
+    CallForBids {
+        job: JobId,
+        peers: Vec<P>,
+    },
+    /// Run the job on `peer` (on this node when `local`).
+    Award {
+        job: JobId,
+        peer: P,
+        attempt: u32,
+        local: bool,
+    },
+    /// Every replica returned a result.
+    Complete {
+        job: JobId,
+        peers: Vec<P>,
+    },
+    /// The job cannot be placed or ran out of attempts.
+    Fail {
+        job: JobId,
+        reason: String,
+    },
+}
+
+/// Where one candidate stands in a job's placement.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Standing {
+    /// Excluded before the call for bids (SLA), with the reason.
+    Filtered(String),
+    /// Feasible but not among the `bids_max` asked.
+    NotAsked,
+    Asked,
+    Declined(String),
+    /// Did not answer within the window.
+    Silent,
+    Bid(Estimate, Score),
+    /// Awarded; the attempt is running.
+    Running(Estimate, Score),
+    Succeeded(Estimate, Score),
+    FailedAttempt(Estimate, Score, String),
+}
+
+/// Why a job went where it went.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Explanation<P> {
+    pub candidates: Vec<(P, bool, Standing)>,
+    /// Whether the local fast path placed it.
+    pub fast_path: bool,
+    pub winners: Vec<P>,
+    pub attempts: u32,
+    pub outcome: Option<Result<(), String>>,
+}
+
+#[derive(Clone, Debug)]
+struct Cand<P> {
+    peer: P,
+    local: bool,
+    telemetry: Telemetry,
+    pre: Option<(Estimate, Score)>,
+    standing: Standing,
+}
+
+#[derive(Clone, Debug)]
+struct Job<P> {
+    sla: Sla,
+    /// The completion time that scores 500: the model's reference latency.
+    time_half_us: u64,
+    started: Duration,
+    window_ends: Option<Duration>,
+    cands: Vec<Cand<P>>,
+    running: BTreeMap<P, Duration>,
+    done: Vec<P>,
+    attempts: u32,
+    fast_path: bool,
+    outcome: Option<Result<(), String>>,
+}
+
+/// Every job this node is placing.
+#[derive(Clone, Debug)]
+pub struct Auction<P> {
+    config: AuctionConfig,
+    jobs: BTreeMap<JobId, Job<P>>,
+    finished: VecDeque<(JobId, Job<P>)>,
+    /// (successes, attempts) per peer.
+    record: BTreeMap<P, (u64, u64)>,
+}
+
+/// Ranking: higher total, then shorter completion, then lower peer.
+fn better<P: Ord>(a: (&Estimate, &Score, &P), b: (&Estimate, &Score, &P)) -> std::cmp::Ordering {
+    b.1.total
+        .cmp(&a.1.total)
+        .then(a.0.completion_us().cmp(&b.0.completion_us()))
+        .then(a.2.cmp(b.2))
+}
+
+impl<P: Clone + Ord + std::fmt::Debug> Auction<P> {
+    pub fn new(config: AuctionConfig) -> Self {
+        Auction {
+            config,
+            jobs: BTreeMap::new(),
+            finished: VecDeque::new(),
+            record: BTreeMap::new(),
+        }
+    }
+
+    fn reliability(&self, p: &P) -> u64 {
+        let (s, a) = self.record.get(p).copied().unwrap_or((0, 0));
+        reliability_permille(s, a)
+    }
+
+    /// The explanation of a job being placed or recently ended.
+    pub fn explain(&self, job: &JobId) -> Option<Explanation<P>> {
+        let j = self.jobs.get(job).or_else(|| {
+            self.finished
+                .iter()
+                .find(|(id, _)| id == job)
+                .map(|(_, j)| j)
+        })?;
+        Some(Explanation {
+            candidates: j
+                .cands
+                .iter()
+                .map(|c| (c.peer.clone(), c.local, c.standing.clone()))
+                .collect(),
+            fast_path: j.fast_path,
+            winners: j
+                .cands
+                .iter()
+                .filter(|c| matches!(c.standing, Standing::Running(..) | Standing::Succeeded(..)))
+                .map(|c| c.peer.clone())
+                .collect(),
+            attempts: j.attempts,
+            outcome: j.outcome.clone(),
+        })
+    }
+
+    /// Jobs being placed or run.
+    pub fn in_flight(&self) -> usize {
+        self.jobs.len()
+    }
+
+    pub fn handle(&mut self, input: Input<P>, now: Duration, out: &mut impl Extend<Output<P>>) {
+        match input {
+            Input::Submit(s) => self.submit(*s, now, out),
+            Input::Bid {
+                job,
+                from,
+                estimate,
+            } => {
+                let reliability = self.reliability(&from);
+                let w = self.config.weights;
+                let Some(j) = self.jobs.get_mut(&job) else {
+                    return;
+                };
+                let Some(c) = j.cands.iter_mut().find(|c| c.peer == from && !c.local) else {
+                    return;
+                };
+                if c.standing != Standing::Asked {
+                    return; // unasked, or a second bid: ignored
+                }
+                c.standing = match j.sla.refuses(&c.telemetry, &estimate) {
+                    Some(reason) => Standing::Declined(format!("bid refused: {reason}")),
+                    None => Standing::Bid(
+                        estimate,
+                        score(
+                            &estimate,
+                            &c.telemetry,
+                            &j.sla,
+                            &w,
+                            j.time_half_us,
+                            reliability,
+                        ),
+                    ),
+                };
+                self.close_if_answered(job, now, out);
+            }
+            Input::Decline { job, from, reason } => {
+                let Some(j) = self.jobs.get_mut(&job) else {
+                    return;
+                };
+                if let Some(c) = j
+                    .cands
+                    .iter_mut()
+                    .find(|c| c.peer == from && c.standing == Standing::Asked)
+                {
+                    c.standing = Standing::Declined(reason);
+                }
+                self.close_if_answered(job, now, out);
+            }
+            Input::Done { job, from } => self.attempt_ended(job, from, None, now, out),
+            Input::Failed { job, from, reason } => {
+                self.attempt_ended(job, from, Some(reason), now, out)
+            }
+            Input::Tick => {
+                let ids: Vec<JobId> = self.jobs.keys().copied().collect();
+                for id in ids {
+                    let Some(j) = self.jobs.get(&id) else {
+                        continue;
+                    };
+                    if j.window_ends.is_some_and(|t| now >= t) {
+                        self.close(id, now, out);
+                        continue;
+                    }
+                    let overdue: Vec<P> = j
+                        .running
+                        .iter()
+                        .filter(|(_, until)| now >= **until)
+                        .map(|(p, _)| p.clone())
+                        .collect();
+                    for p in overdue {
+                        self.attempt_ended(id, p, Some("missed its deadline".into()), now, out);
+                    }
+                }
+            }
+        }
+    }
+
+    fn submit(&mut self, s: Submission<P>, now: Duration, out: &mut impl Extend<Output<P>>) {
+        let Submission {
+            job,
+            shape,
+            sla,
+            local,
+            peers,
+        } = s;
+        if self.jobs.contains_key(&job) {
+            return;
+        }
+        if self.jobs.len() >= self.config.jobs_max {
+            out.extend([Output::Fail {
+                job,
+                reason: format!(
+                    "{} jobs are already being placed; retry later",
+                    self.config.jobs_max
+                ),
+            }]);
+            return;
+        }
+        let w = self.config.weights;
+        let mut seen = BTreeSet::new();
+        let mut cands: Vec<Cand<P>> = Vec::new();
+        for (c, is_local) in local
+            .into_iter()
+            .map(|c| (c, true))
+            .chain(peers.into_iter().map(|c| (c, false)))
+        {
+            if !seen.insert(c.peer.clone()) {
+                continue;
+            }
+            let e = estimate(
+                &c.telemetry,
+                &shape,
+                if is_local { Link::LOCAL } else { c.link },
+            );
+            let (pre, standing) = match sla.refuses(&c.telemetry, &e) {
+                Some(reason) => (None, Standing::Filtered(reason)),
+                None => {
+                    let s = score(
+                        &e,
+                        &c.telemetry,
+                        &sla,
+                        &w,
+                        shape.reference_latency_us,
+                        self.reliability(&c.peer),
+                    );
+                    (Some((e, s)), Standing::NotAsked)
+                }
+            };
+            cands.push(Cand {
+                peer: c.peer,
+                local: is_local,
+                telemetry: c.telemetry,
+                pre,
+                standing,
+            });
+        }
+        // Deterministic order: best estimate first.
+        cands.sort_by(|a, b| match (&a.pre, &b.pre) {
+            (Some((ea, sa)), Some((eb, sb))) => better((ea, sa, &a.peer), (eb, sb, &b.peer)),
+            (Some(_), None) => std::cmp::Ordering::Less,
+            (None, Some(_)) => std::cmp::Ordering::Greater,
+            (None, None) => a.peer.cmp(&b.peer),
+        });
+        let feasible = cands.iter().filter(|c| c.pre.is_some()).count();
+        let replicas = usize::from(sla.replicas.max(1));
+        let mut j = Job {
+            time_half_us: shape.reference_latency_us,
+            sla,
+            started: now,
+            window_ends: None,
+            cands,
+            running: BTreeMap::new(),
+            done: Vec::new(),
+            attempts: 0,
+            fast_path: false,
+            outcome: None,
+        };
+        if feasible < replicas {
+            let reasons: Vec<String> = j
+                .cands
+                .iter()
+                .filter_map(|c| match &c.standing {
+                    Standing::Filtered(r) => Some(format!("{:?}: {r}", c.peer)),
+                    _ => None,
+                })
+                .collect();
+            let reason = if feasible == 0 {
+                format!("no node can take the job: {}", or_none(&reasons))
+            } else {
+                format!(
+                    "{replicas} replicas need {replicas} feasible nodes, {feasible} found; {}",
+                    or_none(&reasons)
+                )
+            };
+            j.outcome = Some(Err(reason.clone()));
+            self.retire(job, j);
+            out.extend([Output::Fail { job, reason }]);
+            return;
+        }
+        // Fast path: the local node's estimate is the best one.
+        if replicas == 1 && j.cands.first().is_some_and(|c| c.local && c.pre.is_some()) {
+            j.fast_path = true;
+            if let Some((e, s)) = j.cands[0].pre {
+                j.cands[0].standing = Standing::Bid(e, s);
+            }
+            self.jobs.insert(job, j);
+            self.award_next(job, now, out);
+            return;
+        }
+        // Ask the best remote candidates; the local node bids with its own estimate at once.
+        let mut asked = Vec::new();
+        for c in j.cands.iter_mut().filter(|c| c.pre.is_some()) {
+            if c.local {
+                if let Some((e, s)) = c.pre {
+                    c.standing = Standing::Bid(e, s);
+                }
+            } else if asked.len() < self.config.bids_max {
+                c.standing = Standing::Asked;
+                asked.push(c.peer.clone());
+            }
+        }
+        j.window_ends = Some(now + self.config.window);
+        self.jobs.insert(job, j);
+        out.extend([Output::CallForBids { job, peers: asked }]);
+    }
+
+    fn close_if_answered(&mut self, job: JobId, now: Duration, out: &mut impl Extend<Output<P>>) {
+        let waiting = self.jobs.get(&job).is_some_and(|j| {
+            j.window_ends.is_some() && j.cands.iter().any(|c| c.standing == Standing::Asked)
+        });
+        if !waiting {
+            self.close(job, now, out);
+        }
+    }
+
+    /// Ends the bidding window and awards the best bids.
+    fn close(&mut self, job: JobId, now: Duration, out: &mut impl Extend<Output<P>>) {
+        let Some(j) = self.jobs.get_mut(&job) else {
+            return;
+        };
+        if j.window_ends.take().is_none() {
+            return;
+        }
+        for c in &mut j.cands {
+            if c.standing == Standing::Asked {
+                c.standing = Standing::Silent;
+            }
+        }
+        let replicas = usize::from(j.sla.replicas.max(1));
+        for _ in 0..replicas {
+            self.award_next(job, now, out);
+        }
+    }
+
+    /// Awards the best bid not yet used, or fails the job when none is left.
+    fn award_next(&mut self, job: JobId, now: Duration, out: &mut impl Extend<Output<P>>) {
+        let Some(j) = self.jobs.get_mut(&job) else {
+            return;
+        };
+        let attempts_max = self.config.attempts_max * u32::from(j.sla.replicas.max(1));
+        let best = j
+            .cands
+            .iter()
+            .enumerate()
+            .filter_map(|(i, c)| match &c.standing {
+                Standing::Bid(e, s) => Some((i, *e, *s)),
+                _ => None,
+            })
+            .min_by(|a, b| {
+                better(
+                    (&a.1, &a.2, &j.cands[a.0].peer),
+                    (&b.1, &b.2, &j.cands[b.0].peer),
+                )
+            });
+        match best {
+            Some((i, e, s)) if j.attempts < attempts_max => {
+                j.attempts += 1;
+                let c = &mut j.cands[i];
+                c.standing = Standing::Running(e, s);
+                let allowed = e.completion_us().saturating_mul(self.config.slack_permille) / 1000;
+                let until = (now + Duration::from_micros(allowed) + self.config.grace)
+                    .min(j.started + Duration::from_micros(j.sla.deadline_us));
+                j.running.insert(c.peer.clone(), until);
+                out.extend([Output::Award {
+                    job,
+                    peer: c.peer.clone(),
+                    attempt: j.attempts,
+                    local: c.local,
+                }]);
+            }
+            _ => {
+                if !j.running.is_empty() {
+                    return; // others are still running; they may yet complete the job
+                }
+                let failures: Vec<String> = j
+                    .cands
+                    .iter()
+                    .filter_map(|c| match &c.standing {
+                        Standing::FailedAttempt(_, _, r) => Some(format!("{:?}: {r}", c.peer)),
+                        Standing::Declined(r) => Some(format!("{:?} declined: {r}", c.peer)),
+                        Standing::Filtered(r) => Some(format!("{:?}: {r}", c.peer)),
+                        Standing::Silent => Some(format!("{:?}: no answer", c.peer)),
+                        _ => None,
+                    })
+                    .collect();
+                let reason = format!(
+                    "no node left to run the job after {} attempt(s): {}",
+                    j.attempts,
+                    or_none(&failures)
+                );
+                let mut j = self.jobs.remove(&job).expect("present");
+                j.outcome = Some(Err(reason.clone()));
+                self.retire(job, j);
+                out.extend([Output::Fail { job, reason }]);
+            }
+        }
+    }
+
+    fn attempt_ended(
+        &mut self,
+        job: JobId,
+        from: P,
+        failure: Option<String>,
+        now: Duration,
+        out: &mut impl Extend<Output<P>>,
+    ) {
+        let Some(j) = self.jobs.get_mut(&job) else {
+            return;
+        };
+        if j.running.remove(&from).is_none() {
+            return; // not a running attempt (late, duplicate or unknown): ignored
+        }
+        let rec = self.record.entry(from.clone()).or_default();
+        rec.1 += 1;
+        let Some(c) = j.cands.iter_mut().find(|c| c.peer == from) else {
+            return;
+        };
+        let Standing::Running(e, s) = c.standing else {
+            return;
+        };
+        match failure {
+            None => {
+                rec.0 += 1;
+                c.standing = Standing::Succeeded(e, s);
+                j.done.push(from);
+                if j.done.len() >= usize::from(j.sla.replicas.max(1)) {
+                    let mut j = self.jobs.remove(&job).expect("present");
+                    j.outcome = Some(Ok(()));
+                    let peers = j.done.clone();
+                    self.retire(job, j);
+                    out.extend([Output::Complete { job, peers }]);
+                }
+            }
+            Some(reason) => {
+                c.standing = Standing::FailedAttempt(e, s, reason);
+                self.award_next(job, now, out);
+            }
+        }
+    }
+
+    fn retire(&mut self, job: JobId, j: Job<P>) {
+        self.finished.push_back((job, j));
+        while self.finished.len() > self.config.history_max {
+            self.finished.pop_front();
+        }
+    }
+}
+
+fn or_none(reasons: &[String]) -> String {
+    if reasons.is_empty() {
+        "none given".into()
+    } else {
+        reasons.join("; ")
+    }
+}

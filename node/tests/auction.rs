@@ -1,0 +1,488 @@
+//! The auction core driven by hand through virtual time. Every scenario runs twice and the two
+//! output traces must be identical.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use fab_node::sched::auction::{Candidate, Standing};
+use fab_node::sched::bidder::{AllowAll, Answer, BidderLimits, Call, answer};
+use fab_node::sched::estimate::estimate;
+use fab_node::sched::{
+    Auction, AuctionConfig, Estimate, Input, JobShape, Link, Output, Sla, Submission, Telemetry,
+    Tier,
+};
+
+type Peer = u32;
+const JOB: [u8; 32] = [7; 32];
+const MODEL: [u8; 32] = [1; 32];
+
+fn shape() -> JobShape {
+    JobShape {
+        model_digest: MODEL,
+        input_bytes: 256,
+        reference_latency_us: 1_000,
+    }
+}
+
+fn tel(speed: u32, price: u64, tier: Tier) -> Telemetry {
+    Telemetry {
+        tier,
+        region: "eu".into(),
+        labels: BTreeSet::new(),
+        price_per_s_micros: price,
+        queue_depth: 0,
+        workers: 1,
+        speed_permille: speed,
+        power_mw: 2_000,
+        battery_permille: None,
+        model_latency_us: BTreeMap::new(),
+        at_ms: 0,
+    }
+}
+
+fn cand(peer: Peer, t: Telemetry) -> Candidate<Peer> {
+    Candidate {
+        peer,
+        telemetry: t,
+        link: Link {
+            rtt_us: 200,
+            bytes_per_ms: 125_000,
+        },
+    }
+}
+
+fn bid_of(c: &Candidate<Peer>) -> Estimate {
+    estimate(&c.telemetry, &shape(), c.link)
+}
+
+fn submit(sla: Sla, local: Option<Candidate<Peer>>, peers: Vec<Candidate<Peer>>) -> Input<Peer> {
+    Input::Submit(Box::new(Submission {
+        job: JOB,
+        shape: shape(),
+        sla,
+        local,
+        peers,
+    }))
+}
+
+fn run(inputs: &[(Input<Peer>, u64)]) -> (Vec<Output<Peer>>, Auction<Peer>) {
+    let mut a = Auction::new(AuctionConfig::default());
+    let mut out = Vec::new();
+    for (i, ms) in inputs {
+        a.handle(i.clone(), Duration::from_millis(*ms), &mut out);
+    }
+    (out, a)
+}
+
+/// Runs the inputs twice; the traces must match.
+fn twice(inputs: &[(Input<Peer>, u64)]) -> (Vec<Output<Peer>>, Auction<Peer>) {
+    let (a, auction) = run(inputs);
+    let (b, _) = run(inputs);
+    assert_eq!(a, b, "same inputs, same outputs");
+    (a, auction)
+}
+
+fn awards(out: &[Output<Peer>]) -> Vec<Peer> {
+    out.iter()
+        .filter_map(|o| match o {
+            Output::Award { peer, .. } => Some(*peer),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn the_best_bid_wins_and_the_window_closes_when_every_bid_is_in() {
+    let peers = vec![
+        cand(1, tel(1000, 1_000_000, Tier::Edge)),
+        cand(2, tel(4000, 1_000_000, Tier::Edge)), // fastest
+        cand(3, tel(2000, 1_000_000, Tier::Edge)),
+    ];
+    let mut inputs = vec![(submit(Sla::default(), None, peers.clone()), 0)];
+    for c in &peers {
+        inputs.push((
+            Input::Bid {
+                job: JOB,
+                from: c.peer,
+                estimate: bid_of(c),
+            },
+            1,
+        ));
+    }
+    let (out, a) = twice(&inputs);
+    assert_eq!(
+        out[0],
+        Output::CallForBids {
+            job: JOB,
+            peers: vec![2, 3, 1]
+        }
+    );
+    // No tick was needed: the last bid closed the window.
+    assert_eq!(awards(&out), [2]);
+    let ex = a.explain(&JOB).unwrap();
+    assert_eq!(ex.winners, [2]);
+    assert!(!ex.fast_path);
+    let totals: Vec<u64> = ex
+        .candidates
+        .iter()
+        .filter_map(|(_, _, s)| match s {
+            Standing::Bid(_, s) | Standing::Running(_, s) => Some(s.total),
+            _ => None,
+        })
+        .collect();
+    assert!(totals.windows(2).all(|w| w[0] >= w[1]), "{totals:?}");
+}
+
+#[test]
+fn silent_peers_are_cut_off_by_the_window_and_ties_go_to_the_lower_peer() {
+    let same = tel(1000, 0, Tier::Edge);
+    let peers = vec![cand(9, same.clone()), cand(4, same.clone()), cand(6, same)];
+    let e = bid_of(&peers[0]);
+    let inputs = vec![
+        (submit(Sla::default(), None, peers), 0),
+        (
+            Input::Bid {
+                job: JOB,
+                from: 9,
+                estimate: e,
+            },
+            1,
+        ),
+        (
+            Input::Bid {
+                job: JOB,
+                from: 6,
+                estimate: e,
+            },
+            2,
+        ),
+        (Input::Tick, 20), // window (50 ms) still open: 4 has not answered
+        (Input::Tick, 50),
+    ];
+    let (out, a) = twice(&inputs);
+    assert_eq!(awards(&out), [6], "equal scores: the lower peer id wins");
+    let ex = a.explain(&JOB).unwrap();
+    assert!(ex.candidates.contains(&(4, false, Standing::Silent)));
+}
+
+#[test]
+fn the_sla_filters_before_asking_and_an_infeasible_job_fails_at_once() {
+    let mut gpu = tel(1000, 0, Tier::Cloud);
+    gpu.labels.insert("gpu".into());
+    let peers = vec![
+        cand(1, tel(1000, 0, Tier::Device)),
+        cand(2, gpu),
+        cand(3, tel(10, 0, Tier::Cloud)), // far too slow for the deadline
+    ];
+    let sla = Sla {
+        deadline_us: 20_000,
+        tiers: [Tier::Cloud].into(),
+        ..Default::default()
+    };
+    let (out, a) = twice(&[(submit(sla.clone(), None, peers.clone()), 0)]);
+    assert_eq!(
+        out,
+        [Output::CallForBids {
+            job: JOB,
+            peers: vec![2]
+        }]
+    );
+    let ex = a.explain(&JOB).unwrap();
+    let reason = |p| {
+        ex.candidates
+            .iter()
+            .find(|(q, _, _)| *q == p)
+            .map(|(_, _, s)| s.clone())
+    };
+    assert!(matches!(reason(1), Some(Standing::Filtered(r)) if r.contains("tier device")));
+    assert!(matches!(reason(3), Some(Standing::Filtered(r)) if r.contains("deadline")));
+
+    let sla = Sla {
+        labels: ["tpu".to_owned()].into(),
+        ..sla
+    };
+    let (out, _) = twice(&[(submit(sla, None, peers), 0)]);
+    match &out[..] {
+        [Output::Fail { reason, .. }] => {
+            assert!(reason.starts_with("no node can take the job"), "{reason}");
+            assert!(reason.contains("lacks label \"tpu\""), "{reason}");
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn a_failed_or_overdue_attempt_is_re_awarded_and_late_results_are_ignored() {
+    let peers = vec![
+        cand(1, tel(4000, 0, Tier::Edge)),
+        cand(2, tel(2000, 0, Tier::Edge)),
+        cand(3, tel(1000, 0, Tier::Edge)),
+    ];
+    let mut inputs = vec![(submit(Sla::default(), None, peers.clone()), 0)];
+    for c in &peers {
+        inputs.push((
+            Input::Bid {
+                job: JOB,
+                from: c.peer,
+                estimate: bid_of(c),
+            },
+            1,
+        ));
+    }
+    inputs.extend([
+        // Peer 1 disconnects: re-awarded to 2.
+        (
+            Input::Failed {
+                job: JOB,
+                from: 1,
+                reason: "disconnected".into(),
+            },
+            5,
+        ),
+        // 2 never answers: past its estimate × 3 + 500 ms grace, re-awarded to 3.
+        (Input::Tick, 400),
+        (Input::Tick, 600),
+        // A late result from 1 is ignored; 3's completes the job.
+        (Input::Done { job: JOB, from: 1 }, 610),
+        (Input::Done { job: JOB, from: 3 }, 620),
+        (Input::Done { job: JOB, from: 3 }, 630),
+    ]);
+    let (out, a) = twice(&inputs);
+    assert_eq!(awards(&out), [1, 2, 3]);
+    let completes: Vec<&Output<Peer>> = out
+        .iter()
+        .filter(|o| matches!(o, Output::Complete { .. }))
+        .collect();
+    assert_eq!(
+        completes,
+        [&Output::Complete {
+            job: JOB,
+            peers: vec![3]
+        }],
+        "exactly one result"
+    );
+    let ex = a.explain(&JOB).unwrap();
+    assert_eq!(ex.attempts, 3);
+    assert_eq!(ex.outcome, Some(Ok(())));
+    assert!(ex.candidates.iter().any(|(p, _, s)| *p == 2
+        && matches!(s, Standing::FailedAttempt(_, _, r) if r == "missed its deadline")));
+}
+
+#[test]
+fn attempts_are_bounded_and_the_failure_names_every_reason() {
+    let peers = vec![
+        cand(1, tel(1000, 0, Tier::Edge)),
+        cand(2, tel(1000, 0, Tier::Edge)),
+    ];
+    let mut inputs = vec![(submit(Sla::default(), None, peers.clone()), 0)];
+    inputs.push((
+        Input::Bid {
+            job: JOB,
+            from: 1,
+            estimate: bid_of(&peers[0]),
+        },
+        1,
+    ));
+    inputs.push((
+        Input::Decline {
+            job: JOB,
+            from: 2,
+            reason: "queue full (64 of 64)".into(),
+        },
+        1,
+    ));
+    inputs.push((
+        Input::Failed {
+            job: JOB,
+            from: 1,
+            reason: "crashed".into(),
+        },
+        2,
+    ));
+    let (out, _) = twice(&inputs);
+    match out.last() {
+        Some(Output::Fail { reason, .. }) => {
+            assert!(reason.contains("1: crashed"), "{reason}");
+            assert!(reason.contains("2 declined: queue full"), "{reason}");
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn replicas_run_on_distinct_nodes_and_complete_together() {
+    let peers: Vec<_> = (1..=3)
+        .map(|p| cand(p, tel(1000 * p, 0, Tier::Edge)))
+        .collect();
+    let sla = Sla {
+        replicas: 2,
+        ..Default::default()
+    };
+    let mut inputs = vec![(submit(sla, None, peers.clone()), 0)];
+    for c in &peers {
+        inputs.push((
+            Input::Bid {
+                job: JOB,
+                from: c.peer,
+                estimate: bid_of(c),
+            },
+            1,
+        ));
+    }
+    inputs.push((Input::Done { job: JOB, from: 3 }, 5));
+    inputs.push((Input::Done { job: JOB, from: 2 }, 6));
+    let (out, _) = twice(&inputs);
+    assert_eq!(awards(&out), [3, 2]);
+    assert_eq!(
+        out.last(),
+        Some(&Output::Complete {
+            job: JOB,
+            peers: vec![3, 2]
+        })
+    );
+    // Too few feasible nodes for the replicas: fails at once.
+    let sla = Sla {
+        replicas: 4,
+        ..Default::default()
+    };
+    let (out, _) = twice(&[(submit(sla, None, peers), 0)]);
+    assert!(matches!(&out[..], [Output::Fail { reason, .. }] if reason.contains("4 replicas")));
+}
+
+#[test]
+fn the_local_node_runs_the_job_with_no_round_trip_when_it_is_best_or_alone() {
+    let local = cand(0, tel(4000, 0, Tier::Edge));
+    let slow = vec![cand(1, tel(1000, 0, Tier::Edge))];
+    let (out, a) = twice(&[(submit(Sla::default(), Some(local.clone()), slow), 0)]);
+    assert_eq!(
+        out,
+        [Output::Award {
+            job: JOB,
+            peer: 0,
+            attempt: 1,
+            local: true
+        }]
+    );
+    assert!(a.explain(&JOB).unwrap().fast_path);
+    let (out, _) = twice(&[(submit(Sla::default(), Some(local), vec![]), 0)]);
+    assert!(matches!(out[..], [Output::Award { local: true, .. }]));
+    // A faster peer: bids are called for, and the local node bids without the network.
+    let local = cand(0, tel(1000, 0, Tier::Edge));
+    let fast = cand(1, tel(8000, 0, Tier::Edge));
+    let e = bid_of(&fast);
+    let (out, _) = twice(&[
+        (submit(Sla::default(), Some(local), vec![fast]), 0),
+        (
+            Input::Bid {
+                job: JOB,
+                from: 1,
+                estimate: e,
+            },
+            1,
+        ),
+    ]);
+    assert_eq!(
+        out[0],
+        Output::CallForBids {
+            job: JOB,
+            peers: vec![1]
+        }
+    );
+    assert_eq!(awards(&out), [1]);
+}
+
+#[test]
+fn unasked_and_repeated_bids_are_ignored() {
+    let peers = vec![
+        cand(1, tel(1000, 0, Tier::Edge)),
+        cand(2, tel(1000, 0, Tier::Edge)),
+    ];
+    let great = Estimate {
+        compute_us: 1,
+        ..Default::default()
+    };
+    let inputs = vec![
+        (submit(Sla::default(), None, peers.clone()), 0),
+        // 5 was never asked; its bid changes nothing.
+        (
+            Input::Bid {
+                job: JOB,
+                from: 5,
+                estimate: great,
+            },
+            1,
+        ),
+        (
+            Input::Bid {
+                job: JOB,
+                from: 1,
+                estimate: bid_of(&peers[0]),
+            },
+            1,
+        ),
+        // A second, better bid from 1 is ignored.
+        (
+            Input::Bid {
+                job: JOB,
+                from: 1,
+                estimate: great,
+            },
+            2,
+        ),
+        (
+            Input::Bid {
+                job: JOB,
+                from: 2,
+                estimate: bid_of(&peers[1]),
+            },
+            3,
+        ),
+    ];
+    let (out, a) = twice(&inputs);
+    assert_eq!(awards(&out), [1]);
+    assert!(
+        a.explain(&JOB)
+            .unwrap()
+            .candidates
+            .iter()
+            .all(|(p, _, _)| *p != 5)
+    );
+}
+
+#[test]
+fn a_node_with_a_deep_queue_loses_and_past_its_limit_declines() {
+    let mut busy = tel(4000, 0, Tier::Edge);
+    busy.queue_depth = 40;
+    let idle = tel(1000, 0, Tier::Edge);
+    let peers = vec![cand(1, busy.clone()), cand(2, idle)];
+    let mut inputs = vec![(submit(Sla::default(), None, peers.clone()), 0)];
+    for c in &peers {
+        inputs.push((
+            Input::Bid {
+                job: JOB,
+                from: c.peer,
+                estimate: bid_of(c),
+            },
+            1,
+        ));
+    }
+    let (out, _) = twice(&inputs);
+    assert_eq!(
+        awards(&out),
+        [2],
+        "the idle node wins over the fast, busy one"
+    );
+    // The bidder itself stops bidding at its queue limit.
+    busy.queue_depth = 64;
+    let (job, sla) = (shape(), Sla::default());
+    let call = Call {
+        job: &job,
+        sla: &sla,
+        link: Link::LOCAL,
+        requester: &[0; 32],
+    };
+    let a = answer(&busy, true, call, &AllowAll, BidderLimits::default());
+    assert_eq!(a, Answer::Decline("queue full (64 of 64)".into()));
+    let a = answer(&busy, false, call, &AllowAll, BidderLimits::default());
+    assert_eq!(a, Answer::Decline("does not hold the model".into()));
+}
