@@ -6,6 +6,7 @@
 //! - [`score`]: integer scoring of an estimate against the job's SLA and the requester's
 //!   [`Weights`], with a breakdown for `--explain`; deterministic tie-breaking.
 //! - [`bidder`]: the bidder side: policy hook, estimate, bid or decline with a reason.
+//! - [`telemetry`]: the signed telemetry report and the view of peers' reports.
 //! - [`auction`]: the requester side: candidates filtered by the SLA, call for bids, an adaptive
 //!   window, award, re-award on failure, replicas, and the local fast path.
 //!
@@ -17,6 +18,7 @@ pub mod auction;
 pub mod bidder;
 pub mod estimate;
 pub mod score;
+pub mod telemetry;
 
 pub use auction::{Auction, AuctionConfig, Explanation, Input, Output, Submission};
 pub use estimate::{Estimate, JobShape, Link, Telemetry, Tier};

@@ -1,0 +1,302 @@
+//! Signed telemetry and the view a node keeps of its peers' (sans-IO).
+//!
+//! A node publishes `Signed<TelemetryReport>` (kind `telemetry`) on `fabnode/v1/telemetry`:
+//!
+//! ```text
+//! [ version = 1, node key (32 bytes), seq, at_ms, tier (0 device, 1 edge, 2 cloud),
+//!   region (text ≤ 64), [label (text ≤ 64), ...] (≤ 32), price_per_s_micros, queue_depth,
+//!   workers, speed_permille, power_mw, battery_permille | null,
+//!   [[model digest (32 bytes), latency_us], ...] (≤ 256) ]
+//! ```
+//!
+//! The view accepts a report only with a higher `seq` than the last one from that node
+//! (replays and reordering are refused) and drops reports older than `stale_after`.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use ciborium::Value;
+use fab_ledger::cbor::{self, Cbor, DecodeError, Fields};
+use fab_ledger::{PublicKey, Signed, SignedBody};
+
+use super::estimate::{Telemetry, Tier};
+
+/// Longest region or label.
+pub const NAME_BYTES_MAX: usize = 64;
+/// Most labels in a report.
+pub const LABELS_MAX: usize = 32;
+/// Most per-model latencies in a report.
+pub const MODELS_MAX: usize = 256;
+
+/// One node's telemetry, as it signs it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TelemetryReport {
+    pub node: PublicKey,
+    /// Increases with every report of a node.
+    pub seq: u64,
+    pub telemetry: Telemetry,
+}
+
+pub type SignedTelemetry = Signed<TelemetryReport>;
+
+const WHAT: &str = "telemetry report";
+
+fn tier_code(t: Tier) -> u64 {
+    match t {
+        Tier::Device => 0,
+        Tier::Edge => 1,
+        Tier::Cloud => 2,
+    }
+}
+
+fn list(v: Value, field: &str, max: usize) -> Result<Vec<Value>, DecodeError> {
+    match v {
+        Value::Array(a) if a.len() <= max => Ok(a),
+        _ => Err(DecodeError::invalid(
+            WHAT,
+            format!("{field}: expected a list of at most {max}"),
+        )),
+    }
+}
+
+impl Cbor for TelemetryReport {
+    const WHAT: &'static str = WHAT;
+    const BYTES_MAX: usize = 16 * 1024;
+
+    fn to_value(&self) -> Value {
+        let t = &self.telemetry;
+        Value::Array(vec![
+            cbor::uint(1),
+            cbor::bytes(&self.node.to_bytes()),
+            cbor::uint(self.seq),
+            cbor::uint(t.at_ms),
+            cbor::uint(tier_code(t.tier)),
+            cbor::text(&t.region),
+            Value::Array(t.labels.iter().map(|l| cbor::text(l)).collect()),
+            cbor::uint(t.price_per_s_micros),
+            cbor::uint(u64::from(t.queue_depth)),
+            cbor::uint(u64::from(t.workers)),
+            cbor::uint(u64::from(t.speed_permille)),
+            cbor::uint(u64::from(t.power_mw)),
+            t.battery_permille
+                .map_or(Value::Null, |b| cbor::uint(u64::from(b))),
+            Value::Array(
+                t.model_latency_us
+                    .iter()
+                    .map(|(d, l)| Value::Array(vec![cbor::bytes(d), cbor::uint(*l)]))
+                    .collect(),
+            ),
+        ])
+    }
+
+    fn from_value(value: Value) -> Result<Self, DecodeError> {
+        let mut f = Fields::new(value, WHAT, 14)?;
+        if f.u64("version")? != 1 {
+            return Err(DecodeError::invalid(WHAT, "unsupported version"));
+        }
+        let node = PublicKey::from_bytes(&f.array("node")?)
+            .ok_or_else(|| DecodeError::invalid(WHAT, "node is not a valid key"))?;
+        let seq = f.u64("seq")?;
+        let at_ms = f.u64("at_ms")?;
+        let tier = match f.u64("tier")? {
+            0 => Tier::Device,
+            1 => Tier::Edge,
+            2 => Tier::Cloud,
+            t => return Err(DecodeError::invalid(WHAT, format!("unknown tier {t}"))),
+        };
+        let region = f.text("region", NAME_BYTES_MAX)?;
+        let mut labels = BTreeSet::new();
+        for l in list(f.value("labels")?, "labels", LABELS_MAX)? {
+            match l {
+                Value::Text(t) if t.len() <= NAME_BYTES_MAX => {
+                    labels.insert(t);
+                }
+                _ => return Err(DecodeError::invalid(WHAT, "labels: short texts expected")),
+            }
+        }
+        let u32_field = |f: &mut Fields, name: &str| -> Result<u32, DecodeError> {
+            u32::try_from(f.u64(name)?)
+                .map_err(|_| DecodeError::invalid(WHAT, format!("{name} out of range")))
+        };
+        let price_per_s_micros = f.u64("price")?;
+        let queue_depth = u32_field(&mut f, "queue_depth")?;
+        let workers = u32_field(&mut f, "workers")?;
+        let speed_permille = u32_field(&mut f, "speed_permille")?;
+        let power_mw = u32_field(&mut f, "power_mw")?;
+        let battery_permille = match f.value("battery")? {
+            Value::Null => None,
+            Value::Integer(i) => Some(
+                u32::try_from(i128::from(i))
+                    .ok()
+                    .filter(|b| *b <= 1000)
+                    .ok_or_else(|| DecodeError::invalid(WHAT, "battery out of range"))?,
+            ),
+            _ => return Err(DecodeError::invalid(WHAT, "battery: null or permille")),
+        };
+        let mut model_latency_us = BTreeMap::new();
+        for m in list(f.value("models")?, "models", MODELS_MAX)? {
+            let mut m = Fields::new(m, WHAT, 2)?;
+            model_latency_us.insert(m.array("digest")?, m.u64("latency_us")?);
+        }
+        Ok(TelemetryReport {
+            node,
+            seq,
+            telemetry: Telemetry {
+                tier,
+                region,
+                labels,
+                price_per_s_micros,
+                queue_depth,
+                workers,
+                speed_permille,
+                power_mw,
+                battery_permille,
+                model_latency_us,
+                at_ms,
+            },
+        })
+    }
+}
+
+impl SignedBody for TelemetryReport {
+    const KIND: &'static str = "telemetry";
+    fn signer(&self) -> Result<PublicKey, DecodeError> {
+        Ok(self.node)
+    }
+}
+
+/// Why a report was not taken into the view.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Refused {
+    /// Not newer than the last report from that node: a replay or reordering.
+    Stale { seq: u64, last: u64 },
+    /// Signed further in the future than the allowed clock skew.
+    FromTheFuture { at_ms: u64 },
+}
+
+/// The latest telemetry of every peer (signature-checked reports only).
+#[derive(Clone, Debug)]
+pub struct TelemetryView {
+    /// Reports older than this are not candidates.
+    pub stale_after_ms: u64,
+    /// Reports dated later than now plus this are refused.
+    pub skew_ms: u64,
+    latest: BTreeMap<[u8; 32], TelemetryReport>,
+}
+
+impl TelemetryView {
+    pub fn new(stale_after_ms: u64) -> Self {
+        TelemetryView {
+            stale_after_ms,
+            skew_ms: 60_000,
+            latest: BTreeMap::new(),
+        }
+    }
+
+    /// Takes a verified report received at `now_ms`.
+    pub fn offer(&mut self, report: &SignedTelemetry, now_ms: u64) -> Result<(), Refused> {
+        let r = report.body();
+        if r.telemetry.at_ms > now_ms.saturating_add(self.skew_ms) {
+            return Err(Refused::FromTheFuture {
+                at_ms: r.telemetry.at_ms,
+            });
+        }
+        let key = r.node.to_bytes();
+        if let Some(last) = self.latest.get(&key)
+            && r.seq <= last.seq
+        {
+            return Err(Refused::Stale {
+                seq: r.seq,
+                last: last.seq,
+            });
+        }
+        self.latest.insert(key, r.clone());
+        Ok(())
+    }
+
+    /// Fresh reports at `now_ms`, in key order.
+    pub fn fresh(&self, now_ms: u64) -> Vec<&TelemetryReport> {
+        self.latest
+            .values()
+            .filter(|r| now_ms.saturating_sub(r.telemetry.at_ms) <= self.stale_after_ms)
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use fab_ledger::Keypair;
+    use fab_ledger::signed::SignedError;
+
+    fn report(key: &Keypair, seq: u64, at_ms: u64) -> TelemetryReport {
+        TelemetryReport {
+            node: key.public(),
+            seq,
+            telemetry: Telemetry {
+                tier: Tier::Device,
+                region: "eu-west".into(),
+                labels: ["camera".to_owned(), "arm64".to_owned()].into(),
+                price_per_s_micros: 10,
+                queue_depth: 3,
+                workers: 2,
+                speed_permille: 450,
+                power_mw: 4_000,
+                battery_permille: Some(870),
+                model_latency_us: [([1; 32], 812)].into(),
+                at_ms,
+            },
+        }
+    }
+
+    #[test]
+    fn reports_round_trip_and_forgeries_are_refused() {
+        let key = Keypair::from_secret([3; 32]);
+        let signed = Signed::sign(report(&key, 1, 1_000), &key);
+        let back = SignedTelemetry::decode_verified(&signed.encode()).unwrap();
+        assert_eq!(back.body(), signed.body());
+        // Signed by someone else than the node it names.
+        let forged = Signed::sign(report(&key, 1, 1_000), &Keypair::from_secret([4; 32]));
+        assert!(matches!(
+            SignedTelemetry::decode_verified(&forged.encode()),
+            Err(SignedError::BadSignature { .. })
+        ));
+        // Every bit flip is refused.
+        let wire = signed.encode();
+        for i in (0..wire.len()).step_by(7) {
+            let mut bad = wire.clone();
+            bad[i] ^= 0x04;
+            assert!(
+                SignedTelemetry::decode_verified(&bad).is_err(),
+                "flip at {i}"
+            );
+        }
+        // Oversized lists are refused.
+        let mut big = report(&key, 2, 1_000);
+        big.telemetry.labels = (0..=LABELS_MAX).map(|i| format!("l{i}")).collect();
+        let big = Signed::sign(big, &key);
+        assert!(SignedTelemetry::decode_verified(&big.encode()).is_err());
+    }
+
+    #[test]
+    fn the_view_keeps_the_newest_report_refuses_replays_and_drops_stale_ones() {
+        let (a, b) = (Keypair::from_secret([5; 32]), Keypair::from_secret([6; 32]));
+        let mut v = TelemetryView::new(10_000);
+        let a2 = Signed::sign(report(&a, 2, 1_000), &a);
+        assert_eq!(v.offer(&a2, 1_000), Ok(()));
+        // The same report again, or an older one: refused.
+        assert_eq!(v.offer(&a2, 1_500), Err(Refused::Stale { seq: 2, last: 2 }));
+        let a1 = Signed::sign(report(&a, 1, 900), &a);
+        assert_eq!(v.offer(&a1, 1_500), Err(Refused::Stale { seq: 1, last: 2 }));
+        let future = Signed::sign(report(&b, 1, 100_000), &b);
+        assert!(matches!(
+            v.offer(&future, 1_000),
+            Err(Refused::FromTheFuture { .. })
+        ));
+        let b1 = Signed::sign(report(&b, 1, 5_000), &b);
+        assert_eq!(v.offer(&b1, 5_000), Ok(()));
+        assert_eq!(v.fresh(6_000).len(), 2);
+        // A's report is 10.001 s old at 11,001 ms: no longer a candidate.
+        let fresh: Vec<u64> = v.fresh(11_001).iter().map(|r| r.telemetry.at_ms).collect();
+        assert_eq!(fresh, [5_000]);
+    }
+}
