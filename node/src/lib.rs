@@ -18,7 +18,8 @@
 //! - [`api`]: the control API (routes, job pipeline, errors).
 //! - [`views`]: JSON views of entries and receipts.
 //! - [`Node`]: startup, serving and graceful shutdown.
-//! - [`sched`]: the auction, requester side and bidder side (sans-IO).
+//! - [`sched`]: the auction, requester side and bidder side, and the telemetry view (sans-IO).
+//! - [`sampler`]: reads the machine's figures for telemetry.
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
 
 #[cfg(feature = "runtime")]
@@ -37,6 +38,8 @@ mod mesh_task;
 pub mod models;
 #[cfg(feature = "runtime")]
 mod node;
+#[cfg(feature = "runtime")]
+pub mod sampler;
 pub mod sched;
 #[cfg(feature = "runtime")]
 pub mod views;

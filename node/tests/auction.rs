@@ -36,6 +36,7 @@ fn tel(speed: u32, price: u64, tier: Tier) -> Telemetry {
         power_mw: 2_000,
         battery_permille: None,
         model_latency_us: BTreeMap::new(),
+        host: Default::default(),
         at_ms: 0,
     }
 }

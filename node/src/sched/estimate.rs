@@ -49,8 +49,22 @@ pub struct Telemetry {
     pub battery_permille: Option<u32>,
     /// Measured latency per model digest (EWMA of runs), microseconds.
     pub model_latency_us: BTreeMap<[u8; 32], u64>,
+    /// The machine: cores, load, memory, temperature.
+    pub host: Host,
     /// When the node signed this (Unix ms).
     pub at_ms: u64,
+}
+
+/// What the sampler reads off the machine.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Host {
+    pub cores: u32,
+    /// One-minute load average over the cores, permille (1000 = every core busy).
+    pub load_permille: u32,
+    /// Memory available for new work, MiB.
+    pub mem_free_mib: u64,
+    /// Hottest thermal zone, millidegrees Celsius, where the machine reports one.
+    pub temp_max_mc: Option<u32>,
 }
 
 /// What the requester knows about the job before anyone runs it.
@@ -143,6 +157,7 @@ mod tests {
             power_mw: 5_000,
             battery_permille: None,
             model_latency_us: BTreeMap::new(),
+            host: Host::default(),
             at_ms: 0,
         }
     }

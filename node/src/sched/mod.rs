@@ -21,5 +21,5 @@ pub mod score;
 pub mod telemetry;
 
 pub use auction::{Auction, AuctionConfig, Explanation, Input, Output, Submission};
-pub use estimate::{Estimate, JobShape, Link, Telemetry, Tier};
+pub use estimate::{Estimate, Host, JobShape, Link, Telemetry, Tier};
 pub use score::{Score, Sla, Weights};

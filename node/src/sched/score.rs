@@ -164,6 +164,7 @@ mod tests {
             power_mw: 0,
             battery_permille: None,
             model_latency_us: BTreeMap::new(),
+            host: Default::default(),
             at_ms: 0,
         }
     }

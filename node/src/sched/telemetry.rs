@@ -6,7 +6,8 @@
 //! [ version = 1, node key (32 bytes), seq, at_ms, tier (0 device, 1 edge, 2 cloud),
 //!   region (text ≤ 64), [label (text ≤ 64), ...] (≤ 32), price_per_s_micros, queue_depth,
 //!   workers, speed_permille, power_mw, battery_permille | null,
-//!   [[model digest (32 bytes), latency_us], ...] (≤ 256) ]
+//!   [[model digest (32 bytes), latency_us], ...] (≤ 256),
+//!   [cores, load_permille, mem_free_mib, temp_max_mc | null] ]
 //! ```
 //!
 //! The view accepts a report only with a higher `seq` than the last one from that node
@@ -18,7 +19,7 @@ use ciborium::Value;
 use fab_ledger::cbor::{self, Cbor, DecodeError, Fields};
 use fab_ledger::{PublicKey, Signed, SignedBody};
 
-use super::estimate::{Telemetry, Tier};
+use super::estimate::{Host, Telemetry, Tier};
 
 /// Longest region or label.
 pub const NAME_BYTES_MAX: usize = 64;
@@ -85,11 +86,19 @@ impl Cbor for TelemetryReport {
                     .map(|(d, l)| Value::Array(vec![cbor::bytes(d), cbor::uint(*l)]))
                     .collect(),
             ),
+            Value::Array(vec![
+                cbor::uint(u64::from(t.host.cores)),
+                cbor::uint(u64::from(t.host.load_permille)),
+                cbor::uint(t.host.mem_free_mib),
+                t.host
+                    .temp_max_mc
+                    .map_or(Value::Null, |c| cbor::uint(u64::from(c))),
+            ]),
         ])
     }
 
     fn from_value(value: Value) -> Result<Self, DecodeError> {
-        let mut f = Fields::new(value, WHAT, 14)?;
+        let mut f = Fields::new(value, WHAT, 15)?;
         if f.u64("version")? != 1 {
             return Err(DecodeError::invalid(WHAT, "unsupported version"));
         }
@@ -137,6 +146,20 @@ impl Cbor for TelemetryReport {
             let mut m = Fields::new(m, WHAT, 2)?;
             model_latency_us.insert(m.array("digest")?, m.u64("latency_us")?);
         }
+        let mut h = Fields::new(f.value("host")?, WHAT, 4)?;
+        let host = Host {
+            cores: u32_field(&mut h, "cores")?,
+            load_permille: u32_field(&mut h, "load_permille")?,
+            mem_free_mib: h.u64("mem_free_mib")?,
+            temp_max_mc: match h.value("temp_max_mc")? {
+                Value::Null => None,
+                Value::Integer(i) => Some(
+                    u32::try_from(i128::from(i))
+                        .map_err(|_| DecodeError::invalid(WHAT, "temperature out of range"))?,
+                ),
+                _ => return Err(DecodeError::invalid(WHAT, "temp_max_mc: null or integer")),
+            },
+        };
         Ok(TelemetryReport {
             node,
             seq,
@@ -151,6 +174,7 @@ impl Cbor for TelemetryReport {
                 power_mw,
                 battery_permille,
                 model_latency_us,
+                host,
                 at_ms,
             },
         })
@@ -243,6 +267,12 @@ mod tests {
                 power_mw: 4_000,
                 battery_permille: Some(870),
                 model_latency_us: [([1; 32], 812)].into(),
+                host: Host {
+                    cores: 4,
+                    load_permille: 250,
+                    mem_free_mib: 1_900,
+                    temp_max_mc: Some(61_500),
+                },
                 at_ms,
             },
         }
