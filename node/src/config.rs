@@ -19,7 +19,99 @@ pub struct Config {
     pub limits: LimitsConfig,
     pub ledger: LedgerConfig,
     pub mesh: MeshSection,
+    pub scheduler: SchedulerConfig,
     pub log: LogConfig,
+}
+
+/// Placement: what this node tells the mesh about itself, and how it chooses where jobs run.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct SchedulerConfig {
+    /// `device`, `edge` or `cloud`.
+    pub tier: String,
+    /// Free-form region name, matched by a job's allowed regions.
+    pub region: String,
+    /// Labels a job can require, e.g. `gpu`, `camera`.
+    pub labels: Vec<String>,
+    /// Price of one second of compute, micro-units.
+    pub price_per_s_micros: u64,
+    /// Power drawn while computing, milliwatts (energy estimates).
+    pub power_mw: u64,
+    /// Scoring weights (integers).
+    pub weight_time: u64,
+    pub weight_cost: u64,
+    pub weight_energy: u64,
+    pub weight_cache: u64,
+    pub weight_reliability: u64,
+    pub weight_battery: u64,
+    /// Longest wait for bids.
+    pub bid_window_ms: u64,
+    /// Peers asked per job at most.
+    pub bids_max: u64,
+    /// Awards per job (and replica) at most.
+    pub attempts_max: u64,
+    /// At this queue depth the node stops bidding.
+    pub queue_max: u64,
+    /// Below this charge (permille) a node on battery stops bidding.
+    pub battery_min_permille: u64,
+    /// How often telemetry is published.
+    pub telemetry_every_ms: u64,
+    /// Peers' telemetry older than this is not used.
+    pub telemetry_stale_ms: u64,
+}
+
+impl Default for SchedulerConfig {
+    fn default() -> Self {
+        let w = crate::sched::Weights::default();
+        SchedulerConfig {
+            tier: "edge".into(),
+            region: String::new(),
+            labels: Vec::new(),
+            price_per_s_micros: 0,
+            power_mw: 5_000,
+            weight_time: w.time,
+            weight_cost: w.cost,
+            weight_energy: w.energy,
+            weight_cache: w.cache,
+            weight_reliability: w.reliability,
+            weight_battery: w.battery,
+            bid_window_ms: 50,
+            bids_max: 8,
+            attempts_max: 3,
+            queue_max: 64,
+            battery_min_permille: 200,
+            telemetry_every_ms: 2_000,
+            telemetry_stale_ms: 10_000,
+        }
+    }
+}
+
+impl SchedulerConfig {
+    pub fn tier(&self) -> crate::sched::Tier {
+        crate::sched::Tier::parse(&self.tier).unwrap_or(crate::sched::Tier::Edge)
+    }
+
+    pub fn weights(&self) -> crate::sched::Weights {
+        crate::sched::Weights {
+            time: self.weight_time,
+            cost: self.weight_cost,
+            energy: self.weight_energy,
+            cache: self.weight_cache,
+            reliability: self.weight_reliability,
+            battery: self.weight_battery,
+        }
+    }
+
+    /// The auction's tunables from this section.
+    pub fn auction(&self) -> crate::sched::AuctionConfig {
+        crate::sched::AuctionConfig {
+            weights: self.weights(),
+            window: std::time::Duration::from_millis(self.bid_window_ms),
+            bids_max: self.bids_max as usize,
+            attempts_max: self.attempts_max as u32,
+            ..Default::default()
+        }
+    }
 }
 
 /// Joining the mesh.
@@ -396,6 +488,66 @@ impl Config {
             24 * 3_600_000,
         )?;
         range("ledger.batch_max", self.ledger.batch_max as u64, 1, 65_536)?;
+        let sc = &self.scheduler;
+        if crate::sched::Tier::parse(&sc.tier).is_none() {
+            return Err(ConfigError::BadValue {
+                origin: "configuration".into(),
+                key: "scheduler.tier".into(),
+                value: sc.tier.clone(),
+                expected: "device, edge or cloud".into(),
+            });
+        }
+        for (key, v) in [
+            ("scheduler.weight_time", sc.weight_time),
+            ("scheduler.weight_cost", sc.weight_cost),
+            ("scheduler.weight_energy", sc.weight_energy),
+            ("scheduler.weight_cache", sc.weight_cache),
+            ("scheduler.weight_reliability", sc.weight_reliability),
+            ("scheduler.weight_battery", sc.weight_battery),
+        ] {
+            range(key, v, 0, 1_000_000)?;
+        }
+        range("scheduler.bid_window_ms", sc.bid_window_ms, 1, 60_000)?;
+        range("scheduler.bids_max", sc.bids_max, 1, 1_000)?;
+        range("scheduler.attempts_max", sc.attempts_max, 1, 100)?;
+        range("scheduler.queue_max", sc.queue_max, 1, 1 << 20)?;
+        range(
+            "scheduler.battery_min_permille",
+            sc.battery_min_permille,
+            0,
+            1000,
+        )?;
+        range(
+            "scheduler.telemetry_every_ms",
+            sc.telemetry_every_ms,
+            100,
+            3_600_000,
+        )?;
+        range(
+            "scheduler.telemetry_stale_ms",
+            sc.telemetry_stale_ms,
+            100,
+            24 * 3_600_000,
+        )?;
+        range("scheduler.power_mw", sc.power_mw, 0, 100_000_000)?;
+        if sc.region.len() > crate::sched::telemetry::NAME_BYTES_MAX
+            || sc.labels.len() > crate::sched::telemetry::LABELS_MAX
+            || sc
+                .labels
+                .iter()
+                .any(|l| l.is_empty() || l.len() > crate::sched::telemetry::NAME_BYTES_MAX)
+        {
+            return Err(ConfigError::BadValue {
+                origin: "configuration".into(),
+                key: "scheduler.region / scheduler.labels".into(),
+                value: format!("{:?} / {:?}", sc.region, sc.labels),
+                expected: format!(
+                    "names of 1 to {} bytes, at most {} labels",
+                    crate::sched::telemetry::NAME_BYTES_MAX,
+                    crate::sched::telemetry::LABELS_MAX
+                ),
+            });
+        }
         let net = &self.ledger.network;
         if net.is_empty()
             || net.len() > 64
@@ -532,6 +684,32 @@ mod tests {
             e.contains("FABNODE_INFERENCE_WORKERS") && e.contains("an integer"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn scheduler_settings_come_from_env_and_are_checked() {
+        let env = vec![
+            ("FABNODE_SCHEDULER_TIER".to_owned(), "cloud".to_owned()),
+            (
+                "FABNODE_SCHEDULER_LABELS".to_owned(),
+                "gpu, camera".to_owned(),
+            ),
+            ("FABNODE_SCHEDULER_WEIGHT_COST".to_owned(), "70".to_owned()),
+        ];
+        let c = Config::load(None, env, &[]).unwrap();
+        assert_eq!(c.scheduler.tier(), crate::sched::Tier::Cloud);
+        assert_eq!(c.scheduler.labels, ["gpu", "camera"]);
+        assert_eq!(c.scheduler.weights().cost, 70);
+        assert_eq!(c.scheduler.auction().bids_max, 8);
+        let env = vec![("FABNODE_SCHEDULER_TIER".to_owned(), "moon".to_owned())];
+        let e = Config::load(None, env, &[]).unwrap_err().to_string();
+        assert!(
+            e.contains("scheduler.tier") && e.contains("device, edge or cloud"),
+            "{e}"
+        );
+        let env = vec![("FABNODE_SCHEDULER_BID_WINDOW_MS".to_owned(), "0".to_owned())];
+        let e = Config::load(None, env, &[]).unwrap_err().to_string();
+        assert!(e.contains("scheduler.bid_window_ms"), "{e}");
     }
 
     #[test]
