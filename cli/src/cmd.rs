@@ -258,19 +258,18 @@ pub fn init_logging(level: &str, format: LogFormat) {
     };
 }
 
-async fn shutdown_signal() {
+/// Registers SIGTERM and SIGINT handlers now, so a signal that arrives at any point after
+/// this (even before the node serves) stops it cleanly; the future completes on the first.
+fn shutdown_signal() -> Result<impl std::future::Future<Output = ()>> {
     use tokio::signal::unix::{SignalKind, signal};
-    let mut term = match signal(SignalKind::terminate()) {
-        Ok(s) => s,
-        Err(_) => {
-            let _ = tokio::signal::ctrl_c().await;
-            return;
+    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    Ok(async move {
+        tokio::select! {
+            _ = int.recv() => tracing::info!("SIGINT received; shutting down"),
+            _ = term.recv() => tracing::info!("SIGTERM received; shutting down"),
         }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received; shutting down"),
-        _ = term.recv() => tracing::info!("SIGTERM received; shutting down"),
-    }
+    })
 }
 
 pub fn start(g: &Global, a: StartArgs) -> Result<ExitCode> {
@@ -302,6 +301,7 @@ pub fn start(g: &Global, a: StartArgs) -> Result<ExitCode> {
         .build()
         .context("starting the async runtime")?;
     rt.block_on(async move {
+        let shutdown = shutdown_signal()?;
         let node = Node::start(&dir, config).await?;
         eprintln!(
             "fabnode {} listening on http://{} (data dir {})",
@@ -309,9 +309,7 @@ pub fn start(g: &Global, a: StartArgs) -> Result<ExitCode> {
             node.local_addr(),
             dir.display()
         );
-        node.run(shutdown_signal())
-            .await
-            .context("serving the API")?;
+        node.run(shutdown).await.context("serving the API")?;
         anyhow::Ok(())
     })?;
     Ok(ExitCode::SUCCESS)

@@ -400,6 +400,60 @@ fn demo_runs_a_three_process_mesh_and_verifies_every_ledger() {
     assert!(feeds.iter().all(|f| f["entries"] == 15), "{v}");
 }
 
+#[test]
+fn nodes_publish_signed_telemetry_and_keep_a_view_of_their_peers() {
+    let network = format!("tm{}", std::process::id());
+    let (ta, tb, tc) = (TestDir::new(), TestDir::new(), TestDir::new());
+    let fast = |mut env: Vec<(String, String)>, tier: &str, labels: &str| {
+        env.push(("FABNODE_SCHEDULER_TELEMETRY_EVERY_MS".into(), "200".into()));
+        env.push(("FABNODE_SCHEDULER_TIER".into(), tier.into()));
+        env.push(("FABNODE_SCHEDULER_LABELS".into(), labels.into()));
+        env
+    };
+    let a = start(&ta, &fast(mesh_env(&network), "edge", ""));
+    let (_, env) = joining_env(&a, &network, TCP);
+    let b = start(&tb, &fast(env.clone(), "cloud", "gpu"));
+    let c = start(&tc, &fast(env, "device", "camera,arm64"));
+    let (b_id, c_id) = (peer_id(&b), peer_id(&c));
+    let peer_report = |id: &str| {
+        a.get("/v1/telemetry").1["peers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["peer_id"] == id)
+            .cloned()
+    };
+    wait_for(
+        "A to hold B's and C's telemetry",
+        Duration::from_secs(20),
+        || peer_report(&b_id).is_some() && peer_report(&c_id).is_some(),
+    );
+    let rb = peer_report(&b_id).unwrap();
+    assert_eq!(rb["tier"], "cloud", "{rb}");
+    assert_eq!(rb["labels"], json!(["gpu"]));
+    assert!(rb["host"]["cores"].as_u64().unwrap() >= 1, "{rb}");
+    assert!(rb["speed_permille"].as_u64().unwrap() > 0, "{rb}");
+    assert_eq!(
+        peer_report(&c_id).unwrap()["labels"],
+        json!(["arm64", "camera"])
+    );
+    // B runs a job: its next report carries the model's measured latency.
+    let (s, _) = b.post_json(
+        "/v1/jobs",
+        &json!({"model": "digits", "input": image_json(1)}),
+    );
+    assert_eq!(s, 200);
+    wait_for(
+        "B's report to carry the model latency",
+        Duration::from_secs(10),
+        || {
+            peer_report(&b_id)
+                .is_some_and(|r| r["models"].as_object().is_some_and(|m| m.len() == 1))
+        },
+    );
+    assert_eq!(b.get("/v1/telemetry").1["self"]["tier"], "cloud");
+}
+
 mod bad_peer {
     //! A misbehaving peer in this process, speaking the real protocols to real nodes.
 
@@ -536,6 +590,93 @@ mod bad_peer {
             feed_size(&b, &a_id).is_some_and(|(n, _)| n == 4)
         });
         assert!(a.log().contains("gossip message rejected"));
+        drop(rt);
+    }
+
+    #[test]
+    fn forged_telemetry_is_rejected_and_scores_the_sender_down() {
+        use fab_node::sched::telemetry::TelemetryReport;
+        let network = format!("mt{}", std::process::id());
+        let ta = TestDir::new();
+        let a = start(&ta, &mesh_env(&network));
+        let a_id = peer_id(&a);
+        let addr = format!(
+            "{}/p2p/{a_id}",
+            a.get("/v1/node").1["mesh"]["listen"][0].as_str().unwrap()
+        );
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        let key = Keypair::generate();
+        let mut config = MeshConfig::new(&network);
+        config.listen = vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()];
+        config.mdns = false;
+        config.bootstrap = vec![addr.parse::<Addr>().unwrap()];
+        config.telemetry_validator = Some(std::sync::Arc::new(|_: &Peer, _: &[u8]| Ok(())));
+        let (m, mut events, event_loop) = {
+            let _g = rt.enter();
+            fab_mesh::net::start(&key, config).unwrap()
+        };
+        rt.spawn(event_loop.run());
+        rt.spawn(async move { while events.recv().await.is_some() {} });
+        wait_for("A to see the bad peer", Duration::from_secs(20), || {
+            peer_count(&a) == 1
+        });
+        // A report about another node, signed by that node but published by this peer; and
+        // bytes that are not a report at all.
+        let other = Keypair::generate();
+        let report = TelemetryReport {
+            node: other.public(),
+            seq: 1,
+            telemetry: fab_node::sched::Telemetry {
+                tier: fab_node::sched::Tier::Cloud,
+                region: String::new(),
+                labels: Default::default(),
+                price_per_s_micros: 0,
+                queue_depth: 0,
+                workers: 1,
+                speed_permille: 1_000_000,
+                power_mw: 0,
+                battery_permille: None,
+                model_latency_us: Default::default(),
+                host: Default::default(),
+                at_ms: 1,
+            },
+        };
+        let payloads = [
+            Signed::sign(report, &other).encode(),
+            b"\x83\x01 junk".to_vec(),
+        ];
+        rt.block_on(async {
+            for p in &payloads {
+                let mut tries = 0;
+                while m.publish_telemetry(p.clone()).await.is_err() {
+                    tries += 1;
+                    assert!(tries < 200, "the bad peer could not publish");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        });
+        wait_for("A to reject both", Duration::from_secs(10), || {
+            a.get("/v1/node").1["mesh"]["gossip"]["rejected"].as_u64() >= Some(2)
+        });
+        assert!(
+            a.get("/v1/telemetry").1["peers"]
+                .as_array()
+                .unwrap()
+                .is_empty()
+        );
+        let m_id = m.peer_id().to_string();
+        let score = a.get("/v1/peers").1["peers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["peer_id"] == m_id.as_str())
+            .and_then(|p| p["score"].as_f64());
+        assert!(score.is_some_and(|s| s < 0.0), "{score:?}");
+        assert!(
+            a.log().contains("telemetry about another node"),
+            "{}",
+            a.log()
+        );
         drop(rt);
     }
 

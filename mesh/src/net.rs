@@ -24,7 +24,7 @@ use crate::exec::{
 use crate::validate::{Valid, Verdict, validate};
 use crate::wire::{
     GOSSIP_BYTES_MAX, GossipMsg, SYNC_PROTOCOL, SYNC_REQUEST_BYTES_MAX, SYNC_RESPONSE_BYTES_MAX,
-    SyncRequest, SyncResponse, ledger_topic,
+    SyncRequest, SyncResponse, TELEMETRY_BYTES_MAX, ledger_topic, telemetry_topic,
 };
 use futures::{AsyncReadExt, AsyncWriteExt};
 use libp2p::StreamProtocol;
@@ -39,8 +39,12 @@ pub const COMMAND_QUEUE: usize = 256;
 /// catch-up recovers anything gossip did not deliver).
 pub const EVENT_QUEUE: usize = 4096;
 
+/// Validates telemetry payloads (the node knows their format; the mesh does not).
+pub type TelemetryValidator =
+    std::sync::Arc<dyn Fn(&PeerId, &[u8]) -> Result<(), String> + Send + Sync>;
+
 /// How a node joins the mesh.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct MeshConfig {
     /// Separates meshes: part of every topic name and of identify's protocol version.
     pub network: String,
@@ -58,9 +62,25 @@ pub struct MeshConfig {
     pub peers_target: usize,
     /// Established connections at most, inbound and outbound together.
     pub connections_max: u32,
+    /// Checks a telemetry payload before it is used or forwarded: given the message's author
+    /// and bytes, accept or say why not (the sender is then penalised). Without one,
+    /// telemetry is not subscribed to.
+    pub telemetry_validator: Option<TelemetryValidator>,
     /// Use libp2p's in-process memory transport (`/memory/<n>` addresses) instead of TCP and
     /// QUIC: for behaviour tests and the simulator, with no sockets.
     pub memory_transport: bool,
+}
+
+impl std::fmt::Debug for MeshConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MeshConfig")
+            .field("network", &self.network)
+            .field("listen", &self.listen)
+            .field("mdns", &self.mdns)
+            .field("bootstrap", &self.bootstrap)
+            .field("telemetry", &self.telemetry_validator.is_some())
+            .finish_non_exhaustive()
+    }
 }
 
 impl MeshConfig {
@@ -74,6 +94,7 @@ impl MeshConfig {
             peers_target: 8,
             connections_max: 128,
             memory_transport: false,
+            telemetry_validator: None,
         }
     }
 }
@@ -100,6 +121,8 @@ pub enum MeshEvent {
     },
     /// A gossip message passed validation (and is being forwarded).
     Valid { from: PeerId, valid: Box<Valid> },
+    /// A telemetry report passed the validator (and is being forwarded); `author` signed it.
+    Telemetry { author: PeerId, data: Vec<u8> },
     /// A gossip message failed validation; the sender has been penalised.
     Rejected { from: PeerId, reason: String },
     /// A fabnode node of this network is connected and identified.
@@ -308,6 +331,7 @@ enum Command {
     RespondExec(ExecReply, ExecResponse),
     Respond(SyncReply, SyncResponse),
     Publish(Vec<u8>, oneshot::Sender<Result<(), MeshError>>),
+    PublishTelemetry(Vec<u8>, oneshot::Sender<Result<(), MeshError>>),
     Dial(Multiaddr, oneshot::Sender<Result<(), MeshError>>),
     ListenAddrs(oneshot::Sender<Vec<Multiaddr>>),
     Peers(oneshot::Sender<BTreeMap<PeerId, PeerInfo>>),
@@ -328,6 +352,8 @@ pub struct EventLoop {
     events: mpsc::Sender<MeshEvent>,
     network: String,
     topic: IdentTopic,
+    telemetry_topic: IdentTopic,
+    telemetry_validator: Option<TelemetryValidator>,
     peers: BTreeMap<PeerId, PeerInfo>,
     stats: MeshStats,
     peers_target: usize,
@@ -405,6 +431,8 @@ pub fn start(
 ) -> Result<(MeshClient, mpsc::Receiver<MeshEvent>, EventLoop), MeshError> {
     let build = |e: &dyn std::fmt::Display| MeshError::Build(e.to_string());
     let topic = IdentTopic::new(ledger_topic(&config.network));
+    let telemetry_topic = IdentTopic::new(telemetry_topic(&config.network));
+    let with_telemetry = config.telemetry_validator.is_some();
     let network = config.network.clone();
     let heartbeat = config.heartbeat;
     let use_mdns = config.mdns && !config.memory_transport;
@@ -437,8 +465,14 @@ pub fn start(
                 ..Default::default()
             };
             score.topics.insert(topic.hash(), ledger_topic_score());
+            score
+                .topics
+                .insert(telemetry_topic.hash(), ledger_topic_score());
             gossipsub.with_peer_score(score, gossipsub::PeerScoreThresholds::default())?;
             gossipsub.subscribe(&topic)?;
+            if with_telemetry {
+                gossipsub.subscribe(&telemetry_topic)?;
+            }
             let identify = identify::Behaviour::new(
                 identify::Config::new(identify_protocol(&network), kp.public())
                     .with_agent_version(format!("fabnode/{}", env!("CARGO_PKG_VERSION"))),
@@ -547,6 +581,8 @@ pub fn start(
         events,
         network: config.network,
         topic,
+        telemetry_topic,
+        telemetry_validator: config.telemetry_validator,
         peers: BTreeMap::new(),
         stats: MeshStats::default(),
         peers_target: config.peers_target,
@@ -575,6 +611,35 @@ impl EventLoop {
             }
         }
         tracing::debug!("mesh event loop stopped");
+    }
+
+    /// A telemetry message: checked by the node's validator before use or forwarding.
+    fn telemetry(&mut self, from: PeerId, id: gossipsub::MessageId, message: gossipsub::Message) {
+        let verdict = match (&self.telemetry_validator, message.source) {
+            (None, _) => Err("telemetry is not read here".to_owned()),
+            (Some(_), None) => Err("unsigned telemetry".to_owned()),
+            (Some(_), Some(_)) if message.data.len() > TELEMETRY_BYTES_MAX => {
+                Err(format!("telemetry over {TELEMETRY_BYTES_MAX} bytes"))
+            }
+            (Some(v), Some(author)) => v(&author, &message.data).map(|()| author),
+        };
+        let gs = &mut self.swarm.behaviour_mut().gossipsub;
+        match verdict {
+            Ok(author) => {
+                gs.report_message_validation_result(&id, &from, MessageAcceptance::Accept);
+                self.stats.accepted += 1;
+                self.emit(MeshEvent::Telemetry {
+                    author,
+                    data: message.data,
+                });
+            }
+            Err(reason) => {
+                gs.report_message_validation_result(&id, &from, MessageAcceptance::Reject);
+                self.stats.rejected += 1;
+                tracing::warn!(peer = %from, %reason, "telemetry rejected");
+                self.emit(MeshEvent::Rejected { from, reason });
+            }
+        }
     }
 
     /// Connections below target: dial peers from the routing table, and walk the DHT now and
@@ -654,6 +719,16 @@ impl EventLoop {
                     .map_err(|e| MeshError::Publish(e.to_string()));
                 let _ = reply.send(r);
             }
+            Command::PublishTelemetry(data, reply) => {
+                let r = self
+                    .swarm
+                    .behaviour_mut()
+                    .gossipsub
+                    .publish(self.telemetry_topic.clone(), data)
+                    .map(|_| ())
+                    .map_err(|e| MeshError::Publish(e.to_string()));
+                let _ = reply.send(r);
+            }
             Command::Dial(addr, reply) => {
                 let _ = reply.send(
                     self.swarm
@@ -684,6 +759,10 @@ impl EventLoop {
                 message_id,
                 message,
             })) => {
+                if message.topic == self.telemetry_topic.hash() {
+                    self.telemetry(propagation_source, message_id, message);
+                    return;
+                }
                 let verdict = validate(&self.network, &message.data);
                 let gs = &mut self.swarm.behaviour_mut().gossipsub;
                 match verdict {
@@ -921,6 +1000,11 @@ impl MeshClient {
     /// Publishes on the ledger topic. Fails with a publish error while no peer is subscribed.
     pub async fn publish(&self, msg: GossipMsg) -> Result<(), MeshError> {
         self.ask(|r| Command::Publish(msg.encode(), r)).await?
+    }
+
+    /// Publishes a signed telemetry report on the telemetry topic.
+    pub async fn publish_telemetry(&self, data: Vec<u8>) -> Result<(), MeshError> {
+        self.ask(|r| Command::PublishTelemetry(data, r)).await?
     }
 
     /// Publishes a payload on the ledger topic as is, unchecked: for tools and tests that

@@ -23,6 +23,14 @@ pub fn ledger_topic(network: &str) -> String {
     format!("fabnode/v1/{network}/ledger")
 }
 
+/// The telemetry topic of a network: `fabnode/v1/<network>/telemetry`.
+pub fn telemetry_topic(network: &str) -> String {
+    format!("fabnode/v1/{network}/telemetry")
+}
+
+/// Largest telemetry payload.
+pub const TELEMETRY_BYTES_MAX: usize = 16 * 1024 + 256;
+
 /// A message on the ledger topic.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum GossipMsg {

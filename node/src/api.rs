@@ -45,6 +45,15 @@ pub struct AppState {
     pub remote_running: std::sync::Mutex<std::collections::HashSet<ContentId>>,
     /// Where each replica stands in the replication core (updated every 250 ms).
     pub replication: tokio::sync::watch::Receiver<Vec<fab_mesh::replicate::FeedHead>>,
+    /// Peers' telemetry, signature-checked.
+    pub telemetry: Arc<std::sync::Mutex<crate::sched::telemetry::TelemetryView>>,
+    /// This node's last published report.
+    pub own_telemetry: std::sync::Mutex<Option<crate::sched::telemetry::SignedTelemetry>>,
+    pub telemetry_seq: AtomicU64,
+    /// Calibrated speed score (permille of the reference machine).
+    pub speed_permille: AtomicU64,
+    /// Measured latency per model digest: EWMA (1/8) of run times, microseconds.
+    pub model_latency: std::sync::Mutex<std::collections::BTreeMap<[u8; 32], u64>>,
     /// Peers' models as they described them: (peer, name) -> (digest, input name).
     pub described:
         std::sync::Mutex<std::collections::HashMap<(libp2p::PeerId, String), (ContentId, String)>>,
@@ -95,6 +104,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/ledger/heads", get(ledger_heads))
         .route("/v1/peers", get(peers))
         .route("/metrics", get(metrics))
+        .route("/v1/telemetry", get(telemetry))
         .route("/v1/ledger/entries", get(ledger_entries))
         .route("/v1/ledger/entries/{seq}", get(ledger_entry))
         .fallback(|| async {
@@ -129,6 +139,45 @@ async fn peers(State(st): State<Arc<AppState>>) -> ApiResult {
         })
         .collect();
     Ok(axum::Json(json!({"mesh": true, "peers": list})))
+}
+
+fn telemetry_json(t: &crate::sched::Telemetry, now: u64) -> Value {
+    json!({
+        "tier": t.tier.name(), "region": t.region, "labels": t.labels,
+        "price_per_s_micros": t.price_per_s_micros, "queue_depth": t.queue_depth,
+        "workers": t.workers, "speed_permille": t.speed_permille, "power_mw": t.power_mw,
+        "battery_permille": t.battery_permille,
+        "host": {"cores": t.host.cores, "load_permille": t.host.load_permille,
+                 "mem_free_mib": t.host.mem_free_mib, "temp_max_mc": t.host.temp_max_mc},
+        "models": t.model_latency_us.iter().map(|(d, l)| (hex::encode(d), json!(l))).collect::<serde_json::Map<_, _>>(),
+        "at_ms": t.at_ms, "age_ms": now.saturating_sub(t.at_ms),
+    })
+}
+
+/// This node's last report and every fresh peer report.
+async fn telemetry(State(st): State<Arc<AppState>>) -> ApiResult {
+    let now = now_ms();
+    let own = st
+        .own_telemetry
+        .lock()
+        .ok()
+        .and_then(|o| o.as_ref().map(|r| telemetry_json(&r.body().telemetry, now)));
+    let peers: Vec<Value> = st
+        .telemetry
+        .lock()
+        .map(|v| {
+            v.fresh(now)
+                .into_iter()
+                .map(|r| {
+                    let mut j = telemetry_json(&r.telemetry, now);
+                    j["peer_id"] = json!(r.node.peer_id());
+                    j["seq"] = json!(r.seq);
+                    j
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    Ok(axum::Json(json!({"self": own, "peers": peers})))
 }
 
 /// Prometheus text exposition of the node's counters.
@@ -402,6 +451,11 @@ pub async fn execute(
                 wall_time_us: r.wall.as_micros() as u64,
                 peak_rss_kib: r.peak_rss_kib,
             };
+            if let Ok(mut m) = st.model_latency.lock() {
+                let sample = r.wall.as_micros() as u64;
+                let e = m.entry(model.digest.0).or_insert(sample);
+                *e = (*e * 7 + sample) / 8;
+            }
             match r.outputs {
                 Ok(outs) => (ExecStatus::Ok, String::new(), Some(outs), timings, metering),
                 Err(e) => (

@@ -42,6 +42,8 @@ mod node;
 pub mod sampler;
 pub mod sched;
 #[cfg(feature = "runtime")]
+mod telemetry_task;
+#[cfg(feature = "runtime")]
 pub mod views;
 
 #[cfg(feature = "runtime")]

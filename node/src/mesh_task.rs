@@ -51,6 +51,8 @@ pub struct MeshTask {
     pub exec: mpsc::Sender<crate::exec::Incoming>,
     /// The replication core's view of every replica, for the API.
     pub heads: tokio::sync::watch::Sender<Vec<FeedHead>>,
+    /// Peers' telemetry, fed from the telemetry topic.
+    pub telemetry: std::sync::Arc<std::sync::Mutex<crate::sched::telemetry::TelemetryView>>,
 }
 
 pub async fn run(task: MeshTask) {
@@ -63,6 +65,7 @@ pub async fn run(task: MeshTask) {
         mut replicator,
         exec,
         heads,
+        telemetry,
     } = task;
     let started = Instant::now();
     let mut tick = tokio::time::interval(TICK);
@@ -93,6 +96,15 @@ pub async fn run(task: MeshTask) {
                         }
                         _ => {}
                     },
+                    MeshEvent::Telemetry { author, data } => {
+                        // Verified by the mesh's validator; decoded again here to use it.
+                        if let Ok(report) = crate::sched::telemetry::SignedTelemetry::decode_verified(&data)
+                            && let Ok(mut view) = telemetry.lock()
+                            && let Err(why) = view.offer(&report, crate::ledger_writer::now_ms())
+                        {
+                            tracing::debug!(peer = %author, ?why, "telemetry not taken");
+                        }
+                    }
                     MeshEvent::Rejected { from, reason } => {
                         tracing::warn!(peer = %from, %reason, "peer sent an invalid message");
                     }

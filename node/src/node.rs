@@ -129,11 +129,24 @@ impl Node {
         let mut mesh = None;
         let (exec_tx, exec_rx) = tokio::sync::mpsc::channel(crate::exec::EXEC_QUEUE);
         let (heads_tx, heads_rx) = tokio::sync::watch::channel(Vec::new());
+        let telemetry_view = Arc::new(std::sync::Mutex::new(
+            crate::sched::telemetry::TelemetryView::new(config.scheduler.telemetry_stale_ms),
+        ));
         if let Some(replicator) = replicator {
             let mut mc = MeshConfig::new(&config.ledger.network);
             mc.listen = parse_addrs("mesh.listen", &config.mesh.listen)?;
             mc.bootstrap = parse_addrs("mesh.bootstrap", &config.mesh.bootstrap)?;
             mc.mdns = config.mesh.mdns;
+            // Telemetry is read only when it verifies and names the node that signed the
+            // gossip message.
+            mc.telemetry_validator = Some(Arc::new(|author: &libp2p::PeerId, bytes: &[u8]| {
+                let r = crate::sched::telemetry::SignedTelemetry::decode_verified(bytes)
+                    .map_err(|e| e.to_string())?;
+                if r.body().node.peer_id() != author.to_string() {
+                    return Err("telemetry about another node".into());
+                }
+                Ok(())
+            }));
             let (client, events, event_loop) =
                 fab_mesh::net::start(&key, mc).map_err(|e| StartError::Mesh(e.to_string()))?;
             mesh_tasks.push(tokio::spawn(event_loop.run()));
@@ -147,6 +160,7 @@ impl Node {
                     replicator,
                     exec: exec_tx,
                     heads: heads_tx,
+                    telemetry: Arc::clone(&telemetry_view),
                 },
             )));
             mesh = Some(client);
@@ -156,6 +170,11 @@ impl Node {
             pool: InferencePool::new(config.inference.workers, config.inference.queue_depth),
             job_slots: Arc::new(Semaphore::new(config.limits.jobs_in_flight_max)),
             remote_running: Default::default(),
+            telemetry: telemetry_view,
+            own_telemetry: Default::default(),
+            telemetry_seq: AtomicU64::new(0),
+            speed_permille: AtomicU64::new(1000),
+            model_latency: Default::default(),
             described: Default::default(),
             replication: heads_rx,
             // Nonces only need to differ between this node's requests; start from the clock so
@@ -183,6 +202,7 @@ impl Node {
                 Arc::clone(&state),
                 exec_rx,
             )));
+            mesh_tasks.push(tokio::spawn(crate::telemetry_task::run(Arc::clone(&state))));
         }
         let addr_file = datadir::api_addr_path(data_dir);
         std::fs::write(&addr_file, format!("{addr}\n")).map_err(|error| StartError::DataDir {
