@@ -594,6 +594,65 @@ mod bad_peer {
     }
 
     #[test]
+    fn calls_for_bids_get_signed_answers_that_explain_a_decline() {
+        use fab_mesh::bid::BidRequest;
+        let network = format!("bd{}", std::process::id());
+        let tb = TestDir::new();
+        let mut env = mesh_env(&network);
+        env.push(("FABNODE_SCHEDULER_TELEMETRY_EVERY_MS".into(), "200".into()));
+        let b = start(&tb, &env);
+        let b_id = peer_id(&b);
+        let addr = format!(
+            "{}/p2p/{b_id}",
+            b.get("/v1/node").1["mesh"]["listen"][0].as_str().unwrap()
+        );
+        let (rt, m, key) = join(&network, &addr);
+        let peer: Peer = b_id.parse().unwrap();
+        wait_for("B's first telemetry", Duration::from_secs(20), || {
+            !b.get("/v1/telemetry").1["self"].is_null()
+        });
+        let digest: [u8; 32] = hex::decode(
+            b.get("/v1/models").1["models"][0]["digest"]
+                .as_str()
+                .unwrap(),
+        )
+        .unwrap()
+        .try_into()
+        .unwrap();
+        let call = |requester: [u8; 32], model: [u8; 32]| BidRequest {
+            job: [4; 32],
+            requester,
+            model_digest: model,
+            input_bytes: 256,
+            reference_latency_us: 1_000,
+            deadline_us: 30_000_000,
+            max_cost_micros: None,
+            tiers: vec![],
+            regions: vec![],
+            labels: vec![],
+            replicas: 1,
+        };
+        let ask = |r: BidRequest| rt.block_on(m.bid(peer, r)).unwrap();
+        let bid = ask(call(key.public().to_bytes(), digest));
+        assert_eq!(bid.body().bidder.peer_id(), b_id);
+        let offer = bid
+            .body()
+            .answer
+            .clone()
+            .expect("B bids for a model it holds");
+        assert!(offer.compute_us > 0);
+        let no_model = ask(call(key.public().to_bytes(), [0; 32]));
+        assert_eq!(
+            no_model.body().answer,
+            Err("does not hold the model".into())
+        );
+        let other = Keypair::generate().public().to_bytes();
+        let err = ask(call(other, digest)).body().answer.clone().unwrap_err();
+        assert!(err.contains("another requester"), "{err}");
+        drop(rt);
+    }
+
+    #[test]
     fn forged_telemetry_is_rejected_and_scores_the_sender_down() {
         use fab_node::sched::telemetry::TelemetryReport;
         let network = format!("mt{}", std::process::id());

@@ -4,6 +4,7 @@
 //!
 //! - [`wire`]: the gossip messages (versioned CBOR with size limits) and topic names, which carry
 //!   the network id so two fleets on one LAN never mix.
+//! - [`bid`]: the `/fabnode/bid/1` call for bids and the signed answer.
 //! - [`exec`]: the `/fabnode/exec/1` messages that run a job on a chosen peer.
 //! - [`validate`]: the sans-IO check every gossip message passes before it is used or forwarded:
 //!   accept, reject (the sender is penalised) or ignore. The simulator reuses it unchanged.
@@ -14,6 +15,7 @@
 //!   [`net::EventLoop`] task and used through a cloneable [`net::MeshClient`].
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
 
+pub mod bid;
 pub mod exec;
 #[cfg(feature = "net")]
 pub mod net;

@@ -18,6 +18,9 @@ use libp2p::{
 use thiserror::Error;
 use tokio::sync::{mpsc, oneshot};
 
+use crate::bid::{
+    BID_PROTOCOL, BID_REQUEST_BYTES_MAX, BID_RESPONSE_BYTES_MAX, BidRequest, SignedBid,
+};
 use crate::exec::{
     EXEC_PROTOCOL, EXEC_REQUEST_BYTES_MAX, EXEC_RESPONSE_BYTES_MAX, ExecRequest, ExecResponse,
 };
@@ -108,6 +111,12 @@ pub enum MeshEvent {
         request: SyncRequest,
         reply: SyncReply,
     },
+    /// A peer calls for bids; answer with [`MeshClient::respond_bid`].
+    BidRequest {
+        from: PeerId,
+        request: BidRequest,
+        reply: BidReply,
+    },
     /// A peer asks this node to run a job; answer with [`MeshClient::respond_exec`].
     ExecRequest {
         from: PeerId,
@@ -178,6 +187,10 @@ pub enum MeshError {
 #[derive(Debug)]
 pub struct SyncReply(ResponseChannel<SyncResponse>);
 
+/// Where to send the answer to a call for bids.
+#[derive(Debug)]
+pub struct BidReply(ResponseChannel<SignedBid>);
+
 /// Where to send the answer to an exec request.
 #[derive(Debug)]
 pub struct ExecReply(ResponseChannel<ExecResponse>);
@@ -191,7 +204,7 @@ pub trait Frame: Sized + Send + 'static {
     /// Largest encoding read from the wire.
     const BYTES_MAX: usize;
     fn encode_frame(&self) -> Vec<u8>;
-    fn decode_frame(bytes: &[u8]) -> Result<Self, fab_ledger::cbor::DecodeError>;
+    fn decode_frame(bytes: &[u8]) -> Result<Self, String>;
 }
 
 macro_rules! frame {
@@ -201,8 +214,8 @@ macro_rules! frame {
             fn encode_frame(&self) -> Vec<u8> {
                 self.encode()
             }
-            fn decode_frame(bytes: &[u8]) -> Result<Self, fab_ledger::cbor::DecodeError> {
-                Self::decode(bytes)
+            fn decode_frame(bytes: &[u8]) -> Result<Self, String> {
+                Self::decode(bytes).map_err(|e| e.to_string())
             }
         }
     };
@@ -212,6 +225,18 @@ frame!(SyncRequest, SYNC_REQUEST_BYTES_MAX);
 frame!(SyncResponse, SYNC_RESPONSE_BYTES_MAX);
 frame!(ExecRequest, EXEC_REQUEST_BYTES_MAX);
 frame!(ExecResponse, EXEC_RESPONSE_BYTES_MAX);
+frame!(BidRequest, BID_REQUEST_BYTES_MAX);
+
+/// A bid answer is verified as it is read: signature by the key it names.
+impl Frame for SignedBid {
+    const BYTES_MAX: usize = BID_RESPONSE_BYTES_MAX;
+    fn encode_frame(&self) -> Vec<u8> {
+        self.encode()
+    }
+    fn decode_frame(bytes: &[u8]) -> Result<Self, String> {
+        SignedBid::decode_verified(bytes).map_err(|e| e.to_string())
+    }
+}
 
 /// Request-response frames for `/fabnode/ledger-sync/1` and `/fabnode/exec/1`: one canonical
 /// CBOR value per stream direction, read to the end with a size cap.
@@ -308,6 +333,7 @@ impl<Req: Frame, Resp: Frame> request_response::Codec for CborCodec<Req, Resp> {
 
 type SyncCodec = CborCodec<SyncRequest, SyncResponse>;
 type ExecCodec = CborCodec<ExecRequest, ExecResponse>;
+type BidCodec = CborCodec<BidRequest, SignedBid>;
 
 #[derive(NetworkBehaviour)]
 struct Behaviour {
@@ -315,6 +341,7 @@ struct Behaviour {
     kad: kad::Behaviour<kad::store::MemoryStore>,
     sync: request_response::Behaviour<SyncCodec>,
     exec: request_response::Behaviour<ExecCodec>,
+    bid: request_response::Behaviour<BidCodec>,
     gossipsub: gossipsub::Behaviour,
     identify: identify::Behaviour,
     ping: ping::Behaviour,
@@ -329,6 +356,12 @@ enum Command {
         oneshot::Sender<Result<ExecResponse, MeshError>>,
     ),
     RespondExec(ExecReply, ExecResponse),
+    Bid(
+        PeerId,
+        BidRequest,
+        oneshot::Sender<Result<SignedBid, MeshError>>,
+    ),
+    RespondBid(BidReply, SignedBid),
     Respond(SyncReply, SyncResponse),
     Publish(Vec<u8>, oneshot::Sender<Result<(), MeshError>>),
     PublishTelemetry(Vec<u8>, oneshot::Sender<Result<(), MeshError>>),
@@ -358,6 +391,10 @@ pub struct EventLoop {
     stats: MeshStats,
     peers_target: usize,
     last_bootstrap: Option<tokio::time::Instant>,
+    bid_pending: HashMap<
+        request_response::OutboundRequestId,
+        (PeerId, oneshot::Sender<Result<SignedBid, MeshError>>),
+    >,
     /// Connected peers identified as fabnode nodes of this network.
     members: std::collections::BTreeSet<PeerId>,
     exec_pending: HashMap<
@@ -492,6 +529,13 @@ pub fn start(
                     .with_request_timeout(EXEC_TIMEOUT)
                     .with_max_concurrent_streams(64),
             );
+            let bid = request_response::Behaviour::with_codec(
+                BidCodec::default(),
+                [(StreamProtocol::new(BID_PROTOCOL), ProtocolSupport::Full)],
+                request_response::Config::default()
+                    .with_request_timeout(Duration::from_secs(5))
+                    .with_max_concurrent_streams(256),
+            );
             let sync = request_response::Behaviour::with_codec(
                 SyncCodec::default(),
                 [(StreamProtocol::new(SYNC_PROTOCOL), ProtocolSupport::Full)],
@@ -515,6 +559,7 @@ pub fn start(
                 kad,
                 sync,
                 exec,
+                bid,
                 gossipsub,
                 identify,
                 ping: ping::Behaviour::new(ping::Config::new()),
@@ -588,6 +633,7 @@ pub fn start(
         peers_target: config.peers_target,
         last_bootstrap: None,
         exec_pending: HashMap::new(),
+        bid_pending: HashMap::new(),
         members: Default::default(),
     };
     Ok((MeshClient { tx, peer_id }, rx, ev))
@@ -693,6 +739,13 @@ impl EventLoop {
             Command::Exec(peer, request, reply) => {
                 let id = self.swarm.behaviour_mut().exec.send_request(&peer, request);
                 self.exec_pending.insert(id, (peer, reply));
+            }
+            Command::Bid(peer, request, reply) => {
+                let id = self.swarm.behaviour_mut().bid.send_request(&peer, request);
+                self.bid_pending.insert(id, (peer, reply));
+            }
+            Command::RespondBid(BidReply(channel), bid) => {
+                let _ = self.swarm.behaviour_mut().bid.send_response(channel, bid);
             }
             Command::RespondExec(ExecReply(channel), response) => {
                 let _ = self
@@ -850,6 +903,48 @@ impl EventLoop {
                     }));
                 }
             }
+            SwarmEvent::Behaviour(BehaviourEvent::Bid(request_response::Event::Message {
+                peer,
+                message,
+                ..
+            })) => match message {
+                request_response::Message::Request {
+                    request, channel, ..
+                } => self.emit(MeshEvent::BidRequest {
+                    from: peer,
+                    request,
+                    reply: BidReply(channel),
+                }),
+                request_response::Message::Response {
+                    request_id,
+                    response,
+                } => {
+                    if let Some((peer, reply)) = self.bid_pending.remove(&request_id) {
+                        // The answer must be signed by the peer asked.
+                        let r = if response.body().bidder.peer_id() == peer.to_string() {
+                            Ok(response)
+                        } else {
+                            Err(MeshError::Exec {
+                                peer,
+                                detail: "bid signed by another node".into(),
+                            })
+                        };
+                        let _ = reply.send(r);
+                    }
+                }
+            },
+            SwarmEvent::Behaviour(BehaviourEvent::Bid(
+                request_response::Event::OutboundFailure {
+                    request_id, error, ..
+                },
+            )) => {
+                if let Some((peer, reply)) = self.bid_pending.remove(&request_id) {
+                    let _ = reply.send(Err(MeshError::Exec {
+                        peer,
+                        detail: error.to_string(),
+                    }));
+                }
+            }
             SwarmEvent::Behaviour(BehaviourEvent::Identify(identify::Event::Received {
                 peer_id,
                 info,
@@ -975,6 +1070,19 @@ impl MeshClient {
         request: ExecRequest,
     ) -> Result<ExecResponse, MeshError> {
         self.ask(|r| Command::Exec(peer, request, r)).await?
+    }
+
+    /// Calls `peer` for a bid; the answer is signature-checked and signed by that peer.
+    pub async fn bid(&self, peer: PeerId, request: BidRequest) -> Result<SignedBid, MeshError> {
+        self.ask(|r| Command::Bid(peer, request, r)).await?
+    }
+
+    /// Answers a peer's call for bids.
+    pub async fn respond_bid(&self, reply: BidReply, bid: SignedBid) -> Result<(), MeshError> {
+        self.tx
+            .send(Command::RespondBid(reply, bid))
+            .await
+            .map_err(|_| MeshError::Stopped)
     }
 
     /// Answers a peer's exec request.

@@ -25,6 +25,8 @@
 #[cfg(feature = "runtime")]
 pub mod api;
 #[cfg(feature = "runtime")]
+mod bid_task;
+#[cfg(feature = "runtime")]
 pub mod config;
 #[cfg(feature = "runtime")]
 pub mod datadir;

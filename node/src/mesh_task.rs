@@ -51,6 +51,8 @@ pub struct MeshTask {
     pub exec: mpsc::Sender<crate::exec::Incoming>,
     /// The replication core's view of every replica, for the API.
     pub heads: tokio::sync::watch::Sender<Vec<FeedHead>>,
+    /// Where peers' calls for bids go.
+    pub bids: mpsc::Sender<crate::bid_task::Incoming>,
     /// Peers' telemetry, fed from the telemetry topic.
     pub telemetry: std::sync::Arc<std::sync::Mutex<crate::sched::telemetry::TelemetryView>>,
 }
@@ -66,6 +68,7 @@ pub async fn run(task: MeshTask) {
         exec,
         heads,
         telemetry,
+        bids,
     } = task;
     let started = Instant::now();
     let mut tick = tokio::time::interval(TICK);
@@ -96,6 +99,10 @@ pub async fn run(task: MeshTask) {
                         }
                         _ => {}
                     },
+                    MeshEvent::BidRequest { from, request, reply } => {
+                        // A full queue drops the call: the caller's window closes without it.
+                        let _ = bids.try_send((from, request, reply));
+                    }
                     MeshEvent::Telemetry { author, data } => {
                         // Verified by the mesh's validator; decoded again here to use it.
                         if let Ok(report) = crate::sched::telemetry::SignedTelemetry::decode_verified(&data)

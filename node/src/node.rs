@@ -129,6 +129,7 @@ impl Node {
         let mut mesh = None;
         let (exec_tx, exec_rx) = tokio::sync::mpsc::channel(crate::exec::EXEC_QUEUE);
         let (heads_tx, heads_rx) = tokio::sync::watch::channel(Vec::new());
+        let (bid_tx, bid_rx) = tokio::sync::mpsc::channel(crate::bid_task::BID_QUEUE);
         let telemetry_view = Arc::new(std::sync::Mutex::new(
             crate::sched::telemetry::TelemetryView::new(config.scheduler.telemetry_stale_ms),
         ));
@@ -161,6 +162,7 @@ impl Node {
                     exec: exec_tx,
                     heads: heads_tx,
                     telemetry: Arc::clone(&telemetry_view),
+                    bids: bid_tx,
                 },
             )));
             mesh = Some(client);
@@ -203,6 +205,10 @@ impl Node {
                 exec_rx,
             )));
             mesh_tasks.push(tokio::spawn(crate::telemetry_task::run(Arc::clone(&state))));
+            mesh_tasks.push(tokio::spawn(crate::bid_task::serve(
+                Arc::clone(&state),
+                bid_rx,
+            )));
         }
         let addr_file = datadir::api_addr_path(data_dir);
         std::fs::write(&addr_file, format!("{addr}\n")).map_err(|error| StartError::DataDir {

@@ -1,0 +1,104 @@
+//! Answers peers' calls for bids (`/fabnode/bid/1`) with a signed bid or decline.
+
+use std::sync::Arc;
+
+use fab_ledger::{PublicKey, Signed};
+use fab_mesh::bid::{BidBody, BidRequest, Offer};
+use fab_mesh::net::BidReply;
+use libp2p::PeerId;
+use tokio::sync::mpsc;
+
+use crate::api::AppState;
+use crate::sched::bidder::{AllowAll, Answer, BidderLimits, Call, answer};
+use crate::sched::{JobShape, Link, Sla, Tier};
+
+/// Calls for bids waiting for an answer; beyond this a peer gets no answer (its window closes).
+pub const BID_QUEUE: usize = 256;
+
+pub type Incoming = (PeerId, BidRequest, BidReply);
+
+pub async fn serve(st: Arc<AppState>, mut rx: mpsc::Receiver<Incoming>) {
+    while let Some((from, request, reply)) = rx.recv().await {
+        let rtt_us = match &st.mesh {
+            Some(m) => m
+                .peers()
+                .await
+                .ok()
+                .and_then(|p| p.get(&from).and_then(|i| i.rtt))
+                .map_or(0, |d| d.as_micros() as u64),
+            None => 0,
+        };
+        let body = BidBody {
+            job: request.job,
+            bidder: st.key.public(),
+            answer: offer(&st, from, &request, rtt_us),
+        };
+        let signed = Signed::sign(body, &st.key);
+        if let Some(m) = &st.mesh {
+            let _ = m.respond_bid(reply, signed).await;
+        }
+    }
+}
+
+/// This node's offer for a call, or why it declines.
+fn offer(st: &AppState, from: PeerId, r: &BidRequest, rtt_us: u64) -> Result<Offer, String> {
+    let requester = PublicKey::from_bytes(&r.requester)
+        .ok_or_else(|| "the requester key is not valid".to_owned())?;
+    if requester.peer_id() != from.to_string() {
+        return Err("the call names another requester than the peer that sent it".into());
+    }
+    let own = st
+        .own_telemetry
+        .lock()
+        .ok()
+        .and_then(|t| t.as_ref().map(|r| r.body().telemetry.clone()))
+        .ok_or_else(|| "starting up (no telemetry yet)".to_owned())?;
+    let holds_model = st
+        .models
+        .loaded()
+        .iter()
+        .any(|m| m.digest.0 == r.model_digest);
+    let shape = JobShape {
+        model_digest: r.model_digest,
+        input_bytes: r.input_bytes,
+        reference_latency_us: r.reference_latency_us,
+    };
+    let tier = |c: u64| match c {
+        0 => Tier::Device,
+        1 => Tier::Edge,
+        _ => Tier::Cloud,
+    };
+    let sla = Sla {
+        deadline_us: r.deadline_us,
+        max_cost_micros: r.max_cost_micros,
+        tiers: r.tiers.iter().map(|c| tier(*c)).collect(),
+        regions: r.regions.iter().cloned().collect(),
+        labels: r.labels.iter().cloned().collect(),
+        replicas: u8::try_from(r.replicas).unwrap_or(u8::MAX),
+    };
+    let sc = &st.config.scheduler;
+    let limits = BidderLimits {
+        queue_max: sc.queue_max.min(u64::from(u32::MAX)) as u32,
+        battery_min_permille: sc.battery_min_permille as u32,
+    };
+    let call = Call {
+        job: &shape,
+        sla: &sla,
+        link: Link {
+            rtt_us,
+            bytes_per_ms: 125_000,
+        },
+        requester: &r.requester,
+    };
+    match answer(&own, holds_model, call, &AllowAll, limits) {
+        Answer::Bid(e) => Ok(Offer {
+            queue_us: e.queue_us,
+            compute_us: e.compute_us,
+            transfer_us: e.transfer_us,
+            cost_micros: e.cost_micros,
+            energy_uj: e.energy_uj,
+            cached: e.cached,
+        }),
+        Answer::Decline(reason) => Err(reason),
+    }
+}
