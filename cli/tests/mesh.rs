@@ -405,7 +405,7 @@ fn nodes_publish_signed_telemetry_and_keep_a_view_of_their_peers() {
     let network = format!("tm{}", std::process::id());
     let (ta, tb, tc) = (TestDir::new(), TestDir::new(), TestDir::new());
     let fast = |mut env: Vec<(String, String)>, tier: &str, labels: &str| {
-        env.push(("FABNODE_SCHEDULER_TELEMETRY_EVERY_MS".into(), "200".into()));
+        env.push(("FABNODE_TELEMETRY_EVERY_MS".into(), "200".into()));
         env.push(("FABNODE_SCHEDULER_TIER".into(), tier.into()));
         env.push(("FABNODE_SCHEDULER_LABELS".into(), labels.into()));
         env
@@ -599,7 +599,7 @@ mod bad_peer {
         let network = format!("bd{}", std::process::id());
         let tb = TestDir::new();
         let mut env = mesh_env(&network);
-        env.push(("FABNODE_SCHEDULER_TELEMETRY_EVERY_MS".into(), "200".into()));
+        env.push(("FABNODE_TELEMETRY_EVERY_MS".into(), "200".into()));
         let b = start(&tb, &env);
         let b_id = peer_id(&b);
         let addr = format!(

@@ -20,7 +20,31 @@ pub struct Config {
     pub ledger: LedgerConfig,
     pub mesh: MeshSection,
     pub scheduler: SchedulerConfig,
+    pub telemetry: TelemetryConfig,
     pub log: LogConfig,
+}
+
+/// What this node publishes about itself.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct TelemetryConfig {
+    /// How often telemetry is published (also at once when the queue changes markedly).
+    pub every_ms: u64,
+    /// Peers' telemetry older than this is not used.
+    pub stale_ms: u64,
+    /// Differential privacy for the published load figures (load and queue depth): Laplace
+    /// noise of scale sensitivity / epsilon. 0 publishes them exactly.
+    pub dp_epsilon: f64,
+}
+
+impl Default for TelemetryConfig {
+    fn default() -> Self {
+        TelemetryConfig {
+            every_ms: 2_000,
+            stale_ms: 10_000,
+            dp_epsilon: 0.0,
+        }
+    }
 }
 
 /// Placement: what this node tells the mesh about itself, and how it chooses where jobs run.
@@ -54,10 +78,6 @@ pub struct SchedulerConfig {
     pub queue_max: u64,
     /// Below this charge (permille) a node on battery stops bidding.
     pub battery_min_permille: u64,
-    /// How often telemetry is published.
-    pub telemetry_every_ms: u64,
-    /// Peers' telemetry older than this is not used.
-    pub telemetry_stale_ms: u64,
 }
 
 impl Default for SchedulerConfig {
@@ -80,8 +100,6 @@ impl Default for SchedulerConfig {
             attempts_max: 3,
             queue_max: 64,
             battery_min_permille: 200,
-            telemetry_every_ms: 2_000,
-            telemetry_stale_ms: 10_000,
         }
     }
 }
@@ -347,6 +365,11 @@ fn typed_value(
             .parse::<i64>()
             .map(toml::Value::Integer)
             .map_err(|_| bad("an integer")),
+        Some(toml::Value::Float(_)) => raw
+            .trim()
+            .parse::<f64>()
+            .map(toml::Value::Float)
+            .map_err(|_| bad("a number")),
         Some(toml::Value::Boolean(_)) => raw
             .trim()
             .parse::<bool>()
@@ -518,17 +541,26 @@ impl Config {
             1000,
         )?;
         range(
-            "scheduler.telemetry_every_ms",
-            sc.telemetry_every_ms,
+            "telemetry.every_ms",
+            self.telemetry.every_ms,
             100,
             3_600_000,
         )?;
         range(
-            "scheduler.telemetry_stale_ms",
-            sc.telemetry_stale_ms,
+            "telemetry.stale_ms",
+            self.telemetry.stale_ms,
             100,
             24 * 3_600_000,
         )?;
+        let eps = self.telemetry.dp_epsilon;
+        if !(eps.is_finite() && (0.0..=1000.0).contains(&eps)) {
+            return Err(ConfigError::BadValue {
+                origin: "configuration".into(),
+                key: "telemetry.dp_epsilon".into(),
+                value: eps.to_string(),
+                expected: "a number from 0 (off) to 1000".into(),
+            });
+        }
         range("scheduler.power_mw", sc.power_mw, 0, 100_000_000)?;
         if sc.region.len() > crate::sched::telemetry::NAME_BYTES_MAX
             || sc.labels.len() > crate::sched::telemetry::LABELS_MAX
@@ -707,6 +739,14 @@ mod tests {
             e.contains("scheduler.tier") && e.contains("device, edge or cloud"),
             "{e}"
         );
+        let env = vec![("FABNODE_TELEMETRY_DP_EPSILON".to_owned(), "0.5".to_owned())];
+        assert_eq!(
+            Config::load(None, env, &[]).unwrap().telemetry.dp_epsilon,
+            0.5
+        );
+        let env = vec![("FABNODE_TELEMETRY_DP_EPSILON".to_owned(), "-1".to_owned())];
+        let e = Config::load(None, env, &[]).unwrap_err().to_string();
+        assert!(e.contains("telemetry.dp_epsilon"), "{e}");
         let env = vec![("FABNODE_SCHEDULER_BID_WINDOW_MS".to_owned(), "0".to_owned())];
         let e = Config::load(None, env, &[]).unwrap_err().to_string();
         assert!(e.contains("scheduler.bid_window_ms"), "{e}");

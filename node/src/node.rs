@@ -131,7 +131,7 @@ impl Node {
         let (heads_tx, heads_rx) = tokio::sync::watch::channel(Vec::new());
         let (bid_tx, bid_rx) = tokio::sync::mpsc::channel(crate::bid_task::BID_QUEUE);
         let telemetry_view = Arc::new(std::sync::Mutex::new(
-            crate::sched::telemetry::TelemetryView::new(config.scheduler.telemetry_stale_ms),
+            crate::sched::telemetry::TelemetryView::new(config.telemetry.stale_ms),
         ));
         if let Some(replicator) = replicator {
             let mut mc = MeshConfig::new(&config.ledger.network);

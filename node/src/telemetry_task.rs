@@ -1,5 +1,6 @@
-//! Publishes this node's signed telemetry every `scheduler.telemetry_every_ms`, and builds the
-//! report from the sampler, the configuration and the node's live state.
+//! Publishes this node's signed telemetry every `telemetry.every_ms`, and at once when its queue
+//! changes markedly; builds the report from the sampler, the configuration and the node's live
+//! state, with optional Laplace noise on the load figures (`telemetry.dp_epsilon`).
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -57,6 +58,44 @@ pub fn sign(st: &AppState, telemetry: Telemetry) -> SignedTelemetry {
     )
 }
 
+/// Sensitivity of the published load figures: one job of queue depth, and 100 permille of load.
+const QUEUE_SENSITIVITY: f64 = 1.0;
+const LOAD_SENSITIVITY: f64 = 100.0;
+
+/// A Laplace(0, scale) sample from `u`, uniform in (-0.5, 0.5).
+pub fn laplace(u: f64, scale: f64) -> f64 {
+    let u = u.clamp(-0.499_999_999, 0.499_999_999);
+    -scale * u.signum() * (1.0 - 2.0 * u.abs()).ln()
+}
+
+/// A uniform sample in (-0.5, 0.5) from the operating system's random source.
+fn uniform() -> f64 {
+    use std::io::Read;
+    let mut b = [0u8; 8];
+    let ok = std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut b));
+    if ok.is_err() {
+        return 0.0;
+    }
+    (u64::from_le_bytes(b) >> 11) as f64 / (1u64 << 53) as f64 - 0.5
+}
+
+/// Adds noise to the figures that reveal how busy the node is, when `epsilon` > 0.
+pub fn privatise(t: &mut Telemetry, epsilon: f64, mut draw: impl FnMut() -> f64) {
+    if epsilon <= 0.0 {
+        return;
+    }
+    let noisy = |v: u32, sensitivity: f64, u: f64| {
+        (f64::from(v) + laplace(u, sensitivity / epsilon))
+            .round()
+            .clamp(0.0, f64::from(u32::MAX)) as u32
+    };
+    t.queue_depth = noisy(t.queue_depth, QUEUE_SENSITIVITY, draw());
+    t.host.load_permille = noisy(t.host.load_permille, LOAD_SENSITIVITY, draw());
+}
+
+/// How often the queue is looked at between reports.
+const QUEUE_CHECK: Duration = Duration::from_millis(100);
+
 /// Publishes until the node stops (the task is aborted with the other mesh tasks).
 pub async fn run(st: Arc<AppState>) {
     let Some(mesh) = st.mesh.clone() else { return };
@@ -65,20 +104,77 @@ pub async fn run(st: Arc<AppState>) {
         .unwrap_or(1000);
     st.speed_permille.store(u64::from(speed), Ordering::Relaxed);
     tracing::info!(speed_permille = speed, "speed calibrated");
-    let every = Duration::from_millis(st.config.scheduler.telemetry_every_ms);
-    let mut tick = tokio::time::interval(every);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let every = Duration::from_millis(st.config.telemetry.every_ms);
+    let epsilon = st.config.telemetry.dp_epsilon;
+    let mut check = tokio::time::interval(QUEUE_CHECK.min(every));
+    check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last_at: Option<tokio::time::Instant> = None;
+    let mut last_queue = 0usize;
     loop {
-        tick.tick().await;
+        check.tick().await;
+        let queue = st.config.limits.jobs_in_flight_max - st.job_slots.available_permits();
+        let due = last_at.is_none_or(|t| t.elapsed() >= every);
+        // A marked change: at least 2 jobs and a quarter of what was published.
+        let moved = queue.abs_diff(last_queue) >= 2.max(last_queue / 4);
+        if !(due || moved) {
+            continue;
+        }
         let host = tokio::task::spawn_blocking(crate::sampler::host)
             .await
             .unwrap_or_default();
-        let report = sign(&st, current(&st, host, speed));
+        let mut t = current(&st, host, speed);
+        privatise(&mut t, epsilon, uniform);
+        let report = sign(&st, t);
+        last_at = Some(tokio::time::Instant::now());
+        last_queue = queue;
         if let Ok(mut own) = st.own_telemetry.lock() {
             *own = Some(report.clone());
         }
         if let Err(e) = mesh.publish_telemetry(report.encode()).await {
             tracing::debug!(error = %e, "telemetry not published");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn laplace_noise_has_the_right_scale_and_zero_epsilon_is_exact() {
+        // Deterministic uniform grid: the mean absolute deviation of Laplace(0, b) is b.
+        let n = 100_000;
+        let b = 4.0;
+        let mad: f64 = (0..n)
+            .map(|i| laplace((i as f64 + 0.5) / n as f64 - 0.5, b).abs())
+            .sum::<f64>()
+            / n as f64;
+        assert!((mad - b).abs() < 0.05, "{mad}");
+        assert_eq!(laplace(0.0, b), 0.0);
+        let mut t = Telemetry {
+            tier: crate::sched::Tier::Edge,
+            region: String::new(),
+            labels: Default::default(),
+            price_per_s_micros: 0,
+            queue_depth: 5,
+            workers: 1,
+            speed_permille: 1000,
+            power_mw: 0,
+            battery_permille: None,
+            model_latency_us: Default::default(),
+            host: Host {
+                load_permille: 500,
+                ..Default::default()
+            },
+            at_ms: 0,
+        };
+        privatise(&mut t, 0.0, || 0.4);
+        assert_eq!((t.queue_depth, t.host.load_permille), (5, 500));
+        privatise(&mut t, 1.0, || 0.4);
+        // u = 0.4: noise = -b ln(0.2) = 1.61 b.
+        assert_eq!((t.queue_depth, t.host.load_permille), (7, 661));
+        // Never negative.
+        privatise(&mut t, 1.0, || -0.49);
+        assert_eq!(t.queue_depth, 3);
     }
 }
