@@ -540,6 +540,53 @@ pub fn peers(g: &Global, json_out: bool) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+pub fn telemetry(g: &Global, json_out: bool) -> Result<ExitCode> {
+    let v = api_get(g, "/v1/telemetry")?;
+    if json_out {
+        print_json(&v);
+        return Ok(ExitCode::SUCCESS);
+    }
+    let line = |who: &str, t: &serde_json::Value| {
+        let labels: Vec<&str> = t["labels"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|l| l.as_str())
+            .collect();
+        let temp = t["host"]["temp_max_mc"]
+            .as_f64()
+            .map_or_else(|| "-".to_owned(), |c| format!("{:.1} °C", c / 1000.0));
+        let battery = t["battery_permille"]
+            .as_u64()
+            .map_or_else(|| "mains".to_owned(), |b| format!("battery {}%", b / 10));
+        println!(
+            "{who}  {} {}  [{}]  queue {}/{} workers  speed {}‰  load {}‰ of {} cores  {} MiB free  {temp}  {battery}  {} model(s) measured  {:.1} s old",
+            t["tier"].as_str().unwrap_or("?"),
+            t["region"]
+                .as_str()
+                .filter(|r| !r.is_empty())
+                .unwrap_or("-"),
+            labels.join(","),
+            t["queue_depth"],
+            t["workers"],
+            t["speed_permille"],
+            t["host"]["load_permille"],
+            t["host"]["cores"],
+            t["host"]["mem_free_mib"],
+            t["models"].as_object().map_or(0, |m| m.len()),
+            t["age_ms"].as_f64().unwrap_or(0.0) / 1000.0
+        );
+    };
+    match v["self"].is_null() {
+        true => println!("self  (no report yet: the mesh is off, or the node just started)"),
+        false => line("self", &v["self"]),
+    }
+    for p in v["peers"].as_array().into_iter().flatten() {
+        line(p["peer_id"].as_str().unwrap_or("?"), p);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 fn heads(g: &Global, json_out: bool) -> Result<ExitCode> {
     let v = api_get(g, "/v1/ledger/heads")?;
     if json_out {

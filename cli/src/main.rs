@@ -70,8 +70,14 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// The running node's mesh peers: id, addresses, agent, RTT
+    /// The running node's mesh peers: id, transport, RTT, gossip score, agent, addresses
     Peers {
+        #[arg(long)]
+        json: bool,
+    },
+    /// What this node and its peers publish about themselves (signed telemetry): tier, region,
+    /// labels, queue, speed, load, memory, temperature, battery, measured model latencies
+    Telemetry {
         #[arg(long)]
         json: bool,
     },
@@ -102,6 +108,7 @@ fn main() -> std::process::ExitCode {
         Command::Submit(a) => cmd::submit(&cli.global, a),
         Command::Status { json } => cmd::status(&cli.global, json),
         Command::Peers { json } => cmd::peers(&cli.global, json),
+        Command::Telemetry { json } => cmd::telemetry(&cli.global, json),
         Command::Ledger(c) => cmd::ledger(&cli.global, c),
         Command::Demo(a) => demo::run(a),
         Command::Bench(c) => bench::run(&cli.global, c),

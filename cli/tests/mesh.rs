@@ -452,6 +452,14 @@ fn nodes_publish_signed_telemetry_and_keep_a_view_of_their_peers() {
         },
     );
     assert_eq!(b.get("/v1/telemetry").1["self"]["tier"], "cloud");
+    let out = ta.run(&["telemetry"]);
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stdout.starts_with("self  edge"), "{stdout}");
+    assert!(
+        stdout.contains(&format!("{b_id}  cloud -  [gpu]")),
+        "{stdout}"
+    );
 }
 
 mod bad_peer {
