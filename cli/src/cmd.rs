@@ -735,11 +735,7 @@ pub fn ledger(g: &Global, cmd: LedgerCmd) -> Result<ExitCode> {
             let key_file = datadir::key_path(&dir);
             let (feed, result, replicas) = with_ledger(&dir, |s| {
                 let r = s.reader();
-                let mut replicas = Vec::new();
-                for (k, _, _) in r.replica_heads()? {
-                    replicas.push((k, r.verify_replica(&k)?));
-                }
-                Ok((r.feed()?, r.verify_all()?, replicas))
+                Ok((r.feed()?, r.verify_all()?, r.verify_replicas()?))
             })?;
             // If this data dir has a node key, the ledger must be that node's feed.
             if let Ok(key) = Keypair::load(&key_file)

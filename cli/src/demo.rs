@@ -162,8 +162,8 @@ fn verify_ledger(dir: &std::path::Path) -> Result<FeedView> {
     };
     let mut view = FeedView::new();
     view.insert(feed.clone(), (size, hex::encode(r.root(size)?)));
-    for (k, _, _) in r.replica_heads()? {
-        match r.verify_replica(&k)? {
+    for (_, verified) in r.verify_replicas()? {
+        match verified {
             Ok(v) => {
                 view.insert(v.feed.peer_id(), (v.size, hex::encode(v.root)));
             }

@@ -819,16 +819,39 @@ impl Reader<'_> {
         &self,
         feed: &[u8; 32],
     ) -> Result<Result<ReplicaVerified, VerifyError>, StoreError> {
+        let st = storage(self.path);
+        let txn = self.txn()?;
+        let c = txn
+            .open_table(REPLICA_CHECKPOINTS)
+            .map_err(|e| st(e.into()))?;
+        let note = c
+            .get(feed)
+            .map_err(|e| st(e.into()))?
+            .map(|v| v.value().to_owned());
+        self.verify_replica_noted(feed, note)
+    }
+
+    /// Every replica, verified as [`Reader::verify_replica`] does, in key order.
+    #[allow(clippy::type_complexity)]
+    pub fn verify_replicas(
+        &self,
+    ) -> Result<Vec<([u8; 32], Result<ReplicaVerified, VerifyError>)>, StoreError> {
+        self.replica_heads()?
+            .into_iter()
+            .map(|(feed, _, note)| Ok((feed, self.verify_replica_noted(&feed, note)?)))
+            .collect()
+    }
+
+    fn verify_replica_noted(
+        &self,
+        feed: &[u8; 32],
+        note: Option<String>,
+    ) -> Result<Result<ReplicaVerified, VerifyError>, StoreError> {
         const PAGE: usize = 1024;
         let key = PublicKey::from_bytes(feed).ok_or_else(|| StoreError::Corrupt {
             path: self.path.to_owned(),
             detail: "a replica is keyed by bytes that are not a public key".into(),
         })?;
-        let note = self
-            .replica_heads()?
-            .into_iter()
-            .find(|(k, _, _)| k == feed)
-            .and_then(|(_, _, n)| n);
         let trusted = match note.map(|n| Checkpoint::verify(&n, &key, None)) {
             None => None,
             Some(Ok(cp)) => Some(cp),

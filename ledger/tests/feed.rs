@@ -429,6 +429,10 @@ fn a_replica_verifies_to_the_owner_root_and_tampering_is_named() {
         .unwrap();
     assert_eq!((v.size, v.root, v.trusted_size), (10, cp10.root, Some(10)));
     assert_eq!(v.head, Some(es[9].id()));
+    let all = replica.reader().verify_replicas().unwrap();
+    assert_eq!(all.len(), 1);
+    assert_eq!(all[0].0, feed.to_bytes());
+    assert_eq!(all[0].1.as_ref().map(|v| v.root).ok(), Some(cp10.root));
     drop(replica);
 
     // A flipped byte in a stored replica entry is named by its seq.

@@ -65,6 +65,16 @@ pub struct BidBody {
 
 pub type SignedBid = Signed<BidBody>;
 
+/// A (signature-checked) answer counts only when the peer asked signed it: a node cannot hand
+/// over another node's bid as its own.
+pub fn check_bidder(bid: &SignedBid, asked_peer_id: &str) -> Result<(), String> {
+    if bid.body().bidder.peer_id() == asked_peer_id {
+        Ok(())
+    } else {
+        Err("bid signed by another node".into())
+    }
+}
+
 fn names(v: Value, field: &str) -> Result<Vec<String>, DecodeError> {
     match v {
         Value::Array(a) if a.len() <= NAMES_MAX => a
@@ -263,8 +273,11 @@ mod tests {
                 SignedBid::decode_verified(&signed.encode()).unwrap().body(),
                 &body
             );
+            assert_eq!(check_bidder(&signed, &key.public().peer_id()), Ok(()));
+            let other = Keypair::from_secret([8; 32]);
+            assert!(check_bidder(&signed, &other.public().peer_id()).is_err());
             // Claimed by one key, signed by another.
-            let forged = Signed::sign(body, &Keypair::from_secret([8; 32]));
+            let forged = Signed::sign(body, &other);
             assert!(SignedBid::decode_verified(&forged.encode()).is_err());
         }
     }

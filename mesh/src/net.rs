@@ -42,9 +42,11 @@ pub const COMMAND_QUEUE: usize = 256;
 /// catch-up recovers anything gossip did not deliver).
 pub const EVENT_QUEUE: usize = 4096;
 
-/// Validates telemetry payloads (the node knows their format; the mesh does not).
-pub type TelemetryValidator =
-    std::sync::Arc<dyn Fn(&PeerId, &[u8]) -> Result<(), String> + Send + Sync>;
+/// Validates telemetry payloads (the node knows their format; the mesh does not) and returns
+/// what it decoded, which reaches the node in [`MeshEvent::Telemetry`] without a second decode.
+pub type TelemetryValidator = std::sync::Arc<
+    dyn Fn(&PeerId, &[u8]) -> Result<Box<dyn std::any::Any + Send>, String> + Send + Sync,
+>;
 
 /// How a node joins the mesh.
 #[derive(Clone)]
@@ -130,8 +132,12 @@ pub enum MeshEvent {
     },
     /// A gossip message passed validation (and is being forwarded).
     Valid { from: PeerId, valid: Box<Valid> },
-    /// A telemetry report passed the validator (and is being forwarded); `author` signed it.
-    Telemetry { author: PeerId, data: Vec<u8> },
+    /// A telemetry report passed the validator (and is being forwarded); `author` signed it;
+    /// `report` is what the validator decoded.
+    Telemetry {
+        author: PeerId,
+        report: Box<dyn std::any::Any + Send>,
+    },
     /// A gossip message failed validation; the sender has been penalised.
     Rejected { from: PeerId, reason: String },
     /// A fabnode node of this network is connected and identified.
@@ -368,6 +374,7 @@ enum Command {
     Dial(Multiaddr, oneshot::Sender<Result<(), MeshError>>),
     ListenAddrs(oneshot::Sender<Vec<Multiaddr>>),
     Peers(oneshot::Sender<BTreeMap<PeerId, PeerInfo>>),
+    Rtt(PeerId, oneshot::Sender<Option<Duration>>),
     Stats(oneshot::Sender<MeshStats>),
 }
 
@@ -391,16 +398,54 @@ pub struct EventLoop {
     stats: MeshStats,
     peers_target: usize,
     last_bootstrap: Option<tokio::time::Instant>,
-    bid_pending: HashMap<
-        request_response::OutboundRequestId,
-        (PeerId, oneshot::Sender<Result<SignedBid, MeshError>>),
-    >,
+    bid_pending: Pending<SignedBid>,
     /// Connected peers identified as fabnode nodes of this network.
     members: std::collections::BTreeSet<PeerId>,
-    exec_pending: HashMap<
-        request_response::OutboundRequestId,
-        (PeerId, oneshot::Sender<Result<ExecResponse, MeshError>>),
-    >,
+    exec_pending: Pending<ExecResponse>,
+}
+
+/// Outbound requests whose askers wait for the answer, by request id.
+struct Pending<T>(
+    HashMap<request_response::OutboundRequestId, (PeerId, oneshot::Sender<Result<T, MeshError>>)>,
+);
+
+impl<T> Default for Pending<T> {
+    fn default() -> Self {
+        Pending(HashMap::new())
+    }
+}
+
+impl<T> Pending<T> {
+    fn insert(
+        &mut self,
+        id: request_response::OutboundRequestId,
+        peer: PeerId,
+        reply: oneshot::Sender<Result<T, MeshError>>,
+    ) {
+        self.0.insert(id, (peer, reply));
+    }
+
+    /// Hands an answer to its asker once `check` (given the peer asked) accepts it.
+    fn answer(
+        &mut self,
+        id: request_response::OutboundRequestId,
+        answer: T,
+        check: impl FnOnce(&PeerId, &T) -> Result<(), String>,
+    ) {
+        if let Some((peer, reply)) = self.0.remove(&id) {
+            let r = check(&peer, &answer)
+                .map(|()| answer)
+                .map_err(|detail| MeshError::Exec { peer, detail });
+            let _ = reply.send(r);
+        }
+    }
+
+    /// Tells the asker its request failed.
+    fn fail(&mut self, id: request_response::OutboundRequestId, detail: String) {
+        if let Some((peer, reply)) = self.0.remove(&id) {
+            let _ = reply.send(Err(MeshError::Exec { peer, detail }));
+        }
+    }
 }
 
 impl std::fmt::Debug for EventLoop {
@@ -632,8 +677,8 @@ pub fn start(
         stats: MeshStats::default(),
         peers_target: config.peers_target,
         last_bootstrap: None,
-        exec_pending: HashMap::new(),
-        bid_pending: HashMap::new(),
+        exec_pending: Pending::default(),
+        bid_pending: Pending::default(),
         members: Default::default(),
     };
     Ok((MeshClient { tx, peer_id }, rx, ev))
@@ -667,17 +712,14 @@ impl EventLoop {
             (Some(_), Some(_)) if message.data.len() > TELEMETRY_BYTES_MAX => {
                 Err(format!("telemetry over {TELEMETRY_BYTES_MAX} bytes"))
             }
-            (Some(v), Some(author)) => v(&author, &message.data).map(|()| author),
+            (Some(v), Some(author)) => v(&author, &message.data).map(|r| (author, r)),
         };
         let gs = &mut self.swarm.behaviour_mut().gossipsub;
         match verdict {
-            Ok(author) => {
+            Ok((author, report)) => {
                 gs.report_message_validation_result(&id, &from, MessageAcceptance::Accept);
                 self.stats.accepted += 1;
-                self.emit(MeshEvent::Telemetry {
-                    author,
-                    data: message.data,
-                });
+                self.emit(MeshEvent::Telemetry { author, report });
             }
             Err(reason) => {
                 gs.report_message_validation_result(&id, &from, MessageAcceptance::Reject);
@@ -738,11 +780,11 @@ impl EventLoop {
             }
             Command::Exec(peer, request, reply) => {
                 let id = self.swarm.behaviour_mut().exec.send_request(&peer, request);
-                self.exec_pending.insert(id, (peer, reply));
+                self.exec_pending.insert(id, peer, reply);
             }
             Command::Bid(peer, request, reply) => {
                 let id = self.swarm.behaviour_mut().bid.send_request(&peer, request);
-                self.bid_pending.insert(id, (peer, reply));
+                self.bid_pending.insert(id, peer, reply);
             }
             Command::RespondBid(BidReply(channel), bid) => {
                 let _ = self.swarm.behaviour_mut().bid.send_response(channel, bid);
@@ -798,6 +840,9 @@ impl EventLoop {
                     p.score = self.swarm.behaviour().gossipsub.peer_score(id);
                 }
                 let _ = reply.send(peers);
+            }
+            Command::Rtt(peer, reply) => {
+                let _ = reply.send(self.peers.get(&peer).and_then(|p| p.rtt));
             }
             Command::Stats(reply) => {
                 let _ = reply.send(self.stats);
@@ -885,24 +930,15 @@ impl EventLoop {
                 request_response::Message::Response {
                     request_id,
                     response,
-                } => {
-                    if let Some((_, reply)) = self.exec_pending.remove(&request_id) {
-                        let _ = reply.send(Ok(response));
-                    }
-                }
+                } => self
+                    .exec_pending
+                    .answer(request_id, response, |_, _| Ok(())),
             },
             SwarmEvent::Behaviour(BehaviourEvent::Exec(
                 request_response::Event::OutboundFailure {
                     request_id, error, ..
                 },
-            )) => {
-                if let Some((peer, reply)) = self.exec_pending.remove(&request_id) {
-                    let _ = reply.send(Err(MeshError::Exec {
-                        peer,
-                        detail: error.to_string(),
-                    }));
-                }
-            }
+            )) => self.exec_pending.fail(request_id, error.to_string()),
             SwarmEvent::Behaviour(BehaviourEvent::Bid(request_response::Event::Message {
                 peer,
                 message,
@@ -918,33 +954,15 @@ impl EventLoop {
                 request_response::Message::Response {
                     request_id,
                     response,
-                } => {
-                    if let Some((peer, reply)) = self.bid_pending.remove(&request_id) {
-                        // The answer must be signed by the peer asked.
-                        let r = if response.body().bidder.peer_id() == peer.to_string() {
-                            Ok(response)
-                        } else {
-                            Err(MeshError::Exec {
-                                peer,
-                                detail: "bid signed by another node".into(),
-                            })
-                        };
-                        let _ = reply.send(r);
-                    }
-                }
+                } => self.bid_pending.answer(request_id, response, |peer, bid| {
+                    crate::bid::check_bidder(bid, &peer.to_string())
+                }),
             },
             SwarmEvent::Behaviour(BehaviourEvent::Bid(
                 request_response::Event::OutboundFailure {
                     request_id, error, ..
                 },
-            )) => {
-                if let Some((peer, reply)) = self.bid_pending.remove(&request_id) {
-                    let _ = reply.send(Err(MeshError::Exec {
-                        peer,
-                        detail: error.to_string(),
-                    }));
-                }
-            }
+            )) => self.bid_pending.fail(request_id, error.to_string()),
             SwarmEvent::Behaviour(BehaviourEvent::Identify(identify::Event::Received {
                 peer_id,
                 info,
@@ -1132,6 +1150,11 @@ impl MeshClient {
 
     pub async fn peers(&self) -> Result<BTreeMap<PeerId, PeerInfo>, MeshError> {
         self.ask(Command::Peers).await
+    }
+
+    /// The last ping round trip to `peer`, if connected and pinged.
+    pub async fn rtt(&self, peer: PeerId) -> Result<Option<Duration>, MeshError> {
+        self.ask(|r| Command::Rtt(peer, r)).await
     }
 
     pub async fn stats(&self) -> Result<MeshStats, MeshError> {

@@ -49,9 +49,6 @@ pub struct AppState {
     pub telemetry: Arc<std::sync::Mutex<crate::sched::telemetry::TelemetryView>>,
     /// This node's last published report.
     pub own_telemetry: std::sync::Mutex<Option<crate::sched::telemetry::SignedTelemetry>>,
-    pub telemetry_seq: AtomicU64,
-    /// Calibrated speed score (permille of the reference machine).
-    pub speed_permille: AtomicU64,
     /// Measured latency per model digest: EWMA (1/8) of run times, microseconds.
     pub model_latency: std::sync::Mutex<std::collections::BTreeMap<[u8; 32], u64>>,
     /// Peers' models as they described them: (peer, name) -> (digest, input name).

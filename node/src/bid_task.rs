@@ -10,7 +10,7 @@ use tokio::sync::mpsc;
 
 use crate::api::AppState;
 use crate::sched::bidder::{AllowAll, Answer, BidderLimits, Call, answer};
-use crate::sched::{JobShape, Link, Sla, Tier};
+use crate::sched::{Estimate, JobShape, Link, Sla, Tier};
 
 /// Calls for bids waiting for an answer; beyond this a peer gets no answer (its window closes).
 pub const BID_QUEUE: usize = 256;
@@ -21,10 +21,10 @@ pub async fn serve(st: Arc<AppState>, mut rx: mpsc::Receiver<Incoming>) {
     while let Some((from, request, reply)) = rx.recv().await {
         let rtt_us = match &st.mesh {
             Some(m) => m
-                .peers()
+                .rtt(from)
                 .await
                 .ok()
-                .and_then(|p| p.get(&from).and_then(|i| i.rtt))
+                .flatten()
                 .map_or(0, |d| d.as_micros() as u64),
             None => 0,
         };
@@ -91,14 +91,27 @@ fn offer(st: &AppState, from: PeerId, r: &BidRequest, rtt_us: u64) -> Result<Off
         requester: &r.requester,
     };
     match answer(&own, holds_model, call, &AllowAll, limits) {
-        Answer::Bid(e) => Ok(Offer {
-            queue_us: e.queue_us,
-            compute_us: e.compute_us,
-            transfer_us: e.transfer_us,
-            cost_micros: e.cost_micros,
-            energy_uj: e.energy_uj,
-            cached: e.cached,
-        }),
+        Answer::Bid(e) => Ok(offer_of(e)),
         Answer::Decline(reason) => Err(reason),
+    }
+}
+
+/// The wire form of an estimate (fab-mesh cannot depend on the scheduler core).
+fn offer_of(e: Estimate) -> Offer {
+    let Estimate {
+        queue_us,
+        compute_us,
+        transfer_us,
+        cost_micros,
+        energy_uj,
+        cached,
+    } = e;
+    Offer {
+        queue_us,
+        compute_us,
+        transfer_us,
+        cost_micros,
+        energy_uj,
+        cached,
     }
 }

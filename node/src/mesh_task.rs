@@ -103,9 +103,9 @@ pub async fn run(task: MeshTask) {
                         // A full queue drops the call: the caller's window closes without it.
                         let _ = bids.try_send((from, request, reply));
                     }
-                    MeshEvent::Telemetry { author, data } => {
-                        // Verified by the mesh's validator; decoded again here to use it.
-                        if let Ok(report) = crate::sched::telemetry::SignedTelemetry::decode_verified(&data)
+                    MeshEvent::Telemetry { author, report } => {
+                        // Decoded and verified by the validator the node gave the mesh.
+                        if let Ok(report) = report.downcast::<crate::sched::telemetry::SignedTelemetry>()
                             && let Ok(mut view) = telemetry.lock()
                             && let Err(why) = view.offer(&report, crate::ledger_writer::now_ms())
                         {

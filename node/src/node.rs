@@ -76,9 +76,9 @@ fn parse_addrs(key: &str, values: &[String]) -> Result<Vec<libp2p::Multiaddr>, S
 fn resume_replicas(store: &Store) -> Result<Replicator<libp2p::PeerId>, StartError> {
     let mut r = Replicator::new(ReplicateConfig::default());
     let reader = store.reader();
-    for (feed_bytes, _, _) in reader.replica_heads()? {
-        // Re-verified from the first entry (signatures in batches); O(replica size) at start.
-        match reader.verify_replica(&feed_bytes)? {
+    // Re-verified from the first entry (signatures in batches); O(replica size) at start.
+    for (feed_bytes, verified) in reader.verify_replicas()? {
+        match verified {
             Ok(v) => r.resume(v.feed, v.size, v.head, v.last_time_ms, v.tree, v.trusted),
             Err(e) => {
                 // Not followed from what is stored: catch-up fetches the feed again from its
@@ -146,7 +146,7 @@ impl Node {
                 if r.body().node.peer_id() != author.to_string() {
                     return Err("telemetry about another node".into());
                 }
-                Ok(())
+                Ok(Box::new(r) as Box<dyn std::any::Any + Send>)
             }));
             let (client, events, event_loop) =
                 fab_mesh::net::start(&key, mc).map_err(|e| StartError::Mesh(e.to_string()))?;
@@ -174,8 +174,6 @@ impl Node {
             remote_running: Default::default(),
             telemetry: telemetry_view,
             own_telemetry: Default::default(),
-            telemetry_seq: AtomicU64::new(0),
-            speed_permille: AtomicU64::new(1000),
             model_latency: Default::default(),
             described: Default::default(),
             replication: heads_rx,

@@ -3,7 +3,6 @@
 //! state, with optional Laplace noise on the load figures (`telemetry.dp_epsilon`).
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use fab_ledger::Signed;
@@ -13,10 +12,14 @@ use crate::ledger_writer::now_ms;
 use crate::sched::telemetry::{SignedTelemetry, TelemetryReport};
 use crate::sched::{Host, Telemetry};
 
+/// Jobs this node is running or about to run.
+fn in_flight(st: &AppState) -> usize {
+    st.config.limits.jobs_in_flight_max - st.job_slots.available_permits()
+}
+
 /// This node's telemetry now.
-pub fn current(st: &AppState, host: Host, speed_permille: u32) -> Telemetry {
+fn current(st: &AppState, in_flight: usize, host: Host, speed_permille: u32) -> Telemetry {
     let sc = &st.config.scheduler;
-    let in_flight = st.config.limits.jobs_in_flight_max - st.job_slots.available_permits();
     Telemetry {
         tier: sc.tier(),
         region: sc.region.clone(),
@@ -39,15 +42,11 @@ pub fn current(st: &AppState, host: Host, speed_permille: u32) -> Telemetry {
     }
 }
 
-/// Signs a report with the next sequence number (never lower than the clock, so it keeps
+/// Signs a report with the sequence number after `last` (never lower than the clock, so it keeps
 /// increasing across restarts).
-pub fn sign(st: &AppState, telemetry: Telemetry) -> SignedTelemetry {
-    let seq = st
-        .telemetry_seq
-        .fetch_max(telemetry.at_ms, Ordering::Relaxed)
-        .max(telemetry.at_ms)
-        + 1;
-    st.telemetry_seq.store(seq, Ordering::Relaxed);
+fn sign(st: &AppState, last: &mut u64, telemetry: Telemetry) -> SignedTelemetry {
+    let seq = (*last).max(telemetry.at_ms) + 1;
+    *last = seq;
     Signed::sign(
         TelemetryReport {
             node: st.key.public(),
@@ -102,7 +101,6 @@ pub async fn run(st: Arc<AppState>) {
     let speed = tokio::task::spawn_blocking(crate::sampler::calibrate_speed_permille)
         .await
         .unwrap_or(1000);
-    st.speed_permille.store(u64::from(speed), Ordering::Relaxed);
     tracing::info!(speed_permille = speed, "speed calibrated");
     let every = Duration::from_millis(st.config.telemetry.every_ms);
     let epsilon = st.config.telemetry.dp_epsilon;
@@ -110,9 +108,10 @@ pub async fn run(st: Arc<AppState>) {
     check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_at: Option<tokio::time::Instant> = None;
     let mut last_queue = 0usize;
+    let mut last_seq = 0u64;
     loop {
         check.tick().await;
-        let queue = st.config.limits.jobs_in_flight_max - st.job_slots.available_permits();
+        let queue = in_flight(&st);
         let due = last_at.is_none_or(|t| t.elapsed() >= every);
         // A marked change: at least 2 jobs and a quarter of what was published.
         let moved = queue.abs_diff(last_queue) >= 2.max(last_queue / 4);
@@ -122,9 +121,9 @@ pub async fn run(st: Arc<AppState>) {
         let host = tokio::task::spawn_blocking(crate::sampler::host)
             .await
             .unwrap_or_default();
-        let mut t = current(&st, host, speed);
+        let mut t = current(&st, queue, host, speed);
         privatise(&mut t, epsilon, uniform);
-        let report = sign(&st, t);
+        let report = sign(&st, &mut last_seq, t);
         last_at = Some(tokio::time::Instant::now());
         last_queue = queue;
         if let Ok(mut own) = st.own_telemetry.lock() {

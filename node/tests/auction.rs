@@ -56,6 +56,19 @@ fn bid_of(c: &Candidate<Peer>) -> Estimate {
     estimate(&c.telemetry, &shape(), c.link)
 }
 
+fn bid(from: Peer, estimate: Estimate) -> Input<Peer> {
+    Input::Bid {
+        job: JOB,
+        from,
+        estimate,
+    }
+}
+
+/// Every candidate bids its true estimate at `ms`.
+fn every_bid(peers: &[Candidate<Peer>], ms: u64) -> Vec<(Input<Peer>, u64)> {
+    peers.iter().map(|c| (bid(c.peer, bid_of(c)), ms)).collect()
+}
+
 fn submit(sla: Sla, local: Option<Candidate<Peer>>, peers: Vec<Candidate<Peer>>) -> Input<Peer> {
     Input::Submit(Box::new(Submission {
         job: JOB,
@@ -100,16 +113,7 @@ fn the_best_bid_wins_and_the_window_closes_when_every_bid_is_in() {
         cand(3, tel(2000, 1_000_000, Tier::Edge)),
     ];
     let mut inputs = vec![(submit(Sla::default(), None, peers.clone()), 0)];
-    for c in &peers {
-        inputs.push((
-            Input::Bid {
-                job: JOB,
-                from: c.peer,
-                estimate: bid_of(c),
-            },
-            1,
-        ));
-    }
+    inputs.extend(every_bid(&peers, 1));
     let (out, a) = twice(&inputs);
     assert_eq!(
         out[0],
@@ -141,22 +145,8 @@ fn silent_peers_are_cut_off_by_the_window_and_ties_go_to_the_lower_peer() {
     let e = bid_of(&peers[0]);
     let inputs = vec![
         (submit(Sla::default(), None, peers), 0),
-        (
-            Input::Bid {
-                job: JOB,
-                from: 9,
-                estimate: e,
-            },
-            1,
-        ),
-        (
-            Input::Bid {
-                job: JOB,
-                from: 6,
-                estimate: e,
-            },
-            2,
-        ),
+        (bid(9, e), 1),
+        (bid(6, e), 2),
         (Input::Tick, 20), // window (50 ms) still open: 4 has not answered
         (Input::Tick, 50),
     ];
@@ -220,16 +210,7 @@ fn a_failed_or_overdue_attempt_is_re_awarded_and_late_results_are_ignored() {
         cand(3, tel(1000, 0, Tier::Edge)),
     ];
     let mut inputs = vec![(submit(Sla::default(), None, peers.clone()), 0)];
-    for c in &peers {
-        inputs.push((
-            Input::Bid {
-                job: JOB,
-                from: c.peer,
-                estimate: bid_of(c),
-            },
-            1,
-        ));
-    }
+    inputs.extend(every_bid(&peers, 1));
     inputs.extend([
         // Peer 1 disconnects: re-awarded to 2.
         (
@@ -276,14 +257,7 @@ fn attempts_are_bounded_and_the_failure_names_every_reason() {
         cand(2, tel(1000, 0, Tier::Edge)),
     ];
     let mut inputs = vec![(submit(Sla::default(), None, peers.clone()), 0)];
-    inputs.push((
-        Input::Bid {
-            job: JOB,
-            from: 1,
-            estimate: bid_of(&peers[0]),
-        },
-        1,
-    ));
+    inputs.push((bid(1, bid_of(&peers[0])), 1));
     inputs.push((
         Input::Decline {
             job: JOB,
@@ -320,16 +294,7 @@ fn replicas_run_on_distinct_nodes_and_complete_together() {
         ..Default::default()
     };
     let mut inputs = vec![(submit(sla, None, peers.clone()), 0)];
-    for c in &peers {
-        inputs.push((
-            Input::Bid {
-                job: JOB,
-                from: c.peer,
-                estimate: bid_of(c),
-            },
-            1,
-        ));
-    }
+    inputs.extend(every_bid(&peers, 1));
     inputs.push((Input::Done { job: JOB, from: 3 }, 5));
     inputs.push((Input::Done { job: JOB, from: 2 }, 6));
     let (out, _) = twice(&inputs);
@@ -373,14 +338,7 @@ fn the_local_node_runs_the_job_with_no_round_trip_when_it_is_best_or_alone() {
     let e = bid_of(&fast);
     let (out, _) = twice(&[
         (submit(Sla::default(), Some(local), vec![fast]), 0),
-        (
-            Input::Bid {
-                job: JOB,
-                from: 1,
-                estimate: e,
-            },
-            1,
-        ),
+        (bid(1, e), 1),
     ]);
     assert_eq!(
         out[0],
@@ -405,39 +363,11 @@ fn unasked_and_repeated_bids_are_ignored() {
     let inputs = vec![
         (submit(Sla::default(), None, peers.clone()), 0),
         // 5 was never asked; its bid changes nothing.
-        (
-            Input::Bid {
-                job: JOB,
-                from: 5,
-                estimate: great,
-            },
-            1,
-        ),
-        (
-            Input::Bid {
-                job: JOB,
-                from: 1,
-                estimate: bid_of(&peers[0]),
-            },
-            1,
-        ),
+        (bid(5, great), 1),
+        (bid(1, bid_of(&peers[0])), 1),
         // A second, better bid from 1 is ignored.
-        (
-            Input::Bid {
-                job: JOB,
-                from: 1,
-                estimate: great,
-            },
-            2,
-        ),
-        (
-            Input::Bid {
-                job: JOB,
-                from: 2,
-                estimate: bid_of(&peers[1]),
-            },
-            3,
-        ),
+        (bid(1, great), 2),
+        (bid(2, bid_of(&peers[1])), 3),
     ];
     let (out, a) = twice(&inputs);
     assert_eq!(awards(&out), [1]);
@@ -457,16 +387,7 @@ fn a_node_with_a_deep_queue_loses_and_past_its_limit_declines() {
     let idle = tel(1000, 0, Tier::Edge);
     let peers = vec![cand(1, busy.clone()), cand(2, idle)];
     let mut inputs = vec![(submit(Sla::default(), None, peers.clone()), 0)];
-    for c in &peers {
-        inputs.push((
-            Input::Bid {
-                job: JOB,
-                from: c.peer,
-                estimate: bid_of(c),
-            },
-            1,
-        ));
-    }
+    inputs.extend(every_bid(&peers, 1));
     let (out, _) = twice(&inputs);
     assert_eq!(
         awards(&out),
