@@ -57,7 +57,9 @@ pub fn run(n: usize, jobs: usize, listen: &str, idle: Duration) -> Result<Value>
         rng ^= rng >> 7;
         rng ^= rng << 17;
         let k = (rng % n as u64) as usize;
-        let body = json!({"model": "digits", "input": images[j % images.len()].to_json_value()});
+        // Pinned to the node it is posted to: this measures replication of that node's feed.
+        let body = json!({"model": "digits", "input": images[j % images.len()].to_json_value(),
+                          "on": nodes[k].peer_id});
         let (status, v) = nodes[k].client.post("/v1/jobs", &body)?;
         if status != 200 {
             bail!("job failed: {v}");
@@ -178,9 +180,8 @@ pub fn exec(runs: usize, warmup: usize, listen: &str) -> Result<Value> {
     let job = |i: usize, on: Option<&str>| -> Result<(Duration, Duration)> {
         let mut body =
             json!({"model": "digits", "input": images[i % images.len()].to_json_value()});
-        if let Some(peer) = on {
-            body["on"] = json!(peer);
-        }
+        // Local runs are pinned to A too: identical peers may otherwise win A's auction.
+        body["on"] = json!(on.unwrap_or(&a.peer_id));
         let t0 = Instant::now();
         let (status, v) = a.client.post("/v1/jobs", &body)?;
         let total = t0.elapsed();

@@ -91,19 +91,53 @@ pub struct SubmitArgs {
     /// `-` for either on standard input
     #[arg(long, value_name = "FILE|-")]
     input: String,
-    /// Deadline for the job in milliseconds [default: limits.job_timeout_ms]
+    /// Deadline for the job in milliseconds, submission to result; nodes that cannot meet it
+    /// are not asked [default: limits.job_timeout_ms]
+    #[arg(long, visible_alias = "timeout-ms", value_name = "MS")]
+    deadline_ms: Option<u64>,
+    /// Most the job may cost, in micro-units (a node's price per second times its estimate)
+    #[arg(long, value_name = "MICROS")]
+    max_cost: Option<u64>,
+    /// Allowed tiers: device, edge, cloud (repeat or comma-separate) [default: all]
+    #[arg(long, value_delimiter = ',', value_name = "TIER")]
+    tier: Vec<String>,
+    /// Allowed regions (repeat or comma-separate) [default: all]
+    #[arg(long, value_delimiter = ',', value_name = "REGION")]
+    region: Vec<String>,
+    /// Labels the node must carry, all of them (repeat or comma-separate)
+    #[arg(long, value_delimiter = ',', value_name = "LABEL")]
+    label: Vec<String>,
+    /// Run the job on this many distinct nodes and report whether their outputs agree
+    #[arg(long, value_name = "K")]
+    replicas: Option<u64>,
+    /// Scoring weight for this job, e.g. `--weight cost=100 --weight time=0` (terms: time, cost,
+    /// energy, cache, reliability, battery; the others keep the node's scheduler.weight_*)
+    #[arg(long, value_name = "TERM=N")]
+    weight: Vec<String>,
+    /// Print every candidate: its bid or why it did not bid, the score breakdown, the winner
     #[arg(long)]
-    timeout_ms: Option<u64>,
+    explain: bool,
     /// Print the whole answer (outputs and receipt) as JSON
     #[arg(long)]
     json: bool,
     /// Also write each output tensor to DIR/<output name>.npy
     #[arg(long, value_name = "DIR")]
     out: Option<PathBuf>,
-    /// Run the job on this peer (a peer id from `fabnode peers`) instead of on the local node.
-    /// The peer's signed receipt and outputs are checked against the job before they are shown.
+    /// Run the job on this peer (a peer id from `fabnode peers`), with no auction. The peer's
+    /// signed receipt and outputs are checked against the job before they are shown.
     #[arg(long, value_name = "PEER_ID")]
     on: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct JobsArgs {
+    /// Show this job's placement: every candidate, its bid or reason, the scores, the winner
+    job: Option<String>,
+    #[arg(long)]
+    json: bool,
+    /// Most jobs to list
+    #[arg(long, default_value_t = 20)]
+    limit: usize,
 }
 
 #[derive(Debug, Subcommand)]
@@ -418,21 +452,53 @@ pub fn submit(g: &Global, a: SubmitArgs) -> Result<ExitCode> {
         Duration::from_secs(300),
     );
     let mut body = json!({"model": a.model, "input": input.to_json_value()});
-    if let Some(t) = a.timeout_ms {
-        body["timeout_ms"] = json!(t);
+    if let Some(t) = a.deadline_ms {
+        body["deadline_ms"] = json!(t);
     }
     if let Some(peer) = &a.on {
         body["on"] = json!(peer);
+    }
+    if let Some(c) = a.max_cost {
+        body["max_cost_micros"] = json!(c);
+    }
+    for (key, v) in [
+        ("tiers", &a.tier),
+        ("regions", &a.region),
+        ("labels", &a.label),
+    ] {
+        if !v.is_empty() {
+            body[key] = json!(v);
+        }
+    }
+    if let Some(k) = a.replicas {
+        body["replicas"] = json!(k);
+    }
+    if !a.weight.is_empty() {
+        let mut w = serde_json::Map::new();
+        for kv in &a.weight {
+            let (k, v) = kv
+                .split_once('=')
+                .and_then(|(k, v)| Some((k.trim(), v.trim().parse::<u64>().ok()?)))
+                .with_context(|| format!("--weight {kv:?}: expected TERM=N, e.g. cost=100"))?;
+            w.insert(k.to_owned(), json!(v));
+        }
+        body["weights"] = serde_json::Value::Object(w);
+    }
+    if a.explain {
+        body["explain"] = json!(true);
     }
     let (status, answer) = client.post("/v1/jobs", &body)?;
     if status != 200 {
         if a.json {
             print_json(&answer);
+        } else if a.explain && answer["placement"].is_object() {
+            print_placement(&answer["placement"]);
         }
         bail!("{}", error_message(status, &answer));
     }
     let input_name = answer["input_names"][0].as_str();
-    let verified = verify_job_response(&answer, input_name, &input, a.on.as_deref())?;
+    let executor = answer["executor"].as_str().or(a.on.as_deref());
+    let verified = verify_job_response(&answer, input_name, &input, executor)?;
     if let Some(dir) = &a.out {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
         for (name, t) in &verified.outputs {
@@ -493,7 +559,185 @@ pub fn submit(g: &Global, a: SubmitArgs) -> Result<ExitCode> {
     );
     println!("  class      {}", r.determinism.class());
     println!("  signature  {}", hex::encode(verified.entry.signature()));
+    let p = &answer["placement"];
+    if p.is_object() {
+        println!(
+            "placed on {} in {} attempt(s){}",
+            p["winners"]
+                .as_array()
+                .map(|w| w
+                    .iter()
+                    .filter_map(|x| x.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", "))
+                .unwrap_or_default(),
+            p["attempts"],
+            if p["fast_path"] == true {
+                " (this node, no round trip)"
+            } else {
+                ""
+            }
+        );
+    }
+    if let Some(reps) = answer["replicas"].as_array() {
+        println!(
+            "replicas: {} ran it; outputs {}",
+            reps.len(),
+            if answer["replicas_agree"] == true {
+                "agree"
+            } else {
+                "DIFFER"
+            }
+        );
+        for rep in reps {
+            println!(
+                "  {}  entry #{}  output {}",
+                rep["executor"].as_str().unwrap_or("?"),
+                rep["seq"],
+                rep["output_digest"]
+                    .as_str()
+                    .map_or("-", |d| &d[..d.len().min(16)])
+            );
+        }
+    }
+    if a.explain {
+        print_placement(p);
+    }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Every candidate of a placement, one line each, best first as the auction ranked them.
+fn print_placement(p: &serde_json::Value) {
+    let w = &p["weights"];
+    println!(
+        "placement: weights time {} cost {} energy {} cache {} reliability {} battery {}{}",
+        w["time"],
+        w["cost"],
+        w["energy"],
+        w["cache"],
+        w["reliability"],
+        w["battery"],
+        if p["fast_path"] == true {
+            "; fast path: this node scored best, no call for bids"
+        } else {
+            ""
+        }
+    );
+    println!(
+        "  {:<59} {:<10} {:>10} {:>8} {:>9}  {:>6}  score terms (time cost energy cache reliability battery)",
+        "candidate", "standing", "completion", "cost", "energy", "total"
+    );
+    let winner = |c: &serde_json::Value| {
+        p["winners"]
+            .as_array()
+            .is_some_and(|w| w.contains(&c["peer_id"]))
+    };
+    // Winners first, then by score, then those that did not bid.
+    let mut cands: Vec<&serde_json::Value> =
+        p["candidates"].as_array().into_iter().flatten().collect();
+    cands.sort_by_key(|c| (!winner(c), std::cmp::Reverse(c["score"]["total"].as_u64())));
+    for c in cands {
+        let winner = winner(c);
+        let who = format!(
+            "{}{}",
+            c["peer_id"].as_str().unwrap_or("?"),
+            if c["local"] == true { " (self)" } else { "" }
+        );
+        let e = &c["estimate"];
+        let s = &c["score"];
+        let num =
+            |v: &serde_json::Value| v.as_u64().map_or_else(|| "-".to_owned(), |n| n.to_string());
+        let terms = if s.is_object() {
+            format!(
+                "{} {} {} {} {} {}",
+                s["time"], s["cost"], s["energy"], s["cache"], s["reliability"], s["battery"]
+            )
+        } else {
+            String::new()
+        };
+        println!(
+            "{} {:<59} {:<10} {:>8}µs {:>8} {:>7}µJ  {:>6}  {terms}{}",
+            if winner { "*" } else { " " },
+            who,
+            c["standing"].as_str().unwrap_or("?"),
+            num(&e["completion_us"]),
+            num(&e["cost_micros"]),
+            num(&e["energy_uj"]),
+            num(&s["total"]),
+            c["reason"]
+                .as_str()
+                .map_or_else(String::new, |r| format!("  {r}"))
+        );
+    }
+    match &p["outcome"] {
+        v if v == "ok" => println!("outcome: ok after {} attempt(s)", p["attempts"]),
+        v if v.is_object() => println!("outcome: failed: {}", v["failed"].as_str().unwrap_or("?")),
+        _ => println!("outcome: running"),
+    }
+}
+
+pub fn jobs(g: &Global, a: JobsArgs) -> Result<ExitCode> {
+    if let Some(id) = &a.job {
+        let v = api_get(g, &format!("/v1/jobs/{id}"))?;
+        if a.json {
+            print_json(&v);
+        } else {
+            job_line(&v);
+            if v["placement"].is_object() {
+                print_placement(&v["placement"]);
+            } else {
+                println!("(this node ran the job for a peer; the peer that placed it explains it)");
+            }
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    let v = api_get(g, &format!("/v1/jobs?limit={}", a.limit))?;
+    if a.json {
+        print_json(&v);
+        return Ok(ExitCode::SUCCESS);
+    }
+    let jobs = v["jobs"].as_array().cloned().unwrap_or_default();
+    if jobs.is_empty() {
+        println!("no jobs placed by this node yet (fabnode submit places one)");
+    }
+    for j in &jobs {
+        job_line(j);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn job_line(j: &serde_json::Value) {
+    let id = j["job_id"].as_str().unwrap_or("?");
+    println!(
+        "{}  {:<12} {:<6} {:>8.2} ms  {} attempt(s){}  on {}{}{}",
+        &id[..id.len().min(16)],
+        j["model"].as_str().unwrap_or("?"),
+        j["status"].as_str().unwrap_or("?"),
+        j["latency_ms"].as_f64().unwrap_or(0.0),
+        j["attempts"],
+        if j["fast_path"] == true {
+            " (local)"
+        } else {
+            ""
+        },
+        j["executors"]
+            .as_array()
+            .map(|e| e
+                .iter()
+                .filter_map(|x| x.as_str())
+                .collect::<Vec<_>>()
+                .join(","))
+            .filter(|s| !s.is_empty())
+            .unwrap_or_else(|| "-".into()),
+        match j["replicas_agree"].as_bool() {
+            Some(true) => "  replicas agree",
+            Some(false) => "  replicas DIFFER",
+            None => "",
+        },
+        j["error"]
+            .as_str()
+            .map_or_else(String::new, |e| format!("  error: {e}"))
+    );
 }
 
 fn api_get(g: &Global, path: &str) -> Result<serde_json::Value> {

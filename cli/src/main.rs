@@ -63,8 +63,11 @@ enum Command {
     /// Register and list models
     #[command(subcommand)]
     Model(cmd::ModelCmd),
-    /// Run a job on the node and print its output and signed receipt
+    /// Run a job where it runs best right now (the mesh bids for it; this node when it is best)
+    /// and print its output, signed receipt and placement
     Submit(cmd::SubmitArgs),
+    /// Jobs this node placed: where they ran, attempts, latency; with an id, why they ran there
+    Jobs(cmd::JobsArgs),
     /// Ask the running node for its identity, ledger head and loaded models
     Status {
         #[arg(long)]
@@ -106,6 +109,7 @@ fn main() -> std::process::ExitCode {
         Command::Start(a) => cmd::start(&cli.global, a),
         Command::Model(c) => cmd::model(&cli.global, c),
         Command::Submit(a) => cmd::submit(&cli.global, a),
+        Command::Jobs(a) => cmd::jobs(&cli.global, a),
         Command::Status { json } => cmd::status(&cli.global, json),
         Command::Peers { json } => cmd::peers(&cli.global, json),
         Command::Telemetry { json } => cmd::telemetry(&cli.global, json),

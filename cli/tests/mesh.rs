@@ -3,64 +3,11 @@
 
 mod common;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use common::mesh::*;
 use common::*;
-use serde_json::json;
-
-const TCP: &str = "/ip4/127.0.0.1/tcp/0";
-const QUIC: &str = "/ip4/127.0.0.1/udp/0/quic-v1";
-
-fn mesh_env(network: &str) -> Vec<(String, String)> {
-    mesh_env_on(network, TCP)
-}
-
-fn mesh_env_on(network: &str, listen: &str) -> Vec<(String, String)> {
-    vec![
-        ("FABNODE_MESH_ENABLED".into(), "true".into()),
-        ("FABNODE_MESH_MDNS".into(), "false".into()),
-        ("FABNODE_MESH_LISTEN".into(), listen.into()),
-        ("FABNODE_LEDGER_NETWORK".into(), network.into()),
-    ]
-}
-
-/// A node's first mesh listen address with its peer id: what others dial or bootstrap from.
-fn dial_addr(n: &RunningNode) -> String {
-    let (_, info) = n.get("/v1/node");
-    format!(
-        "{}/p2p/{}",
-        info["mesh"]["listen"][0]
-            .as_str()
-            .expect("the node listens"),
-        info["peer_id"].as_str().unwrap()
-    )
-}
-
-/// The peer id of `a`, and the environment for a node that listens on `listen` and bootstraps
-/// from `a` (whose first listen address must use the same transport).
-fn joining_env(a: &RunningNode, network: &str, listen: &str) -> (String, Vec<(String, String)>) {
-    let addr = dial_addr(a);
-    let transport = if listen == QUIC { "/quic-v1" } else { "/tcp/" };
-    assert!(addr.contains(transport), "{addr} is not on {listen}");
-    let mut env = mesh_env_on(network, listen);
-    env.push(("FABNODE_MESH_BOOTSTRAP".into(), addr));
-    (peer_id(a), env)
-}
-
-fn start(t: &TestDir, env: &[(String, String)]) -> RunningNode {
-    let refs: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-    t.start(&refs).unwrap()
-}
-
-/// Polls `check` until it holds or the deadline passes; returns how long it took.
-fn wait_for(what: &str, limit: Duration, mut check: impl FnMut() -> bool) -> Duration {
-    let t0 = Instant::now();
-    while !check() {
-        assert!(t0.elapsed() < limit, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    t0.elapsed()
-}
+use serde_json::{Value, json};
 
 fn feed_size(node: &RunningNode, feed: &str) -> Option<(u64, Option<u64>)> {
     let (_, v) = node.get("/v1/ledger/heads");
@@ -97,10 +44,7 @@ fn three_nodes_replicate_every_ledger_through_one_bootstrap_peer() {
 
     // Jobs on A land in B's and C's replicas of A's feed, with A's checkpoint trusted.
     for i in 0..5 {
-        let (s, v) = a.post_json(
-            "/v1/jobs",
-            &json!({"model": "digits", "input": image_json(i)}),
-        );
+        let (s, v) = job_here(&a, i);
         assert_eq!(s, 200, "{v}");
     }
     let took = wait_for(
@@ -116,10 +60,7 @@ fn three_nodes_replicate_every_ledger_through_one_bootstrap_peer() {
 
     // And the other way: jobs on B reach A and C (C through A's forwarding or directly).
     for i in 0..3 {
-        let (s, _) = b.post_json(
-            "/v1/jobs",
-            &json!({"model": "digits", "input": image_json(10 + i)}),
-        );
+        let (s, _) = job_here(&b, 10 + i);
         assert_eq!(s, 200);
     }
     wait_for(
@@ -190,10 +131,7 @@ fn a_damaged_replica_is_fetched_again_and_the_node_keeps_running() {
     let (a_id, env) = joining_env(&a, &network, TCP);
     let mut b = start(&tb, &env);
     for i in 0..5 {
-        let (s, _) = a.post_json(
-            "/v1/jobs",
-            &json!({"model": "digits", "input": image_json(i)}),
-        );
+        let (s, _) = job_here(&a, i);
         assert_eq!(s, 200);
     }
     wait_for("B to hold A's 5 entries", Duration::from_secs(20), || {
@@ -271,10 +209,7 @@ fn catch_up(listen: &str, tag: &str) {
     assert!(b.wait().success());
     drop(b);
     for i in 0..200 {
-        let (s, _) = a.post_json(
-            "/v1/jobs",
-            &json!({"model": "digits", "input": image_json(i)}),
-        );
+        let (s, _) = job_here(&a, i);
         assert_eq!(s, 200);
     }
     wait_for("C to hold A's 200 entries", Duration::from_secs(30), || {
@@ -288,10 +223,7 @@ fn catch_up(listen: &str, tag: &str) {
     );
     eprintln!("B caught up 200 entries over {listen} in {took:?}");
     // The next checkpoint A gossips signs exactly B's replica: B trusts it.
-    let (s, _) = a.post_json(
-        "/v1/jobs",
-        &json!({"model": "digits", "input": image_json(7)}),
-    );
+    let (s, _) = job_here(&a, 7);
     assert_eq!(s, 200);
     wait_for(
         "B to trust A's checkpoint 201",
@@ -323,8 +255,13 @@ fn peer_count(n: &RunningNode) -> usize {
         .map_or(0, |p| p.len())
 }
 
-fn peer_id(n: &RunningNode) -> String {
-    n.get("/v1/node").1["peer_id"].as_str().unwrap().to_owned()
+/// Runs a digits job on `node` itself (pinned: the scheduler would otherwise place it on
+/// whichever identical node scores best), so it lands in that node's feed.
+fn job_here(node: &RunningNode, image: usize) -> (u16, Value) {
+    node.post_json(
+        "/v1/jobs",
+        &json!({"model": "digits", "input": image_json(image), "on": peer_id(node)}),
+    )
 }
 
 #[test]
@@ -445,10 +382,7 @@ fn nodes_publish_signed_telemetry_and_keep_a_view_of_their_peers() {
         json!(["arm64", "camera"])
     );
     // B runs a job: its next report carries the model's measured latency.
-    let (s, _) = b.post_json(
-        "/v1/jobs",
-        &json!({"model": "digits", "input": image_json(1)}),
-    );
+    let (s, _) = job_here(&b, 1);
     assert_eq!(s, 200);
     wait_for(
         "B's report to carry the model latency",
@@ -563,10 +497,7 @@ mod bad_peer {
             || peer_count(&a) == 2,
         );
         // A real, valid entry with its signature broken.
-        let (s, _) = a.post_json(
-            "/v1/jobs",
-            &json!({"model": "digits", "input": image_json(1)}),
-        );
+        let (s, _) = job_here(&a, 1);
         assert_eq!(s, 200);
         let (_, e) = a.get("/v1/ledger/entries/0");
         let mut forged = hex::decode(e["raw"].as_str().unwrap()).unwrap();
@@ -613,10 +544,7 @@ mod bad_peer {
         );
         // Honest traffic keeps flowing, and the nodes kept running.
         for i in 0..3 {
-            let (s, _) = a.post_json(
-                "/v1/jobs",
-                &json!({"model": "digits", "input": image_json(10 + i)}),
-            );
+            let (s, _) = job_here(&a, 10 + i);
             assert_eq!(s, 200);
         }
         wait_for("B to hold A's 4 entries", Duration::from_secs(10), || {
@@ -917,10 +845,7 @@ fn mdns_inside_namespace() {
     );
     eprintln!("5 nodes found each other by mDNS in {took:?}");
     // And a job on one reaches all by gossip.
-    let (s, _) = nodes[2].post_json(
-        "/v1/jobs",
-        &json!({"model": "digits", "input": image_json(2)}),
-    );
+    let (s, _) = job_here(&nodes[2], 2);
     assert_eq!(s, 200);
     let id = peer_id(&nodes[2]);
     wait_for(
@@ -975,10 +900,7 @@ fn a_js_libp2p_peer_identifies_pings_and_reads_the_ledger_topic() {
             .iter()
             .any(|p| p["role"] == "observer")
     });
-    let (s, _) = a.post_json(
-        "/v1/jobs",
-        &json!({"model": "digits", "input": image_json(4)}),
-    );
+    let (s, _) = job_here(&a, 4);
     assert_eq!(s, 200);
     let out = js.wait_with_output().unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);

@@ -54,6 +54,13 @@ pub struct AppState {
     /// Peers' models as they described them: (peer, name) -> (digest, input name).
     pub described:
         std::sync::Mutex<std::collections::HashMap<(libp2p::PeerId, String), (ContentId, String)>>,
+    /// The task that places jobs (with the mesh).
+    pub placer: Option<tokio::sync::mpsc::Sender<crate::placer::PlaceJob>>,
+    /// Jobs placed here recently.
+    pub recent: crate::placer::Recent,
+    pub rtts: std::sync::Mutex<crate::placer::Rtts>,
+    /// Jobs placed: [succeeded, failed].
+    pub placed: [AtomicU64; 2],
     pub nonce: AtomicU64,
     pub started: Instant,
 }
@@ -65,6 +72,8 @@ pub struct ApiError {
     pub code: &'static str,
     pub message: String,
     pub receipt: Option<Value>,
+    /// Where the job was placed and why (jobs placed by the auction).
+    pub placement: Option<Value>,
 }
 
 impl ApiError {
@@ -74,6 +83,7 @@ impl ApiError {
             code,
             message: message.into(),
             receipt: None,
+            placement: None,
         }
     }
 }
@@ -83,6 +93,9 @@ impl IntoResponse for ApiError {
         let mut body = json!({"error": {"code": self.code, "message": self.message}});
         if let Some(r) = self.receipt {
             body["receipt"] = r;
+        }
+        if let Some(p) = self.placement {
+            body["placement"] = p;
         }
         (self.status, axum::Json(body)).into_response()
     }
@@ -95,7 +108,7 @@ pub fn router(state: Arc<AppState>) -> Router {
     Router::new()
         .route("/v1/node", get(node_info))
         .route("/v1/models", get(list_models))
-        .route("/v1/jobs", post(submit_job))
+        .route("/v1/jobs", post(submit_job).get(list_jobs))
         .route("/v1/jobs/{id}", get(get_job))
         .route("/v1/ledger/head", get(ledger_head))
         .route("/v1/ledger/heads", get(ledger_heads))
@@ -194,6 +207,29 @@ async fn metrics(State(st): State<Arc<AppState>>) -> Response {
         "Entries in this node's own ledger feed.",
         &[("", entries as f64)],
     );
+    metric(
+        "fabnode_jobs_in_flight",
+        "gauge",
+        "Jobs this node is running or has queued for its inference workers.",
+        &[("", crate::telemetry_task::in_flight(&st) as f64)],
+    );
+    if st.placer.is_some() {
+        metric(
+            "fabnode_jobs_placed_total",
+            "counter",
+            "Jobs this node placed (the auction), by outcome.",
+            &[
+                (
+                    "{outcome=\"ok\"}",
+                    st.placed[0].load(Ordering::Relaxed) as f64,
+                ),
+                (
+                    "{outcome=\"failed\"}",
+                    st.placed[1].load(Ordering::Relaxed) as f64,
+                ),
+            ],
+        );
+    }
     if let Some(mesh) = &st.mesh {
         let stats = mesh.stats().await.unwrap_or_default();
         let peers = mesh.peers().await.map(|p| p.len()).unwrap_or(0);
@@ -335,11 +371,123 @@ async fn list_models(State(st): State<Arc<AppState>>) -> ApiResult {
 struct SubmitBody {
     model: String,
     input: Value,
-    #[serde(default)]
+    /// The job's deadline, from submission to result.
+    #[serde(default, alias = "deadline_ms")]
     timeout_ms: Option<u64>,
-    /// Run on this peer (a peer id) over `/fabnode/exec/1` instead of locally.
+    /// Run on this peer (a peer id) over `/fabnode/exec/1`, with no auction.
     #[serde(default)]
     on: Option<String>,
+    #[serde(default)]
+    max_cost_micros: Option<u64>,
+    /// Allowed tiers (`device`, `edge`, `cloud`); empty allows all.
+    #[serde(default)]
+    tiers: Vec<String>,
+    #[serde(default)]
+    regions: Vec<String>,
+    /// Labels the node must carry, all of them.
+    #[serde(default)]
+    labels: Vec<String>,
+    /// Distinct nodes that each run the job.
+    #[serde(default)]
+    replicas: Option<u64>,
+    /// This job's scoring weights; missing terms take the configured ones.
+    #[serde(default)]
+    weights: Option<WeightsBody>,
+    /// Answer with every candidate's bid or reason and the score breakdown.
+    #[serde(default)]
+    explain: bool,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct WeightsBody {
+    time: Option<u64>,
+    cost: Option<u64>,
+    energy: Option<u64>,
+    cache: Option<u64>,
+    reliability: Option<u64>,
+    battery: Option<u64>,
+}
+
+/// Most replicas a job may ask for.
+pub const REPLICAS_MAX: u64 = 16;
+/// Largest scoring weight.
+const WEIGHT_MAX: u64 = 1_000_000;
+
+impl SubmitBody {
+    /// Whether the body asks for anything only the auction does.
+    fn places(&self) -> bool {
+        self.max_cost_micros.is_some()
+            || !self.tiers.is_empty()
+            || !self.regions.is_empty()
+            || !self.labels.is_empty()
+            || self.replicas.is_some_and(|r| r != 1)
+            || self.weights.is_some()
+            || self.explain
+    }
+
+    fn sla(&self, timeout_ms: u64) -> Result<crate::sched::Sla, ApiError> {
+        use fab_mesh::bid::{NAMES_MAX, TEXT_BYTES_MAX};
+        let bad = |m: String| ApiError::new(StatusCode::BAD_REQUEST, "bad_sla", m);
+        let tiers = self
+            .tiers
+            .iter()
+            .map(|t| {
+                crate::sched::Tier::parse(t)
+                    .ok_or_else(|| bad(format!("tiers: {t:?} is not device, edge or cloud")))
+            })
+            .collect::<Result<_, _>>()?;
+        for (field, names) in [("regions", &self.regions), ("labels", &self.labels)] {
+            if names.len() > NAMES_MAX
+                || names
+                    .iter()
+                    .any(|n| n.is_empty() || n.len() > TEXT_BYTES_MAX)
+            {
+                return Err(bad(format!(
+                    "{field}: at most {NAMES_MAX} names of 1 to {TEXT_BYTES_MAX} bytes"
+                )));
+            }
+        }
+        let replicas = self.replicas.unwrap_or(1);
+        if !(1..=REPLICAS_MAX).contains(&replicas) {
+            return Err(bad(format!(
+                "replicas: 1 to {REPLICAS_MAX}, not {replicas}"
+            )));
+        }
+        Ok(crate::sched::Sla {
+            deadline_us: timeout_ms.saturating_mul(1000),
+            max_cost_micros: self.max_cost_micros,
+            tiers,
+            regions: self.regions.iter().cloned().collect(),
+            labels: self.labels.iter().cloned().collect(),
+            replicas: replicas as u8,
+        })
+    }
+
+    fn weights(
+        &self,
+        configured: crate::sched::Weights,
+    ) -> Result<Option<crate::sched::Weights>, ApiError> {
+        let Some(w) = &self.weights else {
+            return Ok(None);
+        };
+        let all = [w.time, w.cost, w.energy, w.cache, w.reliability, w.battery];
+        if all.iter().flatten().any(|v| *v > WEIGHT_MAX) {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "bad_sla",
+                format!("weights: integers from 0 to {WEIGHT_MAX}"),
+            ));
+        }
+        Ok(Some(crate::sched::Weights {
+            time: w.time.unwrap_or(configured.time),
+            cost: w.cost.unwrap_or(configured.cost),
+            energy: w.energy.unwrap_or(configured.energy),
+            cache: w.cache.unwrap_or(configured.cache),
+            reliability: w.reliability.unwrap_or(configured.reliability),
+            battery: w.battery.unwrap_or(configured.battery),
+        }))
+    }
 }
 
 /// A job that ran (or failed while running) and was recorded.
@@ -537,27 +685,40 @@ pub fn job_response(
     executed: Executed,
     executor: Option<String>,
 ) -> Result<Response, ApiError> {
-    let receipt_json = entry_json(&executed.entry);
-    match executed.outputs {
-        Some(outs) => {
-            let mut body = json!({
-                "job_id": job_id,
-                "status": "ok",
-                "input_names": [input_name],
-                "outputs": outs.iter().map(|(n, t)| json!({"name": n, "tensor": t.to_json_value()})).collect::<Vec<_>>(),
-                "receipt": receipt_json,
-            });
-            if let Some(peer) = executor {
-                body["executor"] = json!(peer);
-            }
-            Ok(axum::Json(body).into_response())
-        }
-        None => Err(ApiError {
-            status: StatusCode::INTERNAL_SERVER_ERROR,
-            code: "execution_failed",
-            message: executed.error,
-            receipt: Some(receipt_json),
-        }),
+    job_body(job_id, input_name, executed, executor).map(|b| axum::Json(b).into_response())
+}
+
+/// The JSON body of [`job_response`].
+pub fn job_body(
+    job_id: ContentId,
+    input_name: &str,
+    executed: Executed,
+    executor: Option<String>,
+) -> Result<Value, ApiError> {
+    let Some(outs) = &executed.outputs else {
+        return Err(failed_response(executed));
+    };
+    let mut body = json!({
+        "job_id": job_id,
+        "status": "ok",
+        "input_names": [input_name],
+        "outputs": outs.iter().map(|(n, t)| json!({"name": n, "tensor": t.to_json_value()})).collect::<Vec<_>>(),
+        "receipt": entry_json(&executed.entry),
+    });
+    if let Some(peer) = executor {
+        body["executor"] = json!(peer);
+    }
+    Ok(body)
+}
+
+/// A recorded job that failed: 500 `execution_failed` with its receipt.
+pub fn failed_response(executed: Executed) -> ApiError {
+    ApiError {
+        status: StatusCode::INTERNAL_SERVER_ERROR,
+        code: "execution_failed",
+        message: executed.error,
+        receipt: Some(entry_json(&executed.entry)),
+        placement: None,
     }
 }
 
@@ -571,7 +732,7 @@ async fn submit_job(State(st): State<Arc<AppState>>, body: Body) -> Result<Respo
             format!("request body is over limits.request_bytes_max = {limit} bytes"),
         )
     })?;
-    let req: SubmitBody = serde_json::from_slice(&bytes).map_err(|e| {
+    let mut req: SubmitBody = serde_json::from_slice(&bytes).map_err(|e| {
         ApiError::new(
             StatusCode::BAD_REQUEST,
             "bad_request",
@@ -580,13 +741,31 @@ async fn submit_job(State(st): State<Arc<AppState>>, body: Body) -> Result<Respo
             ),
         )
     })?;
-    let input = Tensor::from_json_value(req.input)
+    let input = Tensor::from_json_value(std::mem::take(&mut req.input))
         .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_tensor", format!("input: {e}")))?;
     check_input_size(&st, &input)?;
     let timeout_ms = req
         .timeout_ms
         .unwrap_or(st.config.limits.job_timeout_ms)
         .clamp(1, st.config.limits.job_timeout_ms.max(1));
+    if req.on.is_some() && req.places() {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "bad_sla",
+            "`on` pins the job to one peer; placement fields (tiers, regions, labels, max cost, \
+             replicas, weights, explain) choose a peer: use one or the other",
+        ));
+    }
+    if req.on.is_none() && st.placer.is_some() {
+        return place(&st, req, input, timeout_ms, accepted).await;
+    }
+    if req.places() {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "mesh_disabled",
+            "placement fields need the mesh (mesh.enabled = false here)",
+        ));
+    }
     if let Some(on) = req.on {
         let peer: libp2p::PeerId = on.parse().map_err(|_| {
             ApiError::new(
@@ -628,6 +807,73 @@ async fn submit_job(State(st): State<Arc<AppState>>, body: Body) -> Result<Respo
     job_response(job_id, &input_name, executed, None)
 }
 
+/// Places a job with the auction and answers with its first result, every replica's output
+/// digest, and the placement.
+async fn place(
+    st: &Arc<AppState>,
+    req: SubmitBody,
+    input: Tensor,
+    timeout_ms: u64,
+    accepted: Instant,
+) -> Result<Response, ApiError> {
+    let sla = req.sla(timeout_ms)?;
+    let weights = req.weights(st.config.scheduler.weights())?;
+    let placed = crate::placer::place(
+        st,
+        crate::placer::Request {
+            model: req.model.clone(),
+            input,
+            timeout_ms,
+            sla,
+            weights,
+            accepted,
+        },
+    )
+    .await
+    .map_err(|mut e| {
+        if !req.explain
+            && let Some(p) = &mut e.placement
+        {
+            *p = crate::placer::summary(p);
+        }
+        e
+    })?;
+    let crate::placer::Placed {
+        results,
+        placement,
+        job,
+        input_name,
+    } = placed;
+    let replicas: Vec<Value> = results
+        .iter()
+        .map(|(peer, e)| {
+            let digest = match &e.entry.body().body {
+                EntryBody::Execution(r) => r.output_digest,
+                _ => None,
+            };
+            json!({"executor": peer.to_string(), "seq": e.entry.body().seq, "output_digest": digest})
+        })
+        .collect();
+    let agree = replicas
+        .windows(2)
+        .all(|w| w[0]["output_digest"] == w[1]["output_digest"]);
+    let mut results = results.into_iter();
+    let (peer, first) = results
+        .next()
+        .ok_or_else(|| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "no result"))?;
+    let mut body = job_body(job, &input_name, first, Some(peer.to_string()))?;
+    body["placement"] = if req.explain {
+        placement
+    } else {
+        crate::placer::summary(&placement)
+    };
+    if replicas.len() > 1 {
+        body["replicas"] = json!(replicas);
+        body["replicas_agree"] = json!(agree);
+    }
+    Ok(axum::Json(body).into_response())
+}
+
 fn truncate(mut s: String) -> String {
     let max = fab_ledger::entry::ERROR_TEXT_BYTES_MAX;
     if s.len() > max {
@@ -662,6 +908,22 @@ fn decode_stored(seq: u64, bytes: &[u8]) -> Result<SignedEntry, ApiError> {
     })
 }
 
+#[derive(Deserialize)]
+struct JobsQuery {
+    #[serde(default = "default_limit")]
+    limit: usize,
+}
+
+/// Jobs this node placed recently, newest first.
+async fn list_jobs(State(st): State<Arc<AppState>>, Query(q): Query<JobsQuery>) -> ApiResult {
+    let jobs: Vec<Value> = crate::placer::recent(&st, q.limit.min(crate::placer::RECENT_MAX))
+        .iter()
+        .map(crate::placer::JobRecord::to_json)
+        .collect();
+    Ok(axum::Json(json!({ "jobs": jobs })))
+}
+
+/// A job: its receipt when this node ran it, and its placement when this node placed it.
 async fn get_job(State(st): State<Arc<AppState>>, Path(id): Path<String>) -> ApiResult {
     let job: ContentId = id.parse().map_err(|_| {
         ApiError::new(
@@ -674,24 +936,34 @@ async fn get_job(State(st): State<Arc<AppState>>, Path(id): Path<String>) -> Api
         .ledger
         .job_seq(job)
         .await
-        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "ledger_error", e))?
-        .ok_or_else(|| {
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "ledger_error", e))?;
+    let placed = crate::placer::find(&st, &job);
+    if seq.is_none() && placed.is_none() {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "unknown_job",
+            format!("no job {id} in this node's ledger or among the jobs it placed"),
+        ));
+    }
+    let mut body = match &placed {
+        Some(r) => {
+            let mut b = r.to_json();
+            b["placement"] = r.placement.clone();
+            b
+        }
+        None => json!({"job_id": job}),
+    };
+    if let Some(seq) = seq {
+        let entry = entry_at(&st, seq).await?.ok_or_else(|| {
             ApiError::new(
-                StatusCode::NOT_FOUND,
-                "unknown_job",
-                format!("no job {id} in this node's ledger"),
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "ledger_error",
+                "job index points past the ledger",
             )
         })?;
-    let entry = entry_at(&st, seq).await?.ok_or_else(|| {
-        ApiError::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "ledger_error",
-            "job index points past the ledger",
-        )
-    })?;
-    Ok(axum::Json(
-        json!({"job_id": job, "receipt": entry_json(&entry)}),
-    ))
+        body["receipt"] = entry_json(&entry);
+    }
+    Ok(axum::Json(body))
 }
 
 async fn ledger_head(State(st): State<Arc<AppState>>) -> ApiResult {

@@ -47,12 +47,9 @@ fn offer(st: &AppState, from: PeerId, r: &BidRequest, rtt_us: u64) -> Result<Off
     if requester.peer_id() != from.to_string() {
         return Err("the call names another requester than the peer that sent it".into());
     }
-    let own = st
-        .own_telemetry
-        .lock()
-        .ok()
-        .and_then(|t| t.as_ref().map(|r| r.body().telemetry.clone()))
-        .ok_or_else(|| "starting up (no telemetry yet)".to_owned())?;
+    // Live state, not the last (possibly noised) report: a bid is an answer to one requester,
+    // and a stale queue would win jobs the node cannot start soon.
+    let own = crate::telemetry_task::now(st);
     let holds_model = st
         .models
         .loaded()
@@ -63,15 +60,10 @@ fn offer(st: &AppState, from: PeerId, r: &BidRequest, rtt_us: u64) -> Result<Off
         input_bytes: r.input_bytes,
         reference_latency_us: r.reference_latency_us,
     };
-    let tier = |c: u64| match c {
-        0 => Tier::Device,
-        1 => Tier::Edge,
-        _ => Tier::Cloud,
-    };
     let sla = Sla {
         deadline_us: r.deadline_us,
         max_cost_micros: r.max_cost_micros,
-        tiers: r.tiers.iter().map(|c| tier(*c)).collect(),
+        tiers: r.tiers.iter().filter_map(|c| Tier::from_code(*c)).collect(),
         regions: r.regions.iter().cloned().collect(),
         labels: r.labels.iter().cloned().collect(),
         replicas: u8::try_from(r.replicas).unwrap_or(u8::MAX),
@@ -84,10 +76,7 @@ fn offer(st: &AppState, from: PeerId, r: &BidRequest, rtt_us: u64) -> Result<Off
     let call = Call {
         job: &shape,
         sla: &sla,
-        link: Link {
-            rtt_us,
-            bytes_per_ms: 125_000,
-        },
+        link: Link::assumed(rtt_us),
         requester: &r.requester,
     };
     match answer(&own, holds_model, call, &AllowAll, limits) {

@@ -35,6 +35,8 @@ pub struct TelemetryConfig {
     /// Differential privacy for the published load figures (load and queue depth): Laplace
     /// noise of scale sensitivity / epsilon. 0 publishes them exactly.
     pub dp_epsilon: f64,
+    /// Where the battery is read (Linux `power_supply` class: `type`, `status`, `capacity`).
+    pub power_supply_dir: PathBuf,
 }
 
 impl Default for TelemetryConfig {
@@ -43,6 +45,7 @@ impl Default for TelemetryConfig {
             every_ms: 2_000,
             stale_ms: 10_000,
             dp_epsilon: 0.0,
+            power_supply_dir: PathBuf::from("/sys/class/power_supply"),
         }
     }
 }
@@ -61,6 +64,9 @@ pub struct SchedulerConfig {
     pub price_per_s_micros: u64,
     /// Power drawn while computing, milliwatts (energy estimates).
     pub power_mw: u64,
+    /// Speed relative to the reference machine, permille, for models this node has not yet
+    /// run; 0 measures it at start-up (a short fixed workload).
+    pub speed_permille: u64,
     /// Scoring weights (integers).
     pub weight_time: u64,
     pub weight_cost: u64,
@@ -89,6 +95,7 @@ impl Default for SchedulerConfig {
             labels: Vec::new(),
             price_per_s_micros: 0,
             power_mw: 5_000,
+            speed_permille: 0,
             weight_time: w.time,
             weight_cost: w.cost,
             weight_energy: w.energy,
@@ -562,6 +569,7 @@ impl Config {
             });
         }
         range("scheduler.power_mw", sc.power_mw, 0, 100_000_000)?;
+        range("scheduler.speed_permille", sc.speed_permille, 0, 1_000_000)?;
         if sc.region.len() > crate::sched::telemetry::NAME_BYTES_MAX
             || sc.labels.len() > crate::sched::telemetry::LABELS_MAX
             || sc

@@ -217,7 +217,7 @@ fn unreachable_peer(e: &MeshError) -> ApiError {
 }
 
 /// A peer's refusal, passed on with the status the same refusal gets locally.
-fn remote_refusal(peer: PeerId, code: String, message: String) -> ApiError {
+pub(crate) fn remote_refusal(peer: PeerId, code: String, message: String) -> ApiError {
     let (status, code) = match code.as_str() {
         "unknown_model" => (StatusCode::NOT_FOUND, "unknown_model"),
         "model_changed" => (StatusCode::CONFLICT, "model_changed"),
@@ -235,7 +235,7 @@ fn remote_refusal(peer: PeerId, code: String, message: String) -> ApiError {
     )
 }
 
-fn bad_answer(peer: PeerId, detail: impl std::fmt::Display) -> ApiError {
+pub(crate) fn bad_answer(peer: PeerId, detail: impl std::fmt::Display) -> ApiError {
     ApiError::new(
         StatusCode::BAD_GATEWAY,
         "bad_peer_answer",
@@ -285,28 +285,9 @@ pub async fn submit_remote(
         let (model_digest, input_name) = match cached.take() {
             Some(d) => d,
             None => {
-                let ExecResponse::Described { digest, inputs, .. } = ask(ExecRequest::Describe {
-                    model: model.to_owned(),
-                })
-                .await?
-                else {
-                    return Err(bad_answer(peer, "expected a model description"));
-                };
-                let d = (
-                    ContentId(digest),
-                    inputs
-                        .first()
-                        .cloned()
-                        .unwrap_or_else(|| "input".to_owned()),
-                );
-                if let Ok(mut c) = st.described.lock() {
-                    if c.len() >= DESCRIBED_MAX {
-                        c.clear();
-                    }
-                    c.insert(key.clone(), d.clone());
-                }
                 retried = true;
-                d
+                let left = deadline.saturating_sub(started.elapsed());
+                describe_on(st, peer, model, left).await?
             }
         };
         let input_digest = ContentId(digest_named(&[(input_name.clone(), input.clone())]));
@@ -349,9 +330,61 @@ pub async fn submit_remote(
     job_response(job_id, &input_name, executed, Some(peer.to_string()))
 }
 
+/// The digest and first input name of `model` on `peer`, from the cache or by asking it.
+pub(crate) async fn describe_on(
+    st: &Arc<AppState>,
+    peer: PeerId,
+    model: &str,
+    within: Duration,
+) -> Result<(ContentId, String), ApiError> {
+    let key = (peer, model.to_owned());
+    if let Some(d) = st.described.lock().ok().and_then(|c| c.get(&key).cloned()) {
+        return Ok(d);
+    }
+    let mesh = st.mesh.as_ref().ok_or_else(|| {
+        ApiError::new(
+            StatusCode::CONFLICT,
+            "mesh_disabled",
+            "the mesh is disabled",
+        )
+    })?;
+    let request = ExecRequest::Describe {
+        model: model.to_owned(),
+    };
+    let (digest, inputs) = match tokio::time::timeout(within, mesh.exec(peer, request)).await {
+        Ok(Ok(ExecResponse::Described { digest, inputs, .. })) => (digest, inputs),
+        Ok(Ok(ExecResponse::Refused { code, message })) => {
+            return Err(remote_refusal(peer, code, message));
+        }
+        Ok(Ok(_)) => return Err(bad_answer(peer, "expected a model description")),
+        Ok(Err(e)) => return Err(unreachable_peer(&e)),
+        Err(_) => {
+            return Err(ApiError::new(
+                StatusCode::GATEWAY_TIMEOUT,
+                "deadline_passed",
+                format!("peer {peer} did not describe {model} in time"),
+            ));
+        }
+    };
+    let d = (
+        ContentId(digest),
+        inputs
+            .first()
+            .cloned()
+            .unwrap_or_else(|| "input".to_owned()),
+    );
+    if let Ok(mut c) = st.described.lock() {
+        if c.len() >= DESCRIBED_MAX {
+            c.clear();
+        }
+        c.insert(key, d.clone());
+    }
+    Ok(d)
+}
+
 /// Checks a peer's answer against the job it was asked to run: its entry is signed by that
 /// peer and records exactly this job, model and input; the outputs are the ones it records.
-fn verify_answer(
+pub(crate) fn verify_answer(
     peer: PeerId,
     job: &SignedJobRequest,
     entry: &[u8],

@@ -41,6 +41,8 @@ pub mod models;
 #[cfg(feature = "runtime")]
 mod node;
 #[cfg(feature = "runtime")]
+pub mod placer;
+#[cfg(feature = "runtime")]
 pub mod sampler;
 pub mod sched;
 #[cfg(feature = "runtime")]

@@ -130,6 +130,7 @@ impl Node {
         let (exec_tx, exec_rx) = tokio::sync::mpsc::channel(crate::exec::EXEC_QUEUE);
         let (heads_tx, heads_rx) = tokio::sync::watch::channel(Vec::new());
         let (bid_tx, bid_rx) = tokio::sync::mpsc::channel(crate::bid_task::BID_QUEUE);
+        let (place_tx, place_rx) = tokio::sync::mpsc::channel(crate::placer::PLACE_QUEUE);
         let telemetry_view = Arc::new(std::sync::Mutex::new(
             crate::sched::telemetry::TelemetryView::new(config.telemetry.stale_ms),
         ));
@@ -176,6 +177,10 @@ impl Node {
             own_telemetry: Default::default(),
             model_latency: Default::default(),
             described: Default::default(),
+            placer: mesh.is_some().then_some(place_tx),
+            recent: Default::default(),
+            rtts: Default::default(),
+            placed: Default::default(),
             replication: heads_rx,
             // Nonces only need to differ between this node's requests; start from the clock so
             // they also differ across restarts.
@@ -206,6 +211,10 @@ impl Node {
             mesh_tasks.push(tokio::spawn(crate::bid_task::serve(
                 Arc::clone(&state),
                 bid_rx,
+            )));
+            mesh_tasks.push(tokio::spawn(crate::placer::run(
+                Arc::clone(&state),
+                place_rx,
             )));
         }
         let addr_file = datadir::api_addr_path(data_dir);

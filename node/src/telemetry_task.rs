@@ -13,7 +13,7 @@ use crate::sched::telemetry::{SignedTelemetry, TelemetryReport};
 use crate::sched::{Host, Telemetry};
 
 /// Jobs this node is running or about to run.
-fn in_flight(st: &AppState) -> usize {
+pub fn in_flight(st: &AppState) -> usize {
     st.config.limits.jobs_in_flight_max - st.job_slots.available_permits()
 }
 
@@ -29,9 +29,7 @@ fn current(st: &AppState, in_flight: usize, host: Host, speed_permille: u32) -> 
         workers: st.config.inference.workers as u32,
         speed_permille,
         power_mw: sc.power_mw.min(u64::from(u32::MAX)) as u32,
-        battery_permille: crate::sampler::battery_permille(std::path::Path::new(
-            "/sys/class/power_supply",
-        )),
+        battery_permille: crate::sampler::battery_permille(&st.config.telemetry.power_supply_dir),
         model_latency_us: st
             .model_latency
             .lock()
@@ -40,6 +38,27 @@ fn current(st: &AppState, in_flight: usize, host: Host, speed_permille: u32) -> 
         host,
         at_ms: now_ms(),
     }
+}
+
+/// This node as a candidate for a job being placed now: the last published report (host figures
+/// and calibrated speed) with the live queue and the latest model measurements.
+pub fn now(st: &AppState) -> Telemetry {
+    let last = st
+        .own_telemetry
+        .lock()
+        .ok()
+        .and_then(|r| r.as_ref().map(|r| r.body().telemetry.clone()));
+    let (host, speed) = match last {
+        Some(t) => (t.host, t.speed_permille),
+        None => (
+            Host::default(),
+            match st.config.scheduler.speed_permille {
+                0 => 1000,
+                s => s as u32,
+            },
+        ),
+    };
+    current(st, in_flight(st), host, speed)
 }
 
 /// Signs a report with the sequence number after `last` (never lower than the clock, so it keeps
@@ -98,10 +117,16 @@ const QUEUE_CHECK: Duration = Duration::from_millis(100);
 /// Publishes until the node stops (the task is aborted with the other mesh tasks).
 pub async fn run(st: Arc<AppState>) {
     let Some(mesh) = st.mesh.clone() else { return };
-    let speed = tokio::task::spawn_blocking(crate::sampler::calibrate_speed_permille)
-        .await
-        .unwrap_or(1000);
-    tracing::info!(speed_permille = speed, "speed calibrated");
+    let speed = match st.config.scheduler.speed_permille {
+        0 => {
+            let s = tokio::task::spawn_blocking(crate::sampler::calibrate_speed_permille)
+                .await
+                .unwrap_or(1000);
+            tracing::info!(speed_permille = s, "speed calibrated");
+            s
+        }
+        configured => configured as u32,
+    };
     let every = Duration::from_millis(st.config.telemetry.every_ms);
     let epsilon = st.config.telemetry.dp_epsilon;
     let mut check = tokio::time::interval(QUEUE_CHECK.min(every));

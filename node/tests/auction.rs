@@ -76,6 +76,7 @@ fn submit(sla: Sla, local: Option<Candidate<Peer>>, peers: Vec<Candidate<Peer>>)
         sla,
         local,
         peers,
+        weights: None,
     }))
 }
 
@@ -407,4 +408,151 @@ fn a_node_with_a_deep_queue_loses_and_past_its_limit_declines() {
     assert_eq!(a, Answer::Decline("queue full (64 of 64)".into()));
     let a = answer(&busy, false, call, &AllowAll, BidderLimits::default());
     assert_eq!(a, Answer::Decline("does not hold the model".into()));
+}
+
+#[test]
+fn a_job_s_own_weights_choose_between_a_fast_and_a_cheap_node() {
+    use fab_node::sched::Weights;
+    // Peer 1 is fast and dear, peer 2 slow and free.
+    let peers = vec![
+        cand(1, tel(4000, 20_000_000, Tier::Cloud)),
+        cand(2, tel(500, 0, Tier::Edge)),
+    ];
+    let with = |weights: Option<Weights>| {
+        let mut inputs = vec![(
+            Input::Submit(Box::new(Submission {
+                job: JOB,
+                shape: shape(),
+                sla: Sla::default(),
+                local: None,
+                peers: peers.clone(),
+                weights,
+            })),
+            0,
+        )];
+        inputs.extend(every_bid(&peers, 1));
+        let (out, a) = twice(&inputs);
+        (awards(&out), a.explain(&JOB).unwrap().weights)
+    };
+    let time_only = Weights {
+        time: 100,
+        cost: 0,
+        energy: 0,
+        cache: 0,
+        reliability: 0,
+        battery: 0,
+    };
+    let cost_only = Weights {
+        time: 0,
+        cost: 100,
+        ..time_only
+    };
+    assert_eq!(with(Some(time_only)), (vec![1], time_only));
+    assert_eq!(with(Some(cost_only)), (vec![2], cost_only));
+    // Without its own weights the job is scored with the configured ones.
+    assert_eq!(with(None).1, Weights::default());
+}
+
+#[test]
+fn an_aborted_job_fails_at_once_and_its_attempt_s_late_end_is_ignored() {
+    let peers = vec![cand(1, tel(1000, 0, Tier::Edge))];
+    let mut inputs = vec![(submit(Sla::default(), None, peers.clone()), 0)];
+    inputs.extend(every_bid(&peers, 1));
+    inputs.push((
+        Input::Abort {
+            job: JOB,
+            reason: "invalid input".into(),
+        },
+        2,
+    ));
+    inputs.push((Input::Done { job: JOB, from: 1 }, 3));
+    let (out, a) = twice(&inputs);
+    assert_eq!(awards(&out), vec![1]);
+    assert_eq!(
+        out.last(),
+        Some(&Output::Fail {
+            job: JOB,
+            reason: "invalid input".into()
+        })
+    );
+    assert_eq!(a.in_flight(), 0);
+    assert_eq!(
+        a.explain(&JOB).unwrap().outcome,
+        Some(Err("invalid input".into()))
+    );
+}
+
+#[test]
+fn jobs_awarded_to_a_peer_count_as_its_queue_until_they_end() {
+    // Two equal peers; peer 1 wins ties. While peer 1 runs one job, the next job's call for
+    // bids asks peer 2 first (its estimate is better), and the fast path stays off.
+    let peers = vec![
+        cand(1, tel(1000, 0, Tier::Edge)),
+        cand(2, tel(1000, 0, Tier::Edge)),
+    ];
+    let second = [8u8; 32];
+    let mut a = Auction::new(AuctionConfig {
+        bids_max: 1,
+        ..Default::default()
+    });
+    let mut out = Vec::new();
+    a.handle(
+        submit(Sla::default(), None, peers.clone()),
+        Duration::ZERO,
+        &mut out,
+    );
+    assert_eq!(
+        out[0],
+        Output::CallForBids {
+            job: JOB,
+            peers: vec![1]
+        }
+    );
+    a.handle(
+        bid(1, bid_of(&peers[0])),
+        Duration::from_millis(1),
+        &mut out,
+    );
+    assert_eq!(awards(&out), vec![1]);
+    let mut next = Submission {
+        job: second,
+        shape: shape(),
+        sla: Sla::default(),
+        local: None,
+        peers: peers.clone(),
+        weights: None,
+    };
+    out.clear();
+    a.handle(
+        Input::Submit(Box::new(next.clone())),
+        Duration::from_millis(2),
+        &mut out,
+    );
+    assert_eq!(
+        out,
+        vec![Output::CallForBids {
+            job: second,
+            peers: vec![2]
+        }]
+    );
+    // Once peer 1's job ends, it is first again.
+    a.handle(
+        Input::Done { job: JOB, from: 1 },
+        Duration::from_millis(3),
+        &mut out,
+    );
+    next.job = [9; 32];
+    out.clear();
+    a.handle(
+        Input::Submit(Box::new(next)),
+        Duration::from_millis(4),
+        &mut out,
+    );
+    assert_eq!(
+        out,
+        vec![Output::CallForBids {
+            job: [9; 32],
+            peers: vec![1]
+        }]
+    );
 }

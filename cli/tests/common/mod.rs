@@ -1,6 +1,8 @@
 //! Real `fabnode` processes on loopback with temporary data dirs.
 #![allow(dead_code)]
 
+pub mod mesh;
+
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -164,6 +166,16 @@ impl RunningNode {
             .unwrap();
         let status = r.status().as_u16();
         (status, r.body_mut().read_json().unwrap())
+    }
+
+    pub fn get_text(&self, path: &str) -> String {
+        self.agent()
+            .get(format!("{}{path}", self.base))
+            .call()
+            .unwrap()
+            .body_mut()
+            .read_to_string()
+            .unwrap()
     }
 
     pub fn signal(&self, sig: i32) {

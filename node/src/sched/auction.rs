@@ -81,6 +81,8 @@ pub struct Submission<P> {
     pub sla: Sla,
     pub local: Option<Candidate<P>>,
     pub peers: Vec<Candidate<P>>,
+    /// The job's own weights; `None` uses the configured ones.
+    pub weights: Option<Weights>,
 }
 
 #[derive(Clone, Debug)]
@@ -108,6 +110,12 @@ pub enum Input<P> {
     Failed {
         job: JobId,
         from: P,
+        reason: String,
+    },
+    /// The job cannot succeed anywhere (its input is invalid, or the model failed on it):
+    /// fail it now instead of re-awarding.
+    Abort {
+        job: JobId,
         reason: String,
     },
     Tick,
@@ -162,6 +170,8 @@ pub struct Explanation<P> {
     pub candidates: Vec<(P, bool, Standing)>,
     /// Whether the local fast path placed it.
     pub fast_path: bool,
+    /// The weights the bids were scored with.
+    pub weights: Weights,
     pub winners: Vec<P>,
     pub attempts: u32,
     pub outcome: Option<Result<(), String>>,
@@ -179,6 +189,7 @@ struct Cand<P> {
 #[derive(Clone, Debug)]
 struct Job<P> {
     sla: Sla,
+    weights: Weights,
     /// The completion time that scores 500: the model's reference latency.
     time_half_us: u64,
     started: Duration,
@@ -199,6 +210,9 @@ pub struct Auction<P> {
     finished: VecDeque<(JobId, Job<P>)>,
     /// (successes, attempts) per peer.
     record: BTreeMap<P, (u64, u64)>,
+    /// Attempts awarded to each remote peer and not yet ended: added to the queue its
+    /// telemetry reports, so a burst of jobs spreads before the telemetry catches up.
+    awarded: BTreeMap<P, u32>,
 }
 
 /// Ranking: higher total, then shorter completion, then lower peer.
@@ -216,6 +230,7 @@ impl<P: Clone + Ord + std::fmt::Debug> Auction<P> {
             jobs: BTreeMap::new(),
             finished: VecDeque::new(),
             record: BTreeMap::new(),
+            awarded: BTreeMap::new(),
         }
     }
 
@@ -239,6 +254,7 @@ impl<P: Clone + Ord + std::fmt::Debug> Auction<P> {
                 .map(|c| (c.peer.clone(), c.local, c.standing.clone()))
                 .collect(),
             fast_path: j.fast_path,
+            weights: j.weights,
             winners: j
                 .cands
                 .iter()
@@ -248,6 +264,13 @@ impl<P: Clone + Ord + std::fmt::Debug> Auction<P> {
             attempts: j.attempts,
             outcome: j.outcome.clone(),
         })
+    }
+
+    /// Whether `peer`'s attempt at `job` is one the auction waits for.
+    pub fn is_running(&self, job: &JobId, peer: &P) -> bool {
+        self.jobs
+            .get(job)
+            .is_some_and(|j| j.running.contains_key(peer))
     }
 
     /// Jobs being placed or run.
@@ -264,10 +287,10 @@ impl<P: Clone + Ord + std::fmt::Debug> Auction<P> {
                 estimate,
             } => {
                 let reliability = self.reliability(&from);
-                let w = self.config.weights;
                 let Some(j) = self.jobs.get_mut(&job) else {
                     return;
                 };
+                let w = j.weights;
                 let Some(c) = j.cands.iter_mut().find(|c| c.peer == from && !c.local) else {
                     return;
                 };
@@ -307,6 +330,17 @@ impl<P: Clone + Ord + std::fmt::Debug> Auction<P> {
             Input::Failed { job, from, reason } => {
                 self.attempt_ended(job, from, Some(reason), now, out)
             }
+            Input::Abort { job, reason } => {
+                let Some(mut j) = self.jobs.remove(&job) else {
+                    return;
+                };
+                for p in std::mem::take(&mut j.running).into_keys() {
+                    unaward(&mut self.awarded, &p);
+                }
+                j.outcome = Some(Err(reason.clone()));
+                self.retire(job, j);
+                out.extend([Output::Fail { job, reason }]);
+            }
             Input::Tick => {
                 let ids: Vec<JobId> = self.jobs.keys().copied().collect();
                 for id in ids {
@@ -338,6 +372,7 @@ impl<P: Clone + Ord + std::fmt::Debug> Auction<P> {
             sla,
             local,
             peers,
+            weights,
         } = s;
         if self.jobs.contains_key(&job) {
             return;
@@ -352,7 +387,7 @@ impl<P: Clone + Ord + std::fmt::Debug> Auction<P> {
             }]);
             return;
         }
-        let w = self.config.weights;
+        let w = weights.unwrap_or(self.config.weights);
         let mut seen = BTreeSet::new();
         let mut cands: Vec<Cand<P>> = Vec::new();
         for (c, is_local) in local
@@ -363,11 +398,12 @@ impl<P: Clone + Ord + std::fmt::Debug> Auction<P> {
             if !seen.insert(c.peer.clone()) {
                 continue;
             }
-            let e = estimate(
-                &c.telemetry,
-                &shape,
-                if is_local { Link::LOCAL } else { c.link },
-            );
+            let mut t = c.telemetry.clone();
+            if !is_local {
+                let pending = self.awarded.get(&c.peer).copied().unwrap_or(0);
+                t.queue_depth = t.queue_depth.saturating_add(pending);
+            }
+            let e = estimate(&t, &shape, if is_local { Link::LOCAL } else { c.link });
             let (pre, standing) = match sla.refuses(&c.telemetry, &e) {
                 Some(reason) => (None, Standing::Filtered(reason)),
                 None => {
@@ -402,6 +438,7 @@ impl<P: Clone + Ord + std::fmt::Debug> Auction<P> {
         let mut j = Job {
             time_half_us: shape.reference_latency_us,
             sla,
+            weights: w,
             started: now,
             window_ends: None,
             cands,
@@ -424,8 +461,12 @@ impl<P: Clone + Ord + std::fmt::Debug> Auction<P> {
                 format!("no node can take the job: {}", or_none(&reasons))
             } else {
                 format!(
-                    "{replicas} replicas need {replicas} feasible nodes, {feasible} found; {}",
-                    or_none(&reasons)
+                    "{replicas} replicas need {replicas} feasible nodes, {feasible} found{}",
+                    if reasons.is_empty() {
+                        String::new()
+                    } else {
+                        format!("; {}", reasons.join("; "))
+                    }
                 )
             };
             j.outcome = Some(Err(reason.clone()));
@@ -457,7 +498,11 @@ impl<P: Clone + Ord + std::fmt::Debug> Auction<P> {
         }
         j.window_ends = Some(now + self.config.window);
         self.jobs.insert(job, j);
-        out.extend([Output::CallForBids { job, peers: asked }]);
+        if asked.is_empty() {
+            self.close(job, now, out);
+        } else {
+            out.extend([Output::CallForBids { job, peers: asked }]);
+        }
     }
 
     fn close_if_answered(&mut self, job: JobId, now: Duration, out: &mut impl Extend<Output<P>>) {
@@ -517,6 +562,9 @@ impl<P: Clone + Ord + std::fmt::Debug> Auction<P> {
                 let until = (now + Duration::from_micros(allowed) + self.config.grace)
                     .min(j.started + Duration::from_micros(j.sla.deadline_us));
                 j.running.insert(c.peer.clone(), until);
+                if !c.local {
+                    *self.awarded.entry(c.peer.clone()).or_default() += 1;
+                }
                 out.extend([Output::Award {
                     job,
                     peer: c.peer.clone(),
@@ -566,6 +614,7 @@ impl<P: Clone + Ord + std::fmt::Debug> Auction<P> {
         if j.running.remove(&from).is_none() {
             return; // not a running attempt (late, duplicate or unknown): ignored
         }
+        unaward(&mut self.awarded, &from);
         let rec = self.record.entry(from.clone()).or_default();
         rec.1 += 1;
         let Some(c) = j.cands.iter_mut().find(|c| c.peer == from) else {
@@ -581,6 +630,9 @@ impl<P: Clone + Ord + std::fmt::Debug> Auction<P> {
                 j.done.push(from);
                 if j.done.len() >= usize::from(j.sla.replicas.max(1)) {
                     let mut j = self.jobs.remove(&job).expect("present");
+                    for p in std::mem::take(&mut j.running).into_keys() {
+                        unaward(&mut self.awarded, &p);
+                    }
                     j.outcome = Some(Ok(()));
                     let peers = j.done.clone();
                     self.retire(job, j);
@@ -598,6 +650,15 @@ impl<P: Clone + Ord + std::fmt::Debug> Auction<P> {
         self.finished.push_back((job, j));
         while self.finished.len() > self.config.history_max {
             self.finished.pop_front();
+        }
+    }
+}
+
+fn unaward<P: Ord>(awarded: &mut BTreeMap<P, u32>, peer: &P) {
+    if let Some(n) = awarded.get_mut(peer) {
+        *n = n.saturating_sub(1);
+        if *n == 0 {
+            awarded.remove(peer);
         }
     }
 }

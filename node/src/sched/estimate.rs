@@ -19,6 +19,24 @@ impl Tier {
         }
     }
 
+    /// The wire code (telemetry, calls for bids): 0 device, 1 edge, 2 cloud.
+    pub fn code(self) -> u64 {
+        match self {
+            Tier::Device => 0,
+            Tier::Edge => 1,
+            Tier::Cloud => 2,
+        }
+    }
+
+    pub fn from_code(c: u64) -> Option<Tier> {
+        match c {
+            0 => Some(Tier::Device),
+            1 => Some(Tier::Edge),
+            2 => Some(Tier::Cloud),
+            _ => None,
+        }
+    }
+
     pub fn parse(s: &str) -> Option<Tier> {
         match s {
             "device" => Some(Tier::Device),
@@ -90,6 +108,17 @@ impl Link {
         rtt_us: 0,
         bytes_per_ms: u64::MAX,
     };
+
+    /// Bandwidth assumed to a peer until it is measured: 100 Mbit/s, a modest LAN.
+    pub const ASSUMED_BYTES_PER_MS: u64 = 12_500;
+
+    /// A peer at `rtt_us` with the assumed bandwidth.
+    pub fn assumed(rtt_us: u64) -> Link {
+        Link {
+            rtt_us,
+            bytes_per_ms: Link::ASSUMED_BYTES_PER_MS,
+        }
+    }
 }
 
 /// Estimated cost of running a job on a node.

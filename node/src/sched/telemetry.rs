@@ -41,14 +41,6 @@ pub type SignedTelemetry = Signed<TelemetryReport>;
 
 const WHAT: &str = "telemetry report";
 
-fn tier_code(t: Tier) -> u64 {
-    match t {
-        Tier::Device => 0,
-        Tier::Edge => 1,
-        Tier::Cloud => 2,
-    }
-}
-
 fn list(v: Value, field: &str, max: usize) -> Result<Vec<Value>, DecodeError> {
     match v {
         Value::Array(a) if a.len() <= max => Ok(a),
@@ -70,7 +62,7 @@ impl Cbor for TelemetryReport {
             cbor::bytes(&self.node.to_bytes()),
             cbor::uint(self.seq),
             cbor::uint(t.at_ms),
-            cbor::uint(tier_code(t.tier)),
+            cbor::uint(t.tier.code()),
             cbor::text(&t.region),
             Value::Array(t.labels.iter().map(|l| cbor::text(l)).collect()),
             cbor::uint(t.price_per_s_micros),
@@ -106,12 +98,9 @@ impl Cbor for TelemetryReport {
             .ok_or_else(|| DecodeError::invalid(WHAT, "node is not a valid key"))?;
         let seq = f.u64("seq")?;
         let at_ms = f.u64("at_ms")?;
-        let tier = match f.u64("tier")? {
-            0 => Tier::Device,
-            1 => Tier::Edge,
-            2 => Tier::Cloud,
-            t => return Err(DecodeError::invalid(WHAT, format!("unknown tier {t}"))),
-        };
+        let code = f.u64("tier")?;
+        let tier = Tier::from_code(code)
+            .ok_or_else(|| DecodeError::invalid(WHAT, format!("unknown tier {code}")))?;
         let region = f.text("region", NAME_BYTES_MAX)?;
         let mut labels = BTreeSet::new();
         for l in list(f.value("labels")?, "labels", LABELS_MAX)? {

@@ -1,0 +1,761 @@
+//! Places the jobs submitted to this node: the auction core ([`crate::sched::auction`]) driven
+//! over the mesh.
+//!
+//! A submission is prepared by the API handler (model resolved, job signed, candidates read from
+//! the telemetry view) and handed to one task that owns the auction. That task carries out the
+//! core's outputs: calls for bids over `/fabnode/bid/1`, attempts over `/fabnode/exec/1` or on
+//! this node, and the answer to the client, which gets exactly one result however many attempts
+//! ran. Every attempt that really ran is recorded by the node that ran it.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::http::StatusCode;
+use fab_inference::Tensor;
+use fab_inference::tensor::digest_named;
+use fab_ledger::{ContentId, JobRequest, Signed, SignedJobRequest};
+use fab_mesh::bid::{BidRequest, Offer};
+use fab_mesh::exec::{ExecRequest, ExecResponse};
+use libp2p::PeerId;
+use serde_json::{Value, json};
+use tokio::sync::{mpsc, oneshot};
+use tracing::Instrument;
+
+use crate::api::{ApiError, AppState, Executed, execute, job_slot, resolve_model};
+use crate::ledger_writer::now_ms;
+use crate::sched::auction::{Candidate, Explanation, JobId, Standing};
+use crate::sched::{
+    Auction, Estimate, Input, JobShape, Link, Output, Score, Sla, Submission, Weights,
+};
+
+/// Submissions waiting for the placing task.
+pub const PLACE_QUEUE: usize = 1024;
+/// Jobs remembered for `GET /v1/jobs` and `fabnode jobs`.
+pub const RECENT_MAX: usize = 1024;
+/// How often the auction's clock advances while jobs are being placed (bid windows, overdue
+/// attempts); nothing ticks while nothing is in flight.
+const TICK: Duration = Duration::from_millis(5);
+/// Peers' round-trip times are read again after this long.
+const RTT_REFRESH: Duration = Duration::from_secs(1);
+/// Assumed round trip to a peer whose RTT is not measured yet.
+const RTT_UNKNOWN_US: u64 = 2_000;
+/// Scale of a job that no node has measured yet.
+const REFERENCE_LATENCY_DEFAULT_US: u64 = 10_000;
+/// Peers asked to describe a model this node does not hold, at most.
+const DESCRIBE_TRIES: usize = 3;
+
+/// A job ready to place.
+#[derive(Debug)]
+pub struct PlaceJob {
+    submission: Submission<PeerId>,
+    ctx: Ctx,
+    reply: oneshot::Sender<Result<Placed, ApiError>>,
+}
+
+/// What the placing task keeps about a job until it ends.
+#[derive(Debug)]
+struct Ctx {
+    job: SignedJobRequest,
+    bid_request: BidRequest,
+    input: Tensor,
+    input_name: String,
+    /// This node's copy of the model, when it holds it.
+    model: Option<crate::models::LoadedModel>,
+    accepted: Instant,
+    submitted_ms: u64,
+    /// Results in the order they arrived.
+    results: Vec<(PeerId, Executed)>,
+    /// A failure that no other node would avoid (bad input, the model failed on it).
+    terminal: Option<ApiError>,
+}
+
+/// A placed job's results and why it went where it went.
+#[derive(Debug)]
+pub struct Placed {
+    /// (executor, result) for each replica, in the order they completed.
+    pub results: Vec<(PeerId, Executed)>,
+    pub placement: Value,
+    pub job: ContentId,
+    pub input_name: String,
+}
+
+/// One line of `fabnode jobs`.
+#[derive(Clone, Debug)]
+pub struct JobRecord {
+    pub job: ContentId,
+    pub model: String,
+    pub submitted_ms: u64,
+    pub latency_us: u64,
+    pub ok: bool,
+    pub error: Option<String>,
+    pub executors: Vec<String>,
+    pub attempts: u32,
+    pub fast_path: bool,
+    pub replicas_agree: Option<bool>,
+    pub placement: Value,
+}
+
+impl JobRecord {
+    pub fn to_json(&self) -> Value {
+        json!({
+            "job_id": self.job, "model": self.model, "submitted_ms": self.submitted_ms,
+            "latency_ms": self.latency_us as f64 / 1e3,
+            "status": if self.ok { "ok" } else { "failed" }, "error": self.error,
+            "executors": self.executors, "attempts": self.attempts, "fast_path": self.fast_path,
+            "replicas_agree": self.replicas_agree,
+        })
+    }
+}
+
+/// Round-trip times to peers, refreshed at most every [`RTT_REFRESH`].
+#[derive(Debug, Default)]
+pub struct Rtts {
+    at: Option<Instant>,
+    us: HashMap<PeerId, u64>,
+}
+
+/// What the API needs to place a job.
+#[derive(Debug)]
+pub struct Request {
+    pub model: String,
+    pub input: Tensor,
+    pub timeout_ms: u64,
+    pub sla: Sla,
+    pub weights: Option<Weights>,
+    pub accepted: Instant,
+}
+
+fn unavailable(message: impl Into<String>) -> ApiError {
+    ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", message)
+}
+
+/// Prepares a job and waits until the placing task answers.
+pub async fn place(st: &Arc<AppState>, r: Request) -> Result<Placed, ApiError> {
+    let placer = st
+        .placer
+        .as_ref()
+        .ok_or_else(|| unavailable("this node does not place jobs (mesh.enabled = false)"))?;
+    // The model: this node's copy, else what a peer holding it describes.
+    let (model, digest, input_name) = match resolve_model(st, &r.model).await {
+        Ok(m) => {
+            let name = m
+                .info()
+                .inputs
+                .first()
+                .map_or_else(|| "input".to_owned(), |f| f.name.clone());
+            (Some(m.clone()), m.digest, name)
+        }
+        Err(e) if e.code == "unknown_model" => {
+            let (d, n) = describe_anywhere(st, &r.model).await.map_err(|why| {
+                ApiError::new(
+                    StatusCode::NOT_FOUND,
+                    "unknown_model",
+                    format!("{}; {why}", e.message),
+                )
+            })?;
+            (None, d, n)
+        }
+        Err(e) => return Err(e),
+    };
+    let input_digest = ContentId(digest_named(&[(input_name.clone(), r.input.clone())]));
+    let created_ms = now_ms();
+    let job = Signed::sign(
+        JobRequest {
+            requester: st.key.public(),
+            nonce: st.nonce.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+            model: r.model.clone(),
+            model_digest: digest,
+            input_digest,
+            input_bytes: r.input.byte_len() as u64,
+            created_ms,
+            deadline_ms: created_ms + r.timeout_ms,
+        },
+        &st.key,
+    );
+    let job_id = job.id();
+    let shape = JobShape {
+        model_digest: digest.0,
+        input_bytes: r.input.byte_len() as u64,
+        reference_latency_us: reference_latency(st, &digest.0),
+    };
+    let own = st.mesh.as_ref().map(|m| m.peer_id());
+    let local = match (&model, own) {
+        (Some(_), Some(own)) => Some(Candidate {
+            peer: own,
+            telemetry: crate::telemetry_task::now(st),
+            link: Link::LOCAL,
+        }),
+        _ => None,
+    };
+    let peers = candidates(st, own).await;
+    let sla = r.sla;
+    let bid_request = BidRequest {
+        job: job_id.0,
+        requester: st.key.public().to_bytes(),
+        model_digest: digest.0,
+        input_bytes: shape.input_bytes,
+        reference_latency_us: shape.reference_latency_us,
+        deadline_us: sla.deadline_us,
+        max_cost_micros: sla.max_cost_micros,
+        tiers: sla.tiers.iter().map(|t| t.code()).collect(),
+        regions: sla.regions.iter().cloned().collect(),
+        labels: sla.labels.iter().cloned().collect(),
+        replicas: u64::from(sla.replicas),
+    };
+    let (reply, answer) = oneshot::channel();
+    let job_msg = PlaceJob {
+        submission: Submission {
+            job: job_id.0,
+            shape,
+            sla,
+            local,
+            peers,
+            weights: r.weights,
+        },
+        ctx: Ctx {
+            job,
+            bid_request,
+            input: r.input,
+            input_name,
+            model,
+            accepted: r.accepted,
+            submitted_ms: created_ms,
+            results: Vec::new(),
+            terminal: None,
+        },
+        reply,
+    };
+    placer.try_send(job_msg).map_err(|_| {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "busy",
+            format!("{PLACE_QUEUE} jobs are waiting to be placed; retry later"),
+        )
+    })?;
+    answer
+        .await
+        .map_err(|_| unavailable("the node is stopping"))?
+}
+
+/// The completion time that scores 500: this node's measurement of the model, else the best
+/// a peer reports, else a default.
+fn reference_latency(st: &AppState, digest: &[u8; 32]) -> u64 {
+    if let Some(us) = st
+        .model_latency
+        .lock()
+        .ok()
+        .and_then(|m| m.get(digest).copied())
+    {
+        return us.max(1);
+    }
+    st.telemetry
+        .lock()
+        .ok()
+        .and_then(|v| {
+            v.fresh(now_ms())
+                .iter()
+                .filter_map(|r| r.telemetry.model_latency_us.get(digest).copied())
+                .min()
+        })
+        .unwrap_or(REFERENCE_LATENCY_DEFAULT_US)
+        .max(1)
+}
+
+/// Every peer with fresh telemetry, with the link to it.
+async fn candidates(st: &Arc<AppState>, own: Option<PeerId>) -> Vec<Candidate<PeerId>> {
+    let reports: Vec<(PeerId, crate::sched::Telemetry)> = st
+        .telemetry
+        .lock()
+        .map(|v| {
+            v.fresh(now_ms())
+                .into_iter()
+                .filter_map(|r| {
+                    let peer: PeerId = r.node.peer_id().parse().ok()?;
+                    (Some(peer) != own).then(|| (peer, r.telemetry.clone()))
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    if reports.is_empty() {
+        return Vec::new();
+    }
+    let rtts = rtts(st).await;
+    reports
+        .into_iter()
+        .map(|(peer, telemetry)| Candidate {
+            peer,
+            telemetry,
+            link: Link::assumed(rtts.get(&peer).copied().unwrap_or(RTT_UNKNOWN_US)),
+        })
+        .collect()
+}
+
+async fn rtts(st: &Arc<AppState>) -> HashMap<PeerId, u64> {
+    let fresh = st
+        .rtts
+        .lock()
+        .ok()
+        .filter(|r| r.at.is_some_and(|t| t.elapsed() < RTT_REFRESH))
+        .map(|r| r.us.clone());
+    if let Some(us) = fresh {
+        return us;
+    }
+    let Some(mesh) = &st.mesh else {
+        return HashMap::new();
+    };
+    let us: HashMap<PeerId, u64> = mesh
+        .peers()
+        .await
+        .map(|p| {
+            p.into_iter()
+                .filter_map(|(id, info)| Some((id, info.rtt?.as_micros() as u64)))
+                .collect()
+        })
+        .unwrap_or_default();
+    if let Ok(mut r) = st.rtts.lock() {
+        r.at = Some(Instant::now());
+        r.us = us.clone();
+    }
+    us
+}
+
+/// The digest and input name of a model this node does not hold, from peers that may.
+async fn describe_anywhere(st: &Arc<AppState>, model: &str) -> Result<(ContentId, String), String> {
+    if st.mesh.is_none() {
+        return Err("the mesh is disabled, so no peer was asked".into());
+    }
+    let mut peers: Vec<PeerId> = st
+        .telemetry
+        .lock()
+        .map(|v| {
+            v.fresh(now_ms())
+                .into_iter()
+                .filter_map(|r| r.node.peer_id().parse().ok())
+                .collect()
+        })
+        .unwrap_or_default();
+    peers.sort();
+    let mut reasons = Vec::new();
+    for peer in peers.into_iter().take(DESCRIBE_TRIES) {
+        match crate::exec::describe_on(st, peer, model, Duration::from_secs(2)).await {
+            Ok(d) => return Ok(d),
+            Err(e) => reasons.push(format!("{peer}: {}", e.message)),
+        }
+    }
+    if reasons.is_empty() {
+        Err("no peer is known to ask".into())
+    } else {
+        Err(format!("peers asked: {}", reasons.join("; ")))
+    }
+}
+
+enum Event {
+    Bid {
+        job: JobId,
+        from: PeerId,
+        answer: Result<Estimate, String>,
+    },
+    Ended {
+        job: JobId,
+        from: PeerId,
+        result: Box<Result<Executed, ApiError>>,
+    },
+}
+
+/// Jobs being placed, with where to answer.
+type Waiting = HashMap<JobId, (Ctx, oneshot::Sender<Result<Placed, ApiError>>)>;
+
+/// Answers from bidders and executors waiting for the placing task (the tasks that send them
+/// wait when it is full).
+const EVENT_QUEUE: usize = 1024;
+
+/// Errors that every node would give: the job is not re-awarded after one.
+fn terminal(e: &ApiError) -> bool {
+    matches!(
+        e.code,
+        "invalid_input" | "bad_tensor" | "input_too_large" | "execution_failed"
+    )
+}
+
+/// Owns the auction until the node stops.
+pub async fn run(st: Arc<AppState>, mut rx: mpsc::Receiver<PlaceJob>) {
+    let mut auction: Auction<PeerId> = Auction::new(st.config.scheduler.auction());
+    let (ev_tx, mut ev_rx) = mpsc::channel::<Event>(EVENT_QUEUE);
+    let mut jobs: Waiting = HashMap::new();
+    let epoch = tokio::time::Instant::now();
+    let mut tick = tokio::time::interval(TICK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        let input = tokio::select! {
+            p = rx.recv() => {
+                let Some(p) = p else { break };
+                let id = p.submission.job;
+                jobs.insert(id, (p.ctx, p.reply));
+                Input::Submit(Box::new(p.submission))
+            }
+            Some(ev) = ev_rx.recv() => match ev {
+                Event::Bid { job, from, answer: Ok(estimate) } => Input::Bid { job, from, estimate },
+                Event::Bid { job, from, answer: Err(reason) } => Input::Decline { job, from, reason },
+                Event::Ended { job, from, result } => {
+                    let result = *result;
+                    let running = auction.is_running(&job, &from);
+                    let Some((ctx, _)) = jobs.get_mut(&job) else { continue };
+                    match result {
+                        Ok(executed) if executed.outputs.is_some() => {
+                            ctx.results.push((from, executed));
+                            Input::Done { job, from }
+                        }
+                        Ok(executed) => {
+                            let e = crate::api::failed_response(executed);
+                            let reason = format!("{from}: {}", e.message);
+                            if running {
+                                ctx.terminal = Some(e);
+                                Input::Abort { job, reason }
+                            } else {
+                                Input::Failed { job, from, reason }
+                            }
+                        }
+                        Err(e) if running && terminal(&e) => {
+                            let reason = e.message.clone();
+                            ctx.terminal = Some(e);
+                            Input::Abort { job, reason }
+                        }
+                        Err(e) => Input::Failed { job, from, reason: format!("{} ({})", e.message, e.code) },
+                    }
+                }
+            },
+            _ = tick.tick(), if auction.in_flight() > 0 => Input::Tick,
+        };
+        let mut out = Vec::new();
+        auction.handle(input, epoch.elapsed(), &mut out);
+        for o in out {
+            carry(&st, &auction, &mut jobs, &ev_tx, o);
+        }
+    }
+}
+
+fn carry(
+    st: &Arc<AppState>,
+    auction: &Auction<PeerId>,
+    jobs: &mut Waiting,
+    ev_tx: &mpsc::Sender<Event>,
+    o: Output<PeerId>,
+) {
+    match o {
+        Output::CallForBids { job, peers } => {
+            let (Some((ctx, _)), Some(mesh)) = (jobs.get(&job), &st.mesh) else {
+                return;
+            };
+            let window = Duration::from_millis(st.config.scheduler.bid_window_ms);
+            for peer in peers {
+                let (mesh, request, ev_tx) = (mesh.clone(), ctx.bid_request.clone(), ev_tx.clone());
+                tokio::spawn(async move {
+                    let answer = match tokio::time::timeout(window, mesh.bid(peer, request)).await {
+                        Err(_) => return, // silent: the window closes without it
+                        Ok(Err(e)) => Err(format!("unreachable: {e}")),
+                        Ok(Ok(bid)) if bid.body().job != job => {
+                            Err("answered for another job".into())
+                        }
+                        Ok(Ok(bid)) => bid.body().answer.clone().map(estimate_of),
+                    };
+                    let _ = ev_tx
+                        .send(Event::Bid {
+                            job,
+                            from: peer,
+                            answer,
+                        })
+                        .await;
+                });
+            }
+        }
+        Output::Award {
+            job,
+            peer,
+            attempt,
+            local,
+        } => {
+            let Some((ctx, _)) = jobs.get(&job) else {
+                return;
+            };
+            tracing::debug!(job = %hex::encode(&job[..4]), %peer, attempt, local, "awarded");
+            let st = Arc::clone(st);
+            let ev_tx = ev_tx.clone();
+            let (signed, input, input_name, model, accepted) = (
+                ctx.job.clone(),
+                ctx.input.clone(),
+                ctx.input_name.clone(),
+                ctx.model.clone(),
+                ctx.accepted,
+            );
+            tokio::spawn(async move {
+                let result = match (local, model) {
+                    (true, Some(model)) => run_here(&st, signed, &model, input, accepted).await,
+                    _ => run_on(&st, peer, signed, input_name, input).await,
+                };
+                let _ = ev_tx
+                    .send(Event::Ended {
+                        job,
+                        from: peer,
+                        result: Box::new(result),
+                    })
+                    .await;
+            });
+        }
+        Output::Complete { job, peers } => {
+            let Some((mut ctx, reply)) = jobs.remove(&job) else {
+                return;
+            };
+            let placement = explain(auction, &job);
+            let results: Vec<(PeerId, Executed)> = std::mem::take(&mut ctx.results)
+                .into_iter()
+                .filter(|(p, _)| peers.contains(p))
+                .collect();
+            let agree = (results.len() > 1).then(|| {
+                let first = output_digest(&results[0].1);
+                results.iter().all(|(_, e)| output_digest(e) == first)
+            });
+            record(st, &ctx, &placement, Ok(&results), agree);
+            let _ = reply.send(Ok(Placed {
+                results,
+                placement,
+                job: ctx.job.id(),
+                input_name: ctx.input_name,
+            }));
+        }
+        Output::Fail { job, reason } => {
+            let Some((mut ctx, reply)) = jobs.remove(&job) else {
+                return;
+            };
+            let placement = explain(auction, &job);
+            let mut e = ctx.terminal.take().unwrap_or_else(|| {
+                let placed = placement["attempts"].as_u64().unwrap_or(0) > 0;
+                ApiError::new(
+                    if placed {
+                        StatusCode::SERVICE_UNAVAILABLE
+                    } else {
+                        StatusCode::UNPROCESSABLE_ENTITY
+                    },
+                    if placed {
+                        "placement_failed"
+                    } else {
+                        "infeasible"
+                    },
+                    reason,
+                )
+            });
+            record(st, &ctx, &placement, Err(&e.message), None);
+            e.placement = Some(placement);
+            let _ = reply.send(Err(e));
+        }
+    }
+}
+
+fn output_digest(e: &Executed) -> Option<ContentId> {
+    match &e.entry.body().body {
+        fab_ledger::EntryBody::Execution(r) => r.output_digest,
+        _ => None,
+    }
+}
+
+fn record(
+    st: &AppState,
+    ctx: &Ctx,
+    placement: &Value,
+    results: Result<&[(PeerId, Executed)], &str>,
+    replicas_agree: Option<bool>,
+) {
+    let rec = JobRecord {
+        job: ctx.job.id(),
+        model: ctx.job.body().model.clone(),
+        submitted_ms: ctx.submitted_ms,
+        latency_us: ctx.accepted.elapsed().as_micros() as u64,
+        ok: results.is_ok(),
+        error: results.err().map(str::to_owned),
+        executors: results
+            .map(|r| r.iter().map(|(p, _)| p.to_string()).collect())
+            .unwrap_or_default(),
+        attempts: placement["attempts"].as_u64().unwrap_or(0) as u32,
+        fast_path: placement["fast_path"].as_bool().unwrap_or(false),
+        replicas_agree,
+        placement: placement.clone(),
+    };
+    st.placed[usize::from(!rec.ok)].fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    if let Ok(mut r) = st.recent.lock() {
+        if r.len() >= RECENT_MAX {
+            r.pop_front();
+        }
+        r.push_back(rec);
+    }
+}
+
+/// Runs an awarded attempt on this node.
+async fn run_here(
+    st: &Arc<AppState>,
+    job: SignedJobRequest,
+    model: &crate::models::LoadedModel,
+    input: Tensor,
+    accepted: Instant,
+) -> Result<Executed, ApiError> {
+    let left = job.body().deadline_ms.saturating_sub(now_ms());
+    if left == 0 {
+        return Err(ApiError::new(
+            StatusCode::GATEWAY_TIMEOUT,
+            "deadline_passed",
+            "the job's deadline passed before it could run here",
+        ));
+    }
+    let permit = job_slot(st)?;
+    let span = tracing::info_span!("job", job = %job.id().short(), model = %model.name);
+    let executed = execute(st, job, model, input, left, accepted)
+        .instrument(span)
+        .await;
+    drop(permit);
+    executed
+}
+
+/// Runs an awarded attempt on a peer and verifies its answer.
+async fn run_on(
+    st: &Arc<AppState>,
+    peer: PeerId,
+    job: SignedJobRequest,
+    input_name: String,
+    input: Tensor,
+) -> Result<Executed, ApiError> {
+    let mesh = st
+        .mesh
+        .as_ref()
+        .ok_or_else(|| unavailable("the mesh is disabled"))?;
+    let left = Duration::from_millis(job.body().deadline_ms.saturating_sub(now_ms()));
+    let request = ExecRequest::Run {
+        job: job.encode(),
+        inputs: vec![(input_name, input.to_npy())],
+    };
+    let span = tracing::info_span!("remote_job", job = %job.id().short(), %peer);
+    let answer = tokio::time::timeout(left, mesh.exec(peer, request))
+        .instrument(span)
+        .await;
+    match answer {
+        Err(_) => Err(ApiError::new(
+            StatusCode::GATEWAY_TIMEOUT,
+            "deadline_passed",
+            format!("peer {peer} did not answer before the job's deadline"),
+        )),
+        Ok(Err(e)) => Err(ApiError::new(
+            StatusCode::BAD_GATEWAY,
+            "peer_unreachable",
+            format!("peer {peer}: {e}"),
+        )),
+        Ok(Ok(ExecResponse::Refused { code, message })) => {
+            Err(crate::exec::remote_refusal(peer, code, message))
+        }
+        Ok(Ok(ExecResponse::Ran { entry, outputs })) => {
+            crate::exec::verify_answer(peer, &job, &entry, outputs)
+        }
+        Ok(Ok(_)) => Err(crate::exec::bad_answer(peer, "expected a result")),
+    }
+}
+
+fn estimate_of(o: Offer) -> Estimate {
+    let Offer {
+        queue_us,
+        compute_us,
+        transfer_us,
+        cost_micros,
+        energy_uj,
+        cached,
+    } = o;
+    Estimate {
+        queue_us,
+        compute_us,
+        transfer_us,
+        cost_micros,
+        energy_uj,
+        cached,
+    }
+}
+
+fn estimate_json(e: &Estimate) -> Value {
+    json!({"queue_us": e.queue_us, "compute_us": e.compute_us, "transfer_us": e.transfer_us,
+           "completion_us": e.completion_us(), "cost_micros": e.cost_micros,
+           "energy_uj": e.energy_uj, "cached": e.cached})
+}
+
+fn score_json(s: &Score) -> Value {
+    json!({"time": s.time, "cost": s.cost, "energy": s.energy, "cache": s.cache,
+           "reliability": s.reliability, "battery": s.battery, "total": s.total})
+}
+
+/// The explanation of a job as JSON: every candidate, its standing, estimate and score.
+pub fn explanation_json(e: &Explanation<PeerId>) -> Value {
+    let candidates: Vec<Value> = e
+        .candidates
+        .iter()
+        .map(|(peer, local, standing)| {
+            let (name, reason, bid) = match standing {
+                Standing::Filtered(r) => ("filtered", Some(r.as_str()), None),
+                Standing::NotAsked => ("not_asked", None, None),
+                Standing::Asked => ("asked", None, None),
+                Standing::Declined(r) => ("declined", Some(r.as_str()), None),
+                Standing::Silent => ("silent", Some("no answer within the bid window"), None),
+                Standing::Bid(e, s) => ("bid", None, Some((e, s))),
+                Standing::Running(e, s) => ("running", None, Some((e, s))),
+                Standing::Succeeded(e, s) => ("succeeded", None, Some((e, s))),
+                Standing::FailedAttempt(e, s, r) => ("failed", Some(r.as_str()), Some((e, s))),
+            };
+            json!({
+                "peer_id": peer.to_string(), "local": local, "standing": name, "reason": reason,
+                "estimate": bid.map(|(e, _)| estimate_json(e)),
+                "score": bid.map(|(_, s)| score_json(s)),
+            })
+        })
+        .collect();
+    let w = &e.weights;
+    json!({
+        "candidates": candidates,
+        "fast_path": e.fast_path,
+        "weights": {"time": w.time, "cost": w.cost, "energy": w.energy, "cache": w.cache,
+                    "reliability": w.reliability, "battery": w.battery},
+        "winners": e.winners.iter().map(|p| p.to_string()).collect::<Vec<_>>(),
+        "attempts": e.attempts,
+        "outcome": match &e.outcome {
+            None => Value::Null,
+            Some(Ok(())) => json!("ok"),
+            Some(Err(r)) => json!({"failed": r}),
+        },
+    })
+}
+
+/// The short form of a placement: who ran it, in how many attempts, whether locally at once.
+pub fn summary(placement: &Value) -> Value {
+    json!({"winners": placement["winners"], "attempts": placement["attempts"],
+           "fast_path": placement["fast_path"]})
+}
+
+fn explain(auction: &Auction<PeerId>, job: &JobId) -> Value {
+    auction
+        .explain(job)
+        .map_or(Value::Null, |e| explanation_json(&e))
+}
+
+/// Recent jobs placed by this node, newest first.
+pub fn recent(st: &AppState, limit: usize) -> Vec<JobRecord> {
+    st.recent
+        .lock()
+        .map(|r| r.iter().rev().take(limit).cloned().collect())
+        .unwrap_or_default()
+}
+
+/// One recent job.
+pub fn find(st: &AppState, job: &ContentId) -> Option<JobRecord> {
+    st.recent
+        .lock()
+        .ok()?
+        .iter()
+        .rev()
+        .find(|r| r.job == *job)
+        .cloned()
+}
+
+/// The ring of recent jobs.
+pub type Recent = std::sync::Mutex<VecDeque<JobRecord>>;
