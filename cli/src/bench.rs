@@ -93,6 +93,27 @@ pub enum BenchCmd {
         #[arg(long)]
         out: Option<PathBuf>,
     },
+    /// Scheduling on a 5-node loopback mesh of real processes: overhead (client latency minus
+    /// inference) of jobs placed by the auction on a peer, placed locally by the fast path, and
+    /// pinned to the same peer with no auction; then sustained placed jobs per second, every
+    /// execution ledgered
+    Sched {
+        #[arg(long, default_value_t = 1000)]
+        runs: usize,
+        #[arg(long, default_value_t = 50)]
+        warmup: usize,
+        /// Length of each sustained-throughput run
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+        /// Concurrent clients in the sustained runs
+        #[arg(long, default_value_t = 16)]
+        clients: usize,
+        /// Mesh listen address for every node
+        #[arg(long, default_value = "/ip4/127.0.0.1/tcp/0")]
+        listen: String,
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
     /// End-to-end `POST /v1/jobs` latency against a local node with the ledger on (each job
     /// is signed, run, durably committed and verified by the client)
     Submit {
@@ -154,6 +175,17 @@ pub fn run(_g: &Global, cmd: BenchCmd) -> Result<ExitCode> {
             listen,
             out,
         } => emit(crate::bench_mesh::exec(runs, warmup, &listen)?, out),
+        BenchCmd::Sched {
+            runs,
+            warmup,
+            seconds,
+            clients,
+            listen,
+            out,
+        } => emit(
+            crate::bench_sched::run(runs, warmup, seconds, clients, &listen)?,
+            out,
+        ),
         BenchCmd::Ledger {
             appends,
             batch,

@@ -5,6 +5,7 @@ mod audit;
 mod bench;
 mod bench_ledger;
 mod bench_mesh;
+mod bench_sched;
 mod client;
 mod cmd;
 mod demo;

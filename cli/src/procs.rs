@@ -47,6 +47,18 @@ pub fn spawn(
     listen: &str,
     bootstrap: Option<&str>,
 ) -> Result<Proc> {
+    spawn_with(exe, dir, network, listen, bootstrap, &[])
+}
+
+/// [`spawn`] with more settings (`FABNODE_*` variables).
+pub fn spawn_with(
+    exe: &std::path::Path,
+    dir: &std::path::Path,
+    network: &str,
+    listen: &str,
+    bootstrap: Option<&str>,
+    settings: &[(&str, &str)],
+) -> Result<Proc> {
     let run = |args: &[&str]| -> Result<()> {
         let out = hermetic(exe)
             .args(args)
@@ -89,6 +101,9 @@ pub fn spawn(
         .stderr(Stdio::piped());
     if let Some(b) = bootstrap {
         cmd.args(["--bootstrap", b]);
+    }
+    for (k, v) in settings {
+        cmd.env(k, v);
     }
     let mut child = cmd.spawn()?;
     let stderr = child.stderr.take().context("stderr")?;

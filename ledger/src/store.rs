@@ -363,20 +363,30 @@ impl Store {
         entries: &[SignedEntry],
         trusted: Option<&Checkpoint>,
     ) -> Result<(), StoreError> {
+        self.store_replicas(&[(feed, entries, trusted)])
+    }
+
+    /// Several [`Store::store_replica`] writes, in order, in one durable transaction.
+    pub fn store_replicas(
+        &mut self,
+        writes: &[(&PublicKey, &[SignedEntry], Option<&Checkpoint>)],
+    ) -> Result<(), StoreError> {
         let st = storage(&self.path);
-        let key = feed.to_bytes();
         let txn = self.db.begin_write().map_err(|e| st(e.into()))?;
         {
             let mut t = txn.open_table(REPLICA_ENTRIES).map_err(|e| st(e.into()))?;
-            for e in entries {
-                t.insert((key, e.body().seq), e.encode().as_slice())
-                    .map_err(|e| st(e.into()))?;
-            }
-            if let Some(cp) = trusted {
-                let mut c = txn
-                    .open_table(REPLICA_CHECKPOINTS)
-                    .map_err(|e| st(e.into()))?;
-                c.insert(key, cp.note.as_str()).map_err(|e| st(e.into()))?;
+            let mut c = txn
+                .open_table(REPLICA_CHECKPOINTS)
+                .map_err(|e| st(e.into()))?;
+            for (feed, entries, trusted) in writes {
+                let key = feed.to_bytes();
+                for e in *entries {
+                    t.insert((key, e.body().seq), e.encode().as_slice())
+                        .map_err(|e| st(e.into()))?;
+                }
+                if let Some(cp) = trusted {
+                    c.insert(key, cp.note.as_str()).map_err(|e| st(e.into()))?;
+                }
             }
         }
         txn.commit().map_err(|e| st(e.into()))?;

@@ -19,15 +19,12 @@ pub type Incoming = (PeerId, BidRequest, BidReply);
 
 pub async fn serve(st: Arc<AppState>, mut rx: mpsc::Receiver<Incoming>) {
     while let Some((from, request, reply)) = rx.recv().await {
-        let rtt_us = match &st.mesh {
-            Some(m) => m
-                .rtt(from)
-                .await
-                .ok()
-                .flatten()
-                .map_or(0, |d| d.as_micros() as u64),
-            None => 0,
-        };
+        // Round trips as measured within the last second: a bid costs no mesh round trip.
+        let rtt_us = crate::placer::rtts(&st)
+            .await
+            .get(&from)
+            .copied()
+            .unwrap_or(0);
         let body = BidBody {
             job: request.job,
             bidder: st.key.public(),

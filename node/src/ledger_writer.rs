@@ -44,6 +44,45 @@ enum Command {
     },
     Replica(Box<ReplicaWrite>),
     Read(Read),
+    /// Write the buffered replica entries if they have waited [`REPLICA_SYNC`].
+    Sync,
+}
+
+/// Other nodes' entries are buffered and written in one durable transaction at least this
+/// often, before any read, and at close: one disk sync per interval instead of one per gossip
+/// message. A crash loses at most this much of other nodes' feeds, which catch-up fetches again
+/// from their owners; this node's own entries are always durable before they are acknowledged.
+pub const REPLICA_SYNC: std::time::Duration = std::time::Duration::from_secs(1);
+/// Buffered replica entries that force a write before the interval ends.
+const REPLICA_BUFFER_MAX: usize = 4096;
+
+/// Replica writes waiting for their transaction.
+#[derive(Default)]
+struct ReplicaBuffer {
+    writes: Vec<(fab_ledger::PublicKey, Vec<SignedEntry>, Option<Checkpoint>)>,
+    entries: usize,
+    since: Option<std::time::Instant>,
+}
+
+impl ReplicaBuffer {
+    fn flush(&mut self, store: &mut Store) {
+        if self.writes.is_empty() {
+            return;
+        }
+        let writes: Vec<_> = self
+            .writes
+            .iter()
+            .map(|(f, e, c)| (f, e.as_slice(), c.as_ref()))
+            .collect();
+        if let Err(e) = store.store_replicas(&writes) {
+            // The replication core believes them stored; the next start re-verifies what is
+            // on disk and fetches the rest again.
+            tracing::warn!(error = %e, writes = writes.len(), "replica entries not written");
+        }
+        self.writes.clear();
+        self.entries = 0;
+        self.since = None;
+    }
 }
 
 struct ReplicaWrite {
@@ -143,6 +182,7 @@ fn run(
         SignedEntry,
         oneshot::Sender<Result<SignedEntry, AppendError>>,
     )> = Vec::new();
+    let mut replicas = ReplicaBuffer::default();
     while let Some(first) = rx.blocking_recv() {
         let mut next = Some(first);
         // Gather every append already waiting, up to the batch limit; serve reads in order.
@@ -153,9 +193,15 @@ fn run(
                     pending.push((entry, reply));
                 }
                 Command::Read(read) => {
-                    // A read must see the appends queued before it: commit those first.
+                    // A read must see the writes queued before it: commit those first.
                     commit(&mut store, &mut feed, &mut pending, published);
+                    replicas.flush(&mut store);
                     serve_read(&store, read);
+                }
+                Command::Sync => {
+                    if replicas.since.is_some_and(|t| t.elapsed() >= REPLICA_SYNC) {
+                        replicas.flush(&mut store);
+                    }
                 }
                 Command::Replica(w) => {
                     let ReplicaWrite {
@@ -164,9 +210,13 @@ fn run(
                         trusted,
                         reply,
                     } = *w;
-                    commit(&mut store, &mut feed, &mut pending, published);
-                    let r = store.store_replica(&peer_feed, &entries, trusted.as_ref());
-                    let _ = reply.send(r.map_err(|e| e.to_string()));
+                    replicas.entries += entries.len();
+                    replicas.writes.push((peer_feed, entries, trusted));
+                    replicas.since.get_or_insert_with(std::time::Instant::now);
+                    if replicas.entries >= REPLICA_BUFFER_MAX {
+                        replicas.flush(&mut store);
+                    }
+                    let _ = reply.send(Ok(()));
                 }
             }
             if pending.len() < batch_max {
@@ -175,9 +225,11 @@ fn run(
         }
         commit(&mut store, &mut feed, &mut pending, published);
     }
+    replicas.flush(&mut store);
     tracing::info!(entries = store.len(), "ledger closed");
 }
 
+/// Commits the pending appends durably.
 fn commit(
     store: &mut Store,
     feed: &mut FeedWriter,
@@ -319,6 +371,11 @@ impl LedgerClient {
         })
         .await
         .unwrap_or_else(|| Err("the ledger writer has stopped".into()))
+    }
+
+    /// Writes buffered replica entries if they have waited [`REPLICA_SYNC`]; never waits.
+    pub fn sync_replicas(&self) {
+        let _ = self.tx.try_send(Command::Sync);
     }
 
     /// The latest checkpoint of this node's own feed.

@@ -157,6 +157,7 @@ pub async fn run(task: MeshTask) {
                 }
             }
             _ = tick.tick() => {
+                ledger.sync_replicas();
                 replicator.handle(Input::Tick, started.elapsed(), &mut outputs);
                 heads.send_replace(replicator.heads());
                 flush(&mesh, &mut unsent).await;

@@ -291,7 +291,8 @@ async fn candidates(st: &Arc<AppState>, own: Option<PeerId>) -> Vec<Candidate<Pe
         .collect()
 }
 
-async fn rtts(st: &Arc<AppState>) -> HashMap<PeerId, u64> {
+/// Round-trip times to connected peers, at most [`RTT_REFRESH`] old.
+pub async fn rtts(st: &Arc<AppState>) -> HashMap<PeerId, u64> {
     let fresh = st
         .rtts
         .lock()
@@ -447,12 +448,14 @@ fn carry(
             let (Some((ctx, _)), Some(mesh)) = (jobs.get(&job), &st.mesh) else {
                 return;
             };
-            let window = Duration::from_millis(st.config.scheduler.bid_window_ms);
+            // Until the job's deadline, not the window: when the window passes with no bid
+            // the auction waits for the first late one.
+            let window = Duration::from_millis(ctx.job.body().deadline_ms.saturating_sub(now_ms()));
             for peer in peers {
                 let (mesh, request, ev_tx) = (mesh.clone(), ctx.bid_request.clone(), ev_tx.clone());
                 tokio::spawn(async move {
                     let answer = match tokio::time::timeout(window, mesh.bid(peer, request)).await {
-                        Err(_) => return, // silent: the window closes without it
+                        Err(_) => return, // silent: the deadline passed without it
                         Ok(Err(e)) => Err(format!("unreachable: {e}")),
                         Ok(Ok(bid)) if bid.body().job != job => {
                             Err("answered for another job".into())

@@ -556,3 +556,43 @@ fn jobs_awarded_to_a_peer_count_as_its_queue_until_they_end() {
         }]
     );
 }
+
+#[test]
+fn a_window_that_passes_with_no_bid_waits_for_the_first_one_or_the_deadline() {
+    let peers = vec![
+        cand(1, tel(1000, 0, Tier::Edge)),
+        cand(2, tel(1000, 0, Tier::Edge)),
+    ];
+    let sla = Sla {
+        deadline_us: 1_000_000,
+        ..Default::default()
+    };
+    // Both are late; peer 2's bid arrives first after the window and wins at once.
+    let inputs = vec![
+        (submit(sla.clone(), None, peers.clone()), 0),
+        (Input::Tick, 50),
+        (Input::Tick, 300),
+        (bid(2, bid_of(&peers[1])), 400),
+    ];
+    let (out, a) = twice(&inputs);
+    assert_eq!(awards(&out), [2]);
+    assert!(
+        a.explain(&JOB)
+            .unwrap()
+            .candidates
+            .contains(&(1, false, Standing::Silent))
+    );
+    // Nobody ever answers: the job fails at its deadline, naming the silence.
+    let inputs = vec![
+        (submit(sla, None, peers), 0),
+        (Input::Tick, 50),
+        (Input::Tick, 999),
+        (Input::Tick, 1000),
+    ];
+    let (out, _) = twice(&inputs);
+    assert!(awards(&out).is_empty());
+    match out.last() {
+        Some(Output::Fail { reason, .. }) => assert!(reason.contains("no answer"), "{reason}"),
+        other => panic!("expected a failure, got {other:?}"),
+    }
+}

@@ -15,7 +15,8 @@
 //! - Fast path: when the local node is feasible and its estimate scores at least as well as
 //!   every other candidate's, it is awarded at once, with no network round trip.
 //! - Otherwise at most `bids_max` candidates (best estimates first) are asked; the window
-//!   closes when every one has answered or `window` has passed.
+//!   closes when every one has answered or `window` has passed. If it passes with no bid at
+//!   all, the first bid to arrive closes it (loaded peers answer late), or the deadline does.
 //! - Bids are scored as integers ([`super::score`]); ties go to the shorter completion, then to
 //!   the lower peer id, so every run with the same inputs awards the same peers.
 //! - `replicas = k` awards the k best distinct peers. An attempt that fails, or outlives its
@@ -199,6 +200,8 @@ struct Job<P> {
     done: Vec<P>,
     attempts: u32,
     fast_path: bool,
+    /// The window closed with no bid: the first answer closes it, or the deadline.
+    extended: bool,
     outcome: Option<Result<(), String>>,
 }
 
@@ -446,6 +449,7 @@ impl<P: Clone + Ord + std::fmt::Debug> Auction<P> {
             done: Vec::new(),
             attempts: 0,
             fast_path: false,
+            extended: false,
             outcome: None,
         };
         if feasible < replicas {
@@ -507,7 +511,12 @@ impl<P: Clone + Ord + std::fmt::Debug> Auction<P> {
 
     fn close_if_answered(&mut self, job: JobId, now: Duration, out: &mut impl Extend<Output<P>>) {
         let waiting = self.jobs.get(&job).is_some_and(|j| {
-            j.window_ends.is_some() && j.cands.iter().any(|c| c.standing == Standing::Asked)
+            j.window_ends.is_some()
+                && j.cands.iter().any(|c| c.standing == Standing::Asked)
+                && !(j.extended
+                    && j.cands
+                        .iter()
+                        .any(|c| matches!(c.standing, Standing::Bid(..))))
         });
         if !waiting {
             self.close(job, now, out);
@@ -519,9 +528,23 @@ impl<P: Clone + Ord + std::fmt::Debug> Auction<P> {
         let Some(j) = self.jobs.get_mut(&job) else {
             return;
         };
-        if j.window_ends.take().is_none() {
+        if j.window_ends.is_none() {
             return;
         }
+        let deadline = j.started + Duration::from_micros(j.sla.deadline_us);
+        let any_bid = j
+            .cands
+            .iter()
+            .any(|c| matches!(c.standing, Standing::Bid(..)));
+        let any_asked = j.cands.iter().any(|c| c.standing == Standing::Asked);
+        if !any_bid && any_asked && !j.extended && now < deadline {
+            // Nobody has bid yet (loaded peers answer late): the first bid wins instead of the
+            // job failing, unless the deadline comes first.
+            j.extended = true;
+            j.window_ends = Some(deadline);
+            return;
+        }
+        j.window_ends = None;
         for c in &mut j.cands {
             if c.standing == Standing::Asked {
                 c.standing = Standing::Silent;

@@ -1,0 +1,284 @@
+//! `fabnode bench sched`: scheduling overhead and sustained placed jobs on a 5-node loopback
+//! mesh of real node processes.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use serde_json::{Value, json};
+
+use crate::bench::stats;
+use crate::demo::digits_test_set;
+use crate::procs::{Proc, spawn_with, wait_for_peers};
+
+const NODES: usize = 5;
+
+/// Entries in a node's own feed.
+fn own_entries(p: &Proc) -> Result<u64> {
+    let (_, v) = p.client.get("/v1/ledger/head")?;
+    v["entries"].as_u64().context("no ledger head")
+}
+
+/// Waits until every node holds every other node's whole feed, so one phase's replication
+/// does not run into the next phase's measurements.
+fn settle(nodes: &[Proc]) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let sizes: Vec<(String, u64)> = nodes
+            .iter()
+            .map(|p| Ok((p.peer_id.clone(), own_entries(p)?)))
+            .collect::<Result<_>>()?;
+        let converged = nodes.iter().all(|p| {
+            p.client.get("/v1/ledger/heads").is_ok_and(|(_, v)| {
+                sizes.iter().all(|(feed, size)| {
+                    *size == 0
+                        || v["feeds"].as_array().is_some_and(|f| {
+                            f.iter()
+                                .any(|x| x["feed"] == feed.as_str() && x["size"] == *size)
+                        })
+                })
+            })
+        });
+        if converged {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            let heads: Vec<Value> = nodes
+                .iter()
+                .filter_map(|p| p.client.get("/v1/ledger/heads").ok().map(|(_, v)| v))
+                .collect();
+            bail!("the ledgers did not converge within 120 s: sizes {sizes:?}, heads {heads:?}");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// One job: (latency at the client, inference time in the receipt, executor).
+fn job(p: &Proc, body: &Value) -> Result<(Duration, Duration, String)> {
+    let t0 = Instant::now();
+    let (status, v) = p.client.post("/v1/jobs", body)?;
+    let total = t0.elapsed();
+    if status != 200 {
+        bail!("job failed: {v}");
+    }
+    let run_us = v["receipt"]["receipt"]["timings"]["run_us"]
+        .as_u64()
+        .context("no run time in the receipt")?;
+    let executor = v["receipt"]["feed"].as_str().unwrap_or("?").to_owned();
+    Ok((total, Duration::from_micros(run_us), executor))
+}
+
+/// Jobs submitted by `clients` threads for `seconds`, each thread to its own node in turn.
+fn sustained(
+    nodes: &[&Proc],
+    ledgers: &[&Proc],
+    clients: usize,
+    seconds: u64,
+    extra: &Value,
+    images: &[fab_inference::Tensor],
+) -> Result<Value> {
+    let before: u64 = ledgers
+        .iter()
+        .map(|p| own_entries(p))
+        .sum::<Result<u64>>()?;
+    let cpu = |ps: &[&Proc]| -> u64 {
+        ps.iter()
+            .map(|p| crate::bench_mesh::cpu_ticks(p.child.id()))
+            .sum()
+    };
+    let cpu_before = cpu(ledgers);
+    let done = AtomicU64::new(0);
+    let failed = AtomicU64::new(0);
+    let stop = AtomicBool::new(false);
+    let first_failure = std::sync::Mutex::new(None::<String>);
+    let t0 = Instant::now();
+    std::thread::scope(|s| {
+        for c in 0..clients {
+            let (done, failed, stop, first_failure) = (&done, &failed, &stop, &first_failure);
+            let node = nodes[c % nodes.len()];
+            s.spawn(move || {
+                let mut i = c;
+                while !stop.load(Ordering::Relaxed) {
+                    let mut body = json!({"model": "digits",
+                                          "input": images[i % images.len()].to_json_value()});
+                    for (k, v) in extra.as_object().into_iter().flatten() {
+                        body[k] = v.clone();
+                    }
+                    i += clients;
+                    match node.client.post("/v1/jobs", &body) {
+                        Ok((200, _)) => {
+                            done.fetch_add(1, Ordering::Relaxed);
+                        }
+                        other => {
+                            if failed.fetch_add(1, Ordering::Relaxed) == 0 {
+                                let why = match other {
+                                    Ok((status, v)) => crate::client::error_message(status, &v),
+                                    Err(e) => e.to_string(),
+                                };
+                                if let Ok(mut f) = first_failure.lock() {
+                                    *f = Some(why);
+                                }
+                            }
+                        }
+                    }
+                }
+            });
+        }
+        std::thread::sleep(Duration::from_secs(seconds));
+        stop.store(true, Ordering::Relaxed);
+    });
+    let elapsed = t0.elapsed();
+    let (done, failed) = (done.into_inner(), failed.into_inner());
+    // Every answered job is an entry in some node's feed (the executor's).
+    let all_nodes_after: u64 = ledgers
+        .iter()
+        .map(|p| own_entries(p))
+        .sum::<Result<u64>>()?;
+    let cpu_s = (cpu(ledgers) - cpu_before) as f64 / crate::bench_mesh::clock_ticks_per_s();
+    Ok(json!({
+        "node_cpu_s": cpu_s,
+        "node_cpu_us_per_job": cpu_s * 1e6 / done.max(1) as f64,
+        "clients": clients, "seconds": elapsed.as_secs_f64(), "jobs_ok": done, "jobs_failed": failed,
+        "jobs_per_s": done as f64 / elapsed.as_secs_f64(),
+        "entries_written": all_nodes_after - before,
+        "first_failure": first_failure.into_inner().ok().flatten(),
+    }))
+}
+
+pub fn run(
+    runs: usize,
+    warmup: usize,
+    seconds: u64,
+    clients: usize,
+    listen: &str,
+) -> Result<Value> {
+    let exe = std::env::current_exe()?;
+    let tmp = tempfile::Builder::new()
+        .prefix("fabnode-bench-sched-")
+        .tempdir()?;
+    let network = format!("bench{}", std::process::id());
+    // R places the jobs; it is a `device` node, so a job that allows only `edge` goes through a
+    // call for bids to the four others. Their prices differ, so the auction has a clear winner.
+    let fast_telemetry = ("FABNODE_TELEMETRY_EVERY_MS", "500");
+    let r = spawn_with(
+        &exe,
+        &tmp.path().join("R"),
+        &network,
+        listen,
+        None,
+        &[fast_telemetry, ("FABNODE_SCHEDULER_TIER", "device")],
+    )?;
+    let boot = r.dial_addr()?;
+    let prices = ["0", "1000000", "2000000", "3000000"];
+    let mut nodes = vec![r];
+    for (i, price) in prices.iter().enumerate() {
+        nodes.push(spawn_with(
+            &exe,
+            &tmp.path().join(format!("E{i}")),
+            &network,
+            listen,
+            Some(&boot),
+            &[
+                fast_telemetry,
+                ("FABNODE_SCHEDULER_PRICE_PER_S_MICROS", price),
+            ],
+        )?);
+    }
+    wait_for_peers(&nodes, NODES - 1, Duration::from_secs(60))?;
+    let r = &nodes[0];
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while r.client.get("/v1/telemetry")?.1["peers"]
+        .as_array()
+        .map_or(0, |p| p.len())
+        < NODES - 1
+    {
+        if Instant::now() > deadline {
+            bail!("the requester did not receive every peer's telemetry");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let (images, _) = digits_test_set()?;
+    let cheapest = nodes[1].peer_id.clone();
+    let (mut auction, mut fast, mut pinned, mut inference) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let mut winners = std::collections::BTreeMap::<String, u64>::new();
+    for i in 0..warmup + runs {
+        let input = images[i % images.len()].to_json_value();
+        // Interleaved, so all three see the same machine state.
+        let (at, ar, winner) = job(
+            r,
+            &json!({"model": "digits", "input": input, "tiers": ["edge"]}),
+        )?;
+        let (ft, fr, _) = job(r, &json!({"model": "digits", "input": input}))?;
+        let (pt, pr, _) = job(
+            r,
+            &json!({"model": "digits", "input": input, "on": cheapest}),
+        )?;
+        if i >= warmup {
+            auction.push(at.saturating_sub(ar));
+            fast.push(ft.saturating_sub(fr));
+            pinned.push(pt.saturating_sub(pr));
+            inference.push(ar);
+            *winners.entry(winner).or_default() += 1;
+        }
+    }
+    let all: Vec<&Proc> = nodes.iter().collect();
+    settle(&nodes)?;
+    let every_node = sustained(&all, &all, clients, seconds, &json!({}), &images)?;
+    settle(&nodes)?;
+    let through_auction = sustained(
+        &[r],
+        &all,
+        clients,
+        seconds,
+        &json!({"tiers": ["edge"]}),
+        &images,
+    )?;
+    // How the last placed jobs went: attempts per job, and what ended the failed attempts.
+    let (_, recent) = r.client.get("/v1/jobs?limit=1024")?;
+    let mut attempts = std::collections::BTreeMap::<u64, u64>::new();
+    for j in recent["jobs"].as_array().into_iter().flatten() {
+        *attempts
+            .entry(j["attempts"].as_u64().unwrap_or(0))
+            .or_default() += 1;
+    }
+    let sample_failure = recent["jobs"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|j| j["attempts"].as_u64() > Some(1))
+        .and_then(|j| j["job_id"].as_str())
+        .and_then(|id| r.client.get(&format!("/v1/jobs/{id}")).ok())
+        .map(|(_, v)| v["placement"].clone());
+    for p in nodes {
+        p.stop()?;
+    }
+    // The same load on one node alone (mesh on, no peers): what a node sustains when it does
+    // not also verify and store four peers' feeds on the same two cores.
+    let alone = spawn_with(
+        &exe,
+        &tmp.path().join("alone"),
+        &format!("{network}-alone"),
+        listen,
+        None,
+        &[],
+    )?;
+    let one_node = sustained(&[&alone], &[&alone], clients, seconds, &json!({}), &images)?;
+    alone.stop()?;
+    Ok(json!({
+        "bench": "sched",
+        "nodes": NODES,
+        "listen": listen,
+        "what": "POST /v1/jobs (digits) on R, sequential, interleaved; overhead = client latency minus the inference time in the executor's receipt",
+        "auction_remote": {"what": "auction: call for bids to 4 edge peers, award to the best, run there over /fabnode/exec/1, verify", "overhead": stats(auction),
+                           "winners": winners},
+        "auction_fast_path": {"what": "auction: R itself scores best, runs it with no round trip", "overhead": stats(fast)},
+        "pinned_remote": {"what": "reference: \"on\": the same winner, no auction", "overhead": stats(pinned)},
+        "inference": stats(inference),
+        "sustained_every_node": {"what": "clients spread over all 5 nodes, default placement (each node's own auction), every execution ledgered", "result": every_node},
+        "last_1024_jobs_attempts": attempts,
+        "a_job_with_retries": sample_failure,
+        "sustained_one_node": {"what": "the same clients on one node with no peers, placement by its own auction (fast path), every execution ledgered", "result": one_node},
+        "sustained_auction_remote": {"what": "clients all on R, jobs allowed on edge only: every job bid for and run on a peer, every execution ledgered", "result": through_auction},
+    }))
+}
