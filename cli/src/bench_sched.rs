@@ -53,6 +53,38 @@ fn settle(nodes: &[Proc]) -> Result<()> {
     }
 }
 
+/// Waits until `r` holds fresh telemetry from every other node.
+fn telemetry_from_all(r: &Proc, all: &[Proc]) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while r.client.get("/v1/telemetry")?.1["peers"]
+        .as_array()
+        .map_or(0, |p| p.len())
+        < NODES - 1
+    {
+        if Instant::now() > deadline {
+            let views: Vec<String> = all
+                .iter()
+                .map(|p| {
+                    let v = p
+                        .client
+                        .get("/v1/telemetry")
+                        .map(|x| x.1)
+                        .unwrap_or_default();
+                    format!(
+                        "{}: self age {} ms, {} fresh peers",
+                        &p.peer_id[p.peer_id.len() - 6..],
+                        v["self"]["age_ms"],
+                        v["peers"].as_array().map_or(0, |x| x.len())
+                    )
+                })
+                .collect();
+            bail!("the requester does not hold every peer's fresh telemetry: {views:?}");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    Ok(())
+}
+
 /// One job: (latency at the client, inference time in the receipt, executor).
 fn job(p: &Proc, body: &Value) -> Result<(Duration, Duration, String)> {
     let t0 = Instant::now();
@@ -186,17 +218,7 @@ pub fn run(
     }
     wait_for_peers(&nodes, NODES - 1, Duration::from_secs(60))?;
     let r = &nodes[0];
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while r.client.get("/v1/telemetry")?.1["peers"]
-        .as_array()
-        .map_or(0, |p| p.len())
-        < NODES - 1
-    {
-        if Instant::now() > deadline {
-            bail!("the requester did not receive every peer's telemetry");
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    telemetry_from_all(r, &nodes)?;
     let (images, _) = digits_test_set()?;
     let cheapest = nodes[1].peer_id.clone();
     let (mut auction, mut fast, mut pinned, mut inference) =
@@ -226,6 +248,7 @@ pub fn run(
     settle(&nodes)?;
     let every_node = sustained(&all, &all, clients, seconds, &json!({}), &images)?;
     settle(&nodes)?;
+    telemetry_from_all(r, &nodes)?;
     let through_auction = sustained(
         &[r],
         &all,

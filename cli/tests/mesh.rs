@@ -626,8 +626,7 @@ mod bad_peer {
         wait_for("A to see the bad peer", Duration::from_secs(20), || {
             peer_count(&a) == 1
         });
-        // A report about another node, signed by that node but published by this peer; and
-        // bytes that are not a report at all.
+        // A report whose signature does not verify, and bytes that are not a report at all.
         let other = Keypair::generate();
         let report = TelemetryReport {
             node: other.public(),
@@ -647,10 +646,11 @@ mod bad_peer {
                 at_ms: 1,
             },
         };
-        let payloads = [
-            Signed::sign(report, &other).encode(),
-            b"\x83\x01 junk".to_vec(),
-        ];
+        let mut forged = Signed::sign(report, &other).encode();
+        // The signature is the last 64 bytes.
+        let last = forged.len() - 1;
+        forged[last] ^= 0x01;
+        let payloads = [forged, b"\x83\x01 junk".to_vec()];
         rt.block_on(async {
             for p in &payloads {
                 publish_when_subscribed(|| m.publish_telemetry(p.clone())).await;
@@ -674,7 +674,7 @@ mod bad_peer {
             .and_then(|p| p["score"].as_f64());
         assert!(score.is_some_and(|s| s < 0.0), "{score:?}");
         assert!(
-            a.log().contains("telemetry about another node"),
+            a.log().contains("telemetry: ") && a.log().contains("signature"),
             "{}",
             a.log()
         );

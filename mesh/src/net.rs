@@ -67,9 +67,10 @@ pub struct MeshConfig {
     pub peers_target: usize,
     /// Established connections at most, inbound and outbound together.
     pub connections_max: u32,
-    /// Checks a telemetry payload before it is used or forwarded: given the message's author
-    /// and bytes, accept or say why not (the sender is then penalised). Without one,
-    /// telemetry is not subscribed to.
+    /// Checks a telemetry payload before it is used or forwarded: given the peer that sent it
+    /// and its bytes, accept or say why not (that peer is then penalised). The payload carries
+    /// its own signature; gossip messages are not signed by libp2p. Without one, telemetry is
+    /// not subscribed to.
     pub telemetry_validator: Option<TelemetryValidator>,
     /// Use libp2p's in-process memory transport (`/memory/<n>` addresses) instead of TCP and
     /// QUIC: for behaviour tests and the simulator, with no sockets.
@@ -132,10 +133,10 @@ pub enum MeshEvent {
     },
     /// A gossip message passed validation (and is being forwarded).
     Valid { from: PeerId, valid: Box<Valid> },
-    /// A telemetry report passed the validator (and is being forwarded); `author` signed it;
-    /// `report` is what the validator decoded.
+    /// A telemetry report passed the validator (and is being forwarded); `from` sent it (its
+    /// author or a peer forwarding it); `report` is what the validator decoded.
     Telemetry {
-        author: PeerId,
+        from: PeerId,
         report: Box<dyn std::any::Any + Send>,
     },
     /// A gossip message failed validation; the sender has been penalised.
@@ -461,6 +462,12 @@ fn identify_protocol(network: &str) -> String {
 }
 
 /// The Kademlia protocol id: one DHT per network, so discovery never crosses meshes.
+/// Largest batch of gossipsub control messages (IHAVE, IWANT, IDONTWANT, GRAFT, PRUNE) in one
+/// frame.
+const CONTROL_BYTES_MAX: usize = 64 * 1024;
+/// Most message ids gossipsub puts in one IHAVE or IWANT batch (ids are 32-byte content ids).
+const CONTROL_IDS_MAX: usize = 512;
+
 pub fn kad_protocol(network: &str) -> String {
     format!("/fabnode/{network}/kad/1.0.0")
 }
@@ -526,20 +533,31 @@ pub fn start(
         .with_max_pending_incoming(Some(64))
         .with_max_pending_outgoing(Some(64));
     let make_behaviour = |kp: &libp2p::identity::Keypair| -> Result<Behaviour, Box<dyn std::error::Error + Send + Sync>> {
+            // Messages carry no libp2p signature (anonymous mode): every payload is signed by the
+            // node it is about (entries, checkpoints, telemetry) and checked by the validators,
+            // and the peer that hands over an invalid one is the one penalised. A gossipsub
+            // signature on top cost each node one more check per copy received, before
+            // duplicates are dropped: most of the mesh's signature checks under load.
             let gs_config = gossipsub::ConfigBuilder::default()
-                .validation_mode(gossipsub::ValidationMode::Strict)
+                .validation_mode(gossipsub::ValidationMode::Anonymous)
                 // Nothing is forwarded before the application has validated it.
                 .validate_messages()
                 .heartbeat_interval(heartbeat)
-                // Leave room for gossipsub's own framing around the payload.
-                .max_transmit_size(GOSSIP_BYTES_MAX + 4096)
+                // A frame holds one message (with room for gossipsub's framing) or a batch of
+                // control messages. gossipsub's defaults let a node send IHAVE/IWANT batches of
+                // 5,000 ids (~170 KB) that its peers' 16 KB control limit then refuses, and a
+                // refused frame closes the stream: under load, peers silently stopped hearing
+                // each other. Batches of at most 512 ids (~18 KB) fit the limits below.
+                .max_transmit_size(GOSSIP_BYTES_MAX + CONTROL_BYTES_MAX)
+                .max_control_message_size(CONTROL_BYTES_MAX)
+                .max_control_messages_sent(CONTROL_IDS_MAX)
                 // Content-addressed ids: the same payload from two peers is one message.
                 .message_id_fn(|m: &gossipsub::Message| {
                     gossipsub::MessageId::from(ContentId::of(&m.data).0.to_vec())
                 })
                 .build()?;
             let mut gossipsub =
-                gossipsub::Behaviour::new(MessageAuthenticity::Signed(kp.clone()), gs_config)?;
+                gossipsub::Behaviour::new(MessageAuthenticity::Anonymous, gs_config)?;
             let mut score = gossipsub::PeerScoreParams {
                 // No IP-colocation penalty (P6): fleets behind one NAT, pods on one host and
                 // every node of a loopback test share an address, and P6 would graylist them.
@@ -706,20 +724,19 @@ impl EventLoop {
 
     /// A telemetry message: checked by the node's validator before use or forwarding.
     fn telemetry(&mut self, from: PeerId, id: gossipsub::MessageId, message: gossipsub::Message) {
-        let verdict = match (&self.telemetry_validator, message.source) {
-            (None, _) => Err("telemetry is not read here".to_owned()),
-            (Some(_), None) => Err("unsigned telemetry".to_owned()),
-            (Some(_), Some(_)) if message.data.len() > TELEMETRY_BYTES_MAX => {
+        let verdict = match &self.telemetry_validator {
+            None => Err("telemetry is not read here".to_owned()),
+            Some(_) if message.data.len() > TELEMETRY_BYTES_MAX => {
                 Err(format!("telemetry over {TELEMETRY_BYTES_MAX} bytes"))
             }
-            (Some(v), Some(author)) => v(&author, &message.data).map(|r| (author, r)),
+            Some(v) => v(&from, &message.data),
         };
         let gs = &mut self.swarm.behaviour_mut().gossipsub;
         match verdict {
-            Ok((author, report)) => {
+            Ok(report) => {
                 gs.report_message_validation_result(&id, &from, MessageAcceptance::Accept);
                 self.stats.accepted += 1;
-                self.emit(MeshEvent::Telemetry { author, report });
+                self.emit(MeshEvent::Telemetry { from, report });
             }
             Err(reason) => {
                 gs.report_message_validation_result(&id, &from, MessageAcceptance::Reject);

@@ -7,8 +7,8 @@
 //! | 1 entry | byte string: a signed ledger entry (docs/PROTOCOL.md) |
 //! | 2 checkpoint | `[feed public key (32 bytes), note (text)]` |
 //!
-//! Payloads are at most [`GOSSIP_BYTES_MAX`] bytes; gossipsub's `max_transmit_size` is set to the
-//! same value so oversized messages are dropped before they reach the decoder.
+//! Payloads are at most [`GOSSIP_BYTES_MAX`] bytes, checked by the decoder; gossipsub's frame
+//! limit (`max_transmit_size`) adds room for its framing and for batches of control messages.
 
 use ciborium::Value;
 use fab_ledger::cbor::{self, DecodeError, Fields};

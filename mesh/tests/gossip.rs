@@ -97,3 +97,95 @@ async fn entries_gossip_forgeries_are_rejected_and_honest_traffic_flows() {
     );
     assert_eq!(a.peer_id().to_base58(), a_key.public().peer_id());
 }
+
+/// Collects every valid entry from `events` until `want` ids are all seen or 30 s pass.
+async fn receive_all(
+    events: &mut mpsc::Receiver<MeshEvent>,
+    want: &std::collections::HashSet<fab_ledger::ContentId>,
+) -> usize {
+    let mut seen = std::collections::HashSet::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while seen.len() < want.len() && Instant::now() < deadline {
+        if let Ok(Some(MeshEvent::Valid { valid, .. })) =
+            timeout(Duration::from_millis(500), events.recv()).await
+            && let Valid::Entry(e) = *valid
+            && want.contains(&e.id())
+        {
+            seen.insert(e.id());
+        }
+    }
+    seen.len()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_of_thousands_of_messages_leaves_every_stream_working() {
+    // Three nodes, all connected. A and B each publish 2,000 entries as fast as they can: the
+    // gossip about them (IHAVE, IWANT, IDONTWANT batches) must stay within what peers accept,
+    // or a refused frame closes a stream and the nodes stop hearing each other.
+    let (a_key, a, mut a_events) = node(11);
+    let (b_key, b, mut b_events) = node(12);
+    let (_c_key, c, mut c_events) = node(13);
+    let addr = |n: MeshClient| async move {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            if let Some(addr) = n.listen_addrs().await.unwrap().into_iter().next() {
+                return addr;
+            }
+            assert!(Instant::now() < deadline, "never listened");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    let (a_addr, b_addr) = (addr(a.clone()).await, addr(b.clone()).await);
+    b.dial(a_addr.clone()).await.unwrap();
+    c.dial(a_addr).await.unwrap();
+    c.dial(b_addr).await.unwrap();
+    let mut wa = FeedWriter::resume(a_key, 0, None);
+    let mut wb = FeedWriter::resume(b_key, 0, None);
+    let first = entry(&mut wa, 0);
+    publish_when_meshed(&a, GossipMsg::Entry(first.encode())).await;
+    assert_eq!(next_entry(&mut c_events).await.unwrap().id(), first.id());
+    let burst = 2_000u64;
+    let (mut from_a, mut from_b) = (Vec::new(), Vec::new());
+    // Entries the size of real receipts (over gossipsub's 1,000-byte IDONTWANT threshold).
+    let big = |w: &mut FeedWriter, n: u64| {
+        let value = ciborium::Value::Bytes(vec![n as u8; 1_500]);
+        w.append(EntryBody::Unknown { kind: 99, value }, n)
+    };
+    for n in 1..=burst {
+        from_a.push(big(&mut wa, n));
+        from_b.push(big(&mut wb, n - 1));
+    }
+    for (ea, eb) in from_a.iter().zip(&from_b) {
+        a.publish(GossipMsg::Entry(ea.encode())).await.unwrap();
+        b.publish(GossipMsg::Entry(eb.encode())).await.unwrap();
+    }
+    // Every node goes on hearing every other one after the burst.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let (ta, tb, tc) = (
+        entry(&mut wa, burst + 1),
+        entry(&mut wb, burst),
+        entry(
+            &mut FeedWriter::resume(Keypair::from_secret([13; 32]), 0, None),
+            0,
+        ),
+    );
+    a.publish(GossipMsg::Entry(ta.encode())).await.unwrap();
+    b.publish(GossipMsg::Entry(tb.encode())).await.unwrap();
+    c.publish(GossipMsg::Entry(tc.encode())).await.unwrap();
+    let ids = |es: &[&SignedEntry]| es.iter().map(|e| e.id()).collect();
+    assert_eq!(
+        receive_all(&mut a_events, &ids(&[&tb, &tc])).await,
+        2,
+        "A hears B and C"
+    );
+    assert_eq!(
+        receive_all(&mut b_events, &ids(&[&ta, &tc])).await,
+        2,
+        "B hears A and C"
+    );
+    assert_eq!(
+        receive_all(&mut c_events, &ids(&[&ta, &tb])).await,
+        2,
+        "C hears A and B"
+    );
+}

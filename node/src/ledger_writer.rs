@@ -49,7 +49,7 @@ enum Command {
 }
 
 /// Other nodes' entries are buffered and written in one durable transaction at least this
-/// often, before any read, and at close: one disk sync per interval instead of one per gossip
+/// often, before any read of replicas, and at close: one disk sync per interval instead of one per gossip
 /// message. A crash loses at most this much of other nodes' feeds, which catch-up fetches again
 /// from their owners; this node's own entries are always durable before they are acknowledged.
 pub const REPLICA_SYNC: std::time::Duration = std::time::Duration::from_secs(1);
@@ -193,9 +193,12 @@ fn run(
                     pending.push((entry, reply));
                 }
                 Command::Read(read) => {
-                    // A read must see the writes queued before it: commit those first.
+                    // A read must see the writes queued before it: commit those first (replica
+                    // writes only for reads of replicas: an own-feed read costs no disk sync).
                     commit(&mut store, &mut feed, &mut pending, published);
-                    replicas.flush(&mut store);
+                    if matches!(read, Read::ReplicaHeads { .. } | Read::ReplicaRange { .. }) {
+                        replicas.flush(&mut store);
+                    }
                     serve_read(&store, read);
                 }
                 Command::Sync => {

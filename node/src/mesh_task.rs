@@ -19,6 +19,10 @@ use crate::ledger_writer::{Committed, LedgerClient};
 
 /// How often the replication core is ticked (request timeouts) and unsent gossip retried.
 const TICK: Duration = Duration::from_millis(250);
+/// Own checkpoints are gossiped at most this often; the latest one covers every earlier entry,
+/// and one per commit would cost every peer two signature checks per job under load. A held
+/// checkpoint goes out at the next tick.
+const CHECKPOINT_GOSSIP_EVERY: Duration = Duration::from_millis(200);
 /// Own messages kept for retry while no peer is subscribed yet; older ones are dropped.
 const UNSENT_MAX: usize = 4096;
 
@@ -76,12 +80,21 @@ pub async fn run(task: MeshTask) {
     // Own entries and checkpoints not yet published because no peer was subscribed: retried, so
     // live peers see them promptly (catch-up would also find them, later).
     let mut unsent: VecDeque<GossipMsg> = VecDeque::new();
+    // The newest own checkpoint not gossiped yet, and when one last was.
+    let mut held: Option<String> = None;
+    let mut checkpoint_sent: Option<Instant> = None;
     loop {
         tokio::select! {
             batch = committed.recv() => {
                 let Some(batch) = batch else { break };
                 unsent.extend(batch.entries.iter().map(|e| GossipMsg::Entry(e.encode())));
-                unsent.push_back(GossipMsg::Checkpoint { feed: own.to_bytes(), note: batch.checkpoint.note.clone() });
+                held = Some(batch.checkpoint.note.clone());
+                if checkpoint_sent.is_none_or(|t| t.elapsed() >= CHECKPOINT_GOSSIP_EVERY)
+                    && let Some(note) = held.take()
+                {
+                    unsent.push_back(GossipMsg::Checkpoint { feed: own.to_bytes(), note });
+                    checkpoint_sent = Some(Instant::now());
+                }
                 while unsent.len() > UNSENT_MAX {
                     unsent.pop_front();
                 }
@@ -103,7 +116,7 @@ pub async fn run(task: MeshTask) {
                         // A full queue drops the call: the caller's window closes without it.
                         let _ = bids.try_send((from, request, reply));
                     }
-                    MeshEvent::Telemetry { author, report } => {
+                    MeshEvent::Telemetry { from: author, report } => {
                         // Decoded and verified by the validator the node gave the mesh.
                         if let Ok(report) = report.downcast::<crate::sched::telemetry::SignedTelemetry>()
                             && let Ok(mut view) = telemetry.lock()
@@ -157,6 +170,10 @@ pub async fn run(task: MeshTask) {
                 }
             }
             _ = tick.tick() => {
+                if let Some(note) = held.take() {
+                    unsent.push_back(GossipMsg::Checkpoint { feed: own.to_bytes(), note });
+                    checkpoint_sent = Some(Instant::now());
+                }
                 ledger.sync_replicas();
                 replicator.handle(Input::Tick, started.elapsed(), &mut outputs);
                 heads.send_replace(replicator.heads());

@@ -18,7 +18,7 @@ const node = await createLibp2p({
   transports: [tcp()],
   connectionEncrypters: [noise()],
   streamMuxers: [yamux()],
-  services: { identify: identify(), ping: ping(), pubsub: gossipsub() },
+  services: { identify: identify(), ping: ping(), pubsub: gossipsub({ globalSignaturePolicy: 'StrictNoSign' }) },
 })
 const out = { ok: false }
 let finished = false
