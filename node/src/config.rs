@@ -28,7 +28,8 @@ pub struct Config {
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct TelemetryConfig {
-    /// How often telemetry is published (also at once when the queue changes markedly).
+    /// How often telemetry is published while the figures change (at once when the queue
+    /// changes markedly; every `stale_ms` / 3 when nothing changes).
     pub every_ms: u64,
     /// Peers' telemetry older than this is not used.
     pub stale_ms: u64,
@@ -43,7 +44,7 @@ impl Default for TelemetryConfig {
     fn default() -> Self {
         TelemetryConfig {
             every_ms: 2_000,
-            stale_ms: 10_000,
+            stale_ms: 15_000,
             dp_epsilon: 0.0,
             power_supply_dir: PathBuf::from("/sys/class/power_supply"),
         }

@@ -114,6 +114,28 @@ pub fn privatise(t: &mut Telemetry, epsilon: f64, mut draw: impl FnMut() -> f64)
 /// How often the queue is looked at between reports.
 const QUEUE_CHECK: Duration = Duration::from_millis(100);
 
+/// Whether `now` differs from the last published figures in what placement uses, enough to
+/// publish before the refresh is due: the queue, the models measured or their latency (by a
+/// fifth), or the battery (on or off it, or by 5 %). Load, memory and temperature are carried
+/// but wait for the refresh: a load average decaying after a busy spell would otherwise
+/// republish every `every_ms`.
+pub fn changed(last: &Telemetry, now: &Telemetry) -> bool {
+    let moved = |a: u64, b: u64, by: u64| a.abs_diff(b) >= by;
+    last.queue_depth != now.queue_depth
+        || last.model_latency_us.len() != now.model_latency_us.len()
+        || now.model_latency_us.iter().any(|(d, l)| {
+            last.model_latency_us
+                .get(d)
+                .is_none_or(|p| moved(*p, *l, (*p / 5).max(1)))
+        })
+        || last.battery_permille.is_some() != now.battery_permille.is_some()
+        || moved(
+            u64::from(last.battery_permille.unwrap_or(0)),
+            u64::from(now.battery_permille.unwrap_or(0)),
+            50,
+        )
+}
+
 /// Publishes until the node stops (the task is aborted with the other mesh tasks).
 pub async fn run(st: Arc<AppState>) {
     let Some(mesh) = st.mesh.clone() else { return };
@@ -128,16 +150,23 @@ pub async fn run(st: Arc<AppState>) {
         configured => configured as u32,
     };
     let every = Duration::from_millis(st.config.telemetry.every_ms);
+    // With nothing changed, a report only keeps the node fresh in its peers' views: a third of
+    // the staleness limit, so one lost report does not drop it. Each report costs every peer a
+    // signature check and the mesh a round of forwarding, which is most of an idle mesh's CPU.
+    let refresh = every.max(Duration::from_millis(st.config.telemetry.stale_ms / 3));
     let epsilon = st.config.telemetry.dp_epsilon;
     let mut check = tokio::time::interval(QUEUE_CHECK.min(every));
     check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_at: Option<tokio::time::Instant> = None;
     let mut last_queue = 0usize;
     let mut last_seq = 0u64;
+    // The last published figures, before noise.
+    let mut last: Option<Telemetry> = None;
     loop {
         check.tick().await;
         let queue = in_flight(&st);
-        let due = last_at.is_none_or(|t| t.elapsed() >= every);
+        let elapsed = last_at.map(|t| t.elapsed());
+        let due = elapsed.is_none_or(|e| e >= every);
         // A marked change: at least 2 jobs and a quarter of what was published.
         let moved = queue.abs_diff(last_queue) >= 2.max(last_queue / 4);
         if !(due || moved) {
@@ -147,6 +176,11 @@ pub async fn run(st: Arc<AppState>) {
             .await
             .unwrap_or_default();
         let mut t = current(&st, queue, host, speed);
+        let refresh_due = elapsed.is_none_or(|e| e >= refresh);
+        if !moved && !refresh_due && last.as_ref().is_some_and(|l| !changed(l, &t)) {
+            continue;
+        }
+        last = Some(t.clone());
         privatise(&mut t, epsilon, uniform);
         let report = sign(&st, &mut last_seq, t);
         last_at = Some(tokio::time::Instant::now());
@@ -200,5 +234,52 @@ mod tests {
         // Never negative.
         privatise(&mut t, 1.0, || -0.49);
         assert_eq!(t.queue_depth, 3);
+    }
+
+    #[test]
+    fn only_marked_changes_count_as_news() {
+        let base = Telemetry {
+            tier: crate::sched::Tier::Edge,
+            region: String::new(),
+            labels: Default::default(),
+            price_per_s_micros: 0,
+            queue_depth: 0,
+            workers: 1,
+            speed_permille: 1000,
+            power_mw: 0,
+            battery_permille: Some(800),
+            model_latency_us: [([1; 32], 1000)].into(),
+            host: Host {
+                load_permille: 500,
+                mem_free_mib: 1000,
+                temp_max_mc: Some(40_000),
+                ..Default::default()
+            },
+            at_ms: 0,
+        };
+        let with = |f: &dyn Fn(&mut Telemetry)| {
+            let mut t = base.clone();
+            f(&mut t);
+            changed(&base, &t)
+        };
+        // Small drifts are not news.
+        assert!(!with(&|t| t.at_ms = 5_000));
+        assert!(!with(&|t| {
+            t.model_latency_us.insert([1; 32], 1100);
+        }));
+        assert!(!with(&|t| t.battery_permille = Some(760)));
+        assert!(!with(&|t| t.host.load_permille = 900));
+        assert!(!with(&|t| t.host.mem_free_mib = 500));
+        assert!(!with(&|t| t.host.temp_max_mc = Some(60_000)));
+        // Marked ones are.
+        assert!(with(&|t| t.queue_depth = 1));
+        assert!(with(&|t| {
+            t.model_latency_us.insert([1; 32], 1300);
+        }));
+        assert!(with(&|t| {
+            t.model_latency_us.insert([2; 32], 10);
+        }));
+        assert!(with(&|t| t.battery_permille = None));
+        assert!(with(&|t| t.battery_permille = Some(740)));
     }
 }
