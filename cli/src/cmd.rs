@@ -133,6 +133,7 @@ pub struct SubmitArgs {
 pub struct JobsArgs {
     /// Show this job's placement: every candidate, its bid or reason, the scores, the winner
     job: Option<String>,
+    /// Print the API's answer as JSON
     #[arg(long)]
     json: bool,
     /// Most jobs to list
