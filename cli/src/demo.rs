@@ -16,7 +16,7 @@ use serde_json::json;
 
 use crate::client::{error_message, verify_job_response};
 use crate::cmd::init_logging;
-use crate::procs::{spawn, wait_for_peers};
+use crate::procs::{Proc, spawn, spawn_with, wait_for_peers};
 
 /// The digits classifier and its held-out set, from `fixtures/digits/` (see make_digits.py).
 pub const DIGITS_ONNX: &[u8] = include_bytes!("../../fixtures/digits/digits.onnx");
@@ -173,6 +173,91 @@ fn verify_ledger(dir: &std::path::Path) -> Result<FeedView> {
     Ok(view)
 }
 
+/// What the placement step showed.
+struct Placement {
+    /// The node (index) that ran the cloud-only job, in how many attempts, and why the others
+    /// did not.
+    cloud: usize,
+    cloud_attempts: u64,
+    cloud_others: Vec<String>,
+    /// The nodes that ran the replicated job, and whether their outputs agree.
+    replicas: Vec<usize>,
+    agree: bool,
+}
+
+impl Placement {
+    fn ran_on(&self) -> impl Iterator<Item = usize> + '_ {
+        std::iter::once(self.cloud).chain(self.replicas.iter().copied())
+    }
+}
+
+/// Places two jobs with A's auction: one allowed only on cloud nodes (C), one on three replicas.
+fn place(nodes: &[Proc], image: &Tensor) -> Result<Placement> {
+    let a = &nodes[0];
+    let index = |peer: &str| {
+        nodes
+            .iter()
+            .position(|p| p.peer_id == peer)
+            .with_context(|| format!("{peer} is not a demo node"))
+    };
+    // A places with its peers' telemetry: wait until it holds both.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while a.client.get("/v1/telemetry")?.1["peers"]
+        .as_array()
+        .map_or(0, Vec::len)
+        < 2
+    {
+        if Instant::now() > deadline {
+            bail!("node A did not receive its peers' telemetry within 30 s");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let post = |extra: serde_json::Value| -> Result<serde_json::Value> {
+        let mut body = json!({"model": "digits", "input": image.to_json_value(), "explain": true});
+        for (k, v) in extra.as_object().into_iter().flatten() {
+            body[k] = v.clone();
+        }
+        let (status, answer) = a.client.post("/v1/jobs", &body)?;
+        if status != 200 {
+            bail!("{}", error_message(status, &answer));
+        }
+        verify_job_response(
+            &answer,
+            answer["input_names"][0].as_str(),
+            image,
+            answer["executor"].as_str(),
+        )?;
+        Ok(answer)
+    };
+    let cloud = post(json!({"tiers": ["cloud"]}))?;
+    let cloud_others = cloud["placement"]["candidates"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|c| c["peer_id"] != cloud["executor"])
+        .map(|c| {
+            let name = ["A", "B", "C"][index(c["peer_id"].as_str().unwrap_or("")).unwrap_or(0)];
+            format!("{name}: {}", c["reason"].as_str().unwrap_or("not chosen"))
+        })
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    let replicated = post(json!({"replicas": 3}))?;
+    let replicas = replicated["replicas"]
+        .as_array()
+        .context("no replicas in the answer")?
+        .iter()
+        .map(|r| index(r["executor"].as_str().unwrap_or("")))
+        .collect::<Result<Vec<_>>>()?;
+    Ok(Placement {
+        cloud: index(cloud["executor"].as_str().unwrap_or(""))?,
+        cloud_attempts: cloud["placement"]["attempts"].as_u64().unwrap_or(0),
+        cloud_others,
+        replicas,
+        agree: replicated["replicas_agree"] == true,
+    })
+}
+
 pub fn run(a: DemoArgs) -> Result<ExitCode> {
     init_logging("warn", LogFormat::Text);
     let (images, labels) = digits_test_set()?;
@@ -189,12 +274,15 @@ pub fn run(a: DemoArgs) -> Result<ExitCode> {
     let boot = first.dial_addr()?;
     let mut nodes = vec![first];
     for name in &names[1..] {
-        nodes.push(spawn(
+        // C is a cloud node, the others edge nodes: the placement step asks for cloud.
+        let tier = if *name == "C" { "cloud" } else { "edge" };
+        nodes.push(spawn_with(
             &exe,
             &tmp.path().join(name),
             &network,
             listen,
             Some(&boot),
+            &[("FABNODE_SCHEDULER_TIER", tier)],
         )?);
     }
     wait_for_peers(&nodes, 2, Duration::from_secs(30))?;
@@ -290,12 +378,18 @@ pub fn run(a: DemoArgs) -> Result<ExitCode> {
     lat.sort();
     let throughput = n as f64 / elapsed.as_secs_f64();
 
+    // Placement: two jobs on A with no `on`, placed by A's auction.
+    let placement = place(&nodes, &images[0])?;
+    let mut expected: Vec<u64> = (0..3)
+        .map(|k| (0..n).filter(|i| (i + 1) % 3 == k).count() as u64)
+        .collect();
+    for ran_on in placement.ran_on() {
+        expected[ran_on] += 1;
+    }
+
     // Replication: every node ends up holding every feed, each with a trusted checkpoint that
     // signs all of it.
     let t_rep = Instant::now();
-    let expected: Vec<u64> = (0..3)
-        .map(|k| (0..n).filter(|i| (i + 1) % 3 == k).count() as u64)
-        .collect();
     loop {
         let converged = nodes.iter().all(|p| {
             p.client.get("/v1/ledger/heads").is_ok_and(|(_, v)| {
@@ -339,6 +433,10 @@ pub fn run(a: DemoArgs) -> Result<ExitCode> {
                 "throughput_jobs_per_s": throughput, "latency_ms_p50": percentile(&lat, 0.5).as_secs_f64() * 1e3,
                 "latency_ms_p99": percentile(&lat, 0.99).as_secs_f64() * 1e3,
                 "replicated_after_ms": replicated.as_secs_f64() * 1e3,
+                "placement": {"cloud_only": {"executor": ids[placement.cloud], "attempts": placement.cloud_attempts,
+                                             "others": placement.cloud_others},
+                              "replicas": {"executors": placement.replicas.iter().map(|k| &ids[*k]).collect::<Vec<_>>(),
+                                           "agree": placement.agree}},
                 "feeds": views[0].iter().map(|(f, (size, root))| json!({"feed": f, "entries": size, "root": root, "identical_on": names})).collect::<Vec<_>>(),
             }))?
         );
@@ -366,6 +464,18 @@ pub fn run(a: DemoArgs) -> Result<ExitCode> {
         );
         println!(
             "receipts:   {n} verified by the submitting client (executor's signature, job, input and\n            output digests)"
+        );
+        println!(
+            "placement:  a job on A allowed only on cloud nodes ran on {} after a call for bids\n            ({});\n            a job on A with 3 replicas ran on {}: outputs {}",
+            names[placement.cloud],
+            placement.cloud_others.join("; "),
+            placement
+                .replicas
+                .iter()
+                .map(|k| names[*k])
+                .collect::<Vec<_>>()
+                .join(", "),
+            if placement.agree { "agree" } else { "DIFFER" }
         );
         println!(
             "replicated: every feed complete and checkpoint-trusted on all three nodes {:.0} ms after\n            the last answer",

@@ -340,8 +340,25 @@ fn demo_runs_a_three_process_mesh_and_verifies_every_ledger() {
     assert!(v["accuracy"].as_f64().unwrap() > 0.9, "{v}");
     let feeds = v["feeds"].as_array().unwrap();
     assert_eq!(feeds.len(), 3, "{v}");
-    // Job i ran on node (i + 1) mod 3: 15 entries each, identical on every node.
-    assert!(feeds.iter().all(|f| f["entries"] == 15), "{v}");
+    // Job i ran on node (i + 1) mod 3: 15 entries each, identical on every node; then A placed
+    // one job allowed only on cloud nodes (C is the only one) and one on 3 replicas (all three).
+    let ids = v["nodes"].as_array().unwrap();
+    assert_eq!(v["placement"]["cloud_only"]["executor"], ids[2], "{v}");
+    assert_eq!(v["placement"]["replicas"]["agree"], true, "{v}");
+    let mut ran: Vec<&str> = v["placement"]["replicas"]["executors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e.as_str().unwrap())
+        .collect();
+    ran.sort();
+    let mut all: Vec<&str> = ids.iter().map(|e| e.as_str().unwrap()).collect();
+    all.sort();
+    assert_eq!(ran, all, "{v}");
+    for f in feeds {
+        let want = if f["feed"] == ids[2] { 17 } else { 16 };
+        assert_eq!(f["entries"], want, "{v}");
+    }
 }
 
 #[test]
