@@ -85,8 +85,9 @@ fn telemetry_from_all(r: &Proc, all: &[Proc]) -> Result<()> {
     Ok(())
 }
 
-/// One job: (latency at the client, inference time in the receipt, executor).
-fn job(p: &Proc, body: &Value) -> Result<(Duration, Duration, String)> {
+/// One job: (latency at the client, inference time in the receipt, executor, time the auction
+/// took to award it).
+fn job(p: &Proc, body: &Value) -> Result<(Duration, Duration, String, Duration)> {
     let t0 = Instant::now();
     let (status, v) = p.client.post("/v1/jobs", body)?;
     let total = t0.elapsed();
@@ -97,7 +98,13 @@ fn job(p: &Proc, body: &Value) -> Result<(Duration, Duration, String)> {
         .as_u64()
         .context("no run time in the receipt")?;
     let executor = v["receipt"]["feed"].as_str().unwrap_or("?").to_owned();
-    Ok((total, Duration::from_micros(run_us), executor))
+    let decided = v["placement"]["decided_ms"].as_f64().unwrap_or(0.0);
+    Ok((
+        total,
+        Duration::from_micros(run_us),
+        executor,
+        Duration::from_secs_f64(decided / 1e3),
+    ))
 }
 
 /// Jobs submitted by `clients` threads for `seconds`, each thread to its own node in turn.
@@ -223,21 +230,24 @@ pub fn run(
     let cheapest = nodes[1].peer_id.clone();
     let (mut auction, mut fast, mut pinned, mut inference) =
         (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let (mut decided_remote, mut decided_fast) = (Vec::new(), Vec::new());
     let mut winners = std::collections::BTreeMap::<String, u64>::new();
     for i in 0..warmup + runs {
         let input = images[i % images.len()].to_json_value();
         // Interleaved, so all three see the same machine state.
-        let (at, ar, winner) = job(
+        let (at, ar, winner, ad) = job(
             r,
             &json!({"model": "digits", "input": input, "tiers": ["edge"]}),
         )?;
-        let (ft, fr, _) = job(r, &json!({"model": "digits", "input": input}))?;
-        let (pt, pr, _) = job(
+        let (ft, fr, _, fd) = job(r, &json!({"model": "digits", "input": input}))?;
+        let (pt, pr, _, _) = job(
             r,
             &json!({"model": "digits", "input": input, "on": cheapest}),
         )?;
         if i >= warmup {
             auction.push(at.saturating_sub(ar));
+            decided_remote.push(ad);
+            decided_fast.push(fd);
             fast.push(ft.saturating_sub(fr));
             pinned.push(pt.saturating_sub(pr));
             inference.push(ar);
@@ -294,8 +304,9 @@ pub fn run(
         "listen": listen,
         "what": "POST /v1/jobs (digits) on R, sequential, interleaved; overhead = client latency minus the inference time in the executor's receipt",
         "auction_remote": {"what": "auction: call for bids to 4 edge peers, award to the best, run there over /fabnode/exec/1, verify", "overhead": stats(auction),
-                           "winners": winners},
-        "auction_fast_path": {"what": "auction: R itself scores best, runs it with no round trip", "overhead": stats(fast)},
+                           "winners": winners, "decided": stats(decided_remote)},
+        "auction_fast_path": {"what": "auction: R itself scores best, runs it with no round trip", "overhead": stats(fast),
+                              "decided": stats(decided_fast)},
         "pinned_remote": {"what": "reference: \"on\": the same winner, no auction", "overhead": stats(pinned)},
         "inference": stats(inference),
         "sustained_every_node": {"what": "clients spread over all 5 nodes, default placement (each node's own auction), every execution ledgered", "result": every_node},

@@ -563,7 +563,7 @@ pub fn submit(g: &Global, a: SubmitArgs) -> Result<ExitCode> {
     let p = &answer["placement"];
     if p.is_object() {
         println!(
-            "placed on {} in {} attempt(s){}",
+            "placed on {} in {} attempt(s){}{}",
             p["winners"]
                 .as_array()
                 .map(|w| w
@@ -577,7 +577,10 @@ pub fn submit(g: &Global, a: SubmitArgs) -> Result<ExitCode> {
                 " (this node, no round trip)"
             } else {
                 ""
-            }
+            },
+            p["decided_ms"]
+                .as_f64()
+                .map_or_else(String::new, |ms| format!(", decided in {ms:.2} ms"))
         );
     }
     if let Some(reps) = answer["replicas"].as_array() {

@@ -409,6 +409,8 @@ fn killing_the_executor_mid_job_fails_over_and_the_client_gets_one_result() {
         assert_eq!(v["executor"], e2_id.as_str(), "trial {trial}: {v}");
         assert_eq!(v["receipt"]["feed"], e2_id.as_str());
         assert_eq!(v["placement"]["attempts"], 2, "trial {trial}: {v}");
+        // The auction's own time is reported: a call for bids, well under the run's.
+        assert!(v["placement"]["decided_ms"].as_f64().unwrap() > 0.0, "{v}");
         assert_eq!(candidate(&v, &e1_id)["standing"], "failed", "{v}");
         assert_eq!(candidate(&v, &e2_id)["standing"], "succeeded", "{v}");
         // One result: the answer has one set of outputs; E2 recorded the job once.

@@ -64,6 +64,9 @@ struct Ctx {
     model: Option<crate::models::LoadedModel>,
     accepted: Instant,
     submitted_ms: u64,
+    /// When the placing task took the job, and how long until its first award.
+    received: Instant,
+    decided: Option<Duration>,
     /// Results in the order they arrived.
     results: Vec<(PeerId, Executed)>,
     /// A failure that no other node would avoid (bad input, the model failed on it).
@@ -223,6 +226,8 @@ pub async fn place(st: &Arc<AppState>, r: Request) -> Result<Placed, ApiError> {
             submitted_ms: created_ms,
             results: Vec::new(),
             terminal: None,
+            received: Instant::now(),
+            decided: None,
         },
         reply,
     };
@@ -390,8 +395,9 @@ pub async fn run(st: Arc<AppState>, mut rx: mpsc::Receiver<PlaceJob>) {
     loop {
         let input = tokio::select! {
             p = rx.recv() => {
-                let Some(p) = p else { break };
+                let Some(mut p) = p else { break };
                 let id = p.submission.job;
+                p.ctx.received = Instant::now();
                 jobs.insert(id, (p.ctx, p.reply));
                 Input::Submit(Box::new(p.submission))
             }
@@ -478,9 +484,12 @@ fn carry(
             attempt,
             local,
         } => {
-            let Some((ctx, _)) = jobs.get(&job) else {
+            let Some((ctx, _)) = jobs.get_mut(&job) else {
                 return;
             };
+            if ctx.decided.is_none() {
+                ctx.decided = Some(ctx.received.elapsed());
+            }
             tracing::debug!(job = %hex::encode(&job[..4]), %peer, attempt, local, "awarded");
             let st = Arc::clone(st);
             let ev_tx = ev_tx.clone();
@@ -509,7 +518,7 @@ fn carry(
             let Some((mut ctx, reply)) = jobs.remove(&job) else {
                 return;
             };
-            let placement = explain(auction, &job);
+            let placement = explain(auction, &job, ctx.decided);
             let results: Vec<(PeerId, Executed)> = std::mem::take(&mut ctx.results)
                 .into_iter()
                 .filter(|(p, _)| peers.contains(p))
@@ -530,7 +539,7 @@ fn carry(
             let Some((mut ctx, reply)) = jobs.remove(&job) else {
                 return;
             };
-            let placement = explain(auction, &job);
+            let placement = explain(auction, &job, ctx.decided);
             let mut e = ctx.terminal.take().unwrap_or_else(|| {
                 let placed = placement["attempts"].as_u64().unwrap_or(0) > 0;
                 ApiError::new(
@@ -732,13 +741,21 @@ pub fn explanation_json(e: &Explanation<PeerId>) -> Value {
 /// The short form of a placement: who ran it, in how many attempts, whether locally at once.
 pub fn summary(placement: &Value) -> Value {
     json!({"winners": placement["winners"], "attempts": placement["attempts"],
-           "fast_path": placement["fast_path"]})
+           "fast_path": placement["fast_path"], "decided_ms": placement["decided_ms"]})
 }
 
-fn explain(auction: &Auction<PeerId>, job: &JobId) -> Value {
-    auction
+fn explain(auction: &Auction<PeerId>, job: &JobId, decided: Option<Duration>) -> Value {
+    let mut v = auction
         .explain(job)
-        .map_or(Value::Null, |e| explanation_json(&e))
+        .map_or(Value::Null, |e| explanation_json(&e));
+    if let Some(d) = decided
+        && v.is_object()
+    {
+        // From taking the job to its first award: the auction's own time (calls for bids
+        // included), not the run.
+        v["decided_ms"] = json!(d.as_secs_f64() * 1e3);
+    }
+    v
 }
 
 /// Recent jobs placed by this node, newest first.
