@@ -226,7 +226,7 @@ fn better<P: Ord>(a: (&Estimate, &Score, &P), b: (&Estimate, &Score, &P)) -> std
         .then(a.2.cmp(b.2))
 }
 
-impl<P: Clone + Ord + std::fmt::Debug> Auction<P> {
+impl<P: Clone + Ord + std::fmt::Debug + std::fmt::Display> Auction<P> {
     pub fn new(config: AuctionConfig) -> Self {
         Auction {
             config,
@@ -457,7 +457,7 @@ impl<P: Clone + Ord + std::fmt::Debug> Auction<P> {
                 .cands
                 .iter()
                 .filter_map(|c| match &c.standing {
-                    Standing::Filtered(r) => Some(format!("{:?}: {r}", c.peer)),
+                    Standing::Filtered(r) => Some(format!("{}: {r}", c.peer)),
                     _ => None,
                 })
                 .collect();
@@ -603,10 +603,10 @@ impl<P: Clone + Ord + std::fmt::Debug> Auction<P> {
                     .cands
                     .iter()
                     .filter_map(|c| match &c.standing {
-                        Standing::FailedAttempt(_, _, r) => Some(format!("{:?}: {r}", c.peer)),
-                        Standing::Declined(r) => Some(format!("{:?} declined: {r}", c.peer)),
-                        Standing::Filtered(r) => Some(format!("{:?}: {r}", c.peer)),
-                        Standing::Silent => Some(format!("{:?}: no answer", c.peer)),
+                        Standing::FailedAttempt(_, _, r) => Some(format!("{}: {r}", c.peer)),
+                        Standing::Declined(r) => Some(format!("{} declined: {r}", c.peer)),
+                        Standing::Filtered(r) => Some(format!("{}: {r}", c.peer)),
+                        Standing::Silent => Some(format!("{}: no answer", c.peer)),
                         _ => None,
                     })
                     .collect();
