@@ -108,6 +108,9 @@ pub enum BenchCmd {
         /// Concurrent clients in the sustained runs
         #[arg(long, default_value_t = 16)]
         clients: usize,
+        /// Peers the requester asks per job (its scheduler.bids_max) [default: the node's default]
+        #[arg(long)]
+        bids_max: Option<u64>,
         /// Mesh listen address for every node
         #[arg(long, default_value = "/ip4/127.0.0.1/tcp/0")]
         listen: String,
@@ -180,10 +183,11 @@ pub fn run(_g: &Global, cmd: BenchCmd) -> Result<ExitCode> {
             warmup,
             seconds,
             clients,
+            bids_max,
             listen,
             out,
         } => emit(
-            crate::bench_sched::run(runs, warmup, seconds, clients, &listen)?,
+            crate::bench_sched::run(runs, warmup, seconds, clients, bids_max, &listen)?,
             out,
         ),
         BenchCmd::Ledger {

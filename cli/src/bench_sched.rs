@@ -189,6 +189,7 @@ pub fn run(
     warmup: usize,
     seconds: u64,
     clients: usize,
+    bids_max: Option<u64>,
     listen: &str,
 ) -> Result<Value> {
     let exe = std::env::current_exe()?;
@@ -199,13 +200,18 @@ pub fn run(
     // R places the jobs; it is a `device` node, so a job that allows only `edge` goes through a
     // call for bids to the four others. Their prices differ, so the auction has a clear winner.
     let fast_telemetry = ("FABNODE_TELEMETRY_EVERY_MS", "500");
+    let bids = bids_max.map(|b| b.to_string());
+    let mut r_settings = vec![fast_telemetry, ("FABNODE_SCHEDULER_TIER", "device")];
+    if let Some(b) = &bids {
+        r_settings.push(("FABNODE_SCHEDULER_BIDS_MAX", b));
+    }
     let r = spawn_with(
         &exe,
         &tmp.path().join("R"),
         &network,
         listen,
         None,
-        &[fast_telemetry, ("FABNODE_SCHEDULER_TIER", "device")],
+        &r_settings,
     )?;
     let boot = r.dial_addr()?;
     let prices = ["0", "1000000", "2000000", "3000000"];
@@ -301,6 +307,7 @@ pub fn run(
     Ok(json!({
         "bench": "sched",
         "nodes": NODES,
+        "bids_max": bids_max,
         "listen": listen,
         "what": "POST /v1/jobs (digits) on R, sequential, interleaved; overhead = client latency minus the inference time in the executor's receipt",
         "auction_remote": {"what": "auction: call for bids to 4 edge peers, award to the best, run there over /fabnode/exec/1, verify", "overhead": stats(auction),
