@@ -98,6 +98,28 @@ async fn entries_gossip_forgeries_are_rejected_and_honest_traffic_flows() {
     assert_eq!(a.peer_id().to_base58(), a_key.public().peer_id());
 }
 
+/// Publishes fresh entries from `w` on `from` until `to` delivers one of them (10 s at most).
+async fn until_heard(from: &MeshClient, w: &mut FeedWriter, to: &mut mpsc::Receiver<MeshEvent>) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        assert!(Instant::now() < deadline, "never heard");
+        let e = entry(w, 0);
+        // No peer subscribed yet is an error here; the loop retries.
+        let _ = from.publish(GossipMsg::Entry(e.encode())).await;
+        let until = Instant::now() + Duration::from_millis(100);
+        while let Ok(Some(ev)) =
+            timeout(until.saturating_duration_since(Instant::now()), to.recv()).await
+        {
+            if let MeshEvent::Valid { valid, .. } = ev
+                && let Valid::Entry(got) = *valid
+                && got.body().feed == e.body().feed
+            {
+                return;
+            }
+        }
+    }
+}
+
 /// Collects every valid entry from `events` until `want` ids are all seen or 30 s pass.
 async fn receive_all(
     events: &mut mpsc::Receiver<MeshEvent>,
@@ -141,9 +163,14 @@ async fn a_burst_of_thousands_of_messages_leaves_every_stream_working() {
     c.dial(b_addr).await.unwrap();
     let mut wa = FeedWriter::resume(a_key, 0, None);
     let mut wb = FeedWriter::resume(b_key, 0, None);
-    let first = entry(&mut wa, 0);
-    publish_when_meshed(&a, GossipMsg::Entry(first.encode())).await;
-    assert_eq!(next_entry(&mut c_events).await.unwrap().id(), first.id());
+    let mut wc = FeedWriter::resume(Keypair::from_secret([13; 32]), 0, None);
+    // Every node hears every other before the burst (subscriptions travel after connecting).
+    until_heard(&a, &mut wa, &mut b_events).await;
+    until_heard(&a, &mut wa, &mut c_events).await;
+    until_heard(&b, &mut wb, &mut a_events).await;
+    until_heard(&b, &mut wb, &mut c_events).await;
+    until_heard(&c, &mut wc, &mut a_events).await;
+    until_heard(&c, &mut wc, &mut b_events).await;
     let burst = 2_000u64;
     let (mut from_a, mut from_b) = (Vec::new(), Vec::new());
     // Entries the size of real receipts (over gossipsub's 1,000-byte IDONTWANT threshold).
@@ -164,10 +191,7 @@ async fn a_burst_of_thousands_of_messages_leaves_every_stream_working() {
     let (ta, tb, tc) = (
         entry(&mut wa, burst + 1),
         entry(&mut wb, burst),
-        entry(
-            &mut FeedWriter::resume(Keypair::from_secret([13; 32]), 0, None),
-            0,
-        ),
+        entry(&mut wc, burst),
     );
     a.publish(GossipMsg::Entry(ta.encode())).await.unwrap();
     b.publish(GossipMsg::Entry(tb.encode())).await.unwrap();
