@@ -10,6 +10,7 @@ mod client;
 mod cmd;
 mod demo;
 mod procs;
+mod simulate;
 
 use std::path::PathBuf;
 
@@ -91,6 +92,9 @@ enum Command {
     /// Start a node on a temporary data dir, classify real held-out digits through its API, and
     /// verify the ledger it wrote
     Demo(demo::DemoArgs),
+    /// Simulate a mesh in virtual time: the real replication core through loss, a partition
+    /// and crashes, with invariants checked (the same seed replays the same run)
+    Simulate(simulate::SimulateArgs),
     /// Measure engine and end-to-end latency, writing JSON
     #[command(subcommand)]
     Bench(bench::BenchCmd),
@@ -117,6 +121,7 @@ fn main() -> std::process::ExitCode {
         Command::Ledger(c) => cmd::ledger(&cli.global, c),
         Command::Demo(a) => demo::run(a),
         Command::Bench(c) => bench::run(&cli.global, c),
+        Command::Simulate(a) => simulate::run_cmd(a),
     };
     match result {
         Ok(code) => code,

@@ -4,9 +4,12 @@
 //! validator ([`fab_mesh::validate`]). A fault phase (loss, a partition, crashes) is followed
 //! by a recovery phase in which every node must end up holding every feed.
 //!
-//! Gossip is modelled as flood publishing to every connected peer with no forwarding; catch-up
-//! (heads every few seconds, ranges on demand) is what repairs what loss, partitions and
-//! crashes drop. A crashed node keeps what it had stored and nothing in flight.
+//! Gossip is modelled on the node's gossipsub settings: the author floods a new entry to every
+//! connected peer (flood publishing), and every node that accepts an entry for the first time
+//! forwards it to [`MESH_DEGREE`] random peers (its mesh); duplicates are dropped by entry id
+//! before validation. No IHAVE/IWANT: catch-up (heads every few seconds, ranges on demand) is
+//! what repairs the rest of what loss, partitions and crashes drop. A crashed node keeps what
+//! it had stored and nothing in flight.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -20,6 +23,8 @@ use fab_mesh::wire::GossipMsg;
 use crate::engine::Engine;
 
 const NETWORK: &str = "sim";
+/// Peers a node forwards a newly accepted entry to (gossipsub's D).
+pub const MESH_DEGREE: usize = 6;
 
 /// What to simulate.
 #[derive(Clone, Debug)]
@@ -118,6 +123,9 @@ struct Node {
     own: Vec<SignedEntry>,
     replicator: Replicator<usize>,
     replicas: BTreeMap<[u8; 32], Vec<SignedEntry>>,
+    /// Gossip already seen (gossipsub's duplicate cache), by message id: BLAKE3 of the payload,
+    /// as the node's gossipsub config sets it; checked before validation, as there.
+    seen: std::collections::BTreeSet<[u8; 32]>,
     up: bool,
 }
 
@@ -130,6 +138,7 @@ impl Node {
             own: Vec::new(),
             replicator: Replicator::new(ReplicateConfig::default()),
             replicas: BTreeMap::new(),
+            seen: Default::default(),
             up: true,
         }
     }
@@ -280,12 +289,17 @@ impl Sim {
                 }
                 self.trace.update(&[1, from as u8, to as u8]);
                 match *msg {
+                    Msg::Gossip(payload)
+                        if !self.nodes[to]
+                            .seen
+                            .insert(*blake3::hash(&payload).as_bytes()) => {}
                     Msg::Gossip(payload) => match validate(NETWORK, &payload) {
                         Verdict::Accept(v) => {
                             if let Valid::Entry(entry) = *v
                                 && entry.body().feed != self.nodes[to].key
                             {
                                 self.input(to, Input::Entry { from, entry });
+                                self.forward(to, from, payload);
                             }
                         }
                         Verdict::Reject(reason) => self
@@ -378,6 +392,23 @@ impl Sim {
         }
     }
 
+    /// Forwards a newly accepted gossip message to up to [`MESH_DEGREE`] random peers.
+    fn forward(&mut self, node: usize, from: usize, payload: Vec<u8>) {
+        let n = self.nodes.len();
+        let mut picked = std::collections::BTreeSet::new();
+        let mut tries = 0;
+        while picked.len() < MESH_DEGREE.min(n.saturating_sub(2)) && tries < 4 * MESH_DEGREE {
+            tries += 1;
+            let p = self.engine.uniform(0, n as u64 - 1) as usize;
+            if p != node && p != from {
+                picked.insert(p);
+            }
+        }
+        for p in picked {
+            self.send(node, p, Msg::Gossip(payload.clone()));
+        }
+    }
+
     /// Whether every node holds every other node's whole feed, with the owner's head.
     fn converged(&self) -> bool {
         self.nodes.iter().all(|holder| {
@@ -447,9 +478,24 @@ pub fn run(config: &Config) -> Report {
         }
     }
     if sim.report.converged_after.is_none() {
+        let mut missing = Vec::new();
+        for (h, holder) in sim.nodes.iter().enumerate() {
+            for (o, owner) in sim.nodes.iter().enumerate() {
+                let held = holder.held(&owner.key).map_or(0, Vec::len);
+                if held != owner.own.len() {
+                    missing.push(format!(
+                        "node {h} holds {held} of node {o}'s {}",
+                        owner.own.len()
+                    ));
+                }
+            }
+        }
         sim.report.violations.push(format!(
-            "not every node held every feed {} s after the faults healed",
-            config.recovery.as_secs()
+            "not every node held every feed {} s after the faults healed: {} of {} replicas behind (e.g. {})",
+            config.recovery.as_secs(),
+            missing.len(),
+            sim.nodes.len() * (sim.nodes.len() - 1),
+            missing.iter().take(3).cloned().collect::<Vec<_>>().join("; ")
         ));
     }
     sim.report.events = sim.engine.handled;

@@ -1,0 +1,63 @@
+//! `fabnode simulate`: a replayable run with invariants, and a failing one that says how to
+//! replay it.
+
+mod common;
+
+use common::*;
+
+#[test]
+fn a_simulated_mesh_converges_replays_identically_and_reports_failures() {
+    let t = TestDir::new();
+    let json = t.path().join("report.json");
+    let out = t.run(&[
+        "simulate",
+        "--peers",
+        "10",
+        "--duration",
+        "3",
+        "--recovery",
+        "10",
+        "--seed",
+        "7",
+        "--check-determinism",
+        "--json",
+        json.to_str().unwrap(),
+    ]);
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stdout}{stderr}");
+    assert!(stdout.starts_with("simulate: 10 nodes, seed 7"), "{stdout}");
+    assert!(
+        stdout.contains("two runs gave identical reports"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("invariants: all hold"), "{stdout}");
+    let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    assert_eq!(v["peers"], 10);
+    assert!(v["entries"].as_u64().unwrap() > 50, "{v}");
+    assert!(v["converged_after_s"].as_f64().is_some(), "{v}");
+
+    // Most messages lost and no time to recover: the invariant fails, the exit code says so,
+    // and the output gives the command that replays it.
+    let out = t.run(&[
+        "simulate",
+        "--peers",
+        "10",
+        "--duration",
+        "3",
+        "--recovery",
+        "0",
+        "--loss",
+        "0.9",
+    ]);
+    let (stdout, _) = text(&out);
+    assert!(!out.status.success(), "{stdout}");
+    assert!(
+        stdout.contains("not every node held every feed"),
+        "{stdout}"
+    );
+    assert!(
+        stdout
+            .contains("replay:     fabnode simulate --peers 10 --seed 1 --duration 3 --recovery 0"),
+        "{stdout}"
+    );
+}
