@@ -4,10 +4,11 @@
 //! validator ([`fab_mesh::validate`]). A fault phase (loss, a partition, crashes) is followed
 //! by a recovery phase in which every node must end up holding every feed.
 //!
-//! Gossip is modelled on the node's gossipsub settings: the author floods a new entry to every
-//! connected peer (flood publishing), and every node that accepts an entry for the first time
-//! forwards it to [`MESH_DEGREE`] random peers (its mesh); duplicates are dropped by entry id
-//! before validation. No IHAVE/IWANT: catch-up (heads every few seconds, ranges on demand) is
+//! Each node connects to [`Config::degree`] random peers at start (plus those that dial it, and a
+//! ring that keeps the graph connected). Gossip is modelled on the node's gossipsub settings:
+//! the author floods a new entry to every connected peer (flood publishing), and every node
+//! that accepts an entry for the first time forwards it to [`MESH_DEGREE`] random connected
+//! peers (its mesh); duplicates are dropped by message id before validation. No IHAVE/IWANT: catch-up (heads every few seconds, ranges on demand) is
 //! what repairs the rest of what loss, partitions and crashes drop. A crashed node keeps what
 //! it had stored and nothing in flight.
 
@@ -44,6 +45,9 @@ pub struct Config {
     pub partition: bool,
     /// Nodes crashed (and restarted 1 s later) during the fault phase.
     pub crashes: usize,
+    /// Peers each node dials at start (the node's connection target); with the peers that
+    /// dial it and a ring that keeps the graph connected, these are its connections.
+    pub degree: usize,
 }
 
 impl Default for Config {
@@ -58,6 +62,7 @@ impl Default for Config {
             loss: 0.05,
             partition: true,
             crashes: 2,
+            degree: 8,
         }
     }
 }
@@ -178,6 +183,8 @@ struct Sim {
     config: Config,
     engine: Engine<Event>,
     nodes: Vec<Node>,
+    /// Each node's connections.
+    links: Vec<Vec<usize>>,
     fault_end: Duration,
     partition: Option<(Duration, Duration)>,
     report: Report,
@@ -274,10 +281,9 @@ impl Sim {
                         self.nodes[n].own.push(entry.clone());
                         self.report.entries += 1;
                         let payload = GossipMsg::Entry(entry.encode()).encode();
-                        for to in 0..self.nodes.len() {
-                            if to != n {
-                                self.send(n, to, Msg::Gossip(payload.clone()));
-                            }
+                        // Flood publishing: to every connected peer.
+                        for to in self.links[n].clone() {
+                            self.send(n, to, Msg::Gossip(payload.clone()));
                         }
                     }
                 }
@@ -372,8 +378,8 @@ impl Sim {
             Event::Crash(n) => {
                 self.trace.update(&[2, n as u8]);
                 self.nodes[n].up = false;
-                for p in 0..self.nodes.len() {
-                    if p != n && self.nodes[p].up {
+                for p in self.links[n].clone() {
+                    if self.nodes[p].up {
                         self.input(p, Input::PeerDown(n));
                     }
                 }
@@ -382,8 +388,8 @@ impl Sim {
             Event::Restart(n) => {
                 self.trace.update(&[3, n as u8]);
                 self.nodes[n].restart();
-                for p in 0..self.nodes.len() {
-                    if p != n && self.nodes[p].up {
+                for p in self.links[n].clone() {
+                    if self.nodes[p].up {
                         self.input(p, Input::PeerUp(n));
                         self.input(n, Input::PeerUp(p));
                     }
@@ -392,19 +398,17 @@ impl Sim {
         }
     }
 
-    /// Forwards a newly accepted gossip message to up to [`MESH_DEGREE`] random peers.
+    /// Forwards a newly accepted gossip message to up to [`MESH_DEGREE`] random connected
+    /// peers (its gossipsub mesh), not back to the sender.
     fn forward(&mut self, node: usize, from: usize, payload: Vec<u8>) {
-        let n = self.nodes.len();
-        let mut picked = std::collections::BTreeSet::new();
-        let mut tries = 0;
-        while picked.len() < MESH_DEGREE.min(n.saturating_sub(2)) && tries < 4 * MESH_DEGREE {
-            tries += 1;
-            let p = self.engine.uniform(0, n as u64 - 1) as usize;
-            if p != node && p != from {
-                picked.insert(p);
-            }
-        }
-        for p in picked {
+        let mut candidates: Vec<usize> = self.links[node]
+            .iter()
+            .copied()
+            .filter(|p| *p != from)
+            .collect();
+        for _ in 0..MESH_DEGREE.min(candidates.len()) {
+            let i = self.engine.uniform(0, candidates.len() as u64 - 1) as usize;
+            let p = candidates.swap_remove(i);
             self.send(node, p, Msg::Gossip(payload.clone()));
         }
     }
@@ -430,11 +434,30 @@ pub fn run(config: &Config) -> Report {
         .collect();
     let fault_end = config.fault_phase;
     let third = config.fault_phase / 3;
+    // Connections: a ring (so the graph is connected) plus `degree` random dials per node.
+    let n = nodes.len();
+    let mut links: Vec<std::collections::BTreeSet<usize>> = vec![Default::default(); n];
+    for a in 0..n {
+        let b = (a + 1) % n;
+        if a != b {
+            links[a].insert(b);
+            links[b].insert(a);
+        }
+        for _ in 0..config.degree {
+            let b = engine.uniform(0, n as u64 - 1) as usize;
+            if a != b {
+                links[a].insert(b);
+                links[b].insert(a);
+            }
+        }
+    }
+    let links: Vec<Vec<usize>> = links.into_iter().map(|l| l.into_iter().collect()).collect();
     let mut sim = Sim {
         partition: config.partition.then_some((third, third * 2)),
         config: config.clone(),
         engine,
         nodes,
+        links,
         fault_end,
         report: Report {
             entries: 0,
@@ -448,12 +471,9 @@ pub fn run(config: &Config) -> Report {
         },
         trace: blake3::Hasher::new(),
     };
-    // Every node is connected to every other from the start.
     for a in 0..sim.nodes.len() {
-        for b in 0..sim.nodes.len() {
-            if a != b {
-                sim.input(a, Input::PeerUp(b));
-            }
+        for b in sim.links[a].clone() {
+            sim.input(a, Input::PeerUp(b));
         }
         let offset = Duration::from_micros(sim.engine.uniform(0, 250_000));
         sim.engine.after(offset, Event::Tick(a));
