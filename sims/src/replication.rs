@@ -48,6 +48,9 @@ pub struct Config {
     /// Peers each node dials at start (the node's connection target); with the peers that
     /// dial it and a ring that keeps the graph connected, these are its connections.
     pub degree: usize,
+    /// Test-only planted bug: a restarted node keeps its replication core's pre-crash state
+    /// instead of rebuilding it from what its store kept. The invariants must catch it.
+    pub planted_bug: bool,
 }
 
 impl Default for Config {
@@ -63,6 +66,7 @@ impl Default for Config {
             partition: true,
             crashes: 2,
             degree: 8,
+            planted_bug: false,
         }
     }
 }
@@ -132,6 +136,10 @@ struct Node {
     /// as the node's gossipsub config sets it; checked before validation, as there.
     seen: std::collections::BTreeSet<[u8; 32]>,
     up: bool,
+    /// Replica entries per feed that were durable at the last sync: the node writes replicas
+    /// to disk at least once a second (`REPLICA_SYNC`), so a crash loses the ones after it.
+    synced: BTreeMap<[u8; 32], usize>,
+    synced_at: Duration,
 }
 
 impl Node {
@@ -144,6 +152,8 @@ impl Node {
             replicator: Replicator::new(ReplicateConfig::default()),
             replicas: BTreeMap::new(),
             seen: Default::default(),
+            synced: BTreeMap::new(),
+            synced_at: Duration::ZERO,
             up: true,
         }
     }
@@ -368,6 +378,14 @@ impl Sim {
                     }
                 }
             }
+            Event::Tick(n)
+                if self.nodes[n].up && now >= self.nodes[n].synced_at + Duration::from_secs(1) =>
+            {
+                let node = &mut self.nodes[n];
+                node.synced = node.replicas.iter().map(|(k, v)| (*k, v.len())).collect();
+                node.synced_at = now;
+                self.handle(Event::Tick(n));
+            }
             Event::Tick(n) => {
                 self.engine
                     .after(Duration::from_millis(250), Event::Tick(n));
@@ -377,7 +395,13 @@ impl Sim {
             }
             Event::Crash(n) => {
                 self.trace.update(&[2, n as u8]);
-                self.nodes[n].up = false;
+                // Replica writes since the last sync are lost with the process.
+                let node = &mut self.nodes[n];
+                for (feed, entries) in node.replicas.iter_mut() {
+                    entries.truncate(node.synced.get(feed).copied().unwrap_or(0));
+                }
+                node.replicas.retain(|_, v| !v.is_empty());
+                node.up = false;
                 for p in self.links[n].clone() {
                     if self.nodes[p].up {
                         self.input(p, Input::PeerDown(n));
@@ -387,7 +411,11 @@ impl Sim {
             }
             Event::Restart(n) => {
                 self.trace.update(&[3, n as u8]);
-                self.nodes[n].restart();
+                if self.config.planted_bug {
+                    self.nodes[n].up = true;
+                } else {
+                    self.nodes[n].restart();
+                }
                 for p in self.links[n].clone() {
                     if self.nodes[p].up {
                         self.input(p, Input::PeerUp(n));
