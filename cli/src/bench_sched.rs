@@ -9,7 +9,7 @@ use serde_json::{Value, json};
 
 use crate::bench::stats;
 use crate::demo::digits_test_set;
-use crate::procs::{Proc, spawn_with, wait_for_peers};
+use crate::procs::{Proc, spawn_with, wait_for_peers, wait_for_telemetry};
 
 const NODES: usize = 5;
 
@@ -51,38 +51,6 @@ fn settle(nodes: &[Proc]) -> Result<()> {
         }
         std::thread::sleep(Duration::from_millis(100));
     }
-}
-
-/// Waits until `r` holds fresh telemetry from every other node.
-fn telemetry_from_all(r: &Proc, all: &[Proc]) -> Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while r.client.get("/v1/telemetry")?.1["peers"]
-        .as_array()
-        .map_or(0, |p| p.len())
-        < NODES - 1
-    {
-        if Instant::now() > deadline {
-            let views: Vec<String> = all
-                .iter()
-                .map(|p| {
-                    let v = p
-                        .client
-                        .get("/v1/telemetry")
-                        .map(|x| x.1)
-                        .unwrap_or_default();
-                    format!(
-                        "{}: self age {} ms, {} fresh peers",
-                        &p.peer_id[p.peer_id.len() - 6..],
-                        v["self"]["age_ms"],
-                        v["peers"].as_array().map_or(0, |x| x.len())
-                    )
-                })
-                .collect();
-            bail!("the requester does not hold every peer's fresh telemetry: {views:?}");
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    Ok(())
 }
 
 /// One job: (latency at the client, inference time in the receipt, executor, time the auction
@@ -231,7 +199,7 @@ pub fn run(
     }
     wait_for_peers(&nodes, NODES - 1, Duration::from_secs(60))?;
     let r = &nodes[0];
-    telemetry_from_all(r, &nodes)?;
+    wait_for_telemetry(r, NODES - 1, Duration::from_secs(30))?;
     let (images, _) = digits_test_set()?;
     let cheapest = nodes[1].peer_id.clone();
     let (mut auction, mut fast, mut pinned, mut inference) =
@@ -264,7 +232,7 @@ pub fn run(
     settle(&nodes)?;
     let every_node = sustained(&all, &all, clients, seconds, &json!({}), &images)?;
     settle(&nodes)?;
-    telemetry_from_all(r, &nodes)?;
+    wait_for_telemetry(r, NODES - 1, Duration::from_secs(30))?;
     let through_auction = sustained(
         &[r],
         &all,

@@ -16,7 +16,7 @@ use serde_json::json;
 
 use crate::client::{error_message, verify_job_response};
 use crate::cmd::init_logging;
-use crate::procs::{Proc, spawn, spawn_with, wait_for_peers};
+use crate::procs::{Proc, spawn, spawn_with, wait_for_peers, wait_for_telemetry};
 
 /// The digits classifier and its held-out set, from `fixtures/digits/` (see make_digits.py).
 pub const DIGITS_ONNX: &[u8] = include_bytes!("../../fixtures/digits/digits.onnx");
@@ -201,17 +201,7 @@ fn place(nodes: &[Proc], image: &Tensor) -> Result<Placement> {
             .with_context(|| format!("{peer} is not a demo node"))
     };
     // A places with its peers' telemetry: wait until it holds both.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while a.client.get("/v1/telemetry")?.1["peers"]
-        .as_array()
-        .map_or(0, Vec::len)
-        < 2
-    {
-        if Instant::now() > deadline {
-            bail!("node A did not receive its peers' telemetry within 30 s");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_for_telemetry(a, 2, Duration::from_secs(30))?;
     let post = |extra: serde_json::Value| -> Result<serde_json::Value> {
         let mut body = json!({"model": "digits", "input": image.to_json_value(), "explain": true});
         for (k, v) in extra.as_object().into_iter().flatten() {

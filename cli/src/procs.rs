@@ -176,3 +176,24 @@ pub fn wait_for_peers(nodes: &[Proc], want: usize, limit: Duration) -> Result<()
         std::thread::sleep(Duration::from_millis(100));
     }
 }
+
+/// Waits until `node` holds fresh telemetry from at least `want` peers (it places jobs with
+/// it), polling its API: the node is another process with no push channel.
+pub fn wait_for_telemetry(node: &Proc, want: usize, limit: Duration) -> Result<()> {
+    let deadline = Instant::now() + limit;
+    loop {
+        let held = node.client.get("/v1/telemetry")?.1["peers"]
+            .as_array()
+            .map_or(0, Vec::len);
+        if held >= want {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "node {} holds fresh telemetry from {held} of {want} peers after {limit:?}",
+                node.peer_id
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}

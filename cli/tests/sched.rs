@@ -69,6 +69,19 @@ fn place(node: &RunningNode, body: &Value) -> Value {
     v
 }
 
+/// Posts a job on another thread; the handle gives the status and answer.
+fn post_in_background(node: &RunningNode, body: &Value) -> std::thread::JoinHandle<(u16, Value)> {
+    let (base, body, agent) = (node.base.clone(), body.clone(), node.agent());
+    std::thread::spawn(move || {
+        let mut resp = agent
+            .post(format!("{base}/v1/jobs"))
+            .send_json(&body)
+            .unwrap();
+        let status = resp.status().as_u16();
+        (status, resp.body_mut().read_json::<Value>().unwrap())
+    })
+}
+
 fn in_flight(node: &RunningNode) -> u64 {
     node.get_text("/metrics")
         .lines()
@@ -380,18 +393,7 @@ fn killing_the_executor_mid_job_fails_over_and_the_client_gets_one_result() {
                     && report_of(&r, &e2_id).is_some()
             },
         );
-        let client = {
-            let (base, body) = (r.base.clone(), body.clone());
-            let agent = r.agent();
-            std::thread::spawn(move || {
-                let mut resp = agent
-                    .post(format!("{base}/v1/jobs"))
-                    .send_json(&body)
-                    .unwrap();
-                let status = resp.status().as_u16();
-                (status, resp.body_mut().read_json::<Value>().unwrap())
-            })
-        };
+        let client = post_in_background(&r, &body);
         // E1 won (free) and is running it: kill it with no chance to answer.
         wait_for("E1 to start the job", Duration::from_secs(20), || {
             in_flight(&e1) >= 1
@@ -475,23 +477,8 @@ fn a_flooded_node_stops_winning_until_its_queue_drains() {
     assert_eq!(place(&r, &probe)["executor"], w_id.as_str(), "idle W wins");
 
     // Flood W with six jobs of its own.
-    let flood: Vec<_> = (0..6)
-        .map(|_| {
-            let (base, body) = (
-                w.base.clone(),
-                json!({"model": "spin", "input": spin_input(), "on": w_id}),
-            );
-            let agent = w.agent();
-            std::thread::spawn(move || {
-                agent
-                    .post(format!("{base}/v1/jobs"))
-                    .send_json(&body)
-                    .unwrap()
-                    .status()
-                    .as_u16()
-            })
-        })
-        .collect();
+    let own = json!({"model": "spin", "input": spin_input(), "on": w_id});
+    let flood: Vec<_> = (0..6).map(|_| post_in_background(&w, &own)).collect();
     wait_for("W's queue to fill", Duration::from_secs(20), || {
         in_flight(&w) >= 4
     });
@@ -508,7 +495,7 @@ fn a_flooded_node_stops_winning_until_its_queue_drains() {
     );
     eprintln!("while flooded: placed on X in {:?}", t0.elapsed());
     for h in flood {
-        assert_eq!(h.join().unwrap(), 200);
+        assert_eq!(h.join().unwrap().0, 200);
     }
     wait_for("W's queue to drain", Duration::from_secs(30), || {
         in_flight(&w) == 0
@@ -542,18 +529,7 @@ fn an_executor_that_stops_answering_is_given_up_at_its_deadline_and_its_late_run
     let body = json!({"model": "spin", "input": spin_input(), "tiers": ["edge"],
                       "weights": serde_json::from_str::<Value>(COST_ONLY).unwrap(),
                       "deadline_ms": 20000, "explain": true});
-    let client = {
-        let (base, body) = (r.base.clone(), body.clone());
-        let agent = r.agent();
-        std::thread::spawn(move || {
-            let mut resp = agent
-                .post(format!("{base}/v1/jobs"))
-                .send_json(&body)
-                .unwrap();
-            let status = resp.status().as_u16();
-            (status, resp.body_mut().read_json::<Value>().unwrap())
-        })
-    };
+    let client = post_in_background(&r, &body);
     // E1 takes the job and freezes: its connection stays up, it just never answers.
     wait_for("E1 to start the job", Duration::from_secs(20), || {
         in_flight(&e1) >= 1

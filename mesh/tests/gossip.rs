@@ -26,6 +26,18 @@ fn node(secret: u8) -> (Keypair, MeshClient, mpsc::Receiver<MeshEvent>) {
     (key, client, events)
 }
 
+/// The first address `n` listens on, once it has one (5 s at most).
+async fn listen_addr(n: &MeshClient) -> libp2p::Multiaddr {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        if let Some(addr) = n.listen_addrs().await.unwrap().into_iter().next() {
+            return addr;
+        }
+        assert!(Instant::now() < deadline, "never listened");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// Retries a publish until gossipsub has a peer for the topic (subscriptions travel after the
 /// connection is up), bounded by a deadline.
 async fn publish_when_meshed(c: &MeshClient, msg: GossipMsg) {
@@ -61,15 +73,7 @@ async fn next_entry(events: &mut mpsc::Receiver<MeshEvent>) -> Result<SignedEntr
 async fn entries_gossip_forgeries_are_rejected_and_honest_traffic_flows() {
     let (a_key, a, _a_events) = node(1);
     let (_b_key, b, mut b_events) = node(2);
-    let deadline = Instant::now() + Duration::from_secs(5);
-    let addr = loop {
-        if let Some(addr) = a.listen_addrs().await.unwrap().into_iter().next() {
-            break addr;
-        }
-        assert!(Instant::now() < deadline, "A never listened");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
-    b.dial(addr).await.unwrap();
+    b.dial(listen_addr(&a).await).await.unwrap();
 
     let mut w = FeedWriter::resume(a_key.clone(), 0, None);
     let first = entry(&mut w, 0);
@@ -147,17 +151,7 @@ async fn a_burst_of_thousands_of_messages_leaves_every_stream_working() {
     let (a_key, a, mut a_events) = node(11);
     let (b_key, b, mut b_events) = node(12);
     let (_c_key, c, mut c_events) = node(13);
-    let addr = |n: MeshClient| async move {
-        let deadline = Instant::now() + Duration::from_secs(5);
-        loop {
-            if let Some(addr) = n.listen_addrs().await.unwrap().into_iter().next() {
-                return addr;
-            }
-            assert!(Instant::now() < deadline, "never listened");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    };
-    let (a_addr, b_addr) = (addr(a.clone()).await, addr(b.clone()).await);
+    let (a_addr, b_addr) = (listen_addr(&a).await, listen_addr(&b).await);
     b.dial(a_addr.clone()).await.unwrap();
     c.dial(a_addr).await.unwrap();
     c.dial(b_addr).await.unwrap();
@@ -182,12 +176,34 @@ async fn a_burst_of_thousands_of_messages_leaves_every_stream_working() {
         from_a.push(big(&mut wa, n));
         from_b.push(big(&mut wb, n - 1));
     }
+    let accepted = |n: MeshClient| async move { n.stats().await.unwrap().accepted };
+    let before = [
+        accepted(a.clone()).await,
+        accepted(b.clone()).await,
+        accepted(c.clone()).await,
+    ];
     for (ea, eb) in from_a.iter().zip(&from_b) {
         a.publish(GossipMsg::Entry(ea.encode())).await.unwrap();
         b.publish(GossipMsg::Entry(eb.encode())).await.unwrap();
     }
-    // Every node goes on hearing every other one after the burst.
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // The whole burst arrives: A validates B's entries, B A's, C both.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let now = [
+            accepted(a.clone()).await - before[0],
+            accepted(b.clone()).await - before[1],
+            accepted(c.clone()).await - before[2],
+        ];
+        if now[0] >= burst && now[1] >= burst && now[2] >= 2 * burst {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the burst did not reach every node: {now:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // And every node goes on hearing every other one after it.
     let (ta, tb, tc) = (
         entry(&mut wa, burst + 1),
         entry(&mut wb, burst),

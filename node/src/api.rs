@@ -843,20 +843,15 @@ async fn place(
         placement,
         job,
         input_name,
+        replicas_agree,
     } = placed;
     let replicas: Vec<Value> = results
         .iter()
         .map(|(peer, e)| {
-            let digest = match &e.entry.body().body {
-                EntryBody::Execution(r) => r.output_digest,
-                _ => None,
-            };
-            json!({"executor": peer.to_string(), "seq": e.entry.body().seq, "output_digest": digest})
+            json!({"executor": peer.to_string(), "seq": e.entry.body().seq,
+                   "output_digest": crate::placer::output_digest(e)})
         })
         .collect();
-    let agree = replicas
-        .windows(2)
-        .all(|w| w[0]["output_digest"] == w[1]["output_digest"]);
     let mut results = results.into_iter();
     let (peer, first) = results
         .next()
@@ -867,7 +862,7 @@ async fn place(
     } else {
         crate::placer::summary(&placement)
     };
-    if replicas.len() > 1 {
+    if let Some(agree) = replicas_agree {
         body["replicas"] = json!(replicas);
         body["replicas_agree"] = json!(agree);
     }

@@ -82,8 +82,9 @@ fn offer(st: &AppState, from: PeerId, r: &BidRequest, rtt_us: u64) -> Result<Off
     }
 }
 
-/// The wire form of an estimate (fab-mesh cannot depend on the scheduler core).
-fn offer_of(e: Estimate) -> Offer {
+/// The wire form of an estimate and back (fab-mesh cannot depend on the scheduler core, nor
+/// the core on the mesh).
+pub(crate) fn offer_of(e: Estimate) -> Offer {
     let Estimate {
         queue_us,
         compute_us,
@@ -93,6 +94,25 @@ fn offer_of(e: Estimate) -> Offer {
         cached,
     } = e;
     Offer {
+        queue_us,
+        compute_us,
+        transfer_us,
+        cost_micros,
+        energy_uj,
+        cached,
+    }
+}
+
+pub(crate) fn estimate_of(o: Offer) -> Estimate {
+    let Offer {
+        queue_us,
+        compute_us,
+        transfer_us,
+        cost_micros,
+        energy_uj,
+        cached,
+    } = o;
+    Estimate {
         queue_us,
         compute_us,
         transfer_us,

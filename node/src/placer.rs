@@ -15,7 +15,7 @@ use axum::http::StatusCode;
 use fab_inference::Tensor;
 use fab_inference::tensor::digest_named;
 use fab_ledger::{ContentId, JobRequest, Signed, SignedJobRequest};
-use fab_mesh::bid::{BidRequest, Offer};
+use fab_mesh::bid::BidRequest;
 use fab_mesh::exec::{ExecRequest, ExecResponse};
 use libp2p::PeerId;
 use serde_json::{Value, json};
@@ -81,6 +81,8 @@ pub struct Placed {
     pub placement: Value,
     pub job: ContentId,
     pub input_name: String,
+    /// With more than one replica: whether their output digests agree.
+    pub replicas_agree: Option<bool>,
 }
 
 /// One line of `fabnode jobs`.
@@ -466,7 +468,7 @@ fn carry(
                         Ok(Ok(bid)) if bid.body().job != job => {
                             Err("answered for another job".into())
                         }
-                        Ok(Ok(bid)) => bid.body().answer.clone().map(estimate_of),
+                        Ok(Ok(bid)) => bid.body().answer.clone().map(crate::bid_task::estimate_of),
                     };
                     let _ = ev_tx
                         .send(Event::Bid {
@@ -533,6 +535,7 @@ fn carry(
                 placement,
                 job: ctx.job.id(),
                 input_name: ctx.input_name,
+                replicas_agree: agree,
             }));
         }
         Output::Fail { job, reason } => {
@@ -563,7 +566,8 @@ fn carry(
     }
 }
 
-fn output_digest(e: &Executed) -> Option<ContentId> {
+/// The output digest an execution's receipt records.
+pub fn output_digest(e: &Executed) -> Option<ContentId> {
     match &e.entry.body().body {
         fab_ledger::EntryBody::Execution(r) => r.output_digest,
         _ => None,
@@ -665,25 +669,6 @@ async fn run_on(
             crate::exec::verify_answer(peer, &job, &entry, outputs)
         }
         Ok(Ok(_)) => Err(crate::exec::bad_answer(peer, "expected a result")),
-    }
-}
-
-fn estimate_of(o: Offer) -> Estimate {
-    let Offer {
-        queue_us,
-        compute_us,
-        transfer_us,
-        cost_micros,
-        energy_uj,
-        cached,
-    } = o;
-    Estimate {
-        queue_us,
-        compute_us,
-        transfer_us,
-        cost_micros,
-        energy_uj,
-        cached,
     }
 }
 

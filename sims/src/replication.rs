@@ -393,17 +393,15 @@ impl Sim {
                     }
                 }
             }
-            Event::Tick(n)
-                if self.nodes[n].up && now >= self.nodes[n].synced_at + Duration::from_secs(1) =>
-            {
-                let node = &mut self.nodes[n];
-                node.synced = node.replicas.iter().map(|(k, v)| (*k, v.len())).collect();
-                node.synced_at = now;
-                self.handle(Event::Tick(n));
-            }
             Event::Tick(n) => {
                 self.engine
                     .after(Duration::from_millis(250), Event::Tick(n));
+                let node = &mut self.nodes[n];
+                if node.up && now >= node.synced_at + Duration::from_secs(1) {
+                    // The once-a-second sync of replica writes.
+                    node.synced = node.replicas.iter().map(|(k, v)| (*k, v.len())).collect();
+                    node.synced_at = now;
+                }
                 if self.nodes[n].up {
                     self.input(n, Input::Tick);
                 }
