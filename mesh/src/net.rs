@@ -629,7 +629,14 @@ pub fn start(
                 mdns: Toggle::from(mdns),
             })
         };
-    let idle = |c: libp2p::swarm::Config| c.with_idle_connection_timeout(Duration::from_secs(120));
+    // Streams are negotiated with multistream-select's lazy dialer: the protocol proposal and
+    // the request go out in one flush instead of waiting a round trip for the listener's
+    // confirmation (identical on the wire; each request-response call opens a stream, so this
+    // saves a round trip per call for bids, exec request and catch-up request).
+    let idle = |c: libp2p::swarm::Config| {
+        c.with_idle_connection_timeout(Duration::from_secs(120))
+            .with_substream_upgrade_protocol_override(libp2p::core::upgrade::Version::V1Lazy)
+    };
     let mut swarm = if config.memory_transport {
         SwarmBuilder::with_existing_identity(key.to_libp2p())
             .with_tokio()
