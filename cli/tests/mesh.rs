@@ -72,6 +72,51 @@ fn three_nodes_replicate_every_ledger_through_one_bootstrap_peer() {
                 .all(|n| feed_size(n, &b_id) == Some((3, Some(3))))
         },
     );
+    // A burst of concurrent jobs on A: what A commits close together goes out as batches of
+    // entries (fewer gossip messages than entries), and B and C take every one of them.
+    let burst: Vec<_> = (0..20)
+        .map(|i| {
+            let url = format!("{}/v1/jobs", a.base);
+            let agent = a.agent();
+            let body = json!({"model": "digits", "input": image_json(i % 10), "on": a_id});
+            std::thread::spawn(move || agent.post(&url).send_json(&body).map(|r| r.status()))
+        })
+        .collect();
+    for t in burst {
+        assert_eq!(t.join().unwrap().unwrap(), 200);
+    }
+    wait_for(
+        "B and C to hold A's 25 entries",
+        Duration::from_secs(20),
+        || {
+            [&b, &c]
+                .iter()
+                .all(|n| feed_size(n, &a_id) == Some((25, Some(25))))
+        },
+    );
+    let sent = |unit: &str| -> u64 {
+        let metrics = a.get_text("/metrics");
+        let line = format!("fabnode_gossip_entries_sent_total{{unit=\"{unit}\"}} ");
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(line.as_str()))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no {line} in {metrics}"))
+    };
+    let (entries, messages) = (sent("entries"), sent("messages"));
+    eprintln!("A gossiped {entries} entries in {messages} messages");
+    assert_eq!(entries, 25);
+    assert!(
+        messages < entries,
+        "{messages} messages for {entries} entries"
+    );
+    for n in [&b, &c] {
+        assert!(
+            n.get_text("/metrics")
+                .contains("fabnode_gossip_messages_total{result=\"rejected\"} 0")
+        );
+    }
+
     // The replication core's view (lag, last entry time) reaches the API within a tick.
     let heads_json = || -> serde_json::Value {
         let out = tc.run(&["ledger", "heads", "--json"]);
@@ -107,7 +152,7 @@ fn three_nodes_replicate_every_ledger_through_one_bootstrap_peer() {
     c.signal(libc::SIGTERM);
     assert!(c.wait().success());
     let c2 = start(&tc, &env);
-    assert_eq!(feed_size(&c2, &a_id), Some((5, Some(5))));
+    assert_eq!(feed_size(&c2, &a_id), Some((25, Some(25))));
     assert_eq!(feed_size(&c2, &b_id), Some((3, Some(3))));
     wait_for(
         "C's resumed replicas to show their last entry times",

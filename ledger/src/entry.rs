@@ -339,6 +339,31 @@ pub fn verify_signatures_batch(entries: &[SignedEntry]) -> bool {
     ed25519_dalek::verify_batch(&refs, &signatures, &keys).is_ok()
 }
 
+/// Decodes and verifies many encoded entries at once, like [`SignedEntry::decode_verified`] on
+/// each, with all their signatures (entries' and embedded job requests') checked in one ed25519
+/// batch: about half the cost per signature for a few dozen entries. On failure the error names
+/// the first bad entry by index, found with the strict one-by-one rules. Nothing is said about
+/// how the entries relate to each other (feed, order): the caller checks what it needs.
+///
+/// As with [`verify_batch`], the batch's cofactored equation accepts a few non-canonical
+/// signatures that `verify_strict` refuses; only the key's holder can make one, and it can never
+/// accept a forgery.
+pub fn decode_verified_many(encoded: &[Vec<u8>]) -> Result<Vec<SignedEntry>, (usize, SignedError)> {
+    let mut decoded = Vec::with_capacity(encoded.len());
+    for (i, bytes) in encoded.iter().enumerate() {
+        let value = crate::cbor::decode_value(bytes, Entry::WHAT, Entry::BYTES_MAX + 128)
+            .map_err(|d| (i, SignedError::Decode(d)))?;
+        decoded.push(SignedEntry::from_value_unverified(value).map_err(|e| (i, e))?);
+    }
+    if decoded.len() > 1 && verify_signatures_batch(&decoded) {
+        return Ok(decoded);
+    }
+    for (i, bytes) in encoded.iter().enumerate() {
+        SignedEntry::decode_verified(bytes).map_err(|e| (i, e))?;
+    }
+    Ok(decoded)
+}
+
 /// Verifies many encoded entries of one feed in order, like [`FeedVerifier::push`] on each,
 /// but checks all their signatures (entries' and embedded job requests') in one ed25519 batch.
 ///
@@ -455,6 +480,14 @@ impl FeedVerifier {
         })?;
         self.check_chain(&entry)?;
         Ok(entry)
+    }
+
+    /// Takes the next entry whose signatures are already checked: feed, sequence and hash link
+    /// only. Every way to obtain a [`SignedEntry`] outside this crate (decoding with
+    /// verification, [`decode_verified_many`], signing) checks its signatures, so a replica that
+    /// receives entries from a validator need not check them twice.
+    pub fn push_checked(&mut self, entry: &SignedEntry) -> Result<(), VerifyError> {
+        self.check_chain(entry)
     }
 
     /// The chain rules for an entry whose signatures are already checked.

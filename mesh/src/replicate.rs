@@ -303,29 +303,36 @@ impl<P: Clone + Ord + std::fmt::Debug> Replicator<P> {
                 {
                     f.asked = None;
                 }
-                for (i, bytes) in entries.iter().enumerate() {
-                    let seq = start + i as u64;
-                    match SignedEntry::decode_verified(bytes) {
-                        Ok(e) if e.body().feed == feed && e.body().seq == seq => {
-                            offer(f, &config, from.clone(), e, now, out);
-                        }
-                        Ok(_) => {
-                            out.extend([Output::Penalize {
-                                peer: from,
-                                reason: format!(
-                                    "range entry {seq} is not entry {seq} of the feed asked for"
-                                ),
-                            }]);
-                            return;
-                        }
-                        Err(e) => {
-                            out.extend([Output::Penalize {
-                                peer: from,
-                                reason: format!("range entry {seq}: {e}"),
-                            }]);
-                            return;
-                        }
+                // Every signature of the range in one batch; if one is bad, the entries before
+                // it are still taken (checked one by one) and the sender is penalised.
+                let (good, bad) = match fab_ledger::entry::decode_verified_many(&entries) {
+                    Ok(all) => (all, None),
+                    Err((i, e)) => {
+                        let before = entries[..i]
+                            .iter()
+                            .map_while(|b| SignedEntry::decode_verified(b).ok())
+                            .collect();
+                        (
+                            before,
+                            Some(format!("range entry {}: {e}", start + i as u64)),
+                        )
                     }
+                };
+                for (i, e) in good.into_iter().enumerate() {
+                    let seq = start + i as u64;
+                    if e.body().feed != feed || e.body().seq != seq {
+                        out.extend([Output::Penalize {
+                            peer: from,
+                            reason: format!(
+                                "range entry {seq} is not entry {seq} of the feed asked for"
+                            ),
+                        }]);
+                        return;
+                    }
+                    offer(f, &config, from.clone(), e, now, out);
+                }
+                if let Some(reason) = bad {
+                    out.extend([Output::Penalize { peer: from, reason }]);
                 }
             }
             Input::PeerUp(peer) => {
@@ -412,10 +419,9 @@ fn offer<P: Clone + Ord>(
     let mut stored = Vec::new();
     let mut candidate = Some(entry);
     while let Some(e) = candidate.take() {
-        let bytes = e.encode();
-        match f.verifier.push(&bytes) {
-            Ok(_) => {
-                f.tree.append(leaf_hash(&bytes));
+        match f.verifier.push_checked(&e) {
+            Ok(()) => {
+                f.tree.append(leaf_hash(&e.encode()));
                 f.last_time_ms = Some(e.body().time_ms);
                 stored.push(e);
                 candidate = f.pending.remove(&f.verifier.next_seq());

@@ -10,6 +10,8 @@ use crate::wire::GossipMsg;
 #[derive(Clone, Debug)]
 pub enum Valid {
     Entry(SignedEntry),
+    /// Consecutive entries of one feed, in order.
+    Entries(Vec<SignedEntry>),
     Checkpoint {
         feed: PublicKey,
         checkpoint: Checkpoint,
@@ -26,8 +28,10 @@ pub enum Verdict {
 }
 
 /// Checks a gossip payload received on `network`'s ledger topic: canonical encoding, size,
-/// signatures (an entry's and its embedded job request's; a checkpoint's by the named feed) and
-/// that a checkpoint's origin belongs to this network.
+/// signatures (an entry's and its embedded job request's; a checkpoint's by the named feed), that
+/// a checkpoint's origin belongs to this network, and that a batch of entries is one feed's
+/// consecutive run. A batch's signatures are checked together
+/// ([`fab_ledger::entry::decode_verified_many`]); one bad entry rejects the whole message.
 pub fn validate(network: &str, payload: &[u8]) -> Verdict {
     let msg = match GossipMsg::decode(payload) {
         Ok(m) => m,
@@ -37,6 +41,22 @@ pub fn validate(network: &str, payload: &[u8]) -> Verdict {
         GossipMsg::Entry(bytes) => match SignedEntry::decode_verified(&bytes) {
             Ok(e) => Verdict::Accept(Box::new(Valid::Entry(e))),
             Err(e) => Verdict::Reject(format!("entry: {e}")),
+        },
+        GossipMsg::Entries(list) => match fab_ledger::entry::decode_verified_many(&list) {
+            Ok(entries) => {
+                let run = entries.first().is_some_and(|first| {
+                    let first = first.body();
+                    entries.iter().enumerate().all(|(i, e)| {
+                        e.body().feed == first.feed && e.body().seq == first.seq + i as u64
+                    })
+                });
+                if run {
+                    Verdict::Accept(Box::new(Valid::Entries(entries)))
+                } else {
+                    Verdict::Reject("entries: not consecutive entries of one feed".into())
+                }
+            }
+            Err((i, e)) => Verdict::Reject(format!("entries: #{i}: {e}")),
         },
         GossipMsg::Checkpoint { feed, note } => {
             let Some(feed) = PublicKey::from_bytes(&feed) else {
@@ -54,6 +74,7 @@ pub fn validate(network: &str, payload: &[u8]) -> Verdict {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::wire::{ENTRIES_PER_GOSSIP_MAX, GOSSIP_BYTES_MAX};
     use fab_ledger::{EntryBody, FeedWriter, Keypair, Signed};
 
     fn entry(key: &Keypair) -> SignedEntry {
@@ -105,6 +126,108 @@ mod tests {
         }
         .encode();
         assert!(matches!(validate("lab", &wrong_feed), Verdict::Reject(_)));
+    }
+
+    fn feed(key: &Keypair, n: usize) -> Vec<Vec<u8>> {
+        let mut w = FeedWriter::resume(key.clone(), 0, None);
+        (0..n)
+            .map(|i| {
+                let body = EntryBody::Unknown {
+                    kind: 99,
+                    value: ciborium::Value::Integer(i.into()),
+                };
+                w.append(body, 1).encode()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn batches_of_entries_are_one_feeds_run_with_every_signature_good() {
+        let key = Keypair::from_secret([1; 32]);
+        let other = Keypair::from_secret([2; 32]);
+        let run = feed(&key, 5);
+        let ok = validate("lab", &GossipMsg::Entries(run.clone()).encode());
+        let Verdict::Accept(v) = ok else {
+            panic!("a good batch was refused: {ok:?}")
+        };
+        let Valid::Entries(got) = *v else {
+            panic!("not a batch")
+        };
+        assert_eq!(
+            got.iter().map(|e| e.body().seq).collect::<Vec<_>>(),
+            [0, 1, 2, 3, 4]
+        );
+
+        // One forged entry (re-signed by another key) rejects the message and is named.
+        let mut forged = run.clone();
+        let e = SignedEntry::decode_verified(&run[3]).unwrap();
+        forged[3] = Signed::sign(e.body().clone(), &other).encode();
+        let why = match validate("lab", &GossipMsg::Entries(forged).encode()) {
+            Verdict::Reject(r) => r,
+            v => panic!("forged batch accepted: {v:?}"),
+        };
+        assert!(why.contains("#3") && why.contains("signature"), "{why}");
+
+        // A gap, a reordering, a repeat or a second feed is not a run.
+        for bad in [
+            vec![run[0].clone(), run[2].clone()],
+            vec![run[1].clone(), run[0].clone()],
+            vec![run[1].clone(), run[1].clone()],
+            vec![run[0].clone(), feed(&other, 2)[1].clone()],
+        ] {
+            assert!(
+                matches!(validate("lab", &GossipMsg::Entries(bad).encode()), Verdict::Reject(r) if r.contains("consecutive"))
+            );
+        }
+
+        // Fewer than two, more than the limit, a non-bytes item or garbage inside: refused.
+        let too_many = feed(&key, ENTRIES_PER_GOSSIP_MAX + 1);
+        for bad in [vec![run[0].clone()], Vec::new(), too_many] {
+            assert!(GossipMsg::decode(&GossipMsg::Entries(bad).encode()).is_err());
+        }
+        let not_bytes = fab_ledger::cbor::encode_value(&ciborium::Value::Array(vec![
+            fab_ledger::cbor::uint(1),
+            fab_ledger::cbor::uint(3),
+            ciborium::Value::Array(vec![fab_ledger::cbor::uint(1), fab_ledger::cbor::uint(2)]),
+        ]));
+        assert!(GossipMsg::decode(&not_bytes).is_err());
+        let garbage = GossipMsg::Entries(vec![run[0].clone(), vec![0xff, 0x00]]).encode();
+        assert!(matches!(validate("lab", &garbage), Verdict::Reject(r) if r.contains("#1")));
+    }
+
+    #[test]
+    fn packing_keeps_order_and_limits() {
+        let key = Keypair::from_secret([1; 32]);
+        let run = feed(&key, 2 * ENTRIES_PER_GOSSIP_MAX + 3);
+        let note = GossipMsg::Checkpoint {
+            feed: [9; 32],
+            note: "x".into(),
+        };
+        let mut input: Vec<GossipMsg> = run.iter().cloned().map(GossipMsg::Entry).collect();
+        input.insert(1, note.clone());
+        let packed = GossipMsg::pack(input);
+        // entry 0 alone (the checkpoint splits the run), the checkpoint, then full batches.
+        assert_eq!(packed[0], GossipMsg::Entry(run[0].clone()));
+        assert_eq!(packed[1], note);
+        let mut seen = vec![run[0].clone()];
+        for m in &packed[2..] {
+            let bytes = m.encode();
+            assert!(bytes.len() <= GOSSIP_BYTES_MAX);
+            assert!(GossipMsg::decode(&bytes).is_ok());
+            match m {
+                GossipMsg::Entries(es) => seen.extend(es.iter().cloned()),
+                GossipMsg::Entry(e) => seen.push(e.clone()),
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        assert_eq!(seen, run);
+        assert_eq!(packed.len(), 2 + 3);
+
+        // Big entries: the byte limit closes a batch before the count limit does.
+        let big = vec![vec![7u8; 12 * 1024]; 5];
+        let packed = GossipMsg::pack(big.iter().cloned().map(GossipMsg::Entry));
+        assert!(packed.iter().all(|m| m.encode().len() <= GOSSIP_BYTES_MAX));
+        assert_eq!(packed.len(), 3);
     }
 
     #[test]

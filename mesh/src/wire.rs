@@ -6,6 +6,7 @@
 //! |---|---|
 //! | 1 entry | byte string: a signed ledger entry (docs/PROTOCOL.md) |
 //! | 2 checkpoint | `[feed public key (32 bytes), note (text)]` |
+//! | 3 entries | array of 2 to [`ENTRIES_PER_GOSSIP_MAX`] byte strings: consecutive signed entries of one feed |
 //!
 //! Payloads are at most [`GOSSIP_BYTES_MAX`] bytes, checked by the decoder; gossipsub's frame
 //! limit (`max_transmit_size`) adds room for its framing and for batches of control messages.
@@ -38,10 +39,19 @@ pub enum GossipMsg {
     Entry(Vec<u8>),
     /// A checkpoint note and the public key of the feed it belongs to.
     Checkpoint { feed: [u8; 32], note: String },
+    /// Consecutive signed entries of one feed, in order (2 to [`ENTRIES_PER_GOSSIP_MAX`]): what a
+    /// node committed in one group under load, sent as one message so peers pay gossip's
+    /// per-message costs once and check the signatures in one batch.
+    Entries(Vec<Vec<u8>>),
 }
+
+/// Most entries in one [`GossipMsg::Entries`]; the whole payload stays within
+/// [`GOSSIP_BYTES_MAX`].
+pub const ENTRIES_PER_GOSSIP_MAX: usize = 64;
 
 const KIND_ENTRY: u64 = 1;
 const KIND_CHECKPOINT: u64 = 2;
+const KIND_ENTRIES: u64 = 3;
 const WHAT: &str = "gossip message";
 
 impl GossipMsg {
@@ -51,6 +61,10 @@ impl GossipMsg {
             GossipMsg::Checkpoint { feed, note } => (
                 KIND_CHECKPOINT,
                 Value::Array(vec![cbor::bytes(feed), cbor::text(note)]),
+            ),
+            GossipMsg::Entries(entries) => (
+                KIND_ENTRIES,
+                Value::Array(entries.iter().map(|e| cbor::bytes(e)).collect()),
             ),
         };
         cbor::encode_value(&Value::Array(vec![
@@ -80,8 +94,67 @@ impl GossipMsg {
                     note: c.text("note", fab_ledger::checkpoint::NOTE_BYTES_MAX)?,
                 })
             }
+            KIND_ENTRIES => {
+                let Value::Array(items) = f.value("entries")? else {
+                    return Err(DecodeError::invalid(WHAT, "entries must be an array"));
+                };
+                if !(2..=ENTRIES_PER_GOSSIP_MAX).contains(&items.len()) {
+                    return Err(DecodeError::invalid(
+                        WHAT,
+                        format!(
+                            "{} entries in one message; 2 to {ENTRIES_PER_GOSSIP_MAX} allowed",
+                            items.len()
+                        ),
+                    ));
+                }
+                let mut entries = Vec::with_capacity(items.len());
+                for item in items {
+                    match item {
+                        Value::Bytes(b) => entries.push(b),
+                        _ => {
+                            return Err(DecodeError::invalid(WHAT, "entries must be byte strings"));
+                        }
+                    }
+                }
+                Ok(GossipMsg::Entries(entries))
+            }
             other => Err(DecodeError::invalid(WHAT, format!("unknown kind {other}"))),
         }
+    }
+
+    /// Packs own messages for sending: runs of single entries become [`GossipMsg::Entries`] of
+    /// up to [`ENTRIES_PER_GOSSIP_MAX`] entries and [`GOSSIP_BYTES_MAX`] bytes; everything else,
+    /// and a run of one, passes as it is. Order is kept.
+    pub fn pack(messages: impl IntoIterator<Item = GossipMsg>) -> Vec<GossipMsg> {
+        // Per entry: its bytes plus at most 5 bytes of CBOR header; 16 for the envelope.
+        let fits = |run: &[Vec<u8>], next: &[u8]| {
+            run.len() < ENTRIES_PER_GOSSIP_MAX
+                && 16 + run.iter().map(|e| e.len() + 5).sum::<usize>() + next.len() + 5
+                    <= GOSSIP_BYTES_MAX
+        };
+        let close = |run: &mut Vec<Vec<u8>>, out: &mut Vec<GossipMsg>| match run.len() {
+            0 => {}
+            1 => out.push(GossipMsg::Entry(run.pop().expect("one entry"))),
+            _ => out.push(GossipMsg::Entries(std::mem::take(run))),
+        };
+        let mut out = Vec::new();
+        let mut run: Vec<Vec<u8>> = Vec::new();
+        for msg in messages {
+            match msg {
+                GossipMsg::Entry(bytes) => {
+                    if !fits(&run, &bytes) {
+                        close(&mut run, &mut out);
+                    }
+                    run.push(bytes);
+                }
+                other => {
+                    close(&mut run, &mut out);
+                    out.push(other);
+                }
+            }
+        }
+        close(&mut run, &mut out);
+        out
     }
 }
 

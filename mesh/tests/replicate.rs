@@ -259,6 +259,43 @@ fn forks_and_bad_range_responses() {
 }
 
 #[test]
+fn a_range_with_a_forged_entry_inside_keeps_the_good_prefix_and_penalises_the_sender() {
+    let (key, es) = feed(1, 6);
+    let other = Keypair::from_secret([2; 32]);
+    let mut bad: Vec<Vec<u8>> = es[..4].iter().map(|e| e.encode()).collect();
+    bad[2] = Signed::sign(es[2].body().clone(), &other).encode();
+    let inputs = vec![
+        (
+            Input::Range {
+                from: 3,
+                feed: key.public(),
+                start: 0,
+                entries: bad,
+            },
+            0,
+        ),
+        (
+            Input::Range {
+                from: 4,
+                feed: key.public(),
+                start: 2,
+                entries: es[2..].iter().map(|e| e.encode()).collect(),
+            },
+            1,
+        ),
+    ];
+    let out = twice(inputs, ReplicateConfig::default());
+    assert!(out.iter().any(
+        |o| matches!(o, Output::Penalize { peer: 3, reason } if reason.contains("range entry 2") && reason.contains("signature"))
+    ), "{out:?}");
+    assert!(
+        !out.iter()
+            .any(|o| matches!(o, Output::Penalize { peer: 4, .. }))
+    );
+    assert_eq!(stored_seqs(&out), vec![0, 1, 2, 3, 4, 5]);
+}
+
+#[test]
 fn heads_exchange_requests_what_is_missing_and_buffers_are_bounded() {
     let (a, es) = feed(1, 40);
     let (b, _) = feed(2, 1);

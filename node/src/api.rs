@@ -61,6 +61,8 @@ pub struct AppState {
     pub rtts: std::sync::Mutex<crate::placer::Rtts>,
     /// Jobs placed: [succeeded, failed].
     pub placed: [AtomicU64; 2],
+    /// Own entries gossiped: [messages published, entries in them].
+    pub entries_gossiped: Arc<[AtomicU64; 2]>,
     pub nonce: AtomicU64,
     pub started: Instant,
 }
@@ -240,6 +242,21 @@ async fn metrics(State(st): State<Arc<AppState>>) -> Response {
             &[
                 ("{result=\"accepted\"}", stats.accepted as f64),
                 ("{result=\"rejected\"}", stats.rejected as f64),
+            ],
+        );
+        metric(
+            "fabnode_gossip_entries_sent_total",
+            "counter",
+            "Own ledger entries published on the ledger topic, and the gossip messages that carried them (under load, entries committed close together go out as one batch).",
+            &[
+                (
+                    "{unit=\"entries\"}",
+                    st.entries_gossiped[1].load(Ordering::Relaxed) as f64,
+                ),
+                (
+                    "{unit=\"messages\"}",
+                    st.entries_gossiped[0].load(Ordering::Relaxed) as f64,
+                ),
             ],
         );
         metric(

@@ -5,6 +5,7 @@
 //! between the mesh, the core and the ledger writer.
 
 use std::collections::VecDeque;
+use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant};
 
 use fab_ledger::PublicKey;
@@ -23,15 +24,79 @@ const TICK: Duration = Duration::from_millis(250);
 /// and one per commit would cost every peer two signature checks per job under load. A held
 /// checkpoint goes out at the next tick.
 const CHECKPOINT_GOSSIP_EVERY: Duration = Duration::from_millis(200);
-/// Own messages kept for retry while no peer is subscribed yet; older ones are dropped.
+/// Own entries go out at most this often: an entry committed after a quiet spell goes at once;
+/// under load, what commits in the meantime waits for the next slot and goes as batches
+/// ([`GossipMsg::pack`]), so each peer pays gossip's per-message costs once per slot instead of
+/// once per entry, and checks the batch's signatures together. Replication is up to this much
+/// later under load; the client's answer never waits for gossip. Measured with `bench sched`
+/// (five nodes, every execution ledgered): 10 ms 1,071 / 1,174 jobs/s, 50 ms 1,221 / 1,266.
+const ENTRY_GOSSIP_EVERY: Duration = Duration::from_millis(50);
+/// Own entries kept for retry while no peer is subscribed yet; older messages are dropped.
 const UNSENT_MAX: usize = 4096;
 
-/// Publishes queued messages in order, stopping at the first that finds no peer.
-async fn flush(mesh: &MeshClient, unsent: &mut VecDeque<GossipMsg>) {
+/// How many entries a queued message carries (a checkpoint counts as one).
+fn entries_in(msg: &GossipMsg) -> usize {
+    match msg {
+        GossipMsg::Entries(list) => list.len(),
+        _ => 1,
+    }
+}
+
+/// Moves lingering own entries to the send queue, followed by the newest checkpoint when one is
+/// due (a checkpoint never goes ahead of the entries it covers), and bounds the queue.
+fn release(
+    own: PublicKey,
+    lingering: &mut Vec<GossipMsg>,
+    held: &mut Option<String>,
+    checkpoint_sent: &mut Option<Instant>,
+    unsent: &mut VecDeque<GossipMsg>,
+) {
+    unsent.extend(lingering.drain(..));
+    if checkpoint_sent.is_none_or(|t| t.elapsed() >= CHECKPOINT_GOSSIP_EVERY)
+        && let Some(note) = held.take()
+    {
+        unsent.push_back(GossipMsg::Checkpoint {
+            feed: own.to_bytes(),
+            note,
+        });
+        *checkpoint_sent = Some(Instant::now());
+    }
+    let mut queued: usize = unsent.iter().map(entries_in).sum();
+    while queued > UNSENT_MAX {
+        queued -= unsent.pop_front().as_ref().map_or(0, entries_in);
+    }
+}
+
+/// Sleeps until `at`, or forever.
+async fn sleep_until(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Publishes queued messages in order, stopping at the first that finds no peer. Runs of own
+/// entries go out as batches ([`GossipMsg::pack`]): under load a commit group of dozens of
+/// entries costs each peer one gossip message and one batch signature check instead of dozens;
+/// an entry committed alone still goes out alone, at once.
+async fn flush(
+    mesh: &MeshClient,
+    unsent: &mut VecDeque<GossipMsg>,
+    gossiped: &[std::sync::atomic::AtomicU64; 2],
+) {
+    if unsent.len() > 1 {
+        let packed = GossipMsg::pack(unsent.drain(..));
+        unsent.extend(packed);
+    }
     while let Some(msg) = unsent.front() {
         match mesh.publish(msg.clone()).await {
             Ok(()) => {
-                unsent.pop_front();
+                if let Some(sent) = unsent.pop_front()
+                    && !matches!(sent, GossipMsg::Checkpoint { .. })
+                {
+                    gossiped[0].fetch_add(1, Relaxed);
+                    gossiped[1].fetch_add(entries_in(&sent) as u64, Relaxed);
+                }
             }
             Err(err) => {
                 tracing::debug!(error = %err, queued = unsent.len(), "gossip held for retry");
@@ -59,6 +124,8 @@ pub struct MeshTask {
     pub bids: mpsc::Sender<crate::bid_task::Incoming>,
     /// Peers' telemetry, fed from the telemetry topic.
     pub telemetry: std::sync::Arc<std::sync::Mutex<crate::sched::telemetry::TelemetryView>>,
+    /// Own entries published: [messages, entries].
+    pub gossiped: std::sync::Arc<[std::sync::atomic::AtomicU64; 2]>,
 }
 
 pub async fn run(task: MeshTask) {
@@ -73,6 +140,7 @@ pub async fn run(task: MeshTask) {
         heads,
         telemetry,
         bids,
+        gossiped,
     } = task;
     let started = Instant::now();
     let mut tick = tokio::time::interval(TICK);
@@ -83,22 +151,33 @@ pub async fn run(task: MeshTask) {
     // The newest own checkpoint not gossiped yet, and when one last was.
     let mut held: Option<String> = None;
     let mut checkpoint_sent: Option<Instant> = None;
+    // Own committed entries waiting for the next gossip slot, when that slot opens, and when
+    // entries last went out.
+    let mut lingering: Vec<GossipMsg> = Vec::new();
+    let mut linger_until: Option<tokio::time::Instant> = None;
+    let mut entries_sent: Option<Instant> = None;
     loop {
         tokio::select! {
             batch = committed.recv() => {
                 let Some(batch) = batch else { break };
-                unsent.extend(batch.entries.iter().map(|e| GossipMsg::Entry(e.encode())));
+                lingering.extend(batch.entries.iter().map(|e| GossipMsg::Entry(e.encode())));
                 held = Some(batch.checkpoint.note.clone());
-                if checkpoint_sent.is_none_or(|t| t.elapsed() >= CHECKPOINT_GOSSIP_EVERY)
-                    && let Some(note) = held.take()
-                {
-                    unsent.push_back(GossipMsg::Checkpoint { feed: own.to_bytes(), note });
-                    checkpoint_sent = Some(Instant::now());
+                match entries_sent {
+                    Some(t) if t.elapsed() < ENTRY_GOSSIP_EVERY => {
+                        linger_until.get_or_insert(tokio::time::Instant::from_std(t + ENTRY_GOSSIP_EVERY));
+                    }
+                    _ => {
+                        release(own, &mut lingering, &mut held, &mut checkpoint_sent, &mut unsent);
+                        entries_sent = Some(Instant::now());
+                        flush(&mesh, &mut unsent, &gossiped).await;
+                    }
                 }
-                while unsent.len() > UNSENT_MAX {
-                    unsent.pop_front();
-                }
-                flush(&mesh, &mut unsent).await;
+            }
+            _ = sleep_until(linger_until), if linger_until.is_some() => {
+                linger_until = None;
+                release(own, &mut lingering, &mut held, &mut checkpoint_sent, &mut unsent);
+                entries_sent = Some(Instant::now());
+                flush(&mesh, &mut unsent, &gossiped).await;
             }
             event = events.recv() => {
                 let Some(event) = event else { break };
@@ -106,6 +185,11 @@ pub async fn run(task: MeshTask) {
                     MeshEvent::Valid { from, valid } => match *valid {
                         Valid::Entry(entry) if entry.body().feed != own => {
                             replicator.handle(Input::Entry { from, entry }, started.elapsed(), &mut outputs);
+                        }
+                        Valid::Entries(entries) if entries.first().is_some_and(|e| e.body().feed != own) => {
+                            for entry in entries {
+                                replicator.handle(Input::Entry { from, entry }, started.elapsed(), &mut outputs);
+                            }
                         }
                         Valid::Checkpoint { feed, checkpoint } if feed != own => {
                             replicator.handle(Input::Checkpoint { from, feed, checkpoint }, started.elapsed(), &mut outputs);
@@ -166,18 +250,22 @@ pub async fn run(task: MeshTask) {
                     },
                 }
                 if !unsent.is_empty() {
-                    flush(&mesh, &mut unsent).await;
+                    flush(&mesh, &mut unsent, &gossiped).await;
                 }
             }
             _ = tick.tick() => {
-                if let Some(note) = held.take() {
+                // A held checkpoint goes out now unless entries it covers are still lingering
+                // (they go first, with it, in a few milliseconds).
+                if lingering.is_empty()
+                    && let Some(note) = held.take()
+                {
                     unsent.push_back(GossipMsg::Checkpoint { feed: own.to_bytes(), note });
                     checkpoint_sent = Some(Instant::now());
                 }
                 ledger.sync_replicas();
                 replicator.handle(Input::Tick, started.elapsed(), &mut outputs);
                 heads.send_replace(replicator.heads());
-                flush(&mesh, &mut unsent).await;
+                flush(&mesh, &mut unsent, &gossiped).await;
             }
         }
         apply(&mesh, &ledger, &mut outputs).await;

@@ -127,6 +127,7 @@ impl Node {
         );
         let mut mesh_tasks = Vec::new();
         let mut mesh = None;
+        let entries_gossiped: Arc<[std::sync::atomic::AtomicU64; 2]> = Default::default();
         let (exec_tx, exec_rx) = tokio::sync::mpsc::channel(crate::exec::EXEC_QUEUE);
         let (heads_tx, heads_rx) = tokio::sync::watch::channel(Vec::new());
         let (bid_tx, bid_rx) = tokio::sync::mpsc::channel(crate::bid_task::BID_QUEUE);
@@ -161,6 +162,7 @@ impl Node {
                     heads: heads_tx,
                     telemetry: Arc::clone(&telemetry_view),
                     bids: bid_tx,
+                    gossiped: Arc::clone(&entries_gossiped),
                 },
             )));
             mesh = Some(client);
@@ -178,6 +180,7 @@ impl Node {
             recent: Default::default(),
             rtts: Default::default(),
             placed: Default::default(),
+            entries_gossiped,
             replication: heads_rx,
             // Nonces only need to differ between this node's requests; start from the clock so
             // they also differ across restarts.

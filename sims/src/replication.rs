@@ -202,7 +202,7 @@ struct Sim {
     /// The validator's verdict per distinct payload. Validation depends on the bytes alone, so
     /// every node would reach the same one; computing it once per payload instead of once per
     /// node is most of the simulator's speed.
-    verdicts: std::collections::HashMap<[u8; 32], Result<SignedEntry, String>>,
+    verdicts: std::collections::HashMap<[u8; 32], Result<Vec<SignedEntry>, String>>,
 }
 
 impl Sim {
@@ -319,16 +319,22 @@ impl Sim {
                             .entry(id)
                             .or_insert_with(|| match validate(NETWORK, &payload) {
                                 Verdict::Accept(v) => match *v {
-                                    Valid::Entry(e) => Ok(e),
+                                    Valid::Entry(e) => Ok(vec![e]),
+                                    Valid::Entries(es) => Ok(es),
                                     Valid::Checkpoint { .. } => Err("a checkpoint".into()),
                                 },
                                 Verdict::Reject(reason) => Err(reason),
                             })
                             .clone();
                         match verdict {
-                            Ok(entry) => {
-                                if entry.body().feed != self.nodes[to].key {
-                                    self.input(to, Input::Entry { from, entry });
+                            Ok(entries) => {
+                                if entries
+                                    .first()
+                                    .is_some_and(|e| e.body().feed != self.nodes[to].key)
+                                {
+                                    for entry in entries {
+                                        self.input(to, Input::Entry { from, entry });
+                                    }
                                     self.forward(to, from, payload);
                                 }
                             }
