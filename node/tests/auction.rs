@@ -317,6 +317,33 @@ fn replicas_run_on_distinct_nodes_and_complete_together() {
 }
 
 #[test]
+fn replicas_with_too_few_bids_fail_once_the_runs_end_instead_of_hanging() {
+    // Found by the simulator (seed 1049): a 2-replica job, two feasible peers asked, one
+    // silent. The one bid runs and succeeds; with no bid left for the second replica the job
+    // must fail with the reason, not wait forever.
+    let peers: Vec<_> = (1..=2)
+        .map(|p| cand(p, tel(1000 * p, 0, Tier::Edge)))
+        .collect();
+    let sla = Sla {
+        replicas: 2,
+        ..Default::default()
+    };
+    let inputs = vec![
+        (submit(sla, None, peers.clone()), 0),
+        (bid(2, bid_of(&peers[1])), 1),
+        (Input::Tick, 60), // the window closes: peer 1 never answered
+        (Input::Done { job: JOB, from: 2 }, 70),
+    ];
+    let (out, auction) = twice(&inputs);
+    assert_eq!(awards(&out), [2]);
+    assert!(
+        matches!(out.last(), Some(Output::Fail { reason, .. }) if reason.contains("only 1 of 2 replicas ran") && reason.contains("no answer")),
+        "{out:?}"
+    );
+    assert_eq!(auction.in_flight(), 0);
+}
+
+#[test]
 fn the_local_node_runs_the_job_with_no_round_trip_when_it_is_best_or_alone() {
     let local = cand(0, tel(4000, 0, Tier::Edge));
     let slow = vec![cand(1, tel(1000, 0, Tier::Edge))];

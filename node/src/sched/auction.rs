@@ -610,11 +610,21 @@ impl<P: Clone + Ord + std::fmt::Debug + std::fmt::Display> Auction<P> {
                         _ => None,
                     })
                     .collect();
-                let reason = format!(
-                    "no node left to run the job after {} attempt(s): {}",
-                    j.attempts,
-                    or_none(&failures)
-                );
+                let replicas = j.sla.replicas.max(1);
+                let reason = if j.done.is_empty() {
+                    format!(
+                        "no node left to run the job after {} attempt(s): {}",
+                        j.attempts,
+                        or_none(&failures)
+                    )
+                } else {
+                    format!(
+                        "only {} of {replicas} replicas ran: no node left after {} attempt(s): {}",
+                        j.done.len(),
+                        j.attempts,
+                        or_none(&failures)
+                    )
+                };
                 let mut j = self.jobs.remove(&job).expect("present");
                 j.outcome = Some(Err(reason.clone()));
                 self.retire(job, j);
@@ -660,6 +670,10 @@ impl<P: Clone + Ord + std::fmt::Debug + std::fmt::Display> Auction<P> {
                     let peers = j.done.clone();
                     self.retire(job, j);
                     out.extend([Output::Complete { job, peers }]);
+                } else if j.running.is_empty() {
+                    // A replica still to place that found no bid when the window closed:
+                    // award the next bid, or fail the job saying how many replicas ran.
+                    self.award_next(job, now, out);
                 }
             }
             Some(reason) => {
