@@ -92,8 +92,9 @@ enum Command {
     /// Start a node on a temporary data dir, classify real held-out digits through its API, and
     /// verify the ledger it wrote
     Demo(demo::DemoArgs),
-    /// Simulate a mesh in virtual time: the real replication core through loss, a partition
-    /// and crashes, with invariants checked (the same seed replays the same run)
+    /// Simulate a fleet in virtual time: jobs placed by the real scheduler on Pi-, Jetson-,
+    /// laptop- and cloud-class nodes, ledgered and replicated by the real cores, through loss,
+    /// a partition and crashes, with invariants checked (the same seed replays the same run)
     Simulate(simulate::SimulateArgs),
     /// Measure engine and end-to-end latency, writing JSON
     #[command(subcommand)]

@@ -1,4 +1,5 @@
-//! `fabnode simulate`: the real replication core across a simulated mesh, in virtual time.
+//! `fabnode simulate`: the real scheduler and replication cores across a simulated mesh of
+//! heterogeneous devices, in virtual time.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -17,14 +18,19 @@ pub struct SimulateArgs {
     /// Seed of every random choice; the same seed replays the same run
     #[arg(long, default_value_t = 1)]
     seed: u64,
-    /// Seconds of virtual time with faults (loss, a partition, crashes) and appends
+    /// Seconds of virtual time with faults (loss, a partition, crashes) and submissions
     #[arg(long, default_value_t = 10)]
     duration: u64,
     /// Seconds of virtual time after the faults heal, for the mesh to converge
     #[arg(long, default_value_t = 20)]
     recovery: u64,
-    /// Entries appended per second across the mesh
-    #[arg(long, default_value_t = 50)]
+    /// Jobs submitted per second across the mesh during the fault phase (Poisson arrivals at
+    /// random nodes; 80 % digits, 20 % the 220-ms spin model; 10 % cloud-only, 10 % on 2
+    /// replicas); every run is ledgered on its executor's feed
+    #[arg(long, default_value_t = 20.0)]
+    jobs_per_sec: f64,
+    /// Extra ledger entries appended per second across the mesh (replication load without jobs)
+    #[arg(long, default_value_t = 0)]
     appends_per_sec: u64,
     /// Probability that a message is lost during the fault phase
     #[arg(long, default_value_t = 0.05)]
@@ -47,7 +53,16 @@ fn report_json(c: &Config, r: &Report, wall: Duration) -> serde_json::Value {
     json!({
         "seed": c.seed, "peers": c.peers, "fault_phase_s": c.fault_phase.as_secs_f64(),
         "recovery_s": c.recovery.as_secs_f64(), "appends_per_s": c.appends_per_s, "loss": c.loss,
-        "partition": c.partition, "crashes": c.crashes,
+        "partition": c.partition, "crashes": c.crashes, "jobs_per_s": c.jobs_per_s,
+        "jobs": {
+            "submitted": r.jobs.submitted, "completed": r.jobs.completed, "failed": r.jobs.failed,
+            "failures": r.jobs.failures,
+            "latency_ms": {"p50": r.jobs.latency_us[0] as f64 / 1e3, "p95": r.jobs.latency_us[1] as f64 / 1e3, "p99": r.jobs.latency_us[2] as f64 / 1e3},
+            "failovers": r.jobs.failovers, "runs": r.jobs.executions, "runs_by_device": r.jobs.by_profile,
+            "gini": r.jobs.gini_permille as f64 / 1e3, "energy_j": r.jobs.energy_mj as f64 / 1e3,
+        },
+        "messages_per_node": r.messages as f64 / c.peers as f64,
+        "bytes_per_node": r.bytes as f64 / c.peers as f64,
         "entries": r.entries, "messages": r.messages, "bytes": r.bytes, "lost": r.lost,
         "events": r.events, "converged_after_s": r.converged_after.map(|d| d.as_secs_f64()),
         "violations": r.violations, "trace": hex::encode(r.trace),
@@ -61,6 +76,7 @@ pub fn run_cmd(a: SimulateArgs) -> Result<ExitCode> {
         peers: a.peers.max(2),
         seed: a.seed,
         appends_per_s: a.appends_per_sec,
+        jobs_per_s: a.jobs_per_sec.max(0.0),
         fault_phase: Duration::from_secs(a.duration),
         recovery: Duration::from_secs(a.recovery),
         loss: a.loss.clamp(0.0, 1.0),
@@ -69,7 +85,7 @@ pub fn run_cmd(a: SimulateArgs) -> Result<ExitCode> {
         ..Config::default()
     };
     println!(
-        "simulate: {} nodes, seed {}, {} s of faults (loss {}, partition {}, {} crashes, latency {}-{} µs) then {} s of recovery, {} appends/s",
+        "simulate: {} nodes, seed {}, {} s of faults (loss {}, partition {}, {} crashes, latency {}-{} µs) then {} s of recovery, {} jobs/s, {} appends/s",
         config.peers,
         config.seed,
         a.duration,
@@ -83,8 +99,45 @@ pub fn run_cmd(a: SimulateArgs) -> Result<ExitCode> {
         config.latency_us.0,
         config.latency_us.1,
         a.recovery,
+        config.jobs_per_s,
         config.appends_per_s
     );
+    let fleet: Vec<String> = config
+        .profiles
+        .iter()
+        .map(|p| {
+            format!(
+                "{} {}‰ ({}, speed {}‰, {} workers, {} W, price {}/s{})",
+                p.name,
+                p.share_permille,
+                p.tier.name(),
+                p.speed_permille,
+                p.workers,
+                p.power_mw / 1000,
+                p.price_per_s_micros,
+                if p.battery_mj.is_some() {
+                    ", half on battery"
+                } else {
+                    ""
+                }
+            )
+        })
+        .collect();
+    println!("fleet:      {}", fleet.join("; "));
+    let models: Vec<String> = config
+        .models
+        .iter()
+        .map(|m| {
+            format!(
+                "{} {}‰ ({} µs at speed 1000, deadline {} s)",
+                m.name,
+                m.share_permille,
+                m.reference_latency_us,
+                m.deadline_us / 1_000_000
+            )
+        })
+        .collect();
+    println!("models:     {}", models.join("; "));
     let t0 = Instant::now();
     let report = run(&config);
     let wall = t0.elapsed();
@@ -99,12 +152,42 @@ pub fn run_cmd(a: SimulateArgs) -> Result<ExitCode> {
         }
         println!("determinism: two runs gave identical reports");
     }
+    let j = &report.jobs;
+    if config.jobs_per_s > 0.0 {
+        println!(
+            "jobs:       {} submitted, {} completed, {} failed; {} needed a failover",
+            j.submitted, j.completed, j.failed, j.failovers
+        );
+        for (reason, n) in &j.failures {
+            println!("            {n} failed: {reason}");
+        }
+        println!(
+            "latency:    p50 {:.2} ms, p95 {:.2} ms, p99 {:.2} ms (submission to result)",
+            j.latency_us[0] as f64 / 1e3,
+            j.latency_us[1] as f64 / 1e3,
+            j.latency_us[2] as f64 / 1e3
+        );
+        let spread: Vec<String> = j
+            .by_profile
+            .iter()
+            .map(|(p, n)| format!("{p} {n}"))
+            .collect();
+        println!(
+            "placement:  {} runs: {}; Gini of runs per node {:.2}; energy {:.1} J",
+            j.executions,
+            spread.join(", "),
+            j.gini_permille as f64 / 1e3,
+            j.energy_mj as f64 / 1e3
+        );
+    }
     println!(
-        "ledger:     {} entries appended; {} messages, {:.1} MB, {} lost",
+        "ledger:     {} entries appended; {} messages, {:.1} MB, {} lost ({:.0} messages, {:.1} kB per node)",
         report.entries,
         report.messages,
         report.bytes as f64 / 1e6,
-        report.lost
+        report.lost,
+        report.messages as f64 / config.peers as f64,
+        report.bytes as f64 / config.peers as f64 / 1e3
     );
     match report.converged_after {
         Some(d) => println!(
@@ -137,11 +220,12 @@ pub fn run_cmd(a: SimulateArgs) -> Result<ExitCode> {
             println!("  - {v}");
         }
         println!(
-            "replay:     fabnode simulate --peers {} --seed {} --duration {} --recovery {} --appends-per-sec {} --loss {} --crashes {}{}",
+            "replay:     fabnode simulate --peers {} --seed {} --duration {} --recovery {} --jobs-per-sec {} --appends-per-sec {} --loss {} --crashes {}{}",
             config.peers,
             config.seed,
             a.duration,
             a.recovery,
+            config.jobs_per_s,
             config.appends_per_s,
             config.loss,
             config.crashes,

@@ -99,9 +99,20 @@ impl<E> Engine<E> {
         lo + self.rng.next_u64() % (hi - lo + 1)
     }
 
+    /// A uniform number in `[0, 1)`.
+    pub fn unit(&mut self) -> f64 {
+        (self.rng.next_u64() >> 11) as f64 / (1u64 << 53) as f64
+    }
+
     /// True with probability `p`.
     pub fn chance(&mut self, p: f64) -> bool {
-        ((self.rng.next_u64() >> 11) as f64 / (1u64 << 53) as f64) < p
+        self.unit() < p
+    }
+
+    /// The gap to the next arrival of a Poisson process with `per_s` arrivals per second.
+    pub fn exponential(&mut self, per_s: f64) -> Duration {
+        let u = 1.0 - self.unit(); // in (0, 1]
+        Duration::from_secs_f64((-u.ln() / per_s.max(1e-9)).min(86_400.0))
     }
 
     /// 32 random bytes (node keys).

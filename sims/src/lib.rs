@@ -6,4 +6,5 @@
 //! `fabnode simulate` command come next.
 
 pub mod engine;
+pub mod fleet;
 pub mod replication;

@@ -21,9 +21,27 @@ use fab_mesh::replicate::{Input, Output, ReplicateConfig, Replicator};
 use fab_mesh::validate::{Valid, Verdict, validate};
 use fab_mesh::wire::GossipMsg;
 
+use fab_node::sched::auction::{self, Auction, AuctionConfig, Candidate, Submission};
+use fab_node::sched::bidder::{self, AllowAll, Answer, BidderLimits, Policy};
+use fab_node::sched::telemetry::{SignedTelemetry, TelemetryReport, TelemetryView};
+use fab_node::sched::{Estimate, Host, JobShape, Link, Sla, Telemetry};
+
 use crate::engine::Engine;
+use crate::fleet::{Model, Profile, gini, pick};
+
+type JobId = auction::JobId;
 
 const NETWORK: &str = "sim";
+/// Telemetry is published this often (plus up to 10 % jitter) and is stale after
+/// [`TELEMETRY_STALE_MS`], as on a node.
+const TELEMETRY_EVERY: Duration = Duration::from_secs(2);
+const TELEMETRY_STALE_MS: u64 = 15_000;
+/// The auction's clock step while it places jobs (the node's placer ticks as often).
+const AUCTION_TICK: Duration = Duration::from_millis(5);
+/// Ledger entry kind of a simulated execution: `[job id, attempt, requester]`.
+const KIND_RUN: u64 = 98;
+/// Regions the fleet is spread over, round robin.
+const REGIONS: [&str; 2] = ["eu", "us"];
 /// Peers a node forwards a newly accepted entry to (gossipsub's D).
 pub const MESH_DEGREE: usize = 6;
 
@@ -48,9 +66,29 @@ pub struct Config {
     /// Peers each node dials at start (the node's connection target); with the peers that
     /// dial it and a ring that keeps the graph connected, these are its connections.
     pub degree: usize,
-    /// Test-only planted bug: a restarted node keeps its replication core's pre-crash state
-    /// instead of rebuilding it from what its store kept. The invariants must catch it.
-    pub planted_bug: bool,
+    /// Jobs submitted per second across the mesh (Poisson arrivals at random nodes), from the
+    /// start until half the recovery phase has passed; 0 runs the ledger workload alone.
+    pub jobs_per_s: f64,
+    /// The fleet's device classes and the models it runs.
+    pub profiles: Vec<Profile>,
+    pub models: Vec<Model>,
+    /// Share of jobs allowed only on the cloud tier, and of jobs asking for 2 replicas, permille.
+    pub cloud_only_permille: u32,
+    pub two_replicas_permille: u32,
+    /// Test-only planted bug; the invariants must catch it.
+    pub planted: Planted,
+}
+
+/// A bug planted on purpose, to show that the invariants can fail.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Planted {
+    #[default]
+    None,
+    /// A restarted node keeps its replication core's pre-crash state instead of rebuilding it
+    /// from what its store kept.
+    StaleRestart,
+    /// An executor runs awarded jobs without asking its policy.
+    ExecWithoutPolicy,
 }
 
 impl Default for Config {
@@ -66,7 +104,12 @@ impl Default for Config {
             partition: true,
             crashes: 2,
             degree: 8,
-            planted_bug: false,
+            jobs_per_s: 0.0,
+            profiles: crate::fleet::profiles(),
+            models: crate::fleet::models(),
+            cloud_only_permille: 100,
+            two_replicas_permille: 100,
+            planted: Planted::None,
         }
     }
 }
@@ -85,10 +128,61 @@ pub struct Report {
     /// BLAKE3 over every event handled: equal for equal seeds.
     pub trace: [u8; 32],
     pub events: u64,
+    pub jobs: JobReport,
+}
+
+/// What happened to the jobs.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct JobReport {
+    pub submitted: u64,
+    pub completed: u64,
+    pub failed: u64,
+    /// Failure reasons and how many jobs failed with each.
+    pub failures: BTreeMap<String, u64>,
+    /// Submission to result of completed jobs, microseconds: p50, p95, p99.
+    pub latency_us: [u64; 3],
+    /// Jobs that needed more awards than replicas (a re-award after a failed attempt).
+    pub failovers: u64,
+    /// Runs that finished on an executor (each one ledgered there).
+    pub executions: u64,
+    /// Finished runs per device class.
+    pub by_profile: BTreeMap<String, u64>,
+    /// Gini coefficient of finished runs per node, permille (0: evenly spread).
+    pub gini_permille: u64,
+    /// Energy spent computing, millijoules.
+    pub energy_mj: u64,
 }
 
 enum Msg {
     Gossip(Vec<u8>),
+    /// A signed telemetry report, gossiped on its own topic.
+    Telemetry(Vec<u8>),
+    /// `/fabnode/bid/1`: a call for bids and its answer.
+    Call {
+        job: JobId,
+        shape: JobShape,
+        sla: Sla,
+    },
+    Bid {
+        job: JobId,
+        estimate: Estimate,
+    },
+    Decline {
+        job: JobId,
+        reason: String,
+    },
+    /// `/fabnode/exec/1`: an awarded job, its result, or a refusal.
+    Exec {
+        job: JobId,
+        attempt: u32,
+    },
+    Result {
+        job: JobId,
+    },
+    Refused {
+        job: JobId,
+        reason: String,
+    },
     HeadsRequest,
     Heads(Vec<(PublicKey, u64)>),
     RangeRequest {
@@ -106,7 +200,14 @@ enum Msg {
 impl Msg {
     fn bytes(&self) -> u64 {
         match self {
-            Msg::Gossip(b) => b.len() as u64,
+            Msg::Gossip(b) | Msg::Telemetry(b) => b.len() as u64,
+            Msg::Call { .. } => 160,
+            Msg::Bid { .. } => 180,
+            Msg::Decline { reason, .. } => 100 + reason.len() as u64,
+            // The signed job request with its input, and the answer with the signed entry.
+            Msg::Exec { .. } => 400,
+            Msg::Result { .. } => 900,
+            Msg::Refused { reason, .. } => 100 + reason.len() as u64,
             Msg::HeadsRequest | Msg::RangeRequest { .. } => 48,
             Msg::Heads(h) => 40 * h.len() as u64,
             Msg::Range { entries, .. } => entries.iter().map(|e| e.len() as u64).sum(),
@@ -124,10 +225,64 @@ enum Event {
     Tick(usize),
     Crash(usize),
     Restart(usize),
+    /// A client submits a job at a random node.
+    Submit,
+    /// A node publishes its telemetry.
+    Publish(usize),
+    /// A node's auction clock advances (while it places jobs).
+    AuctionTick(usize),
+    /// A run ends on `node`, unless the node crashed since (`life` changed).
+    Finish {
+        node: usize,
+        life: u32,
+    },
+}
+
+/// A run of a job on an executor.
+#[derive(Clone, Copy, Debug)]
+struct Run {
+    job: JobId,
+    requester: usize,
+    attempt: u32,
+    compute_us: u64,
+    /// When it ends, once started.
+    ends: Duration,
+}
+
+/// A submitted job, as the simulator (outside the nodes) tracks it for the checkers.
+struct JobRec {
+    submitter: usize,
+    at: Duration,
+    shape: JobShape,
+    sla: Sla,
+    /// What the client was told: a result (with its latency) or a failure reason.
+    outcome: Option<Result<Duration, String>>,
+    /// Results handed to the client; exactly one for a completed job.
+    results: u32,
+    awards: u32,
 }
 
 struct Node {
     key: PublicKey,
+    keypair: Keypair,
+    profile: usize,
+    /// The requester side of the scheduler; its state dies with the process.
+    auction: Auction<usize>,
+    auction_ticking: bool,
+    view: TelemetryView,
+    telemetry_seq: u64,
+    /// Runs waiting for a worker, and runs in progress.
+    queue: std::collections::VecDeque<Run>,
+    running: Vec<Run>,
+    /// Incremented by every crash: a run that was to finish in an earlier life never does.
+    life: u32,
+    /// Measured run time per model (EWMA, 1/8), as the node publishes it.
+    model_latency: BTreeMap<[u8; 32], u64>,
+    battery_mj: Option<u64>,
+    /// Jobs this node's policy admitted for execution (allow decisions).
+    allowed: std::collections::BTreeSet<JobId>,
+    /// Runs finished here: (job, attempt).
+    finished: Vec<(JobId, u32)>,
     writer: FeedWriter,
     own: Vec<SignedEntry>,
     replicator: Replicator<usize>,
@@ -143,10 +298,23 @@ struct Node {
 }
 
 impl Node {
-    fn new(secret: [u8; 32]) -> Self {
+    fn new(secret: [u8; 32], profile: usize, battery_mj: Option<u64>) -> Self {
         let key = Keypair::from_secret(secret);
         Node {
             key: key.public(),
+            keypair: key.clone(),
+            profile,
+            auction: Auction::new(AuctionConfig::default()),
+            auction_ticking: false,
+            view: TelemetryView::new(TELEMETRY_STALE_MS),
+            telemetry_seq: 0,
+            queue: Default::default(),
+            running: Vec::new(),
+            life: 0,
+            model_latency: BTreeMap::new(),
+            battery_mj,
+            allowed: Default::default(),
+            finished: Vec::new(),
             writer: FeedWriter::resume(key, 0, None),
             own: Vec::new(),
             replicator: Replicator::new(ReplicateConfig::default()),
@@ -177,6 +345,10 @@ impl Node {
             );
         }
         self.replicator = r;
+        // What lived in memory starts over: the auction, the telemetry view.
+        self.auction = Auction::new(AuctionConfig::default());
+        self.auction_ticking = false;
+        self.view = TelemetryView::new(TELEMETRY_STALE_MS);
         self.up = true;
     }
 
@@ -203,6 +375,13 @@ struct Sim {
     /// every node would reach the same one; computing it once per payload instead of once per
     /// node is most of the simulator's speed.
     verdicts: std::collections::HashMap<[u8; 32], Result<Vec<SignedEntry>, String>>,
+    /// The same for telemetry reports.
+    reports: std::collections::HashMap<[u8; 32], Option<SignedTelemetry>>,
+    /// Node index by feed key.
+    index: BTreeMap<[u8; 32], usize>,
+    jobs: BTreeMap<JobId, JobRec>,
+    submitted: u64,
+    latencies: Vec<u64>,
 }
 
 impl Sim {
@@ -288,18 +467,38 @@ impl Sim {
                         self.trace.update(&[0, n as u8]);
                         let seq = self.nodes[n].own.len() as u64;
                         let value = ciborium::Value::Integer(seq.into());
-                        let entry = self.nodes[n].writer.append(
-                            EntryBody::Unknown { kind: 99, value },
-                            now.as_millis() as u64,
-                        );
-                        self.nodes[n].own.push(entry.clone());
-                        self.report.entries += 1;
-                        let payload = GossipMsg::Entry(entry.encode()).encode();
-                        // Flood publishing: to every connected peer.
-                        for to in self.links[n].clone() {
-                            self.send(n, to, Msg::Gossip(payload.clone()));
-                        }
+                        self.append(n, EntryBody::Unknown { kind: 99, value });
                     }
+                }
+            }
+            Event::Submit => {
+                if now < self.fault_end {
+                    let gap = self.engine.exponential(self.config.jobs_per_s);
+                    self.engine.after(gap, Event::Submit);
+                    self.submit();
+                }
+            }
+            Event::Publish(n) => {
+                let jitter = self
+                    .engine
+                    .uniform(0, TELEMETRY_EVERY.as_micros() as u64 / 10);
+                self.engine.after(
+                    TELEMETRY_EVERY + Duration::from_micros(jitter),
+                    Event::Publish(n),
+                );
+                if self.nodes[n].up {
+                    self.publish_telemetry(n);
+                }
+            }
+            Event::AuctionTick(n) => {
+                self.nodes[n].auction_ticking = false;
+                if self.nodes[n].up {
+                    self.auction(n, auction::Input::Tick);
+                }
+            }
+            Event::Finish { node, life } => {
+                if self.nodes[node].up && self.nodes[node].life == life {
+                    self.finish(node);
                 }
             }
             Event::Deliver { from, to, msg } => {
@@ -309,6 +508,50 @@ impl Sim {
                 }
                 self.trace.update(&[1, from as u8, to as u8]);
                 match *msg {
+                    Msg::Telemetry(payload) => self.telemetry_in(to, from, payload),
+                    Msg::Call { job, shape, sla } => {
+                        let own = self.telemetry_of(to);
+                        let requester = self.nodes[from].key.to_bytes();
+                        let call = bidder::Call {
+                            job: &shape,
+                            sla: &sla,
+                            link: self.assumed_link(),
+                            requester: &requester,
+                        };
+                        let reply = match bidder::answer(
+                            &own,
+                            true,
+                            call,
+                            &AllowAll,
+                            BidderLimits::default(),
+                        ) {
+                            Answer::Bid(estimate) => Msg::Bid { job, estimate },
+                            Answer::Decline(reason) => Msg::Decline { job, reason },
+                        };
+                        self.rpc(to, from, reply);
+                    }
+                    Msg::Bid { job, estimate } => self.auction(
+                        to,
+                        auction::Input::Bid {
+                            job,
+                            from,
+                            estimate,
+                        },
+                    ),
+                    Msg::Decline { job, reason } => {
+                        self.auction(to, auction::Input::Decline { job, from, reason })
+                    }
+                    Msg::Exec { job, attempt } => self.exec_in(to, from, job, attempt),
+                    Msg::Result { job } => {
+                        if self.nodes[to].auction.is_running(&job, &from) {
+                            self.auction(to, auction::Input::Done { job, from });
+                        }
+                    }
+                    Msg::Refused { job, reason } => {
+                        if self.nodes[to].auction.is_running(&job, &from) {
+                            self.auction(to, auction::Input::Failed { job, from, reason });
+                        }
+                    }
                     Msg::Gossip(payload) => {
                         let id = *blake3::hash(&payload).as_bytes();
                         if !self.nodes[to].seen.insert(id) {
@@ -413,6 +656,9 @@ impl Sim {
                 }
             }
             Event::Crash(n) => {
+                if !self.nodes[n].up {
+                    return; // already down: a process crashes once
+                }
                 self.trace.update(&[2, n as u8]);
                 // Replica writes since the last sync are lost with the process.
                 let node = &mut self.nodes[n];
@@ -421,6 +667,38 @@ impl Sim {
                 }
                 node.replicas.retain(|_, v| !v.is_empty());
                 node.up = false;
+                node.life += 1;
+                node.queue.clear();
+                node.running.clear();
+                // Its clients lose their connections: the jobs it was placing fail.
+                for rec in self.jobs.values_mut() {
+                    if rec.submitter == n && rec.outcome.is_none() {
+                        rec.outcome = Some(Err("the submitting node crashed".into()));
+                    }
+                }
+                // Requesters whose runs it held see the connection close.
+                let waiting: Vec<(JobId, usize)> = self
+                    .jobs
+                    .iter()
+                    .filter(|(job, r)| {
+                        r.outcome.is_none()
+                            && self.nodes[r.submitter].up
+                            && self.nodes[r.submitter].auction.is_running(job, &n)
+                    })
+                    .map(|(job, r)| (*job, r.submitter))
+                    .collect();
+                for (job, requester) in waiting {
+                    let reason = "connection closed".to_owned();
+                    let delay = self.latency();
+                    self.engine.after(
+                        delay,
+                        Event::Deliver {
+                            from: n,
+                            to: requester,
+                            msg: Box::new(Msg::Refused { job, reason }),
+                        },
+                    );
+                }
                 for p in self.links[n].clone() {
                     if self.nodes[p].up {
                         self.input(p, Input::PeerDown(n));
@@ -430,7 +708,7 @@ impl Sim {
             }
             Event::Restart(n) => {
                 self.trace.update(&[3, n as u8]);
-                if self.config.planted_bug {
+                if self.config.planted == Planted::StaleRestart {
                     self.nodes[n].up = true;
                 } else {
                     self.nodes[n].restart();
@@ -445,9 +723,421 @@ impl Sim {
         }
     }
 
+    /// One link's one-way latency.
+    fn latency(&mut self) -> Duration {
+        let (lo, hi) = self.config.latency_us;
+        Duration::from_micros(self.engine.uniform(lo, hi))
+    }
+
+    /// What a node assumes of a link to a peer it has not measured: the mean round trip.
+    fn assumed_link(&self) -> Link {
+        let (lo, hi) = self.config.latency_us;
+        Link::assumed(lo + hi)
+    }
+
+    /// Appends to `n`'s own feed and floods the entry to its connections.
+    fn append(&mut self, n: usize, body: EntryBody) {
+        let now_ms = self.engine.now().as_millis() as u64;
+        let entry = self.nodes[n].writer.append(body, now_ms);
+        self.nodes[n].own.push(entry.clone());
+        self.report.entries += 1;
+        let payload = GossipMsg::Entry(entry.encode()).encode();
+        // Flood publishing: to every connected peer.
+        for to in self.links[n].clone() {
+            self.send(n, to, Msg::Gossip(payload.clone()));
+        }
+    }
+
+    /// A request-response message over a direct connection: TCP does not lose it, but a
+    /// partition or a crashed peer does, and an exec request to an unreachable peer comes back
+    /// as a refusal (the dial fails).
+    fn rpc(&mut self, from: usize, to: usize, msg: Msg) {
+        self.report.messages += 1;
+        self.report.bytes += msg.bytes();
+        let delay = self.latency();
+        if !self.nodes[to].up || self.cut(from, to) {
+            self.report.lost += 1;
+            if let Msg::Exec { job, .. } = msg {
+                let reason = "peer unreachable".to_owned();
+                self.engine.after(
+                    delay * 2,
+                    Event::Deliver {
+                        from: to,
+                        to: from,
+                        msg: Box::new(Msg::Refused { job, reason }),
+                    },
+                );
+            }
+            return;
+        }
+        self.engine.after(
+            delay,
+            Event::Deliver {
+                from,
+                to,
+                msg: Box::new(msg),
+            },
+        );
+    }
+
+    /// A node's telemetry now, from its device class and state.
+    fn telemetry_of(&self, n: usize) -> Telemetry {
+        let node = &self.nodes[n];
+        let p = &self.config.profiles[node.profile];
+        let busy = node.running.len() as u32;
+        Telemetry {
+            tier: p.tier,
+            region: REGIONS[n % REGIONS.len()].to_owned(),
+            labels: Default::default(),
+            price_per_s_micros: p.price_per_s_micros,
+            queue_depth: (node.queue.len() as u32).saturating_add(busy),
+            workers: p.workers,
+            speed_permille: p.speed_permille,
+            power_mw: p.power_mw,
+            battery_permille: node.battery_mj.zip(p.battery_mj).map(|(left, cap)| {
+                u32::try_from(left.saturating_mul(1000) / cap.max(1)).unwrap_or(1000)
+            }),
+            model_latency_us: node.model_latency.clone(),
+            host: Host {
+                cores: p.cores,
+                load_permille: busy.saturating_mul(1000) / p.workers.max(1),
+                mem_free_mib: p.mem_mib,
+                temp_max_mc: None,
+            },
+            at_ms: self.engine.now().as_millis() as u64,
+        }
+    }
+
+    fn publish_telemetry(&mut self, n: usize) {
+        let telemetry = self.telemetry_of(n);
+        let node = &mut self.nodes[n];
+        node.telemetry_seq += 1;
+        let report = TelemetryReport {
+            node: node.key,
+            seq: node.telemetry_seq,
+            telemetry,
+        };
+        let payload = SignedTelemetry::sign(report, &node.keypair).encode();
+        node.seen.insert(*blake3::hash(&payload).as_bytes());
+        for to in self.links[n].clone() {
+            self.send(n, to, Msg::Telemetry(payload.clone()));
+        }
+    }
+
+    /// A telemetry report arrives by gossip: checked (once per distinct payload), offered to
+    /// the node's view, forwarded.
+    fn telemetry_in(&mut self, to: usize, from: usize, payload: Vec<u8>) {
+        let id = *blake3::hash(&payload).as_bytes();
+        if !self.nodes[to].seen.insert(id) {
+            return;
+        }
+        let report = self
+            .reports
+            .entry(id)
+            .or_insert_with(|| SignedTelemetry::decode_verified(&payload).ok())
+            .clone();
+        let Some(report) = report else {
+            self.report
+                .violations
+                .push(format!("{to} rejected honest telemetry from {from}"));
+            return;
+        };
+        let now_ms = self.engine.now().as_millis() as u64;
+        // A stale or replayed report is refused by the view and not forwarded.
+        if self.nodes[to].view.offer(&report, now_ms).is_ok() {
+            self.forward_with(to, from, payload, Msg::Telemetry);
+        }
+    }
+
+    /// A client submits a job at a random live node.
+    fn submit(&mut self) {
+        let n = self.engine.uniform(0, self.nodes.len() as u64 - 1) as usize;
+        if !self.nodes[n].up {
+            return; // the client cannot reach it; nothing was submitted
+        }
+        let model = pick(
+            self.config.models.iter().map(|m| m.share_permille),
+            self.engine.uniform(0, 999),
+        );
+        let Some(m) = self.config.models.get(model).cloned() else {
+            return;
+        };
+        let mut sla = Sla {
+            deadline_us: m.deadline_us,
+            ..Sla::default()
+        };
+        if self.engine.uniform(0, 999) < u64::from(self.config.cloud_only_permille) {
+            sla.tiers.insert(fab_node::sched::Tier::Cloud);
+        }
+        if self.engine.uniform(0, 999) < u64::from(self.config.two_replicas_permille) {
+            sla.replicas = 2;
+        }
+        let shape = JobShape {
+            model_digest: m.digest,
+            input_bytes: m.input_bytes,
+            reference_latency_us: m.reference_latency_us,
+        };
+        self.submitted += 1;
+        let mut id = blake3::Hasher::new();
+        id.update(&self.config.seed.to_le_bytes());
+        id.update(&self.submitted.to_le_bytes());
+        let job: JobId = *id.finalize().as_bytes();
+        self.trace.update(&[4, n as u8]);
+        let now = self.engine.now();
+        let now_ms = now.as_millis() as u64;
+        let link = self.assumed_link();
+        let peers: Vec<Candidate<usize>> = self.nodes[n]
+            .view
+            .fresh(now_ms)
+            .into_iter()
+            .filter_map(|r| {
+                let peer = *self.index.get(&r.node.to_bytes())?;
+                (peer != n).then(|| Candidate {
+                    peer,
+                    telemetry: r.telemetry.clone(),
+                    link,
+                })
+            })
+            .collect();
+        let local = Some(Candidate {
+            peer: n,
+            telemetry: self.telemetry_of(n),
+            link: Link::LOCAL,
+        });
+        self.jobs.insert(
+            job,
+            JobRec {
+                submitter: n,
+                at: now,
+                shape: shape.clone(),
+                sla: sla.clone(),
+                outcome: None,
+                results: 0,
+                awards: 0,
+            },
+        );
+        let submission = Submission {
+            job,
+            shape,
+            sla,
+            local,
+            peers,
+            weights: None,
+        };
+        self.auction(n, auction::Input::Submit(Box::new(submission)));
+    }
+
+    /// Feeds the requester side of `n`'s scheduler and carries out what it decides.
+    fn auction(&mut self, n: usize, input: auction::Input<usize>) {
+        let now = self.engine.now();
+        let mut out = Vec::new();
+        self.nodes[n].auction.handle(input, now, &mut out);
+        for o in out {
+            match o {
+                auction::Output::CallForBids { job, peers } => {
+                    let Some(rec) = self.jobs.get(&job) else {
+                        continue;
+                    };
+                    let (shape, sla) = (rec.shape.clone(), rec.sla.clone());
+                    for p in peers {
+                        let call = Msg::Call {
+                            job,
+                            shape: shape.clone(),
+                            sla: sla.clone(),
+                        };
+                        self.rpc(n, p, call);
+                    }
+                }
+                auction::Output::Award {
+                    job,
+                    peer,
+                    attempt,
+                    local,
+                } => {
+                    if let Some(rec) = self.jobs.get_mut(&job) {
+                        rec.awards += 1;
+                    }
+                    if local {
+                        self.exec_in(n, n, job, attempt);
+                    } else {
+                        self.rpc(n, peer, Msg::Exec { job, attempt });
+                    }
+                }
+                auction::Output::Complete { job, .. } => {
+                    let Some(rec) = self.jobs.get_mut(&job) else {
+                        continue;
+                    };
+                    rec.results += 1;
+                    if rec.results > 1 {
+                        self.report.violations.push(format!(
+                            "job {} gave its client a second result",
+                            hex8(&job)
+                        ));
+                    } else if rec.outcome.is_none() {
+                        rec.outcome = Some(Ok(now - rec.at));
+                        self.latencies.push((now - rec.at).as_micros() as u64);
+                    }
+                }
+                auction::Output::Fail { job, reason } => {
+                    if let Some(rec) = self.jobs.get_mut(&job)
+                        && rec.outcome.is_none()
+                    {
+                        rec.outcome = Some(Err(reason));
+                    }
+                }
+            }
+        }
+        let node = &mut self.nodes[n];
+        if node.auction.in_flight() > 0 && !node.auction_ticking {
+            node.auction_ticking = true;
+            self.engine.after(AUCTION_TICK, Event::AuctionTick(n));
+        }
+    }
+
+    /// An awarded job reaches its executor `n`: the policy decides, then it queues for a worker.
+    fn exec_in(&mut self, n: usize, requester: usize, job: JobId, attempt: u32) {
+        let Some(rec) = self.jobs.get(&job) else {
+            return;
+        };
+        let shape = rec.shape.clone();
+        if self.config.planted != Planted::ExecWithoutPolicy {
+            let key = self.nodes[requester].key.to_bytes();
+            if let Err(reason) = AllowAll.admit(&shape, &key) {
+                self.reply(n, requester, Msg::Refused { job, reason });
+                return;
+            }
+            self.nodes[n].allowed.insert(job);
+        }
+        if self.nodes[n].queue.len() as u32 >= BidderLimits::default().queue_max {
+            let reason = "busy: queue full".to_owned();
+            self.reply(n, requester, Msg::Refused { job, reason });
+            return;
+        }
+        let tier = self.config.profiles[self.nodes[n].profile].tier;
+        if !rec_tiers_allow(&self.jobs, &job, tier) {
+            self.report.violations.push(format!(
+                "node {n} ({}) ran job {}, whose SLA excludes its tier",
+                tier.name(),
+                hex8(&job)
+            ));
+        }
+        if !self.nodes[n].allowed.contains(&job) {
+            self.report.violations.push(format!(
+                "node {n} ran job {} without an allow decision",
+                hex8(&job)
+            ));
+        }
+        let p = &self.config.profiles[self.nodes[n].profile];
+        let base =
+            shape.reference_latency_us.saturating_mul(1000) / u64::from(p.speed_permille.max(1));
+        // Run times vary ±10 % around the device's speed.
+        let compute_us = base * self.engine.uniform(900, 1100) / 1000;
+        self.nodes[n].queue.push_back(Run {
+            job,
+            requester,
+            attempt,
+            compute_us: compute_us.max(1),
+            ends: Duration::ZERO,
+        });
+        self.start_runs(n);
+    }
+
+    /// An answer from `n` to `requester`: a local call when they are the same node.
+    fn reply(&mut self, n: usize, requester: usize, msg: Msg) {
+        if n != requester {
+            self.rpc(n, requester, msg);
+            return;
+        }
+        match msg {
+            Msg::Result { job } => self.auction(n, auction::Input::Done { job, from: n }),
+            Msg::Refused { job, reason } => self.auction(
+                n,
+                auction::Input::Failed {
+                    job,
+                    from: n,
+                    reason,
+                },
+            ),
+            _ => {}
+        }
+    }
+
+    /// Starts queued runs on free workers.
+    fn start_runs(&mut self, n: usize) {
+        let workers = self.config.profiles[self.nodes[n].profile].workers.max(1) as usize;
+        while self.nodes[n].running.len() < workers {
+            let Some(mut run) = self.nodes[n].queue.pop_front() else {
+                break;
+            };
+            run.ends = self.engine.now() + Duration::from_micros(run.compute_us);
+            self.nodes[n].running.push(run);
+            let life = self.nodes[n].life;
+            self.engine.after(
+                Duration::from_micros(run.compute_us),
+                Event::Finish { node: n, life },
+            );
+        }
+    }
+
+    /// The run whose timer fired on `n`: the one ending first.
+    fn finish(&mut self, n: usize) {
+        let node = &mut self.nodes[n];
+        let Some(i) = (0..node.running.len()).min_by_key(|&i| (node.running[i].ends, i)) else {
+            return;
+        };
+        let run = node.running.remove(i);
+        let p = &self.config.profiles[node.profile];
+        let energy_mj = u64::from(p.power_mw).saturating_mul(run.compute_us) / 1_000_000;
+        if let Some(b) = node.battery_mj.as_mut() {
+            *b = b.saturating_sub(energy_mj);
+        }
+        let Some(rec) = self.jobs.get(&run.job) else {
+            return;
+        };
+        let digest = rec.shape.model_digest;
+        let latency = node.model_latency.entry(digest).or_insert(run.compute_us);
+        *latency = (*latency * 7 + run.compute_us) / 8;
+        node.finished.push((run.job, run.attempt));
+        self.report.jobs.energy_mj += energy_mj;
+        self.report.jobs.executions += 1;
+        *self
+            .report
+            .jobs
+            .by_profile
+            .entry(p.name.to_owned())
+            .or_default() += 1;
+        self.trace.update(&[5, n as u8]);
+        // The run is durably ledgered before the answer goes out.
+        let value = ciborium::Value::Array(vec![
+            ciborium::Value::Bytes(run.job.to_vec()),
+            ciborium::Value::Integer(run.attempt.into()),
+            ciborium::Value::Integer((run.requester as u64).into()),
+        ]);
+        self.append(
+            n,
+            EntryBody::Unknown {
+                kind: KIND_RUN,
+                value,
+            },
+        );
+        self.reply(n, run.requester, Msg::Result { job: run.job });
+        self.start_runs(n);
+    }
+
     /// Forwards a newly accepted gossip message to up to [`MESH_DEGREE`] random connected
     /// peers (its gossipsub mesh), not back to the sender.
     fn forward(&mut self, node: usize, from: usize, payload: Vec<u8>) {
+        self.forward_with(node, from, payload, Msg::Gossip);
+    }
+
+    /// [`Sim::forward`] for any topic.
+    fn forward_with(
+        &mut self,
+        node: usize,
+        from: usize,
+        payload: Vec<u8>,
+        msg: fn(Vec<u8>) -> Msg,
+    ) {
         let mut candidates: Vec<usize> = self.links[node]
             .iter()
             .copied()
@@ -456,8 +1146,111 @@ impl Sim {
         for _ in 0..MESH_DEGREE.min(candidates.len()) {
             let i = self.engine.uniform(0, candidates.len() as u64 - 1) as usize;
             let p = candidates.swap_remove(i);
-            self.send(node, p, Msg::Gossip(payload.clone()));
+            self.send(node, p, msg(payload.clone()));
         }
+    }
+
+    /// No job being placed and no run queued or running anywhere: nothing more will be
+    /// appended, so convergence now is final.
+    fn idle(&self) -> bool {
+        self.jobs.values().all(|j| j.outcome.is_some())
+            && self
+                .nodes
+                .iter()
+                .all(|n| n.queue.is_empty() && n.running.is_empty())
+    }
+
+    /// The job invariants, checked from outside the nodes at the end, and the job report.
+    fn check_jobs(&mut self) {
+        let mut violations = Vec::new();
+        let mut r = JobReport {
+            submitted: self.jobs.len() as u64,
+            ..std::mem::take(&mut self.report.jobs)
+        };
+        for (job, rec) in &self.jobs {
+            match &rec.outcome {
+                None => violations.push(format!(
+                    "job {} neither finished nor failed by the end",
+                    hex8(job)
+                )),
+                Some(Ok(_)) => {
+                    r.completed += 1;
+                    if rec.results != 1 {
+                        violations.push(format!(
+                            "job {} gave its client {} results",
+                            hex8(job),
+                            rec.results
+                        ));
+                    }
+                }
+                Some(Err(reason)) => {
+                    r.failed += 1;
+                    // Group by reason without the job-specific numbers.
+                    let key: String = reason
+                        .chars()
+                        .map(|c| if c.is_ascii_digit() { '#' } else { c })
+                        .collect();
+                    *r.failures.entry(key).or_default() += 1;
+                }
+            }
+            if rec.awards > u32::from(rec.sla.replicas) {
+                r.failovers += 1;
+            }
+        }
+        // Every run that finished is in its executor's own feed, and the feed records no run
+        // that did not happen.
+        for (n, node) in self.nodes.iter().enumerate() {
+            let mut ledgered: Vec<(JobId, u32)> = node
+                .own
+                .iter()
+                .filter_map(|e| match &e.body().body {
+                    EntryBody::Unknown { kind, value } if *kind == KIND_RUN => run_of(value),
+                    _ => None,
+                })
+                .collect();
+            let mut ran = node.finished.clone();
+            ledgered.sort_unstable();
+            ran.sort_unstable();
+            if ledgered != ran {
+                violations.push(format!(
+                    "node {n}'s feed records {} runs but it finished {}",
+                    ledgered.len(),
+                    ran.len()
+                ));
+            }
+        }
+        // No node holds an entry its author did not write.
+        for (h, holder) in self.nodes.iter().enumerate() {
+            for (feed, entries) in &holder.replicas {
+                let Some(&o) = self.index.get(feed) else {
+                    violations.push(format!("node {h} holds a feed of no node"));
+                    continue;
+                };
+                let own = &self.nodes[o].own;
+                if let Some(bad) = entries
+                    .iter()
+                    .zip(own)
+                    .position(|(a, b)| a.id() != b.id())
+                    .or((entries.len() > own.len()).then_some(own.len()))
+                {
+                    violations.push(format!(
+                        "node {h} holds entry {bad} of node {o}'s feed that node {o} never wrote"
+                    ));
+                }
+            }
+        }
+        let mut lat = std::mem::take(&mut self.latencies);
+        lat.sort_unstable();
+        let q = |p: usize| {
+            lat.get((lat.len() * p / 100).min(lat.len().saturating_sub(1)))
+                .copied()
+                .unwrap_or(0)
+        };
+        r.latency_us = [q(50), q(95), q(99)];
+        let loads: Vec<u64> = self.nodes.iter().map(|n| n.finished.len() as u64).collect();
+        r.gini_permille = (gini(&loads) * 1000.0).round() as u64;
+        self.report.jobs = r;
+        self.report.violations.extend(violations);
     }
 
     /// Whether every node holds every other node's whole feed, with the owner's head.
@@ -477,7 +1270,24 @@ impl Sim {
 pub fn run(config: &Config) -> Report {
     let mut engine: Engine<Event> = Engine::new(config.seed);
     let nodes: Vec<Node> = (0..config.peers)
-        .map(|_| Node::new(engine.bytes32()))
+        .map(|_| {
+            let secret = engine.bytes32();
+            let profile = pick(
+                config.profiles.iter().map(|p| p.share_permille),
+                engine.uniform(0, 999),
+            );
+            let battery = config.profiles.get(profile).and_then(|p| p.battery_mj);
+            // Half the battery-capable devices run on battery, from 30-100 % charge.
+            let battery = battery
+                .filter(|_| engine.chance(0.5))
+                .map(|cap| cap / 1000 * engine.uniform(300, 1000));
+            Node::new(secret, profile, battery)
+        })
+        .collect();
+    let index: BTreeMap<[u8; 32], usize> = nodes
+        .iter()
+        .enumerate()
+        .map(|(i, n)| (n.key.to_bytes(), i))
         .collect();
     let fault_end = config.fault_phase;
     let third = config.fault_phase / 3;
@@ -515,9 +1325,15 @@ pub fn run(config: &Config) -> Report {
             violations: Vec::new(),
             trace: [0; 32],
             events: 0,
+            jobs: JobReport::default(),
         },
         trace: blake3::Hasher::new(),
         verdicts: Default::default(),
+        reports: Default::default(),
+        index,
+        jobs: BTreeMap::new(),
+        submitted: 0,
+        latencies: Vec::new(),
     };
     for a in 0..sim.nodes.len() {
         for b in sim.links[a].clone() {
@@ -526,7 +1342,18 @@ pub fn run(config: &Config) -> Report {
         let offset = Duration::from_micros(sim.engine.uniform(0, 250_000));
         sim.engine.after(offset, Event::Tick(a));
     }
-    sim.engine.after(Duration::ZERO, Event::Append);
+    if config.appends_per_s > 0 {
+        sim.engine.after(Duration::ZERO, Event::Append);
+    }
+    if config.jobs_per_s > 0.0 {
+        for a in 0..sim.nodes.len() {
+            let offset = Duration::from_micros(sim.engine.uniform(0, 200_000));
+            sim.engine.after(offset, Event::Publish(a));
+        }
+        // Jobs start once the first telemetry has spread.
+        let first = Duration::from_millis(500) + sim.engine.exponential(config.jobs_per_s);
+        sim.engine.after(first, Event::Submit);
+    }
     for _ in 0..config.crashes.min(config.peers) {
         let n = sim.engine.uniform(0, config.peers as u64 - 1) as usize;
         let at = sim.engine.uniform(0, fault_end.as_micros() as u64 * 3 / 4);
@@ -540,7 +1367,7 @@ pub fn run(config: &Config) -> Report {
         // Convergence is checked every 50 ms of virtual time once the faults have healed.
         if now >= check && now >= fault_end && sim.report.converged_after.is_none() {
             check = now + Duration::from_millis(50);
-            if sim.converged() && sim.nodes.iter().all(|n| n.up) {
+            if sim.idle() && sim.converged() && sim.nodes.iter().all(|n| n.up) {
                 sim.report.converged_after = Some(now - fault_end);
             }
         }
@@ -566,7 +1393,38 @@ pub fn run(config: &Config) -> Report {
             missing.iter().take(3).cloned().collect::<Vec<_>>().join("; ")
         ));
     }
+    sim.check_jobs();
     sim.report.events = sim.engine.handled;
     sim.report.trace = *sim.trace.finalize().as_bytes();
     sim.report
+}
+
+/// Whether a job's SLA allows a tier.
+fn rec_tiers_allow(
+    jobs: &BTreeMap<JobId, JobRec>,
+    job: &JobId,
+    tier: fab_node::sched::Tier,
+) -> bool {
+    jobs.get(job)
+        .is_none_or(|r| r.sla.tiers.is_empty() || r.sla.tiers.contains(&tier))
+}
+
+/// The (job, attempt) of a run entry's value.
+fn run_of(value: &ciborium::Value) -> Option<(JobId, u32)> {
+    let ciborium::Value::Array(items) = value else {
+        return None;
+    };
+    let ciborium::Value::Bytes(job) = items.first()? else {
+        return None;
+    };
+    let attempt = items.get(1)?.as_integer()?;
+    Some((
+        job.as_slice().try_into().ok()?,
+        u32::try_from(attempt).ok()?,
+    ))
+}
+
+/// The first 8 bytes of a job id, in hex, for messages.
+fn hex8(id: &JobId) -> String {
+    id[..8].iter().map(|b| format!("{b:02x}")).collect()
 }

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use fab_sims::replication::{Config, Report, run};
+use fab_sims::replication::{Config, Planted, Report, run};
 
 fn twice(config: &Config) -> Report {
     let a = run(config);
@@ -80,6 +80,8 @@ fn two_hundred_random_fault_mixes_keep_every_invariant() {
             loss: draw(31) as f64 / 100.0,
             partition: draw(2) == 1,
             crashes: draw(4) as usize,
+            // Half the seeds also place jobs (0-40/s) on the device mix.
+            jobs_per_s: (draw(2) * draw(41)) as f64,
             ..Config::default()
         };
         let r = run(&config);
@@ -111,7 +113,7 @@ fn a_planted_restart_bug_is_caught_within_a_handful_of_seeds() {
             honest.violations
         );
         let planted = run(&Config {
-            planted_bug: true,
+            planted: Planted::StaleRestart,
             ..config
         });
         if !planted.violations.is_empty() {
