@@ -10,6 +10,7 @@ mod client;
 mod cmd;
 mod demo;
 mod procs;
+mod runtime_test;
 mod simulate;
 
 use std::path::PathBuf;
@@ -96,6 +97,9 @@ enum Command {
     /// laptop- and cloud-class nodes, ledgered and replicated by the real cores, through loss,
     /// a partition and crashes, with invariants checked (the same seed replays the same run)
     Simulate(simulate::SimulateArgs),
+    /// Run curated simulator scenarios (fault mixes x seeds, and planted bugs the invariants
+    /// must catch) and print a pass/fail table; exits non-zero on any unexpected result
+    Test(runtime_test::TestArgs),
     /// Measure engine and end-to-end latency, writing JSON
     #[command(subcommand)]
     Bench(bench::BenchCmd),
@@ -123,6 +127,7 @@ fn main() -> std::process::ExitCode {
         Command::Demo(a) => demo::run(a),
         Command::Bench(c) => bench::run(&cli.global, c),
         Command::Simulate(a) => simulate::run_cmd(a),
+        Command::Test(a) => runtime_test::run_cmd(a),
     };
     match result {
         Ok(code) => code,

@@ -219,22 +219,23 @@ pub fn run_cmd(a: SimulateArgs) -> Result<ExitCode> {
         for v in &report.violations {
             println!("  - {v}");
         }
-        println!(
-            "replay:     fabnode simulate --peers {} --seed {} --duration {} --recovery {} --jobs-per-sec {} --appends-per-sec {} --loss {} --crashes {}{}",
-            config.peers,
-            config.seed,
-            a.duration,
-            a.recovery,
-            config.jobs_per_s,
-            config.appends_per_s,
-            config.loss,
-            config.crashes,
-            if config.partition {
-                ""
-            } else {
-                " --no-partition"
-            }
-        );
+        println!("replay:     {}", replay(&config));
         Ok(ExitCode::FAILURE)
     }
+}
+
+/// The command that replays a run (every setting `fabnode simulate` takes).
+pub fn replay(c: &Config) -> String {
+    format!(
+        "fabnode simulate --peers {} --seed {} --duration {} --recovery {} --jobs-per-sec {} --appends-per-sec {} --loss {} --crashes {}{}",
+        c.peers,
+        c.seed,
+        c.fault_phase.as_secs(),
+        c.recovery.as_secs(),
+        c.jobs_per_s,
+        c.appends_per_s,
+        c.loss,
+        c.crashes,
+        if c.partition { "" } else { " --no-partition" }
+    )
 }

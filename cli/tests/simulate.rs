@@ -72,3 +72,47 @@ fn a_simulated_mesh_converges_replays_identically_and_reports_failures() {
         "{stdout}"
     );
 }
+
+#[test]
+fn the_runtime_test_runs_every_scenario_and_catches_the_planted_bugs() {
+    let t = TestDir::new();
+    let json = t.path().join("runtime.json");
+    let out = t.run(&[
+        "test",
+        "--target",
+        "runtime",
+        "--seeds",
+        "2",
+        "--peers",
+        "8",
+        "--json",
+        json.to_str().unwrap(),
+    ]);
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stdout}{stderr}");
+    assert!(stdout.contains("8 of 8 scenarios as expected"), "{stdout}");
+    let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    let scenarios = v.as_array().unwrap();
+    assert_eq!(scenarios.len(), 8);
+    for s in scenarios {
+        assert_eq!(s["ok"], true, "{s}");
+        assert_eq!(s["deterministic"], true, "{s}");
+        let broken = s["runs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|r| !r["violations"].as_array().unwrap().is_empty())
+            .count();
+        if s["expect"] == "caught" {
+            assert!(broken > 0, "{s}");
+        } else {
+            assert_eq!(broken, 0, "{s}");
+        }
+    }
+
+    // A budget of zero seconds runs nothing and says so.
+    let out = t.run(&["test", "--target", "runtime", "--budget", "0"]);
+    let (stdout, _) = text(&out);
+    assert!(out.status.success(), "{stdout}");
+    assert!(stdout.contains("skipped (budget)"), "{stdout}");
+}

@@ -1169,10 +1169,34 @@ impl Sim {
         };
         for (job, rec) in &self.jobs {
             match &rec.outcome {
-                None => violations.push(format!(
-                    "job {} neither finished nor failed by the end",
-                    hex8(job)
-                )),
+                None => {
+                    let sub = &self.nodes[rec.submitter];
+                    let state = match sub.auction.explain(job) {
+                        None => "unknown to its auction".to_owned(),
+                        Some(x) => {
+                            let standings: Vec<String> = x
+                                .candidates
+                                .iter()
+                                .filter(|(_, _, st)| !matches!(st, auction::Standing::Filtered(_)))
+                                .map(|(p, _, st)| format!("{p}: {st:?}"))
+                                .collect();
+                            format!(
+                                "{} attempt(s), outcome {:?}; {}",
+                                x.attempts,
+                                x.outcome,
+                                standings.join(", ")
+                            )
+                        }
+                    };
+                    violations.push(format!(
+                        "job {} neither finished nor failed by the end (submitted at {:?} on node {}, {}, {} awards; {state})",
+                        hex8(job),
+                        rec.at,
+                        rec.submitter,
+                        if sub.up { "up" } else { "down" },
+                        rec.awards,
+                    ))
+                }
                 Some(Ok(_)) => {
                     r.completed += 1;
                     if rec.results != 1 {
