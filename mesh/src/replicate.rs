@@ -27,6 +27,7 @@
 //!   mesh grows while any peer that holds what this node lacks eventually repairs it.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::ops::Bound;
 use std::time::Duration;
 
 use fab_ledger::checkpoint::Checkpoint;
@@ -368,7 +369,7 @@ impl<P: Clone + Ord + std::fmt::Debug> Replicator<P> {
                     out.extend(ask.into_iter().map(|peer| Output::AskHeads { peer }));
                 }
                 for f in self.feeds.values_mut() {
-                    if let Some((peer, _, _, at)) = f.asked.clone()
+                    if let Some((silent, _, _, at)) = f.asked.clone()
                         && now.saturating_sub(at) >= config.request_timeout
                     {
                         f.asked = None;
@@ -378,8 +379,18 @@ impl<P: Clone + Ord + std::fmt::Debug> Replicator<P> {
                             .next()
                             .copied()
                             .unwrap_or(f.verifier.next_seq());
+                        // The next connected peer after the silent one, in turn: a peer that
+                        // never answers (gone without a disconnect seen, or faulty) must not
+                        // hold the gap open forever.
+                        let next = self
+                            .peers
+                            .range((Bound::Excluded(&silent), Bound::Unbounded))
+                            .next()
+                            .or_else(|| self.peers.iter().next())
+                            .cloned()
+                            .unwrap_or(silent);
                         if target > f.verifier.next_seq() {
-                            ask(f, &config, peer, target, now, out);
+                            ask(f, &config, next, target, now, out);
                         }
                     }
                 }

@@ -149,6 +149,36 @@ fn an_unanswered_request_is_retried_after_the_timeout() {
 }
 
 #[test]
+fn a_peer_that_never_answers_does_not_hold_a_gap_open() {
+    // Found by the simulator (fault-mix seed 1181): a late message from a node that had left
+    // made the replica ask it for the gap, and every timeout asked it again, forever. Each
+    // timeout now asks the next connected peer in turn.
+    let (_, es) = feed(1, 3);
+    let config = ReplicateConfig {
+        request_timeout: Duration::from_millis(500),
+        heads_every: Duration::from_secs(3600),
+        ..Default::default()
+    };
+    let inputs = vec![
+        (Input::PeerUp(4), 0),
+        (Input::PeerUp(5), 0),
+        (entry(7, &es[2]), 1),
+        (Input::Tick, 600),
+        (Input::Tick, 1200),
+        (Input::Tick, 1800),
+    ];
+    let out = twice(inputs, config);
+    let asked: Vec<u32> = out
+        .iter()
+        .filter_map(|o| match o {
+            Output::Request { peer, start: 0, .. } => Some(*peer),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(asked, vec![7, 4, 5, 4], "{out:?}");
+}
+
+#[test]
 fn checkpoints_are_trusted_when_they_sign_the_replica_and_conflicts_are_reported() {
     let (key, es) = feed(1, 5);
     let good = Checkpoint::sign(&key, "t", 5, root_of(&es));
