@@ -75,7 +75,7 @@ pub struct SchedulerConfig {
     pub weight_cache: u64,
     pub weight_reliability: u64,
     pub weight_battery: u64,
-    /// Longest wait for bids.
+    /// Wait for bids beyond the slowest asked peer's round trip.
     pub bid_window_ms: u64,
     /// Peers asked per job at most.
     pub bids_max: u64,

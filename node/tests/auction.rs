@@ -149,7 +149,7 @@ fn silent_peers_are_cut_off_by_the_window_and_ties_go_to_the_lower_peer() {
         (bid(9, e), 1),
         (bid(6, e), 2),
         (Input::Tick, 20), // window (50 ms) still open: 4 has not answered
-        (Input::Tick, 50),
+        (Input::Tick, 51), // 50 ms plus the slowest asked round trip (0.2 ms)
     ];
     let (out, a) = twice(&inputs);
     assert_eq!(awards(&out), [6], "equal scores: the lower peer id wins");
@@ -622,4 +622,38 @@ fn a_window_that_passes_with_no_bid_waits_for_the_first_one_or_the_deadline() {
         Some(Output::Fail { reason, .. }) => assert!(reason.contains("no answer"), "{reason}"),
         other => panic!("expected a failure, got {other:?}"),
     }
+}
+
+#[test]
+fn the_window_stretches_by_the_slowest_asked_peer_s_round_trip() {
+    // A fast peer 120 ms away (another region) answers after 125 ms: within 50 ms plus its
+    // round trip, so its better bid (120 ms against the slow near peer's 201 ms) counts; with
+    // no allowance the window would have closed at 50 ms on the near peer's bid alone.
+    let mut near = cand(1, tel(5, 0, Tier::Edge));
+    near.link.rtt_us = 1_000;
+    let mut far = cand(2, tel(4000, 0, Tier::Edge));
+    far.link.rtt_us = 120_000;
+    let inputs = vec![
+        (
+            submit(Sla::default(), None, vec![near.clone(), far.clone()]),
+            0,
+        ),
+        (bid(1, bid_of(&near)), 2),
+        (Input::Tick, 60),
+        (bid(2, bid_of(&far)), 125),
+    ];
+    let (out, _) = twice(&inputs);
+    assert_eq!(awards(&out), [2], "{out:?}");
+    // Past the stretched window (50 + 120 ms) the near bid wins alone.
+    let inputs = vec![
+        (
+            submit(Sla::default(), None, vec![near.clone(), far.clone()]),
+            0,
+        ),
+        (bid(1, bid_of(&near)), 2),
+        (Input::Tick, 171),
+        (bid(2, bid_of(&far)), 180),
+    ];
+    let (out, _) = twice(&inputs);
+    assert_eq!(awards(&out), [1], "{out:?}");
 }

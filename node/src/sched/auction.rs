@@ -15,7 +15,8 @@
 //! - Fast path: when the local node is feasible and its estimate scores at least as well as
 //!   every other candidate's, it is awarded at once, with no network round trip.
 //! - Otherwise at most `bids_max` candidates (best estimates first) are asked; the window
-//!   closes when every one has answered or `window` has passed. If it passes with no bid at
+//!   closes when every one has answered or `window` plus the slowest asked peer's round trip
+//!   has passed. If it passes with no bid at
 //!   all, the first bid to arrive closes it (loaded peers answer late), or the deadline does.
 //! - Bids are scored as integers ([`super::score`]); ties go to the shorter completion, then to
 //!   the lower peer id, so every run with the same inputs awards the same peers.
@@ -35,7 +36,7 @@ pub type JobId = [u8; 32];
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct AuctionConfig {
     pub weights: Weights,
-    /// Longest wait for bids.
+    /// Wait for bids beyond the slowest asked peer's round trip.
     pub window: Duration,
     /// Peers asked per job at most.
     pub bids_max: usize,
@@ -183,6 +184,8 @@ struct Cand<P> {
     peer: P,
     local: bool,
     telemetry: Telemetry,
+    /// Round trip to it (0 for the local node).
+    rtt_us: u64,
     pre: Option<(Estimate, Score)>,
     standing: Standing,
 }
@@ -424,6 +427,7 @@ impl<P: Clone + Ord + std::fmt::Debug + std::fmt::Display> Auction<P> {
             cands.push(Cand {
                 peer: c.peer,
                 local: is_local,
+                rtt_us: if is_local { 0 } else { c.link.rtt_us },
                 telemetry: c.telemetry,
                 pre,
                 standing,
@@ -489,7 +493,10 @@ impl<P: Clone + Ord + std::fmt::Debug + std::fmt::Display> Auction<P> {
             return;
         }
         // Ask the best remote candidates; the local node bids with its own estimate at once.
+        // The window is the configured wait beyond the slowest asked peer's round trip, so a
+        // peer across a WAN can bid at all.
         let mut asked = Vec::new();
+        let mut slowest_rtt_us = 0;
         for c in j.cands.iter_mut().filter(|c| c.pre.is_some()) {
             if c.local {
                 if let Some((e, s)) = c.pre {
@@ -498,9 +505,11 @@ impl<P: Clone + Ord + std::fmt::Debug + std::fmt::Display> Auction<P> {
             } else if asked.len() < self.config.bids_max {
                 c.standing = Standing::Asked;
                 asked.push(c.peer.clone());
+                slowest_rtt_us = slowest_rtt_us.max(c.rtt_us);
             }
         }
-        j.window_ends = Some(now + self.config.window);
+        let window = self.config.window + Duration::from_micros(slowest_rtt_us);
+        j.window_ends = Some(now + window);
         self.jobs.insert(job, j);
         if asked.is_empty() {
             self.close(job, now, out);
