@@ -63,8 +63,10 @@ fn scenarios() -> Vec<Scenario> {
             expect: Expect::Hold,
             config: |c| Config {
                 loss: 0.0,
+                duplicate: 0.0,
                 partition: false,
                 crashes: 0,
+                clogged: 0,
                 jobs_per_s: 40.0,
                 ..c
             },
@@ -107,13 +109,26 @@ fn scenarios() -> Vec<Scenario> {
         },
         Scenario {
             name: "storm",
-            what: "15 % loss, a partition, 4 crashes, 60 jobs/s",
+            what: "15 % loss, 5 % duplicates, a partition, 4 crashes, 2 clogged, 60 jobs/s",
             expect: Expect::Hold,
             config: |c| Config {
                 loss: 0.15,
+                duplicate: 0.05,
                 partition: true,
                 crashes: 4,
+                clogged: 2,
                 jobs_per_s: 60.0,
+                ..c
+            },
+        },
+        Scenario {
+            name: "churn",
+            what: "3 nodes leave for good, 3 join and catch up, 5 % loss, 40 jobs/s",
+            expect: Expect::Hold,
+            config: |c| Config {
+                leaves: 3,
+                joins: 3,
+                jobs_per_s: 40.0,
                 ..c
             },
         },

@@ -41,6 +41,18 @@ pub struct SimulateArgs {
     /// Nodes crashed (and restarted a second later) during the fault phase
     #[arg(long, default_value_t = 2)]
     crashes: usize,
+    /// Probability that a gossip message arrives twice during the fault phase
+    #[arg(long, default_value_t = 0.01)]
+    duplicate: f64,
+    /// Nodes whose links clog (1-3 s extra delay) for the middle third of the fault phase
+    #[arg(long, default_value_t = 1)]
+    clogged: usize,
+    /// Nodes that leave the mesh for good during the fault phase
+    #[arg(long, default_value_t = 0)]
+    leaves: usize,
+    /// Nodes that join during the fault phase (and must catch up on every feed)
+    #[arg(long, default_value_t = 0)]
+    joins: usize,
     /// Run twice and require byte-identical reports
     #[arg(long)]
     check_determinism: bool,
@@ -54,6 +66,7 @@ fn report_json(c: &Config, r: &Report, wall: Duration) -> serde_json::Value {
         "seed": c.seed, "peers": c.peers, "fault_phase_s": c.fault_phase.as_secs_f64(),
         "recovery_s": c.recovery.as_secs_f64(), "appends_per_s": c.appends_per_s, "loss": c.loss,
         "partition": c.partition, "crashes": c.crashes, "jobs_per_s": c.jobs_per_s,
+        "duplicate": c.duplicate, "clogged": c.clogged, "leaves": c.leaves, "joins": c.joins,
         "jobs": {
             "submitted": r.jobs.submitted, "completed": r.jobs.completed, "failed": r.jobs.failed,
             "failures": r.jobs.failures,
@@ -82,22 +95,28 @@ pub fn run_cmd(a: SimulateArgs) -> Result<ExitCode> {
         loss: a.loss.clamp(0.0, 1.0),
         partition: !a.no_partition,
         crashes: a.crashes,
+        duplicate: a.duplicate.clamp(0.0, 1.0),
+        clogged: a.clogged,
+        leaves: a.leaves,
+        joins: a.joins,
         ..Config::default()
     };
     println!(
-        "simulate: {} nodes, seed {}, {} s of faults (loss {}, partition {}, {} crashes, latency {}-{} µs) then {} s of recovery, {} jobs/s, {} appends/s",
+        "simulate: {} nodes, seed {}, {} s of faults (loss {}, duplicates {}, partition {}, {} crashes, {} clogged, {} leave, {} join) then {} s of recovery, {} jobs/s, {} appends/s",
         config.peers,
         config.seed,
         a.duration,
         config.loss,
+        config.duplicate,
         if config.partition {
             "middle third"
         } else {
             "none"
         },
         config.crashes,
-        config.latency_us.0,
-        config.latency_us.1,
+        config.clogged,
+        config.leaves,
+        config.joins,
         a.recovery,
         config.jobs_per_s,
         config.appends_per_s
@@ -124,6 +143,25 @@ pub fn run_cmd(a: SimulateArgs) -> Result<ExitCode> {
         })
         .collect();
     println!("fleet:      {}", fleet.join("; "));
+    let links: Vec<String> = config
+        .links
+        .iter()
+        .map(|l| {
+            format!(
+                "{} {}-{} µs one way, {} Mbit/s",
+                l.name,
+                l.one_way_us.0,
+                l.one_way_us.1,
+                l.bytes_per_ms * 8 / 1000
+            )
+        })
+        .collect();
+    println!(
+        "links:      {}; between regions +{}-{} µs",
+        links.join("; "),
+        fab_sims::fleet::WAN_ONE_WAY_US.0,
+        fab_sims::fleet::WAN_ONE_WAY_US.1
+    );
     let models: Vec<String> = config
         .models
         .iter()
@@ -227,7 +265,7 @@ pub fn run_cmd(a: SimulateArgs) -> Result<ExitCode> {
 /// The command that replays a run (every setting `fabnode simulate` takes).
 pub fn replay(c: &Config) -> String {
     format!(
-        "fabnode simulate --peers {} --seed {} --duration {} --recovery {} --jobs-per-sec {} --appends-per-sec {} --loss {} --crashes {}{}",
+        "fabnode simulate --peers {} --seed {} --duration {} --recovery {} --jobs-per-sec {} --appends-per-sec {} --loss {} --duplicate {} --crashes {} --clogged {} --leaves {} --joins {}{}",
         c.peers,
         c.seed,
         c.fault_phase.as_secs(),
@@ -235,7 +273,11 @@ pub fn replay(c: &Config) -> String {
         c.jobs_per_s,
         c.appends_per_s,
         c.loss,
+        c.duplicate,
         c.crashes,
+        c.clogged,
+        c.leaves,
+        c.joins,
         if c.partition { "" } else { " --no-partition" }
     )
 }

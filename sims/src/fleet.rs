@@ -28,7 +28,49 @@ pub struct Profile {
     pub mem_mib: u64,
     /// Share of the fleet, permille.
     pub share_permille: u32,
+    /// How it reaches the network: a name in [`links`].
+    pub link: &'static str,
 }
+
+/// A class of access link. A message between two nodes crosses both nodes' access links,
+/// plus the wide area between regions when they differ.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LinkProfile {
+    pub name: &'static str,
+    /// One-way latency of the access link, microseconds: a uniform range.
+    pub one_way_us: (u64, u64),
+    /// Bandwidth, bytes per millisecond (1 Gbit/s = 125,000).
+    pub bytes_per_ms: u64,
+}
+
+/// The default access links: wired LAN, Wi-Fi, cellular, a datacenter's network.
+pub fn links() -> Vec<LinkProfile> {
+    vec![
+        LinkProfile {
+            name: "lan",
+            one_way_us: (50, 300),
+            bytes_per_ms: 125_000,
+        },
+        LinkProfile {
+            name: "wifi",
+            one_way_us: (500, 4_000),
+            bytes_per_ms: 6_250,
+        },
+        LinkProfile {
+            name: "cellular",
+            one_way_us: (15_000, 60_000),
+            bytes_per_ms: 1_250,
+        },
+        LinkProfile {
+            name: "datacenter",
+            one_way_us: (50, 200),
+            bytes_per_ms: 1_250_000,
+        },
+    ]
+}
+
+/// One-way latency between regions, microseconds: a uniform range.
+pub const WAN_ONE_WAY_US: (u64, u64) = (35_000, 60_000);
 
 /// The default fleet: Raspberry Pi-class boards (some on battery), Jetson-class edge boxes,
 /// laptops and cloud VMs.
@@ -46,6 +88,7 @@ pub fn profiles() -> Vec<Profile> {
             cores: 4,
             mem_mib: 4_096,
             share_permille: 400,
+            link: "wifi",
         },
         Profile {
             name: "jetson",
@@ -58,6 +101,7 @@ pub fn profiles() -> Vec<Profile> {
             cores: 6,
             mem_mib: 8_192,
             share_permille: 250,
+            link: "lan",
         },
         Profile {
             name: "laptop",
@@ -70,6 +114,7 @@ pub fn profiles() -> Vec<Profile> {
             cores: 8,
             mem_mib: 16_384,
             share_permille: 200,
+            link: "wifi",
         },
         Profile {
             name: "cloud",
@@ -82,6 +127,7 @@ pub fn profiles() -> Vec<Profile> {
             cores: 16,
             mem_mib: 65_536,
             share_permille: 150,
+            link: "datacenter",
         },
     ]
 }
@@ -158,6 +204,12 @@ pub fn gini(loads: &[u64]) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_profile_names_a_link() {
+        let names: Vec<_> = links().iter().map(|l| l.name).collect();
+        assert!(profiles().iter().all(|p| names.contains(&p.link)));
+    }
 
     #[test]
     fn shares_add_up_and_pick_follows_them() {

@@ -27,7 +27,7 @@ use fab_node::sched::telemetry::{SignedTelemetry, TelemetryReport, TelemetryView
 use fab_node::sched::{Estimate, Host, JobShape, Link, Sla, Telemetry};
 
 use crate::engine::Engine;
-use crate::fleet::{Model, Profile, gini, pick};
+use crate::fleet::{LinkProfile, Model, Profile, WAN_ONE_WAY_US, gini, pick};
 
 type JobId = auction::JobId;
 
@@ -55,8 +55,19 @@ pub struct Config {
     pub fault_phase: Duration,
     /// After the faults heal: the time the mesh has to converge.
     pub recovery: Duration,
-    /// One-way latency range of every link, microseconds.
-    pub latency_us: (u64, u64),
+    /// Access links by name (each device class names one); messages cross the sender's and
+    /// the receiver's, plus the wide area between regions, plus size over the slower one's
+    /// bandwidth.
+    pub links: Vec<LinkProfile>,
+    /// Probability that a gossip message is delivered twice, during the fault phase.
+    pub duplicate: f64,
+    /// Nodes whose links clog (every message to or from them delayed by 1-3 s) for the middle
+    /// third of the fault phase.
+    pub clogged: usize,
+    /// Churn during the fault phase: nodes that leave for good, and nodes that join (and must
+    /// catch up on every feed).
+    pub leaves: usize,
+    pub joins: usize,
     /// Probability that a message is lost, during the fault phase.
     pub loss: f64,
     /// Cut the mesh in two halves for the middle third of the fault phase.
@@ -99,7 +110,11 @@ impl Default for Config {
             appends_per_s: 50,
             fault_phase: Duration::from_secs(10),
             recovery: Duration::from_secs(20),
-            latency_us: (200, 2_000),
+            links: crate::fleet::links(),
+            duplicate: 0.01,
+            clogged: 1,
+            leaves: 0,
+            joins: 0,
             loss: 0.05,
             partition: true,
             crashes: 2,
@@ -225,6 +240,9 @@ enum Event {
     Tick(usize),
     Crash(usize),
     Restart(usize),
+    /// A node leaves the mesh for good; a new node joins.
+    Leave(usize),
+    Join,
     /// A client submits a job at a random node.
     Submit,
     /// A node publishes its telemetry.
@@ -283,6 +301,8 @@ struct Node {
     allowed: std::collections::BTreeSet<JobId>,
     /// Runs finished here: (job, attempt).
     finished: Vec<(JobId, u32)>,
+    /// Left the mesh for good (churn).
+    left: bool,
     writer: FeedWriter,
     own: Vec<SignedEntry>,
     replicator: Replicator<usize>,
@@ -315,6 +335,7 @@ impl Node {
             battery_mj,
             allowed: Default::default(),
             finished: Vec::new(),
+            left: false,
             writer: FeedWriter::resume(key, 0, None),
             own: Vec::new(),
             replicator: Replicator::new(ReplicateConfig::default()),
@@ -379,6 +400,8 @@ struct Sim {
     reports: std::collections::HashMap<[u8; 32], Option<SignedTelemetry>>,
     /// Node index by feed key.
     index: BTreeMap<[u8; 32], usize>,
+    /// Nodes whose links clog in the middle of the fault phase.
+    clog: std::collections::BTreeSet<usize>,
     jobs: BTreeMap<JobId, JobRec>,
     submitted: u64,
     latencies: Vec<u64>,
@@ -405,8 +428,27 @@ impl Sim {
             self.report.lost += 1;
             return;
         }
-        let (lo, hi) = self.config.latency_us;
-        let delay = Duration::from_micros(self.engine.uniform(lo, hi));
+        let bytes = msg.bytes();
+        let delay = self.latency(from, to, bytes);
+        let twice = matches!(msg, Msg::Gossip(_) | Msg::Telemetry(_))
+            && self.faulty()
+            && self.engine.chance(self.config.duplicate);
+        if twice {
+            let copy = match &msg {
+                Msg::Gossip(b) => Msg::Gossip(b.clone()),
+                Msg::Telemetry(b) => Msg::Telemetry(b.clone()),
+                _ => unreachable!("only gossip is duplicated"),
+            };
+            let again = self.latency(from, to, bytes);
+            self.engine.after(
+                again,
+                Event::Deliver {
+                    from,
+                    to,
+                    msg: Box::new(copy),
+                },
+            );
+        }
         self.engine.after(
             delay,
             Event::Deliver {
@@ -515,7 +557,7 @@ impl Sim {
                         let call = bidder::Call {
                             job: &shape,
                             sla: &sla,
-                            link: self.assumed_link(),
+                            link: self.link_to(to, from),
                             requester: &requester,
                         };
                         let reply = match bidder::answer(
@@ -660,53 +702,24 @@ impl Sim {
                     return; // already down: a process crashes once
                 }
                 self.trace.update(&[2, n as u8]);
-                // Replica writes since the last sync are lost with the process.
-                let node = &mut self.nodes[n];
-                for (feed, entries) in node.replicas.iter_mut() {
-                    entries.truncate(node.synced.get(feed).copied().unwrap_or(0));
-                }
-                node.replicas.retain(|_, v| !v.is_empty());
-                node.up = false;
-                node.life += 1;
-                node.queue.clear();
-                node.running.clear();
-                // Its clients lose their connections: the jobs it was placing fail.
-                for rec in self.jobs.values_mut() {
-                    if rec.submitter == n && rec.outcome.is_none() {
-                        rec.outcome = Some(Err("the submitting node crashed".into()));
-                    }
-                }
-                // Requesters whose runs it held see the connection close.
-                let waiting: Vec<(JobId, usize)> = self
-                    .jobs
-                    .iter()
-                    .filter(|(job, r)| {
-                        r.outcome.is_none()
-                            && self.nodes[r.submitter].up
-                            && self.nodes[r.submitter].auction.is_running(job, &n)
-                    })
-                    .map(|(job, r)| (*job, r.submitter))
-                    .collect();
-                for (job, requester) in waiting {
-                    let reason = "connection closed".to_owned();
-                    let delay = self.latency();
-                    self.engine.after(
-                        delay,
-                        Event::Deliver {
-                            from: n,
-                            to: requester,
-                            msg: Box::new(Msg::Refused { job, reason }),
-                        },
-                    );
-                }
-                for p in self.links[n].clone() {
-                    if self.nodes[p].up {
-                        self.input(p, Input::PeerDown(n));
-                    }
-                }
+                self.stop(n, "the submitting node crashed");
                 self.engine.after(Duration::from_secs(1), Event::Restart(n));
             }
+            Event::Leave(n) => {
+                if self.nodes[n].left {
+                    return;
+                }
+                self.trace.update(&[6, n as u8]);
+                if self.nodes[n].up {
+                    self.stop(n, "the submitting node left the mesh");
+                }
+                self.nodes[n].left = true;
+            }
+            Event::Join => self.join(),
             Event::Restart(n) => {
+                if self.nodes[n].left {
+                    return;
+                }
                 self.trace.update(&[3, n as u8]);
                 if self.config.planted == Planted::StaleRestart {
                     self.nodes[n].up = true;
@@ -723,16 +736,132 @@ impl Sim {
         }
     }
 
-    /// One link's one-way latency.
-    fn latency(&mut self) -> Duration {
-        let (lo, hi) = self.config.latency_us;
-        Duration::from_micros(self.engine.uniform(lo, hi))
+    /// A node's process ends (crash or leave): replica writes since its last sync are lost,
+    /// runs in progress die, the jobs it was placing fail (their clients were connected to
+    /// it), and requesters whose runs it held see the connection close.
+    fn stop(&mut self, n: usize, why: &str) {
+        let node = &mut self.nodes[n];
+        for (feed, entries) in node.replicas.iter_mut() {
+            entries.truncate(node.synced.get(feed).copied().unwrap_or(0));
+        }
+        node.replicas.retain(|_, v| !v.is_empty());
+        node.up = false;
+        node.life += 1;
+        node.queue.clear();
+        node.running.clear();
+        for rec in self.jobs.values_mut() {
+            if rec.submitter == n && rec.outcome.is_none() {
+                rec.outcome = Some(Err(why.to_owned()));
+            }
+        }
+        let waiting: Vec<(JobId, usize)> = self
+            .jobs
+            .iter()
+            .filter(|(job, r)| {
+                r.outcome.is_none()
+                    && self.nodes[r.submitter].up
+                    && self.nodes[r.submitter].auction.is_running(job, &n)
+            })
+            .map(|(job, r)| (*job, r.submitter))
+            .collect();
+        for (job, requester) in waiting {
+            let reason = "connection closed".to_owned();
+            let delay = self.latency(n, requester, 0);
+            self.engine.after(
+                delay,
+                Event::Deliver {
+                    from: n,
+                    to: requester,
+                    msg: Box::new(Msg::Refused { job, reason }),
+                },
+            );
+        }
+        for p in self.links[n].clone() {
+            if self.nodes[p].up {
+                self.input(p, Input::PeerDown(n));
+            }
+        }
     }
 
-    /// What a node assumes of a link to a peer it has not measured: the mean round trip.
-    fn assumed_link(&self) -> Link {
-        let (lo, hi) = self.config.latency_us;
-        Link::assumed(lo + hi)
+    /// A new node joins: its device class drawn like the others', it dials `degree` live
+    /// peers and catches up on every feed through them.
+    fn join(&mut self) {
+        let secret = self.engine.bytes32();
+        let profile = pick(
+            self.config.profiles.iter().map(|p| p.share_permille),
+            self.engine.uniform(0, 999),
+        );
+        let n = self.nodes.len();
+        self.trace.update(&[7, n as u8]);
+        self.nodes.push(Node::new(secret, profile, None));
+        self.index.insert(self.nodes[n].key.to_bytes(), n);
+        self.links.push(Vec::new());
+        for _ in 0..self.config.degree.max(1) {
+            let p = self.engine.uniform(0, n as u64 - 1) as usize;
+            if self.nodes[p].up && !self.links[n].contains(&p) {
+                self.links[n].push(p);
+                self.links[p].push(n);
+                self.input(n, Input::PeerUp(p));
+                self.input(p, Input::PeerUp(n));
+            }
+        }
+        let offset = Duration::from_micros(self.engine.uniform(0, 250_000));
+        self.engine.after(offset, Event::Tick(n));
+        if self.config.jobs_per_s > 0.0 {
+            self.engine.after(offset, Event::Publish(n));
+        }
+    }
+
+    /// The access link of a node.
+    fn link_of(&self, n: usize) -> &LinkProfile {
+        let name = self.config.profiles[self.nodes[n].profile].link;
+        self.config
+            .links
+            .iter()
+            .find(|l| l.name == name)
+            .unwrap_or(&self.config.links[0])
+    }
+
+    /// One message's delay from `a` to `b`: both access links, the wide area between regions,
+    /// the size over the slower link, and a clog on either end.
+    fn latency(&mut self, a: usize, b: usize, bytes: u64) -> Duration {
+        let (la, lb) = (self.link_of(a).clone(), self.link_of(b).clone());
+        let mut us = self.engine.uniform(la.one_way_us.0, la.one_way_us.1)
+            + self.engine.uniform(lb.one_way_us.0, lb.one_way_us.1);
+        if a % REGIONS.len() != b % REGIONS.len() {
+            us += self.engine.uniform(WAN_ONE_WAY_US.0, WAN_ONE_WAY_US.1);
+        }
+        us += bytes * 1000 / la.bytes_per_ms.min(lb.bytes_per_ms).max(1);
+        if self.clogged(a) || self.clogged(b) {
+            us += self.engine.uniform(1_000_000, 3_000_000);
+        }
+        Duration::from_micros(us)
+    }
+
+    /// Whether a node's links are clogged now.
+    fn clogged(&self, n: usize) -> bool {
+        self.partition_window()
+            .is_some_and(|(s, e)| (s..e).contains(&self.engine.now()) && self.clog.contains(&n))
+    }
+
+    /// The middle third of the fault phase.
+    fn partition_window(&self) -> Option<(Duration, Duration)> {
+        let third = self.fault_end / 3;
+        Some((third, third * 2))
+    }
+
+    /// What a node knows of the link to a peer (a node measures it with ping): the mean round
+    /// trip and the slower end's bandwidth.
+    fn link_to(&self, a: usize, b: usize) -> Link {
+        let (la, lb) = (self.link_of(a), self.link_of(b));
+        let mut rtt = la.one_way_us.0 + la.one_way_us.1 + lb.one_way_us.0 + lb.one_way_us.1;
+        if a % REGIONS.len() != b % REGIONS.len() {
+            rtt += WAN_ONE_WAY_US.0 + WAN_ONE_WAY_US.1;
+        }
+        Link {
+            rtt_us: rtt,
+            bytes_per_ms: la.bytes_per_ms.min(lb.bytes_per_ms),
+        }
     }
 
     /// Appends to `n`'s own feed and floods the entry to its connections.
@@ -754,7 +883,7 @@ impl Sim {
     fn rpc(&mut self, from: usize, to: usize, msg: Msg) {
         self.report.messages += 1;
         self.report.bytes += msg.bytes();
-        let delay = self.latency();
+        let delay = self.latency(from, to, msg.bytes());
         if !self.nodes[to].up || self.cut(from, to) {
             self.report.lost += 1;
             if let Msg::Exec { job, .. } = msg {
@@ -885,7 +1014,6 @@ impl Sim {
         self.trace.update(&[4, n as u8]);
         let now = self.engine.now();
         let now_ms = now.as_millis() as u64;
-        let link = self.assumed_link();
         let peers: Vec<Candidate<usize>> = self.nodes[n]
             .view
             .fresh(now_ms)
@@ -895,7 +1023,7 @@ impl Sim {
                 (peer != n).then(|| Candidate {
                     peer,
                     telemetry: r.telemetry.clone(),
-                    link,
+                    link: self.link_to(n, peer),
                 })
             })
             .collect();
@@ -1279,14 +1407,31 @@ impl Sim {
 
     /// Whether every node holds every other node's whole feed, with the owner's head.
     fn converged(&self) -> bool {
-        self.nodes.iter().all(|holder| {
+        self.nodes.iter().filter(|h| !h.left).all(|holder| {
             self.nodes.iter().all(|owner| {
-                holder.held(&owner.key).map_or(owner.own.is_empty(), |es| {
-                    es.len() == owner.own.len()
-                        && es.last().map(SignedEntry::id) == owner.own.last().map(SignedEntry::id)
+                let want = self.target(owner);
+                holder.held(&owner.key).map_or(want == 0, |es| {
+                    es.len() == want
+                        && es.last().map(SignedEntry::id)
+                            == want.checked_sub(1).map(|i| owner.own[i].id())
                 })
             })
         })
+    }
+
+    /// How much of a feed every live node must hold: all of it while its author is in the
+    /// mesh; of a node that left, what survives on live nodes (entries it never got out left
+    /// with it).
+    fn target(&self, owner: &Node) -> usize {
+        if !owner.left {
+            return owner.own.len();
+        }
+        self.nodes
+            .iter()
+            .filter(|h| !h.left && h.key != owner.key)
+            .filter_map(|h| h.held(&owner.key).map(Vec::len))
+            .max()
+            .unwrap_or(0)
     }
 }
 
@@ -1355,6 +1500,7 @@ pub fn run(config: &Config) -> Report {
         verdicts: Default::default(),
         reports: Default::default(),
         index,
+        clog: Default::default(),
         jobs: BTreeMap::new(),
         submitted: 0,
         latencies: Vec::new(),
@@ -1378,6 +1524,19 @@ pub fn run(config: &Config) -> Report {
         let first = Duration::from_millis(500) + sim.engine.exponential(config.jobs_per_s);
         sim.engine.after(first, Event::Submit);
     }
+    for _ in 0..config.clogged.min(config.peers) {
+        let n = sim.engine.uniform(0, config.peers as u64 - 1) as usize;
+        sim.clog.insert(n);
+    }
+    for _ in 0..config.leaves.min(config.peers.saturating_sub(2)) {
+        let n = sim.engine.uniform(0, config.peers as u64 - 1) as usize;
+        let at = sim.engine.uniform(0, fault_end.as_micros() as u64 * 3 / 4);
+        sim.engine.after(Duration::from_micros(at), Event::Leave(n));
+    }
+    for _ in 0..config.joins {
+        let at = sim.engine.uniform(0, fault_end.as_micros() as u64 * 3 / 4);
+        sim.engine.after(Duration::from_micros(at), Event::Join);
+    }
     for _ in 0..config.crashes.min(config.peers) {
         let n = sim.engine.uniform(0, config.peers as u64 - 1) as usize;
         let at = sim.engine.uniform(0, fault_end.as_micros() as u64 * 3 / 4);
@@ -1391,31 +1550,37 @@ pub fn run(config: &Config) -> Report {
         // Convergence is checked every 50 ms of virtual time once the faults have healed.
         if now >= check && now >= fault_end && sim.report.converged_after.is_none() {
             check = now + Duration::from_millis(50);
-            if sim.idle() && sim.converged() && sim.nodes.iter().all(|n| n.up) {
+            if sim.idle() && sim.converged() && sim.nodes.iter().all(|n| n.up || n.left) {
                 sim.report.converged_after = Some(now - fault_end);
             }
         }
     }
     if sim.report.converged_after.is_none() {
         let mut missing = Vec::new();
-        for (h, holder) in sim.nodes.iter().enumerate() {
+        let live = sim.nodes.iter().filter(|n| !n.left).count();
+        for (h, holder) in sim.nodes.iter().enumerate().filter(|(_, n)| !n.left) {
             for (o, owner) in sim.nodes.iter().enumerate() {
                 let held = holder.held(&owner.key).map_or(0, Vec::len);
-                if held != owner.own.len() {
-                    missing.push(format!(
-                        "node {h} holds {held} of node {o}'s {}",
-                        owner.own.len()
-                    ));
+                let want = sim.target(owner);
+                if held != want {
+                    missing.push(format!("node {h} holds {held} of node {o}'s {want}"));
                 }
             }
         }
-        sim.report.violations.push(format!(
-            "not every node held every feed {} s after the faults healed: {} of {} replicas behind (e.g. {})",
-            config.recovery.as_secs(),
-            missing.len(),
-            sim.nodes.len() * (sim.nodes.len() - 1),
-            missing.iter().take(3).cloned().collect::<Vec<_>>().join("; ")
-        ));
+        if missing.is_empty() {
+            sim.report.violations.push(format!(
+                "the mesh was not quiet {} s after the faults healed: jobs or runs still in flight",
+                config.recovery.as_secs()
+            ));
+        } else {
+            sim.report.violations.push(format!(
+                "not every node held every feed {} s after the faults healed: {} of {} replicas behind (e.g. {})",
+                config.recovery.as_secs(),
+                missing.len(),
+                live * (sim.nodes.len() - 1),
+                missing.iter().take(3).cloned().collect::<Vec<_>>().join("; ")
+            ));
+        }
     }
     sim.check_jobs();
     sim.report.events = sim.engine.handled;

@@ -57,8 +57,10 @@ fn a_planted_executor_that_skips_its_policy_is_caught() {
 fn without_faults_every_job_completes() {
     let r = run(&Config {
         loss: 0.0,
+        duplicate: 0.0,
         partition: false,
         crashes: 0,
+        clogged: 0,
         recovery: Duration::from_secs(10),
         ..jobs(7)
     });

@@ -61,7 +61,8 @@ fn a_recovery_too_short_to_repair_a_partition_is_reported() {
 
 #[test]
 fn two_hundred_random_fault_mixes_keep_every_invariant() {
-    // Each seed draws its own mix (size, load, loss, partition, crashes) from a generator
+    // Each seed draws its own mix (size, load, loss, duplicates, partition, crashes, clogged
+    // links, nodes leaving and joining) from a generator
     // seeded by the seed itself, so a failure names one seed that replays it.
     for seed in 1000..1200u64 {
         let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
@@ -82,6 +83,10 @@ fn two_hundred_random_fault_mixes_keep_every_invariant() {
             crashes: draw(4) as usize,
             // Half the seeds also place jobs (0-40/s) on the device mix.
             jobs_per_s: (draw(2) * draw(41)) as f64,
+            duplicate: draw(6) as f64 / 100.0,
+            clogged: draw(3) as usize,
+            leaves: draw(3) as usize,
+            joins: draw(3) as usize,
             ..Config::default()
         };
         let r = run(&config);
