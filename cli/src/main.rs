@@ -11,6 +11,8 @@ mod cmd;
 mod demo;
 mod procs;
 mod runtime_test;
+mod scenario;
+mod sim_svg;
 mod simulate;
 
 use std::path::PathBuf;

@@ -289,7 +289,7 @@ pub fn run_cmd(a: TestArgs) -> Result<ExitCode> {
             for v in r.violations.iter().take(3) {
                 println!("  seed {}: {v}", c.seed);
             }
-            println!("  replay: {}", crate::simulate::replay(c));
+            println!("  replay: {}", crate::simulate::replay(c, None));
         }
     }
     println!(
@@ -310,7 +310,7 @@ pub fn run_cmd(a: TestArgs) -> Result<ExitCode> {
                         "seed": c.seed, "violations": r.violations,
                         "jobs": r.jobs.submitted, "completed": r.jobs.completed,
                         "failed": r.jobs.failed, "trace": hex::encode(r.trace),
-                        "replay": crate::simulate::replay(c),
+                        "replay": crate::simulate::replay(c, None),
                     })).collect::<Vec<_>>(),
                 })
             })

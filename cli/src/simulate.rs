@@ -12,53 +12,125 @@ use serde_json::json;
 
 #[derive(Debug, Args)]
 pub struct SimulateArgs {
-    /// Simulated nodes
-    #[arg(long, default_value_t = 50)]
-    peers: usize,
-    /// Seed of every random choice; the same seed replays the same run
-    #[arg(long, default_value_t = 1)]
-    seed: u64,
+    /// A scenario file (TOML): any of the settings below, plus the fleet's device classes,
+    /// access links and models (docs/SIMULATOR.md). Flags given on the command line win
+    #[arg(long, value_name = "FILE")]
+    scenario: Option<PathBuf>,
+    /// Simulated nodes [default: 50]
+    #[arg(long)]
+    peers: Option<usize>,
+    /// Seed of every random choice; the same seed replays the same run [default: 1]
+    #[arg(long)]
+    seed: Option<u64>,
     /// Seconds of virtual time with faults (loss, a partition, crashes) and submissions
-    #[arg(long, default_value_t = 10)]
-    duration: u64,
-    /// Seconds of virtual time after the faults heal, for the mesh to converge
-    #[arg(long, default_value_t = 20)]
-    recovery: u64,
-    /// Jobs submitted per second across the mesh during the fault phase (Poisson arrivals at
-    /// random nodes; 80 % digits, 20 % the 220-ms spin model; 10 % cloud-only, 10 % on 2
-    /// replicas); every run is ledgered on its executor's feed
-    #[arg(long, default_value_t = 20.0)]
-    jobs_per_sec: f64,
-    /// Extra ledger entries appended per second across the mesh (replication load without jobs)
-    #[arg(long, default_value_t = 0)]
-    appends_per_sec: u64,
-    /// Probability that a message is lost during the fault phase
-    #[arg(long, default_value_t = 0.05)]
-    loss: f64,
+    /// [default: 10]
+    #[arg(long)]
+    duration: Option<u64>,
+    /// Seconds of virtual time after the faults heal, for the mesh to converge [default: 20]
+    #[arg(long)]
+    recovery: Option<u64>,
+    /// Jobs submitted per second across the mesh during the fault phase, at random nodes (80 %
+    /// digits, 20 % the 220-ms spin model; 10 % cloud-only, 10 % on 2 replicas); every run is
+    /// ledgered on its executor's feed [default: 20]
+    #[arg(long)]
+    jobs_per_sec: Option<f64>,
+    /// How the job rate varies: poisson (steady), bursts (x5 for 1 s in every 10 s), diurnal
+    /// (a day compressed into the fault phase) [default: poisson]
+    #[arg(long, value_parser = ["poisson", "bursts", "diurnal"])]
+    arrivals: Option<String>,
+    /// Extra ledger entries appended per second across the mesh (replication load without
+    /// jobs) [default: 0]
+    #[arg(long)]
+    appends_per_sec: Option<u64>,
+    /// Probability that a gossip message is lost during the fault phase [default: 0.05]
+    #[arg(long)]
+    loss: Option<f64>,
     /// No partition (by default the mesh is cut in two halves for the middle third)
     #[arg(long)]
     no_partition: bool,
-    /// Nodes crashed (and restarted a second later) during the fault phase
-    #[arg(long, default_value_t = 2)]
-    crashes: usize,
-    /// Probability that a gossip message arrives twice during the fault phase
-    #[arg(long, default_value_t = 0.01)]
-    duplicate: f64,
+    /// Nodes crashed (and restarted a second later) during the fault phase [default: 2]
+    #[arg(long)]
+    crashes: Option<usize>,
+    /// Probability that a gossip message arrives twice during the fault phase [default: 0.01]
+    #[arg(long)]
+    duplicate: Option<f64>,
     /// Nodes whose links clog (1-3 s extra delay) for the middle third of the fault phase
-    #[arg(long, default_value_t = 1)]
-    clogged: usize,
-    /// Nodes that leave the mesh for good during the fault phase
-    #[arg(long, default_value_t = 0)]
-    leaves: usize,
-    /// Nodes that join during the fault phase (and must catch up on every feed)
-    #[arg(long, default_value_t = 0)]
-    joins: usize,
+    /// [default: 1]
+    #[arg(long)]
+    clogged: Option<usize>,
+    /// Nodes that leave the mesh for good during the fault phase [default: 0]
+    #[arg(long)]
+    leaves: Option<usize>,
+    /// Nodes that join during the fault phase (and must catch up on every feed) [default: 0]
+    #[arg(long)]
+    joins: Option<usize>,
     /// Run twice and require byte-identical reports
     #[arg(long)]
     check_determinism: bool,
     /// Also write the report as JSON here
     #[arg(long, value_name = "FILE")]
     json: Option<PathBuf>,
+    /// Also draw the latency CDF, runs per node and replication progress as SVG here
+    #[arg(long, value_name = "FILE")]
+    svg: Option<PathBuf>,
+}
+
+/// The settings of a run: defaults, then the scenario file, then the flags.
+pub fn resolve(a: &SimulateArgs) -> Result<Config> {
+    let mut c = Config {
+        peers: 50,
+        jobs_per_s: 20.0,
+        appends_per_s: 0,
+        ..Config::default()
+    };
+    if let Some(path) = &a.scenario {
+        crate::scenario::apply(path, &mut c)?;
+    }
+    if let Some(v) = a.peers {
+        c.peers = v;
+    }
+    if let Some(v) = a.seed {
+        c.seed = v;
+    }
+    if let Some(v) = a.duration {
+        c.fault_phase = Duration::from_secs(v);
+    }
+    if let Some(v) = a.recovery {
+        c.recovery = Duration::from_secs(v);
+    }
+    if let Some(v) = a.jobs_per_sec {
+        c.jobs_per_s = v;
+    }
+    if let Some(v) = &a.arrivals {
+        c.arrivals = crate::scenario::arrivals(v, c.fault_phase)?;
+    }
+    if let Some(v) = a.appends_per_sec {
+        c.appends_per_s = v;
+    }
+    if let Some(v) = a.loss {
+        c.loss = v;
+    }
+    if a.no_partition {
+        c.partition = false;
+    }
+    if let Some(v) = a.crashes {
+        c.crashes = v;
+    }
+    if let Some(v) = a.duplicate {
+        c.duplicate = v;
+    }
+    if let Some(v) = a.clogged {
+        c.clogged = v;
+    }
+    if let Some(v) = a.leaves {
+        c.leaves = v;
+    }
+    if let Some(v) = a.joins {
+        c.joins = v;
+    }
+    c.check()
+        .map_err(|e| anyhow::anyhow!("invalid simulation settings: {e}"))?;
+    Ok(c)
 }
 
 fn report_json(c: &Config, r: &Report, wall: Duration) -> serde_json::Value {
@@ -85,27 +157,12 @@ fn report_json(c: &Config, r: &Report, wall: Duration) -> serde_json::Value {
 }
 
 pub fn run_cmd(a: SimulateArgs) -> Result<ExitCode> {
-    let config = Config {
-        peers: a.peers.max(2),
-        seed: a.seed,
-        appends_per_s: a.appends_per_sec,
-        jobs_per_s: a.jobs_per_sec.max(0.0),
-        fault_phase: Duration::from_secs(a.duration),
-        recovery: Duration::from_secs(a.recovery),
-        loss: a.loss.clamp(0.0, 1.0),
-        partition: !a.no_partition,
-        crashes: a.crashes,
-        duplicate: a.duplicate.clamp(0.0, 1.0),
-        clogged: a.clogged,
-        leaves: a.leaves,
-        joins: a.joins,
-        ..Config::default()
-    };
+    let config = resolve(&a)?;
     println!(
-        "simulate: {} nodes, seed {}, {} s of faults (loss {}, duplicates {}, partition {}, {} crashes, {} clogged, {} leave, {} join) then {} s of recovery, {} jobs/s, {} appends/s",
+        "simulate: {} nodes, seed {}, {} s of faults (loss {}, duplicates {}, partition {}, {} crashes, {} clogged, {} leave, {} join) then {} s of recovery, {} jobs/s ({}), {} appends/s",
         config.peers,
         config.seed,
-        a.duration,
+        config.fault_phase.as_secs(),
         config.loss,
         config.duplicate,
         if config.partition {
@@ -117,8 +174,9 @@ pub fn run_cmd(a: SimulateArgs) -> Result<ExitCode> {
         config.clogged,
         config.leaves,
         config.joins,
-        a.recovery,
+        config.recovery.as_secs(),
         config.jobs_per_s,
+        crate::scenario::arrivals_name(&config.arrivals),
         config.appends_per_s
     );
     let fleet: Vec<String> = config
@@ -242,6 +300,10 @@ pub fn run_cmd(a: SimulateArgs) -> Result<ExitCode> {
         (config.fault_phase + config.recovery).as_secs_f64() / wall.as_secs_f64().max(1e-9),
         &hex::encode(report.trace)[..16]
     );
+    if let Some(path) = &a.svg {
+        std::fs::write(path, crate::sim_svg::render(&config, &report))
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
     if let Some(path) = &a.json {
         std::fs::write(
             path,
@@ -257,20 +319,31 @@ pub fn run_cmd(a: SimulateArgs) -> Result<ExitCode> {
         for v in &report.violations {
             println!("  - {v}");
         }
-        println!("replay:     {}", replay(&config));
+        println!("replay:     {}", replay(&config, a.scenario.as_deref()));
         Ok(ExitCode::FAILURE)
     }
 }
 
-/// The command that replays a run (every setting `fabnode simulate` takes).
-pub fn replay(c: &Config) -> String {
+/// The command that replays a run: every setting as a flag, after the scenario file when one
+/// set the fleet.
+pub fn replay(c: &Config, scenario: Option<&std::path::Path>) -> String {
     format!(
-        "fabnode simulate --peers {} --seed {} --duration {} --recovery {} --jobs-per-sec {} --appends-per-sec {} --loss {} --duplicate {} --crashes {} --clogged {} --leaves {} --joins {}{}",
+        "fabnode simulate{} --peers {} --seed {} --duration {} --recovery {} --jobs-per-sec {}{} --appends-per-sec {} --loss {} --duplicate {} --crashes {} --clogged {} --leaves {} --joins {}{}",
+        scenario.map_or(String::new(), |p| format!(" --scenario {}", p.display())),
         c.peers,
         c.seed,
         c.fault_phase.as_secs(),
         c.recovery.as_secs(),
         c.jobs_per_s,
+        // A scenario file's arrival shape may not be one --arrivals can name.
+        if scenario.is_some() {
+            String::new()
+        } else {
+            format!(
+                " --arrivals {}",
+                crate::scenario::arrivals_name(&c.arrivals)
+            )
+        },
         c.appends_per_s,
         c.loss,
         c.duplicate,

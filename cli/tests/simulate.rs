@@ -116,3 +116,76 @@ fn the_runtime_test_runs_every_scenario_and_catches_the_planted_bugs() {
     assert!(out.status.success(), "{stdout}");
     assert!(stdout.contains("skipped (budget)"), "{stdout}");
 }
+
+#[test]
+fn a_scenario_file_sets_the_fleet_flags_override_it_and_svg_draws_the_run() {
+    let t = TestDir::new();
+    let scenario = t.path().join("fleet.toml");
+    std::fs::write(
+        &scenario,
+        r#"
+peers = 12
+duration_s = 3
+recovery_s = 10
+jobs_per_sec = 30
+arrivals = { shape = "diurnal", period_s = 3 }
+[faults]
+loss = 0.0
+partition = false
+crashes = 0
+clogged = 0
+[[link]]
+name = "lan"
+one_way_us = [100, 200]
+mbit_per_s = 1000
+[[profile]]
+name = "gateway"
+tier = "edge"
+speed_permille = 600
+workers = 2
+power_mw = 6000
+cores = 4
+mem_mib = 2048
+share_permille = 1000
+link = "lan"
+commit_us = 3000
+[[model]]
+name = "detector"
+reference_latency_us = 12000
+input_bytes = 150000
+share_permille = 1000
+deadline_ms = 3000
+"#,
+    )
+    .unwrap();
+    let svg = t.path().join("run.svg");
+    let out = t.run(&[
+        "simulate",
+        "--scenario",
+        scenario.to_str().unwrap(),
+        "--peers",
+        "9",
+        "--svg",
+        svg.to_str().unwrap(),
+    ]);
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stdout}{stderr}");
+    assert!(stdout.starts_with("simulate: 9 nodes"), "{stdout}");
+    assert!(stdout.contains("gateway 1000‰ (edge, speed 600‰"), "{stdout}");
+    assert!(stdout.contains("detector 1000‰ (12000 µs"), "{stdout}");
+    assert!(stdout.contains("30 jobs/s (diurnal)"), "{stdout}");
+    assert!(stdout.contains("runs: gateway"), "{stdout}");
+    let drawn = std::fs::read_to_string(&svg).unwrap();
+    assert!(drawn.starts_with("<svg"), "{drawn}");
+    for panel in ["Latency of completed jobs", "Runs per node", "Replication:"] {
+        assert!(drawn.contains(panel), "no {panel} panel");
+    }
+
+    // A typo in the file is refused, naming the key, and nothing runs.
+    std::fs::write(&scenario, "peer = 3\n").unwrap();
+    let out = t.run(&["simulate", "--scenario", scenario.to_str().unwrap()]);
+    let (stdout, stderr) = text(&out);
+    assert!(!out.status.success());
+    assert!(stderr.contains("unknown field") && stderr.contains("peer"), "{stderr}");
+    assert!(!stdout.contains("jobs:"), "{stdout}");
+}

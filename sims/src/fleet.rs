@@ -12,7 +12,7 @@ use fab_node::sched::Tier;
 /// A class of device.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Profile {
-    pub name: &'static str,
+    pub name: String,
     pub tier: Tier,
     /// Compute speed relative to the reference machine, permille.
     pub speed_permille: u32,
@@ -29,14 +29,17 @@ pub struct Profile {
     /// Share of the fleet, permille.
     pub share_permille: u32,
     /// How it reaches the network: a name in [`links`].
-    pub link: &'static str,
+    pub link: String,
+    /// A durable ledger commit (fsync of the node's redb file), microseconds: what a run
+    /// waits for after it ends before its answer goes out.
+    pub commit_us: u64,
 }
 
 /// A class of access link. A message between two nodes crosses both nodes' access links,
 /// plus the wide area between regions when they differ.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct LinkProfile {
-    pub name: &'static str,
+    pub name: String,
     /// One-way latency of the access link, microseconds: a uniform range.
     pub one_way_us: (u64, u64),
     /// Bandwidth, bytes per millisecond (1 Gbit/s = 125,000).
@@ -47,22 +50,22 @@ pub struct LinkProfile {
 pub fn links() -> Vec<LinkProfile> {
     vec![
         LinkProfile {
-            name: "lan",
+            name: "lan".into(),
             one_way_us: (50, 300),
             bytes_per_ms: 125_000,
         },
         LinkProfile {
-            name: "wifi",
+            name: "wifi".into(),
             one_way_us: (500, 4_000),
             bytes_per_ms: 6_250,
         },
         LinkProfile {
-            name: "cellular",
+            name: "cellular".into(),
             one_way_us: (15_000, 60_000),
             bytes_per_ms: 1_250,
         },
         LinkProfile {
-            name: "datacenter",
+            name: "datacenter".into(),
             one_way_us: (50, 200),
             bytes_per_ms: 1_250_000,
         },
@@ -77,7 +80,7 @@ pub const WAN_ONE_WAY_US: (u64, u64) = (35_000, 60_000);
 pub fn profiles() -> Vec<Profile> {
     vec![
         Profile {
-            name: "pi",
+            name: "pi".into(),
             tier: Tier::Device,
             speed_permille: 170,
             workers: 1,
@@ -88,10 +91,12 @@ pub fn profiles() -> Vec<Profile> {
             cores: 4,
             mem_mib: 4_096,
             share_permille: 400,
-            link: "wifi",
+            link: "wifi".into(),
+            // SD card.
+            commit_us: 8_000,
         },
         Profile {
-            name: "jetson",
+            name: "jetson".into(),
             tier: Tier::Edge,
             speed_permille: 400,
             workers: 2,
@@ -101,10 +106,12 @@ pub fn profiles() -> Vec<Profile> {
             cores: 6,
             mem_mib: 8_192,
             share_permille: 250,
-            link: "lan",
+            link: "lan".into(),
+            // eMMC.
+            commit_us: 2_000,
         },
         Profile {
-            name: "laptop",
+            name: "laptop".into(),
             tier: Tier::Edge,
             speed_permille: 900,
             workers: 4,
@@ -114,10 +121,12 @@ pub fn profiles() -> Vec<Profile> {
             cores: 8,
             mem_mib: 16_384,
             share_permille: 200,
-            link: "wifi",
+            link: "wifi".into(),
+            // NVMe.
+            commit_us: 1_000,
         },
         Profile {
-            name: "cloud",
+            name: "cloud".into(),
             tier: Tier::Cloud,
             speed_permille: 1_000,
             workers: 8,
@@ -127,7 +136,9 @@ pub fn profiles() -> Vec<Profile> {
             cores: 16,
             mem_mib: 65_536,
             share_permille: 150,
-            link: "datacenter",
+            link: "datacenter".into(),
+            // network block storage.
+            commit_us: 1_000,
         },
     ]
 }
@@ -135,7 +146,7 @@ pub fn profiles() -> Vec<Profile> {
 /// A model the fleet runs.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Model {
-    pub name: &'static str,
+    pub name: String,
     pub digest: [u8; 32],
     /// Median latency on the reference machine, microseconds.
     pub reference_latency_us: u64,
@@ -152,7 +163,7 @@ pub struct Model {
 pub fn models() -> Vec<Model> {
     vec![
         Model {
-            name: "digits",
+            name: "digits".into(),
             digest: *blake3::hash(b"fixtures/digits/digits.onnx").as_bytes(),
             reference_latency_us: 45,
             input_bytes: 784 * 4,
@@ -160,7 +171,7 @@ pub fn models() -> Vec<Model> {
             deadline_us: 2_000_000,
         },
         Model {
-            name: "spin",
+            name: "spin".into(),
             digest: *blake3::hash(b"fixtures/spin/spin.onnx").as_bytes(),
             reference_latency_us: 220_000,
             input_bytes: 64,
@@ -207,7 +218,7 @@ mod tests {
 
     #[test]
     fn every_profile_names_a_link() {
-        let names: Vec<_> = links().iter().map(|l| l.name).collect();
+        let names: Vec<_> = links().into_iter().map(|l| l.name).collect();
         assert!(profiles().iter().all(|p| names.contains(&p.link)));
     }
 

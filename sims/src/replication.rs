@@ -80,6 +80,8 @@ pub struct Config {
     /// Jobs submitted per second across the mesh (Poisson arrivals at random nodes), from the
     /// start until half the recovery phase has passed; 0 runs the ledger workload alone.
     pub jobs_per_s: f64,
+    /// How the job rate varies over time.
+    pub arrivals: Arrivals,
     /// The fleet's device classes and the models it runs.
     pub profiles: Vec<Profile>,
     pub models: Vec<Model>,
@@ -88,6 +90,110 @@ pub struct Config {
     pub two_replicas_permille: u32,
     /// Test-only planted bug; the invariants must catch it.
     pub planted: Planted,
+}
+
+impl Config {
+    /// Refuses settings the simulator cannot run, saying which.
+    pub fn check(&self) -> Result<(), String> {
+        if self.peers < 2 {
+            return Err("peers: at least 2".into());
+        }
+        if self.profiles.is_empty() || self.profiles.iter().all(|p| p.share_permille == 0) {
+            return Err("profiles: at least one device class with a share".into());
+        }
+        if self.links.is_empty() {
+            return Err("links: at least one".into());
+        }
+        for p in &self.profiles {
+            if !self.links.iter().any(|l| l.name == p.link) {
+                return Err(format!("profile {:?}: no link named {:?}", p.name, p.link));
+            }
+            if p.speed_permille == 0 || p.workers == 0 {
+                return Err(format!(
+                    "profile {:?}: speed and workers must be positive",
+                    p.name
+                ));
+            }
+        }
+        for l in &self.links {
+            if l.bytes_per_ms == 0 || l.one_way_us.0 > l.one_way_us.1 {
+                return Err(format!(
+                    "link {:?}: needs bandwidth and a range lo <= hi",
+                    l.name
+                ));
+            }
+        }
+        if self.jobs_per_s > 0.0
+            && (self.models.is_empty() || self.models.iter().all(|m| m.share_permille == 0))
+        {
+            return Err("models: at least one with a share when jobs are submitted".into());
+        }
+        for (name, p) in [("loss", self.loss), ("duplicate", self.duplicate)] {
+            if !(0.0..=1.0).contains(&p) {
+                return Err(format!("{name}: a probability from 0 to 1"));
+            }
+        }
+        if !self.jobs_per_s.is_finite() || self.jobs_per_s < 0.0 {
+            return Err("jobs_per_s: a rate of 0 or more".into());
+        }
+        Ok(())
+    }
+}
+
+/// The shape of job arrivals around the mean rate `jobs_per_s`.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Arrivals {
+    /// A steady Poisson process.
+    Poisson,
+    /// Quiet most of the time, then `factor` times the rate for `length` out of every `every`
+    /// (the rate outside bursts is set so the mean stays `jobs_per_s`).
+    Bursts {
+        every: Duration,
+        length: Duration,
+        factor: f64,
+    },
+    /// A day compressed into `period`: the rate swings between 0 and twice the mean.
+    Diurnal { period: Duration },
+}
+
+impl Arrivals {
+    /// The rate at `t` as a multiple of the mean.
+    pub fn factor(&self, t: Duration) -> f64 {
+        match *self {
+            Arrivals::Poisson => 1.0,
+            Arrivals::Bursts {
+                every,
+                length,
+                factor,
+            } => {
+                let every = every.as_secs_f64().max(1e-3);
+                let on = (length.as_secs_f64() / every).clamp(0.0, 1.0);
+                let quiet = if on >= 1.0 {
+                    1.0
+                } else {
+                    ((1.0 - factor * on) / (1.0 - on)).max(0.0)
+                };
+                if t.as_secs_f64() % every < on * every {
+                    factor
+                } else {
+                    quiet
+                }
+            }
+            Arrivals::Diurnal { period } => {
+                let phase = t.as_secs_f64() / period.as_secs_f64().max(1e-3);
+                1.0 - (std::f64::consts::TAU * phase).cos()
+            }
+        }
+    }
+
+    /// The largest [`Arrivals::factor`].
+    pub fn peak(&self) -> f64 {
+        match *self {
+            Arrivals::Poisson => 1.0,
+            Arrivals::Bursts { factor, .. } => factor.max(1.0),
+            Arrivals::Diurnal { .. } => 2.0,
+        }
+    }
 }
 
 /// A bug planted on purpose, to show that the invariants can fail.
@@ -120,6 +226,7 @@ impl Default for Config {
             crashes: 2,
             degree: 8,
             jobs_per_s: 0.0,
+            arrivals: Arrivals::Poisson,
             profiles: crate::fleet::profiles(),
             models: crate::fleet::models(),
             cloud_only_permille: 100,
@@ -144,7 +251,13 @@ pub struct Report {
     pub trace: [u8; 32],
     pub events: u64,
     pub jobs: JobReport,
+    /// Replication over time: (virtual ms, permille of the entries live nodes should hold
+    /// that they hold), every [`PROGRESS_EVERY`].
+    pub progress: Vec<(u64, u32)>,
 }
+
+/// How often replication progress is sampled.
+pub const PROGRESS_EVERY: Duration = Duration::from_millis(250);
 
 /// What happened to the jobs.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -166,6 +279,10 @@ pub struct JobReport {
     pub gini_permille: u64,
     /// Energy spent computing, millijoules.
     pub energy_mj: u64,
+    /// Every completed job's latency, microseconds, sorted.
+    pub latencies_us: Vec<u64>,
+    /// Runs finished per node, with its device class.
+    pub runs_per_node: Vec<(String, u64)>,
 }
 
 enum Msg {
@@ -254,6 +371,12 @@ enum Event {
         node: usize,
         life: u32,
     },
+    /// A finished run's ledger entry is durable on `node` (same rule).
+    Commit {
+        node: usize,
+        life: u32,
+        run: Run,
+    },
 }
 
 /// A run of a job on an executor.
@@ -284,6 +407,8 @@ struct Node {
     key: PublicKey,
     keypair: Keypair,
     profile: usize,
+    /// Its access link, an index into [`Config::links`].
+    link: usize,
     /// The requester side of the scheduler; its state dies with the process.
     auction: Auction<usize>,
     auction_ticking: bool,
@@ -292,6 +417,8 @@ struct Node {
     /// Runs waiting for a worker, and runs in progress.
     queue: std::collections::VecDeque<Run>,
     running: Vec<Run>,
+    /// Finished runs whose ledger commit is in progress.
+    committing: u32,
     /// Incremented by every crash: a run that was to finish in an earlier life never does.
     life: u32,
     /// Measured run time per model (EWMA, 1/8), as the node publishes it.
@@ -318,18 +445,20 @@ struct Node {
 }
 
 impl Node {
-    fn new(secret: [u8; 32], profile: usize, battery_mj: Option<u64>) -> Self {
+    fn new(secret: [u8; 32], profile: usize, link: usize, battery_mj: Option<u64>) -> Self {
         let key = Keypair::from_secret(secret);
         Node {
             key: key.public(),
             keypair: key.clone(),
             profile,
+            link,
             auction: Auction::new(AuctionConfig::default()),
             auction_ticking: false,
             view: TelemetryView::new(TELEMETRY_STALE_MS),
             telemetry_seq: 0,
             queue: Default::default(),
             running: Vec::new(),
+            committing: 0,
             life: 0,
             model_latency: BTreeMap::new(),
             battery_mj,
@@ -515,9 +644,15 @@ impl Sim {
             }
             Event::Submit => {
                 if now < self.fault_end {
-                    let gap = self.engine.exponential(self.config.jobs_per_s);
+                    // Thinning: candidates arrive at the peak rate and each is kept with the
+                    // current rate's share of it.
+                    let peak = self.config.jobs_per_s * self.config.arrivals.peak();
+                    let gap = self.engine.exponential(peak);
                     self.engine.after(gap, Event::Submit);
-                    self.submit();
+                    let keep = self.config.arrivals.factor(now) / self.config.arrivals.peak();
+                    if self.engine.chance(keep) {
+                        self.submit();
+                    }
                 }
             }
             Event::Publish(n) => {
@@ -541,6 +676,11 @@ impl Sim {
             Event::Finish { node, life } => {
                 if self.nodes[node].up && self.nodes[node].life == life {
                     self.finish(node);
+                }
+            }
+            Event::Commit { node, life, run } => {
+                if self.nodes[node].up && self.nodes[node].life == life {
+                    self.commit(node, run);
                 }
             }
             Event::Deliver { from, to, msg } => {
@@ -749,6 +889,7 @@ impl Sim {
         node.life += 1;
         node.queue.clear();
         node.running.clear();
+        node.committing = 0;
         for rec in self.jobs.values_mut() {
             if rec.submitter == n && rec.outcome.is_none() {
                 rec.outcome = Some(Err(why.to_owned()));
@@ -793,7 +934,8 @@ impl Sim {
         );
         let n = self.nodes.len();
         self.trace.update(&[7, n as u8]);
-        self.nodes.push(Node::new(secret, profile, None));
+        let link = link_index(&self.config, profile);
+        self.nodes.push(Node::new(secret, profile, link, None));
         self.index.insert(self.nodes[n].key.to_bytes(), n);
         self.links.push(Vec::new());
         for _ in 0..self.config.degree.max(1) {
@@ -814,12 +956,7 @@ impl Sim {
 
     /// The access link of a node.
     fn link_of(&self, n: usize) -> &LinkProfile {
-        let name = self.config.profiles[self.nodes[n].profile].link;
-        self.config
-            .links
-            .iter()
-            .find(|l| l.name == name)
-            .unwrap_or(&self.config.links[0])
+        &self.config.links[self.nodes[n].link]
     }
 
     /// One message's delay from `a` to `b`: both access links, the wide area between regions,
@@ -1225,17 +1362,24 @@ impl Sim {
         let digest = rec.shape.model_digest;
         let latency = node.model_latency.entry(digest).or_insert(run.compute_us);
         *latency = (*latency * 7 + run.compute_us) / 8;
-        node.finished.push((run.job, run.attempt));
         self.report.jobs.energy_mj += energy_mj;
+        let life = node.life;
+        node.committing += 1;
+        let commit = Duration::from_micros(p.commit_us);
+        self.engine
+            .after(commit, Event::Commit { node: n, life, run });
+        self.start_runs(n);
+    }
+
+    /// A run's ledger commit completes on `n` (durable: its storage's sync time after the
+    /// run ended); only then does the answer go out. A crash before this loses the run.
+    fn commit(&mut self, n: usize, run: Run) {
+        self.nodes[n].committing -= 1;
+        self.nodes[n].finished.push((run.job, run.attempt));
         self.report.jobs.executions += 1;
-        *self
-            .report
-            .jobs
-            .by_profile
-            .entry(p.name.to_owned())
-            .or_default() += 1;
+        let name = self.config.profiles[self.nodes[n].profile].name.clone();
+        *self.report.jobs.by_profile.entry(name).or_default() += 1;
         self.trace.update(&[5, n as u8]);
-        // The run is durably ledgered before the answer goes out.
         let value = ciborium::Value::Array(vec![
             ciborium::Value::Bytes(run.job.to_vec()),
             ciborium::Value::Integer(run.attempt.into()),
@@ -1249,7 +1393,6 @@ impl Sim {
             },
         );
         self.reply(n, run.requester, Msg::Result { job: run.job });
-        self.start_runs(n);
     }
 
     /// Forwards a newly accepted gossip message to up to [`MESH_DEGREE`] random connected
@@ -1285,7 +1428,7 @@ impl Sim {
             && self
                 .nodes
                 .iter()
-                .all(|n| n.queue.is_empty() && n.running.is_empty())
+                .all(|n| n.queue.is_empty() && n.running.is_empty() && n.committing == 0)
     }
 
     /// The job invariants, checked from outside the nodes at the end, and the job report.
@@ -1399,6 +1542,17 @@ impl Sim {
                 .unwrap_or(0)
         };
         r.latency_us = [q(50), q(95), q(99)];
+        r.latencies_us = lat;
+        r.runs_per_node = self
+            .nodes
+            .iter()
+            .map(|n| {
+                (
+                    self.config.profiles[n.profile].name.clone(),
+                    n.finished.len() as u64,
+                )
+            })
+            .collect();
         let loads: Vec<u64> = self.nodes.iter().map(|n| n.finished.len() as u64).collect();
         r.gini_permille = (gini(&loads) * 1000.0).round() as u64;
         self.report.jobs = r;
@@ -1417,6 +1571,23 @@ impl Sim {
                 })
             })
         })
+    }
+
+    /// Of the entries live nodes should hold (every other node's feed, as far as it exists),
+    /// the share they hold, permille.
+    fn replicated_permille(&self) -> u32 {
+        let (mut held, mut want) = (0u64, 0u64);
+        for holder in self.nodes.iter().filter(|n| !n.left) {
+            for owner in &self.nodes {
+                if owner.key == holder.key {
+                    continue;
+                }
+                let w = self.target(owner) as u64;
+                want += w;
+                held += (holder.held(&owner.key).map_or(0, Vec::len) as u64).min(w);
+            }
+        }
+        (held * 1000).checked_div(want).map_or(1000, |p| p as u32)
     }
 
     /// How much of a feed every live node must hold: all of it while its author is in the
@@ -1450,7 +1621,7 @@ pub fn run(config: &Config) -> Report {
             let battery = battery
                 .filter(|_| engine.chance(0.5))
                 .map(|cap| cap / 1000 * engine.uniform(300, 1000));
-            Node::new(secret, profile, battery)
+            Node::new(secret, profile, link_index(config, profile), battery)
         })
         .collect();
     let index: BTreeMap<[u8; 32], usize> = nodes
@@ -1495,6 +1666,7 @@ pub fn run(config: &Config) -> Report {
             trace: [0; 32],
             events: 0,
             jobs: JobReport::default(),
+            progress: Vec::new(),
         },
         trace: blake3::Hasher::new(),
         verdicts: Default::default(),
@@ -1521,7 +1693,8 @@ pub fn run(config: &Config) -> Report {
             sim.engine.after(offset, Event::Publish(a));
         }
         // Jobs start once the first telemetry has spread.
-        let first = Duration::from_millis(500) + sim.engine.exponential(config.jobs_per_s);
+        let peak = config.jobs_per_s * config.arrivals.peak();
+        let first = Duration::from_millis(500) + sim.engine.exponential(peak);
         sim.engine.after(first, Event::Submit);
     }
     for _ in 0..config.clogged.min(config.peers) {
@@ -1544,9 +1717,15 @@ pub fn run(config: &Config) -> Report {
     }
     let end = fault_end + config.recovery;
     let mut check = fault_end;
+    let mut sample = Duration::ZERO;
     while let Some(event) = sim.engine.next(end) {
         sim.handle(event);
         let now = sim.engine.now();
+        if now >= sample {
+            sample = now + PROGRESS_EVERY;
+            let held = sim.replicated_permille();
+            sim.report.progress.push((now.as_millis() as u64, held));
+        }
         // Convergence is checked every 50 ms of virtual time once the faults have healed.
         if now >= check && now >= fault_end && sim.report.converged_after.is_none() {
             check = now + Duration::from_millis(50);
@@ -1586,6 +1765,15 @@ pub fn run(config: &Config) -> Report {
     sim.report.events = sim.engine.handled;
     sim.report.trace = *sim.trace.finalize().as_bytes();
     sim.report
+}
+
+/// The access link a device class names (the first link when it names none that exists).
+fn link_index(config: &Config, profile: usize) -> usize {
+    config
+        .profiles
+        .get(profile)
+        .and_then(|p| config.links.iter().position(|l| l.name == p.link))
+        .unwrap_or(0)
 }
 
 /// Whether a job's SLA allows a tier.

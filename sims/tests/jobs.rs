@@ -68,3 +68,38 @@ fn without_faults_every_job_completes() {
     assert_eq!(r.jobs.completed, r.jobs.submitted, "{:?}", r.jobs);
     assert_eq!(r.jobs.failovers, 0);
 }
+
+#[test]
+fn bursty_and_diurnal_arrivals_keep_the_mean_rate_and_the_invariants() {
+    use fab_sims::replication::Arrivals;
+    let bursts = Arrivals::Bursts {
+        every: Duration::from_secs(5),
+        length: Duration::from_millis(500),
+        factor: 6.0,
+    };
+    let diurnal = Arrivals::Diurnal {
+        period: Duration::from_secs(10),
+    };
+    for a in [bursts, diurnal] {
+        // The mean factor over whole periods is 1, the peak bounds it.
+        let samples = 10_000;
+        let mean: f64 = (0..samples)
+            .map(|i| a.factor(Duration::from_millis(i)))
+            .sum::<f64>()
+            / samples as f64;
+        assert!((mean - 1.0).abs() < 0.01, "{a:?}: mean {mean}");
+        assert!((0..samples).all(|i| a.factor(Duration::from_millis(i)) <= a.peak()));
+        let r = run(&Config {
+            arrivals: a,
+            fault_phase: Duration::from_secs(10),
+            ..jobs(3)
+        });
+        assert!(r.violations.is_empty(), "{a:?}: {:?}", r.violations);
+        // 40 jobs/s for 9.5 s (jobs start after 0.5 s): about 380.
+        assert!(
+            (250..=500).contains(&r.jobs.submitted),
+            "{a:?}: {:?}",
+            r.jobs
+        );
+    }
+}
