@@ -171,7 +171,10 @@ deadline_ms = 3000
     let (stdout, stderr) = text(&out);
     assert!(out.status.success(), "{stdout}{stderr}");
     assert!(stdout.starts_with("simulate: 9 nodes"), "{stdout}");
-    assert!(stdout.contains("gateway 1000‰ (edge, speed 600‰"), "{stdout}");
+    assert!(
+        stdout.contains("gateway 1000‰ (edge, speed 600‰"),
+        "{stdout}"
+    );
     assert!(stdout.contains("detector 1000‰ (12000 µs"), "{stdout}");
     assert!(stdout.contains("30 jobs/s (diurnal)"), "{stdout}");
     assert!(stdout.contains("runs: gateway"), "{stdout}");
@@ -186,6 +189,9 @@ deadline_ms = 3000
     let out = t.run(&["simulate", "--scenario", scenario.to_str().unwrap()]);
     let (stdout, stderr) = text(&out);
     assert!(!out.status.success());
-    assert!(stderr.contains("unknown field") && stderr.contains("peer"), "{stderr}");
+    assert!(
+        stderr.contains("unknown field") && stderr.contains("peer"),
+        "{stderr}"
+    );
     assert!(!stdout.contains("jobs:"), "{stdout}");
 }

@@ -9,7 +9,7 @@ use fab_ledger::Signed;
 
 use crate::api::AppState;
 use crate::ledger_writer::now_ms;
-use crate::sched::telemetry::{SignedTelemetry, TelemetryReport};
+use crate::sched::telemetry::{SignedTelemetry, TelemetryReport, changed, queue_moved};
 use crate::sched::{Host, Telemetry};
 
 /// Jobs this node is running or about to run.
@@ -114,28 +114,6 @@ pub fn privatise(t: &mut Telemetry, epsilon: f64, mut draw: impl FnMut() -> f64)
 /// How often the queue is looked at between reports.
 const QUEUE_CHECK: Duration = Duration::from_millis(100);
 
-/// Whether `now` differs from the last published figures in what placement uses, enough to
-/// publish before the refresh is due: the queue, the models measured or their latency (by a
-/// fifth), or the battery (on or off it, or by 5 %). Load, memory and temperature are carried
-/// but wait for the refresh: a load average decaying after a busy spell would otherwise
-/// republish every `every_ms`.
-pub fn changed(last: &Telemetry, now: &Telemetry) -> bool {
-    let moved = |a: u64, b: u64, by: u64| a.abs_diff(b) >= by;
-    last.queue_depth != now.queue_depth
-        || last.model_latency_us.len() != now.model_latency_us.len()
-        || now.model_latency_us.iter().any(|(d, l)| {
-            last.model_latency_us
-                .get(d)
-                .is_none_or(|p| moved(*p, *l, (*p / 5).max(1)))
-        })
-        || last.battery_permille.is_some() != now.battery_permille.is_some()
-        || moved(
-            u64::from(last.battery_permille.unwrap_or(0)),
-            u64::from(now.battery_permille.unwrap_or(0)),
-            50,
-        )
-}
-
 /// Publishes until the node stops (the task is aborted with the other mesh tasks).
 pub async fn run(st: Arc<AppState>) {
     let Some(mesh) = st.mesh.clone() else { return };
@@ -167,8 +145,7 @@ pub async fn run(st: Arc<AppState>) {
         let queue = in_flight(&st);
         let elapsed = last_at.map(|t| t.elapsed());
         let due = elapsed.is_none_or(|e| e >= every);
-        // A marked change: at least 2 jobs and a quarter of what was published.
-        let moved = queue.abs_diff(last_queue) >= 2.max(last_queue / 4);
+        let moved = queue_moved(last_queue as u64, queue as u64);
         if !(due || moved) {
             continue;
         }
@@ -234,52 +211,5 @@ mod tests {
         // Never negative.
         privatise(&mut t, 1.0, || -0.49);
         assert_eq!(t.queue_depth, 3);
-    }
-
-    #[test]
-    fn only_marked_changes_count_as_news() {
-        let base = Telemetry {
-            tier: crate::sched::Tier::Edge,
-            region: String::new(),
-            labels: Default::default(),
-            price_per_s_micros: 0,
-            queue_depth: 0,
-            workers: 1,
-            speed_permille: 1000,
-            power_mw: 0,
-            battery_permille: Some(800),
-            model_latency_us: [([1; 32], 1000)].into(),
-            host: Host {
-                load_permille: 500,
-                mem_free_mib: 1000,
-                temp_max_mc: Some(40_000),
-                ..Default::default()
-            },
-            at_ms: 0,
-        };
-        let with = |f: &dyn Fn(&mut Telemetry)| {
-            let mut t = base.clone();
-            f(&mut t);
-            changed(&base, &t)
-        };
-        // Small drifts are not news.
-        assert!(!with(&|t| t.at_ms = 5_000));
-        assert!(!with(&|t| {
-            t.model_latency_us.insert([1; 32], 1100);
-        }));
-        assert!(!with(&|t| t.battery_permille = Some(760)));
-        assert!(!with(&|t| t.host.load_permille = 900));
-        assert!(!with(&|t| t.host.mem_free_mib = 500));
-        assert!(!with(&|t| t.host.temp_max_mc = Some(60_000)));
-        // Marked ones are.
-        assert!(with(&|t| t.queue_depth = 1));
-        assert!(with(&|t| {
-            t.model_latency_us.insert([1; 32], 1300);
-        }));
-        assert!(with(&|t| {
-            t.model_latency_us.insert([2; 32], 10);
-        }));
-        assert!(with(&|t| t.battery_permille = None));
-        assert!(with(&|t| t.battery_permille = Some(740)));
     }
 }

@@ -23,7 +23,7 @@ use fab_mesh::wire::GossipMsg;
 
 use fab_node::sched::auction::{self, Auction, AuctionConfig, Candidate, Submission};
 use fab_node::sched::bidder::{self, AllowAll, Answer, BidderLimits, Policy};
-use fab_node::sched::telemetry::{SignedTelemetry, TelemetryReport, TelemetryView};
+use fab_node::sched::telemetry::{SignedTelemetry, TelemetryReport, TelemetryView, publish_due};
 use fab_node::sched::{Estimate, Host, JobShape, Link, Sla, Telemetry};
 
 use crate::engine::Engine;
@@ -32,9 +32,12 @@ use crate::fleet::{LinkProfile, Model, Profile, WAN_ONE_WAY_US, gini, pick};
 type JobId = auction::JobId;
 
 const NETWORK: &str = "sim";
-/// Telemetry is published this often (plus up to 10 % jitter) and is stale after
+/// Telemetry is considered for publication this often (plus up to 10 % jitter), published
+/// when it changed in what placement uses or [`TELEMETRY_REFRESH`] has passed, and stale after
 /// [`TELEMETRY_STALE_MS`], as on a node.
 const TELEMETRY_EVERY: Duration = Duration::from_secs(2);
+/// With nothing new, a report still goes out this often (a third of the staleness limit).
+const TELEMETRY_REFRESH: Duration = Duration::from_secs(5);
 const TELEMETRY_STALE_MS: u64 = 15_000;
 /// The auction's clock step while it places jobs (the node's placer ticks as often).
 const AUCTION_TICK: Duration = Duration::from_millis(5);
@@ -414,6 +417,8 @@ struct Node {
     auction_ticking: bool,
     view: TelemetryView,
     telemetry_seq: u64,
+    /// The last report it published, and when.
+    published: Option<(Telemetry, Duration)>,
     /// Runs waiting for a worker, and runs in progress.
     queue: std::collections::VecDeque<Run>,
     running: Vec<Run>,
@@ -456,6 +461,7 @@ impl Node {
             auction_ticking: false,
             view: TelemetryView::new(TELEMETRY_STALE_MS),
             telemetry_seq: 0,
+            published: None,
             queue: Default::default(),
             running: Vec::new(),
             committing: 0,
@@ -495,10 +501,12 @@ impl Node {
             );
         }
         self.replicator = r;
-        // What lived in memory starts over: the auction, the telemetry view.
+        // What lived in memory starts over: the auction, the telemetry view and counter.
         self.auction = Auction::new(AuctionConfig::default());
         self.auction_ticking = false;
         self.view = TelemetryView::new(TELEMETRY_STALE_MS);
+        self.telemetry_seq = 0;
+        self.published = None;
         self.up = true;
     }
 
@@ -663,9 +671,7 @@ impl Sim {
                     TELEMETRY_EVERY + Duration::from_micros(jitter),
                     Event::Publish(n),
                 );
-                if self.nodes[n].up {
-                    self.publish_telemetry(n);
-                }
+                self.maybe_publish(n);
             }
             Event::AuctionTick(n) => {
                 self.nodes[n].auction_ticking = false;
@@ -1074,10 +1080,30 @@ impl Sim {
         }
     }
 
-    fn publish_telemetry(&mut self, n: usize) {
+    /// Publishes `n`'s telemetry when the node's rule says it is due
+    /// ([`fab_node::sched::telemetry::publish_due`]).
+    fn maybe_publish(&mut self, n: usize) {
+        if !self.nodes[n].up {
+            return;
+        }
         let telemetry = self.telemetry_of(n);
+        let now = self.engine.now();
+        let last = self.nodes[n]
+            .published
+            .as_ref()
+            .map(|(t, at)| (t, now.saturating_sub(*at)));
+        if publish_due(last, &telemetry, TELEMETRY_EVERY, TELEMETRY_REFRESH) {
+            self.publish_telemetry(n, telemetry);
+        }
+    }
+
+    fn publish_telemetry(&mut self, n: usize, telemetry: Telemetry) {
+        let now = self.engine.now();
         let node = &mut self.nodes[n];
-        node.telemetry_seq += 1;
+        node.published = Some((telemetry.clone(), now));
+        // As the node numbers them: after the clock, so a restarted node's reports (its
+        // counter back at 0) still supersede the ones peers hold.
+        node.telemetry_seq = node.telemetry_seq.max(telemetry.at_ms) + 1;
         let report = TelemetryReport {
             node: node.key,
             seq: node.telemetry_seq,
@@ -1305,6 +1331,7 @@ impl Sim {
             ends: Duration::ZERO,
         });
         self.start_runs(n);
+        self.maybe_publish(n);
     }
 
     /// An answer from `n` to `requester`: a local call when they are the same node.
@@ -1369,6 +1396,7 @@ impl Sim {
         self.engine
             .after(commit, Event::Commit { node: n, life, run });
         self.start_runs(n);
+        self.maybe_publish(n);
     }
 
     /// A run's ledger commit completes on `n` (durable: its storage's sync time after the

@@ -14,6 +14,7 @@
 //! (replays and reordering are refused) and drops reports older than `stale_after`.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
 
 use ciborium::Value;
 use fab_ledger::cbor::{self, Cbor, DecodeError, Fields};
@@ -235,6 +236,53 @@ impl TelemetryView {
     }
 }
 
+/// Whether `now` differs from the last published figures in what placement uses, enough to
+/// publish before the refresh is due: the queue, the models measured or their latency (by a
+/// fifth), or the battery (on or off it, or by 5 %). Load, memory and temperature are carried
+/// but wait for the refresh: a load average decaying after a busy spell would otherwise
+/// republish every `every_ms`.
+pub fn changed(last: &Telemetry, now: &Telemetry) -> bool {
+    let moved = |a: u64, b: u64, by: u64| a.abs_diff(b) >= by;
+    last.queue_depth != now.queue_depth
+        || last.model_latency_us.len() != now.model_latency_us.len()
+        || now.model_latency_us.iter().any(|(d, l)| {
+            last.model_latency_us
+                .get(d)
+                .is_none_or(|p| moved(*p, *l, (*p / 5).max(1)))
+        })
+        || last.battery_permille.is_some() != now.battery_permille.is_some()
+        || moved(
+            u64::from(last.battery_permille.unwrap_or(0)),
+            u64::from(now.battery_permille.unwrap_or(0)),
+            50,
+        )
+}
+
+/// A marked change in the queue: at least 2 jobs and a quarter of what was published.
+pub fn queue_moved(last: u64, now: u64) -> bool {
+    now.abs_diff(last) >= 2.max(last / 4)
+}
+
+/// When a node publishes its telemetry: a marked queue change at once; otherwise at most every
+/// `every`, and then only when [`changed`] says placement would see a difference or `refresh`
+/// has passed since the last report (so peers never see it go stale). The node's telemetry
+/// task and the simulator both follow this.
+pub fn publish_due(
+    last: Option<(&Telemetry, Duration)>,
+    now: &Telemetry,
+    every: Duration,
+    refresh: Duration,
+) -> bool {
+    let Some((last, since)) = last else {
+        return true;
+    };
+    let moved = queue_moved(u64::from(last.queue_depth), u64::from(now.queue_depth));
+    if since < every && !moved {
+        return false;
+    }
+    moved || since >= refresh || changed(last, now)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -317,5 +365,76 @@ mod tests {
         // A's report is 10.001 s old at 11,001 ms: no longer a candidate.
         let fresh: Vec<u64> = v.fresh(11_001).iter().map(|r| r.telemetry.at_ms).collect();
         assert_eq!(fresh, [5_000]);
+    }
+
+    #[test]
+    fn only_marked_changes_count_as_news() {
+        let base = Telemetry {
+            tier: crate::sched::Tier::Edge,
+            region: String::new(),
+            labels: Default::default(),
+            price_per_s_micros: 0,
+            queue_depth: 0,
+            workers: 1,
+            speed_permille: 1000,
+            power_mw: 0,
+            battery_permille: Some(800),
+            model_latency_us: [([1; 32], 1000)].into(),
+            host: Host {
+                load_permille: 500,
+                mem_free_mib: 1000,
+                temp_max_mc: Some(40_000),
+                ..Default::default()
+            },
+            at_ms: 0,
+        };
+        let with = |f: &dyn Fn(&mut Telemetry)| {
+            let mut t = base.clone();
+            f(&mut t);
+            changed(&base, &t)
+        };
+        // Small drifts are not news.
+        assert!(!with(&|t| t.at_ms = 5_000));
+        assert!(!with(&|t| {
+            t.model_latency_us.insert([1; 32], 1100);
+        }));
+        assert!(!with(&|t| t.battery_permille = Some(760)));
+        assert!(!with(&|t| t.host.load_permille = 900));
+        assert!(!with(&|t| t.host.mem_free_mib = 500));
+        assert!(!with(&|t| t.host.temp_max_mc = Some(60_000)));
+        // Marked ones are.
+        assert!(with(&|t| t.queue_depth = 1));
+        assert!(with(&|t| {
+            t.model_latency_us.insert([1; 32], 1300);
+        }));
+        assert!(with(&|t| {
+            t.model_latency_us.insert([2; 32], 10);
+        }));
+        assert!(with(&|t| t.battery_permille = None));
+        assert!(with(&|t| t.battery_permille = Some(740)));
+    }
+
+    #[test]
+    fn reports_go_out_on_marked_changes_and_at_least_every_refresh() {
+        let t = |queue: u32| Telemetry {
+            queue_depth: queue,
+            ..report(&Keypair::from_secret([1; 32]), 1, 0).telemetry
+        };
+        let (every, refresh) = (Duration::from_secs(2), Duration::from_secs(5));
+        let s = Duration::from_secs;
+        assert!(publish_due(None, &t(3), every, refresh), "the first report");
+        // Nothing changed: only the refresh.
+        assert!(!publish_due(Some((&t(3), s(3))), &t(3), every, refresh));
+        assert!(publish_due(Some((&t(3), s(5))), &t(3), every, refresh));
+        // One more queued job is news, but not before `every`.
+        assert!(!publish_due(Some((&t(3), s(1))), &t(4), every, refresh));
+        assert!(publish_due(Some((&t(3), s(2))), &t(4), every, refresh));
+        // A marked queue change goes out at once.
+        assert!(publish_due(
+            Some((&t(3), Duration::ZERO)),
+            &t(8),
+            every,
+            refresh
+        ));
     }
 }
