@@ -75,6 +75,18 @@ pub struct SimulateArgs {
     svg: Option<PathBuf>,
 }
 
+/// Simulated node-minutes per second of wall time.
+fn peer_minutes_per_s(c: &Config, wall: Duration) -> f64 {
+    c.peers as f64 * (c.fault_phase + c.recovery).as_secs_f64()
+        / 60.0
+        / wall.as_secs_f64().max(1e-9)
+}
+
+/// This process's peak resident memory (the simulator's), KiB.
+fn peak_rss_kib() -> u64 {
+    crate::bench_mesh::status_kib(std::process::id(), "VmHWM:")
+}
+
 /// The settings of a run: defaults, then the scenario file, then the flags.
 pub fn resolve(a: &SimulateArgs) -> Result<Config> {
     let mut c = Config {
@@ -153,6 +165,9 @@ fn report_json(c: &Config, r: &Report, wall: Duration) -> serde_json::Value {
         "violations": r.violations, "trace": hex::encode(r.trace),
         "wall_s": wall.as_secs_f64(),
         "events_per_s": r.events as f64 / wall.as_secs_f64().max(1e-9),
+        "peer_minutes_per_s": peer_minutes_per_s(c, wall),
+        "peak_rss_kib": peak_rss_kib(),
+        "progress": r.progress, "latencies_us": r.jobs.latencies_us,
     })
 }
 
@@ -293,11 +308,13 @@ pub fn run_cmd(a: SimulateArgs) -> Result<ExitCode> {
         None => println!("converged:  no"),
     }
     println!(
-        "engine:     {} events in {:.2} s wall ({:.0} events/s; {:.0}x real time); trace {}",
+        "engine:     {} events in {:.2} s wall ({:.0} events/s; {:.0}x real time; {:.0} peers x minutes per s); peak memory {:.0} MiB; trace {}",
         report.events,
         wall.as_secs_f64(),
         report.events as f64 / wall.as_secs_f64().max(1e-9),
         (config.fault_phase + config.recovery).as_secs_f64() / wall.as_secs_f64().max(1e-9),
+        peer_minutes_per_s(&config, wall),
+        peak_rss_kib() as f64 / 1024.0,
         &hex::encode(report.trace)[..16]
     );
     if let Some(path) = &a.svg {

@@ -16,7 +16,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use fab_ledger::merkle::{Frontier, leaf_hash};
-use fab_ledger::{EntryBody, FeedWriter, Keypair, PublicKey, SignedEntry};
+use fab_ledger::{ContentId, EntryBody, FeedWriter, Keypair, PublicKey, SignedEntry};
 use fab_mesh::replicate::{Input, Output, ReplicateConfig, Replicator};
 use fab_mesh::validate::{Valid, Verdict, validate};
 use fab_mesh::wire::GossipMsg;
@@ -39,6 +39,11 @@ const TELEMETRY_EVERY: Duration = Duration::from_secs(2);
 /// With nothing new, a report still goes out this often (a third of the staleness limit).
 const TELEMETRY_REFRESH: Duration = Duration::from_secs(5);
 const TELEMETRY_STALE_MS: u64 = 15_000;
+/// How long a node remembers a gossip message id (gossipsub's `duplicate_cache_time`).
+const DUPLICATE_CACHE: Duration = Duration::from_secs(60);
+/// The validators' shared verdicts are forgotten this often, so long runs do not keep every
+/// payload (a verdict depends on the bytes alone: recomputing it changes nothing).
+const VERDICT_CACHE: Duration = Duration::from_secs(60);
 /// The auction's clock step while it places jobs (the node's placer ticks as often).
 const AUCTION_TICK: Duration = Duration::from_millis(5);
 /// Ledger entry kind of a simulated execution: `[job id, attempt, requester]`.
@@ -438,10 +443,19 @@ struct Node {
     writer: FeedWriter,
     own: Vec<SignedEntry>,
     replicator: Replicator<usize>,
-    replicas: BTreeMap<[u8; 32], Vec<SignedEntry>>,
+    /// Ids of the entries held of each other feed, in order. The entries themselves are the
+    /// owner's (a replica holding an entry with another id is reported at the end), so a
+    /// run keeps one copy of each entry however many nodes hold it.
+    replicas: BTreeMap<[u8; 32], Vec<ContentId>>,
+    /// Ids of its own entries.
+    own_ids: Vec<ContentId>,
     /// Gossip already seen (gossipsub's duplicate cache), by message id: BLAKE3 of the payload,
     /// as the node's gossipsub config sets it; checked before validation, as there.
     seen: std::collections::BTreeSet<[u8; 32]>,
+    /// The ids seen in the previous [`DUPLICATE_CACHE`] window (gossipsub's duplicate cache
+    /// forgets after that long; so does this, in two generations).
+    seen_before: std::collections::BTreeSet<[u8; 32]>,
+    seen_since: Duration,
     up: bool,
     /// Replica entries per feed that were durable at the last sync: the node writes replicas
     /// to disk at least once a second (`REPLICA_SYNC`), so a crash loses the ones after it.
@@ -457,7 +471,7 @@ impl Node {
             keypair: key.clone(),
             profile,
             link,
-            auction: Auction::new(AuctionConfig::default()),
+            auction: Auction::new(auction_config()),
             auction_ticking: false,
             view: TelemetryView::new(TELEMETRY_STALE_MS),
             telemetry_seq: 0,
@@ -475,34 +489,21 @@ impl Node {
             own: Vec::new(),
             replicator: Replicator::new(ReplicateConfig::default()),
             replicas: BTreeMap::new(),
+            own_ids: Vec::new(),
             seen: Default::default(),
+            seen_before: Default::default(),
+            seen_since: Duration::ZERO,
             synced: BTreeMap::new(),
             synced_at: Duration::ZERO,
             up: true,
         }
     }
 
-    /// A restart: the replication core is rebuilt from what the node had stored.
-    fn restart(&mut self) {
-        let mut r = Replicator::new(ReplicateConfig::default());
-        for entries in self.replicas.values() {
-            let Some(last) = entries.last() else { continue };
-            let mut tree = Frontier::new();
-            for e in entries {
-                tree.append(leaf_hash(&e.encode()));
-            }
-            r.resume(
-                last.body().feed,
-                entries.len() as u64,
-                Some(last.id()),
-                Some(last.body().time_ms),
-                tree,
-                None,
-            );
-        }
-        self.replicator = r;
-        // What lived in memory starts over: the auction, the telemetry view and counter.
-        self.auction = Auction::new(AuctionConfig::default());
+    /// A restart with a replication core rebuilt from what the node had stored; what lived
+    /// in memory (the auction, the telemetry view and counter) starts over.
+    fn restart(&mut self, replicator: Replicator<usize>) {
+        self.replicator = replicator;
+        self.auction = Auction::new(auction_config());
         self.auction_ticking = false;
         self.view = TelemetryView::new(TELEMETRY_STALE_MS);
         self.telemetry_seq = 0;
@@ -510,11 +511,22 @@ impl Node {
         self.up = true;
     }
 
-    fn held(&self, feed: &PublicKey) -> Option<&Vec<SignedEntry>> {
+    /// Records a gossip message id; false when it was seen within the duplicate cache's
+    /// memory.
+    fn first_sight(&mut self, id: [u8; 32], now: Duration) -> bool {
+        if now >= self.seen_since + DUPLICATE_CACHE {
+            self.seen_before = std::mem::take(&mut self.seen);
+            self.seen_since = now;
+        }
+        !self.seen_before.contains(&id) && self.seen.insert(id)
+    }
+
+    /// Ids of what it holds of a feed, its own included.
+    fn held(&self, feed: &PublicKey) -> Option<&[ContentId]> {
         if *feed == self.key {
-            Some(&self.own)
+            Some(&self.own_ids)
         } else {
-            self.replicas.get(&feed.to_bytes())
+            self.replicas.get(&feed.to_bytes()).map(Vec::as_slice)
         }
     }
 }
@@ -604,7 +616,7 @@ impl Sim {
                         .replicas
                         .entry(feed.to_bytes())
                         .or_default()
-                        .extend(entries);
+                        .extend(entries.iter().map(SignedEntry::id));
                 }
                 Output::Trust { .. } => {}
                 Output::AskHeads { peer } => self.send(node, peer, Msg::HeadsRequest),
@@ -742,7 +754,7 @@ impl Sim {
                     }
                     Msg::Gossip(payload) => {
                         let id = *blake3::hash(&payload).as_bytes();
-                        if !self.nodes[to].seen.insert(id) {
+                        if !self.nodes[to].first_sight(id, now) {
                             return; // a duplicate, dropped before validation
                         }
                         let verdict = self
@@ -778,9 +790,9 @@ impl Sim {
                     Msg::HeadsRequest => {
                         let me = &self.nodes[to];
                         let mut heads = vec![(me.key, me.own.len() as u64)];
-                        for entries in me.replicas.values() {
-                            if let Some(last) = entries.last() {
-                                heads.push((last.body().feed, entries.len() as u64));
+                        for (feed, ids) in &me.replicas {
+                            if let (false, Some(&o)) = (ids.is_empty(), self.index.get(feed)) {
+                                heads.push((self.nodes[o].key, ids.len() as u64));
                             }
                         }
                         self.send(to, from, Msg::Heads(heads));
@@ -791,10 +803,14 @@ impl Sim {
                         self.input(to, Input::Heads { from, heads });
                     }
                     Msg::RangeRequest { feed, start, count } => {
-                        let entries: Vec<Vec<u8>> = self.nodes[to]
-                            .held(&feed)
-                            .map(|es| {
-                                es.iter()
+                        // What it holds, as the owner wrote it (ids checked at the end).
+                        let held = self.nodes[to].held(&feed).map_or(0, <[ContentId]>::len);
+                        let entries: Vec<Vec<u8>> = self
+                            .index
+                            .get(&feed.to_bytes())
+                            .map(|&o| {
+                                self.nodes[o].own[..held.min(self.nodes[o].own.len())]
+                                    .iter()
                                     .skip(start as usize)
                                     .take(count.min(512) as usize)
                                     .map(SignedEntry::encode)
@@ -870,7 +886,8 @@ impl Sim {
                 if self.config.planted == Planted::StaleRestart {
                     self.nodes[n].up = true;
                 } else {
-                    self.nodes[n].restart();
+                    let replicator = self.rebuilt_replicator(n);
+                    self.nodes[n].restart(replicator);
                 }
                 for p in self.links[n].clone() {
                     if self.nodes[p].up {
@@ -880,6 +897,33 @@ impl Sim {
                 }
             }
         }
+    }
+
+    /// The replication core a restarting node builds from what its store kept: each
+    /// replica's length, head, last time and Merkle frontier.
+    fn rebuilt_replicator(&self, n: usize) -> Replicator<usize> {
+        let mut r = Replicator::new(ReplicateConfig::default());
+        for (feed, ids) in &self.nodes[n].replicas {
+            let Some(&o) = self.index.get(feed) else {
+                continue;
+            };
+            let owner = &self.nodes[o];
+            let entries = &owner.own[..ids.len().min(owner.own.len())];
+            let Some(last) = entries.last() else { continue };
+            let mut tree = Frontier::new();
+            for e in entries {
+                tree.append(leaf_hash(&e.encode()));
+            }
+            r.resume(
+                owner.key,
+                entries.len() as u64,
+                ids.last().copied(),
+                Some(last.body().time_ms),
+                tree,
+                None,
+            );
+        }
+        r
     }
 
     /// A node's process ends (crash or leave): replica writes since its last sync are lost,
@@ -1011,6 +1055,7 @@ impl Sim {
     fn append(&mut self, n: usize, body: EntryBody) {
         let now_ms = self.engine.now().as_millis() as u64;
         let entry = self.nodes[n].writer.append(body, now_ms);
+        self.nodes[n].own_ids.push(entry.id());
         self.nodes[n].own.push(entry.clone());
         self.report.entries += 1;
         let payload = GossipMsg::Entry(entry.encode()).encode();
@@ -1110,7 +1155,7 @@ impl Sim {
             telemetry,
         };
         let payload = SignedTelemetry::sign(report, &node.keypair).encode();
-        node.seen.insert(*blake3::hash(&payload).as_bytes());
+        node.first_sight(*blake3::hash(&payload).as_bytes(), now);
         for to in self.links[n].clone() {
             self.send(n, to, Msg::Telemetry(payload.clone()));
         }
@@ -1120,7 +1165,7 @@ impl Sim {
     /// the node's view, forwarded.
     fn telemetry_in(&mut self, to: usize, from: usize, payload: Vec<u8>) {
         let id = *blake3::hash(&payload).as_bytes();
-        if !self.nodes[to].seen.insert(id) {
+        if !self.nodes[to].first_sight(id, self.engine.now()) {
             return;
         }
         let report = self
@@ -1553,7 +1598,7 @@ impl Sim {
                 if let Some(bad) = entries
                     .iter()
                     .zip(own)
-                    .position(|(a, b)| a.id() != b.id())
+                    .position(|(a, b)| *a != b.id())
                     .or((entries.len() > own.len()).then_some(own.len()))
                 {
                     violations.push(format!(
@@ -1594,8 +1639,7 @@ impl Sim {
                 let want = self.target(owner);
                 holder.held(&owner.key).map_or(want == 0, |es| {
                     es.len() == want
-                        && es.last().map(SignedEntry::id)
-                            == want.checked_sub(1).map(|i| owner.own[i].id())
+                        && es.last().copied() == want.checked_sub(1).map(|i| owner.own_ids[i])
                 })
             })
         })
@@ -1612,7 +1656,7 @@ impl Sim {
                 }
                 let w = self.target(owner) as u64;
                 want += w;
-                held += (holder.held(&owner.key).map_or(0, Vec::len) as u64).min(w);
+                held += (holder.held(&owner.key).map_or(0, <[ContentId]>::len) as u64).min(w);
             }
         }
         (held * 1000).checked_div(want).map_or(1000, |p| p as u32)
@@ -1628,7 +1672,7 @@ impl Sim {
         self.nodes
             .iter()
             .filter(|h| !h.left && h.key != owner.key)
-            .filter_map(|h| h.held(&owner.key).map(Vec::len))
+            .filter_map(|h| h.held(&owner.key).map(<[ContentId]>::len))
             .max()
             .unwrap_or(0)
     }
@@ -1746,9 +1790,15 @@ pub fn run(config: &Config) -> Report {
     let end = fault_end + config.recovery;
     let mut check = fault_end;
     let mut sample = Duration::ZERO;
+    let mut forget = VERDICT_CACHE;
     while let Some(event) = sim.engine.next(end) {
         sim.handle(event);
         let now = sim.engine.now();
+        if now >= forget {
+            forget = now + VERDICT_CACHE;
+            sim.verdicts.clear();
+            sim.reports.clear();
+        }
         if now >= sample {
             sample = now + PROGRESS_EVERY;
             let held = sim.replicated_permille();
@@ -1767,7 +1817,7 @@ pub fn run(config: &Config) -> Report {
         let live = sim.nodes.iter().filter(|n| !n.left).count();
         for (h, holder) in sim.nodes.iter().enumerate().filter(|(_, n)| !n.left) {
             for (o, owner) in sim.nodes.iter().enumerate() {
-                let held = holder.held(&owner.key).map_or(0, Vec::len);
+                let held = holder.held(&owner.key).map_or(0, <[ContentId]>::len);
                 let want = sim.target(owner);
                 if held != want {
                     missing.push(format!("node {h} holds {held} of node {o}'s {want}"));
@@ -1802,6 +1852,15 @@ fn link_index(config: &Config, profile: usize) -> usize {
         .get(profile)
         .and_then(|p| config.links.iter().position(|l| l.name == p.link))
         .unwrap_or(0)
+}
+
+/// The node's auction settings, keeping fewer ended jobs' explanations than a node does
+/// (the simulator reads only those of jobs in flight; a node serves them to `fabnode jobs`).
+fn auction_config() -> AuctionConfig {
+    AuctionConfig {
+        history_max: 16,
+        ..AuctionConfig::default()
+    }
 }
 
 /// Whether a job's SLA allows a tier.

@@ -213,7 +213,8 @@ struct Job<P> {
 pub struct Auction<P> {
     config: AuctionConfig,
     jobs: BTreeMap<JobId, Job<P>>,
-    finished: VecDeque<(JobId, Job<P>)>,
+    /// Ended jobs' explanations (not the jobs: their candidates' telemetry is not kept).
+    finished: VecDeque<(JobId, Explanation<P>)>,
     /// (successes, attempts) per peer.
     record: BTreeMap<P, (u64, u64)>,
     /// Attempts awarded to each remote peer and not yet ended: added to the queue its
@@ -247,29 +248,14 @@ impl<P: Clone + Ord + std::fmt::Debug + std::fmt::Display> Auction<P> {
 
     /// The explanation of a job being placed or recently ended.
     pub fn explain(&self, job: &JobId) -> Option<Explanation<P>> {
-        let j = self.jobs.get(job).or_else(|| {
-            self.finished
+        match self.jobs.get(job) {
+            Some(j) => Some(explanation(j)),
+            None => self
+                .finished
                 .iter()
                 .find(|(id, _)| id == job)
-                .map(|(_, j)| j)
-        })?;
-        Some(Explanation {
-            candidates: j
-                .cands
-                .iter()
-                .map(|c| (c.peer.clone(), c.local, c.standing.clone()))
-                .collect(),
-            fast_path: j.fast_path,
-            weights: j.weights,
-            winners: j
-                .cands
-                .iter()
-                .filter(|c| matches!(c.standing, Standing::Running(..) | Standing::Succeeded(..)))
-                .map(|c| c.peer.clone())
-                .collect(),
-            attempts: j.attempts,
-            outcome: j.outcome.clone(),
-        })
+                .map(|(_, x)| x.clone()),
+        }
     }
 
     /// Whether `peer`'s attempt at `job` is one the auction waits for.
@@ -693,10 +679,30 @@ impl<P: Clone + Ord + std::fmt::Debug + std::fmt::Display> Auction<P> {
     }
 
     fn retire(&mut self, job: JobId, j: Job<P>) {
-        self.finished.push_back((job, j));
+        self.finished.push_back((job, explanation(&j)));
         while self.finished.len() > self.config.history_max {
             self.finished.pop_front();
         }
+    }
+}
+
+fn explanation<P: Clone>(j: &Job<P>) -> Explanation<P> {
+    Explanation {
+        candidates: j
+            .cands
+            .iter()
+            .map(|c| (c.peer.clone(), c.local, c.standing.clone()))
+            .collect(),
+        fast_path: j.fast_path,
+        weights: j.weights,
+        winners: j
+            .cands
+            .iter()
+            .filter(|c| matches!(c.standing, Standing::Running(..) | Standing::Succeeded(..)))
+            .map(|c| c.peer.clone())
+            .collect(),
+        attempts: j.attempts,
+        outcome: j.outcome.clone(),
     }
 }
 
