@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use clap::Args;
-use fab_sims::replication::{Config, Report, run};
+use fab_sims::replication::{Config, Progress, Report, run, run_watched};
 use serde_json::json;
 
 #[derive(Debug, Args)]
@@ -22,12 +22,13 @@ pub struct SimulateArgs {
     /// Seed of every random choice; the same seed replays the same run [default: 1]
     #[arg(long)]
     seed: Option<u64>,
-    /// Seconds of virtual time with faults (loss, a partition, crashes) and submissions
-    /// [default: 10]
-    #[arg(long)]
+    /// Virtual time with faults (loss, a partition, crashes) and submissions: seconds, or
+    /// with a unit (90s, 10m, 1h) [default: 10]
+    #[arg(long, value_parser = parse_secs)]
     duration: Option<u64>,
-    /// Seconds of virtual time after the faults heal, for the mesh to converge [default: 20]
-    #[arg(long)]
+    /// Virtual time after the faults heal, for the mesh to converge: seconds, or with a unit
+    /// [default: 20]
+    #[arg(long, value_parser = parse_secs)]
     recovery: Option<u64>,
     /// Jobs submitted per second across the mesh during the fault phase, at random nodes (80 %
     /// digits, 20 % the 220-ms spin model; 10 % cloud-only, 10 % on 2 replicas); every run is
@@ -73,6 +74,54 @@ pub struct SimulateArgs {
     /// Also draw the latency CDF, runs per node and replication progress as SVG here
     #[arg(long, value_name = "FILE")]
     svg: Option<PathBuf>,
+}
+
+/// A progress line on standard error when it is a terminal, redrawn at most 4 times a
+/// second and cleared at the end (pipes and logs get none).
+fn progress_line(t0: Instant) -> impl FnMut(Progress) {
+    use std::io::{IsTerminal, Write};
+    let tty = std::io::stderr().is_terminal();
+    let mut shown = Instant::now();
+    move |p: Progress| {
+        if !tty || shown.elapsed() < Duration::from_millis(250) {
+            return;
+        }
+        shown = Instant::now();
+        let done = p.now.as_secs_f64() / p.end.as_secs_f64().max(1e-9);
+        let bar = (done * 30.0) as usize;
+        let mut err = std::io::stderr().lock();
+        let _ = write!(
+            err,
+            "\r[{}{}] {:.1} of {:.0} s virtual, {:.1} M events, {:.0} s wall\x1b[K",
+            "#".repeat(bar.min(30)),
+            " ".repeat(30 - bar.min(30)),
+            p.now.as_secs_f64(),
+            p.end.as_secs_f64(),
+            p.events as f64 / 1e6,
+            t0.elapsed().as_secs_f64()
+        );
+        let _ = err.flush();
+    }
+}
+
+/// Seconds from `600`, `600s`, `10m` or `1h`.
+fn parse_secs(v: &str) -> Result<u64, String> {
+    let v = v.trim();
+    let (num, unit) = match v.find(|c: char| !c.is_ascii_digit()) {
+        Some(i) => v.split_at(i),
+        None => (v, "s"),
+    };
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("{v:?}: expected seconds, or a number with s, m or h"))?;
+    let scale = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        other => return Err(format!("{v:?}: unknown unit {other:?} (s, m or h)")),
+    };
+    n.checked_mul(scale)
+        .ok_or_else(|| format!("{v:?} is too long"))
 }
 
 /// Simulated node-minutes per second of wall time.
@@ -250,8 +299,11 @@ pub fn run_cmd(a: SimulateArgs) -> Result<ExitCode> {
         .collect();
     println!("models:     {}", models.join("; "));
     let t0 = Instant::now();
-    let report = run(&config);
+    let report = run_watched(&config, &mut progress_line(t0));
     let wall = t0.elapsed();
+    if std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+        eprint!("\r\x1b[K");
+    }
     if a.check_determinism {
         let again = run(&config);
         if again != report {

@@ -1680,6 +1680,19 @@ impl Sim {
 
 /// Runs a scenario to the end of its recovery phase.
 pub fn run(config: &Config) -> Report {
+    run_watched(config, &mut |_| {})
+}
+
+/// How far a run has got, for a progress display.
+#[derive(Clone, Copy, Debug)]
+pub struct Progress {
+    pub now: Duration,
+    pub end: Duration,
+    pub events: u64,
+}
+
+/// [`run`], calling `watch` every 65,536 events (it cannot change the run).
+pub fn run_watched(config: &Config, watch: &mut dyn FnMut(Progress)) -> Report {
     let mut engine: Engine<Event> = Engine::new(config.seed);
     let nodes: Vec<Node> = (0..config.peers)
         .map(|_| {
@@ -1794,6 +1807,13 @@ pub fn run(config: &Config) -> Report {
     while let Some(event) = sim.engine.next(end) {
         sim.handle(event);
         let now = sim.engine.now();
+        if sim.engine.handled.is_multiple_of(65_536) {
+            watch(Progress {
+                now,
+                end,
+                events: sim.engine.handled,
+            });
+        }
         if now >= forget {
             forget = now + VERDICT_CACHE;
             sim.verdicts.clear();
