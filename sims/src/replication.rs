@@ -409,6 +409,8 @@ struct JobRec {
     /// Results handed to the client; exactly one for a completed job.
     results: u32,
     awards: u32,
+    /// Attempt numbers awarded: each at most once.
+    attempts: std::collections::BTreeSet<u32>,
 }
 
 struct Node {
@@ -1250,6 +1252,7 @@ impl Sim {
                 outcome: None,
                 results: 0,
                 awards: 0,
+                attempts: Default::default(),
             },
         );
         let submission = Submission {
@@ -1292,6 +1295,12 @@ impl Sim {
                 } => {
                     if let Some(rec) = self.jobs.get_mut(&job) {
                         rec.awards += 1;
+                        if !rec.attempts.insert(attempt) {
+                            self.report.violations.push(format!(
+                                "job {} was awarded attempt {attempt} twice",
+                                hex8(&job)
+                            ));
+                        }
                     }
                     if local {
                         self.exec_in(n, n, job, attempt);
