@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use clap::{Args, ValueEnum};
-use fab_sims::replication::{Config, Planted, Report, run};
+use fab_sims::sim::{Config, Planted, Report, run};
 use serde_json::json;
 
 #[derive(Clone, Copy, Debug, ValueEnum)]

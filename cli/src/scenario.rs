@@ -8,7 +8,7 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use fab_node::sched::Tier;
 use fab_sims::fleet::{LinkProfile, Model, Profile};
-use fab_sims::replication::{Arrivals, Config};
+use fab_sims::sim::{Arrivals, Config};
 use serde::Deserialize;
 
 /// Largest scenario file read.

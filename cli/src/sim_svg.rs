@@ -4,7 +4,7 @@
 
 use std::fmt::Write;
 
-use fab_sims::replication::{Config, Report};
+use fab_sims::sim::{Config, Report};
 
 const W: f64 = 900.0;
 const PANEL_H: f64 = 220.0;

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use clap::Args;
-use fab_sims::replication::{Config, Progress, Report, run, run_watched};
+use fab_sims::sim::{Config, Progress, Report, run, run_watched};
 use serde_json::json;
 
 #[derive(Debug, Args)]

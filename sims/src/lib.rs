@@ -2,9 +2,10 @@
 //!
 //! No tokio, no libp2p, no clock: everything random comes from one seeded generator
 //! ([`engine::Engine`]), so a seed replays a run exactly (CI checks the dependency tree).
-//! Today it simulates ledger replication ([`replication`]); the auction, telemetry and the
-//! `fabnode simulate` command come next.
+//! [`sim`] runs a fleet (telemetry, placement, execution, ledger, replication) through faults
+//! with invariants; [`fleet`] describes its devices, links and models. `fabnode simulate` and
+//! `fabnode test --target runtime` drive it; docs/SIMULATOR.md states the models.
 
 pub mod engine;
 pub mod fleet;
-pub mod replication;
+pub mod sim;

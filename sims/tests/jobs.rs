@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use fab_sims::replication::{Config, Planted, run};
+use fab_sims::sim::{Config, Planted, run};
 
 fn jobs(seed: u64) -> Config {
     Config {
@@ -71,7 +71,7 @@ fn without_faults_every_job_completes() {
 
 #[test]
 fn bursty_and_diurnal_arrivals_keep_the_mean_rate_and_the_invariants() {
-    use fab_sims::replication::Arrivals;
+    use fab_sims::sim::Arrivals;
     let bursts = Arrivals::Bursts {
         every: Duration::from_secs(5),
         length: Duration::from_millis(500),

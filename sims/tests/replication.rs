@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use fab_sims::replication::{Config, Planted, Report, run};
+use fab_sims::sim::{Config, Planted, Report, run};
 
 fn twice(config: &Config) -> Report {
     let a = run(config);

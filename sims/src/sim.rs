@@ -1,16 +1,15 @@
-//! Ledger replication across a simulated mesh: every node appends signed entries to its own
-//! feed, floods them to its peers and follows every other feed with the node's real
-//! replication core ([`fab_mesh::replicate::Replicator`]) and the real gossip decoder and
-//! validator ([`fab_mesh::validate`]). A fault phase (loss, a partition, crashes) is followed
-//! by a recovery phase in which every node must end up holding every feed.
+//! A fleet in virtual time: every node runs the real protocol cores (ledger append, gossip
+//! validation, replication and catch-up, signed telemetry and its view, the auction's
+//! requester and bidder sides) over a simulated network of device classes and access links,
+//! through a fault phase (loss, duplicates, a partition, clogged links, crashes, churn) and a
+//! recovery phase in which the mesh must converge; checkers outside the nodes say whether what
+//! happened was allowed. docs/SIMULATOR.md states the models.
 //!
-//! Each node connects to [`Config::degree`] random peers at start (plus those that dial it, and a
-//! ring that keeps the graph connected). Gossip is modelled on the node's gossipsub settings:
-//! the author floods a new entry to every connected peer (flood publishing), and every node
-//! that accepts an entry for the first time forwards it to [`MESH_DEGREE`] random connected
-//! peers (its mesh); duplicates are dropped by message id before validation. No IHAVE/IWANT: catch-up (heads every few seconds, ranges on demand) is
-//! what repairs the rest of what loss, partitions and crashes drop. A crashed node keeps what
-//! it had stored and nothing in flight.
+//! Gossip follows the node's gossipsub settings: flood publishing by the author; a mesh of
+//! [`MESH_DEGREE`] live connections per node kept by a heartbeat; forwarding to the mesh on
+//! first acceptance; IHAVE/IWANT from a message cache; duplicates dropped by message id before
+//! validation. Catch-up (heads every few seconds, ranges on demand) repairs the rest. A
+//! crashed node keeps what it had stored and nothing in flight.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -39,6 +38,9 @@ const TELEMETRY_EVERY: Duration = Duration::from_secs(2);
 /// With nothing new, a report still goes out this often (a third of the staleness limit).
 const TELEMETRY_REFRESH: Duration = Duration::from_secs(5);
 const TELEMETRY_STALE_MS: u64 = 15_000;
+/// A node below its connection target dials more peers this often (the node's discovery
+/// loop, `mesh.peers_target`).
+const REDIAL_EVERY: Duration = Duration::from_secs(2);
 /// How long a node remembers a gossip message id (gossipsub's `duplicate_cache_time`).
 const DUPLICATE_CACHE: Duration = Duration::from_secs(60);
 /// The validators' shared verdicts are forgotten this often, so long runs do not keep every
@@ -50,8 +52,21 @@ const AUCTION_TICK: Duration = Duration::from_millis(5);
 const KIND_RUN: u64 = 98;
 /// Regions the fleet is spread over, round robin.
 const REGIONS: [&str; 2] = ["eu", "us"];
-/// Peers a node forwards a newly accepted entry to (gossipsub's D).
+/// gossipsub's mesh degree D, and the bounds the heartbeat keeps it in (D_lo, D_hi).
 pub const MESH_DEGREE: usize = 6;
+const MESH_LOW: usize = 4;
+const MESH_HIGH: usize = 12;
+/// Peers outside the mesh that get IHAVE gossip each heartbeat (D_lazy).
+const GOSSIP_LAZY: usize = 6;
+/// The node's gossipsub heartbeat.
+const HEARTBEAT: Duration = Duration::from_millis(500);
+/// Heartbeats a message stays in the message cache (answers IWANT), and of those, the
+/// heartbeats whose ids are announced in IHAVE (gossipsub's history_length and
+/// history_gossip).
+const MCACHE_LEN: usize = 5;
+const MCACHE_GOSSIP: usize = 3;
+/// Most ids in one IHAVE or IWANT (the node's `max_control_messages_sent` batch).
+const CONTROL_IDS_MAX: usize = 512;
 
 /// What to simulate.
 #[derive(Clone, Debug)]
@@ -295,6 +310,9 @@ pub struct JobReport {
 
 enum Msg {
     Gossip(Vec<u8>),
+    /// gossipsub control: ids a peer has (IHAVE) and ids it asks for (IWANT).
+    IHave(Vec<[u8; 32]>),
+    IWant(Vec<[u8; 32]>),
     /// A signed telemetry report, gossiped on its own topic.
     Telemetry(Vec<u8>),
     /// `/fabnode/bid/1`: a call for bids and its answer.
@@ -341,6 +359,7 @@ impl Msg {
     fn bytes(&self) -> u64 {
         match self {
             Msg::Gossip(b) | Msg::Telemetry(b) => b.len() as u64,
+            Msg::IHave(ids) | Msg::IWant(ids) => 8 + 34 * ids.len() as u64,
             Msg::Call { .. } => 160,
             Msg::Bid { .. } => 180,
             Msg::Decline { reason, .. } => 100 + reason.len() as u64,
@@ -365,6 +384,8 @@ enum Event {
     Tick(usize),
     Crash(usize),
     Restart(usize),
+    /// A node's gossipsub heartbeat: mesh upkeep, IHAVE gossip, message cache shift.
+    Heartbeat(usize),
     /// A node leaves the mesh for good; a new node joins.
     Leave(usize),
     Join,
@@ -386,6 +407,9 @@ enum Event {
         run: Run,
     },
 }
+
+/// A message in a node's gossip cache: its id, payload, and whether it is telemetry.
+type Cached = ([u8; 32], std::rc::Rc<Vec<u8>>, bool);
 
 /// A run of a job on an executor.
 #[derive(Clone, Copy, Debug)]
@@ -458,6 +482,12 @@ struct Node {
     /// forgets after that long; so does this, in two generations).
     seen_before: std::collections::BTreeSet<[u8; 32]>,
     seen_since: Duration,
+    /// When it last dialed peers to get back to its connection target.
+    dialed_at: Duration,
+    /// Its gossipsub mesh: the connected peers it forwards to.
+    mesh: std::collections::BTreeSet<usize>,
+    /// Message cache by heartbeat, newest first.
+    mcache: std::collections::VecDeque<Vec<Cached>>,
     up: bool,
     /// Replica entries per feed that were durable at the last sync: the node writes replicas
     /// to disk at least once a second (`REPLICA_SYNC`), so a crash loses the ones after it.
@@ -495,6 +525,9 @@ impl Node {
             seen: Default::default(),
             seen_before: Default::default(),
             seen_since: Duration::ZERO,
+            dialed_at: Duration::ZERO,
+            mesh: Default::default(),
+            mcache: std::collections::VecDeque::from(vec![Vec::new()]),
             synced: BTreeMap::new(),
             synced_at: Duration::ZERO,
             up: true,
@@ -511,6 +544,11 @@ impl Node {
         self.telemetry_seq = 0;
         self.published = None;
         self.up = true;
+    }
+
+    /// Whether a gossip message id is in the duplicate cache.
+    fn has_seen(&self, id: &[u8; 32]) -> bool {
+        self.seen.contains(id) || self.seen_before.contains(id)
     }
 
     /// Records a gossip message id; false when it was seen within the duplicate cache's
@@ -687,6 +725,12 @@ impl Sim {
                 );
                 self.maybe_publish(n);
             }
+            Event::Heartbeat(n) => {
+                self.engine.after(HEARTBEAT, Event::Heartbeat(n));
+                if self.nodes[n].up {
+                    self.heartbeat(n);
+                }
+            }
             Event::AuctionTick(n) => {
                 self.nodes[n].auction_ticking = false;
                 if self.nodes[n].up {
@@ -711,6 +755,37 @@ impl Sim {
                 self.trace.update(&[1, from as u8, to as u8]);
                 match *msg {
                     Msg::Telemetry(payload) => self.telemetry_in(to, from, payload),
+                    Msg::IHave(ids) => {
+                        let mut want: Vec<[u8; 32]> = ids
+                            .into_iter()
+                            .filter(|id| !self.nodes[to].has_seen(id))
+                            .collect();
+                        want.truncate(CONTROL_IDS_MAX);
+                        if !want.is_empty() {
+                            self.send(to, from, Msg::IWant(want));
+                        }
+                    }
+                    Msg::IWant(ids) => {
+                        let found: Vec<(std::rc::Rc<Vec<u8>>, bool)> = ids
+                            .iter()
+                            .filter_map(|id| {
+                                self.nodes[to]
+                                    .mcache
+                                    .iter()
+                                    .flatten()
+                                    .find(|(m, _, _)| m == id)
+                                    .map(|(_, p, t)| (std::rc::Rc::clone(p), *t))
+                            })
+                            .collect();
+                        for (payload, telemetry) in found {
+                            let msg = if telemetry {
+                                Msg::Telemetry(payload.to_vec())
+                            } else {
+                                Msg::Gossip(payload.to_vec())
+                            };
+                            self.send(to, from, msg);
+                        }
+                    }
                     Msg::Call { job, shape, sla } => {
                         let own = self.telemetry_of(to);
                         let requester = self.nodes[from].key.to_bytes();
@@ -859,6 +934,10 @@ impl Sim {
                 }
                 if self.nodes[n].up {
                     self.input(n, Input::Tick);
+                    if now >= self.nodes[n].dialed_at + REDIAL_EVERY {
+                        self.nodes[n].dialed_at = now;
+                        self.redial(n);
+                    }
                 }
             }
             Event::Crash(n) => {
@@ -976,6 +1055,24 @@ impl Sim {
         }
     }
 
+    /// Dials live peers until `n` has `degree` live connections (or every live node).
+    fn redial(&mut self, n: usize) {
+        let live = |s: &Self, p: usize| s.nodes[p].up && !s.nodes[p].left;
+        let mut have = self.links[n].iter().filter(|p| live(self, **p)).count();
+        let mut others: Vec<usize> = (0..self.nodes.len())
+            .filter(|p| *p != n && live(self, *p) && !self.links[n].contains(p))
+            .collect();
+        while have < self.config.degree && !others.is_empty() {
+            let i = self.engine.uniform(0, others.len() as u64 - 1) as usize;
+            let p = others.swap_remove(i);
+            self.links[n].push(p);
+            self.links[p].push(n);
+            self.input(n, Input::PeerUp(p));
+            self.input(p, Input::PeerUp(n));
+            have += 1;
+        }
+    }
+
     /// A new node joins: its device class drawn like the others', it dials `degree` live
     /// peers and catches up on every feed through them.
     fn join(&mut self) {
@@ -1001,6 +1098,8 @@ impl Sim {
         }
         let offset = Duration::from_micros(self.engine.uniform(0, 250_000));
         self.engine.after(offset, Event::Tick(n));
+        self.engine.after(offset, Event::Heartbeat(n));
+        self.heartbeat(n);
         if self.config.jobs_per_s > 0.0 {
             self.engine.after(offset, Event::Publish(n));
         }
@@ -1061,10 +1160,7 @@ impl Sim {
         self.nodes[n].own.push(entry.clone());
         self.report.entries += 1;
         let payload = GossipMsg::Entry(entry.encode()).encode();
-        // Flood publishing: to every connected peer.
-        for to in self.links[n].clone() {
-            self.send(n, to, Msg::Gossip(payload.clone()));
-        }
+        self.publish(n, payload, false);
     }
 
     /// A request-response message over a direct connection: TCP does not lose it, but a
@@ -1157,10 +1253,7 @@ impl Sim {
             telemetry,
         };
         let payload = SignedTelemetry::sign(report, &node.keypair).encode();
-        node.first_sight(*blake3::hash(&payload).as_bytes(), now);
-        for to in self.links[n].clone() {
-            self.send(n, to, Msg::Telemetry(payload.clone()));
-        }
+        self.publish(n, payload, true);
     }
 
     /// A telemetry report arrives by gossip: checked (once per distinct payload), offered to
@@ -1184,7 +1277,7 @@ impl Sim {
         let now_ms = self.engine.now().as_millis() as u64;
         // A stale or replayed report is refused by the view and not forwarded.
         if self.nodes[to].view.offer(&report, now_ms).is_ok() {
-            self.forward_with(to, from, payload, Msg::Telemetry);
+            self.forward_with(to, from, payload, true);
         }
     }
 
@@ -1477,30 +1570,107 @@ impl Sim {
         self.reply(n, run.requester, Msg::Result { job: run.job });
     }
 
-    /// Forwards a newly accepted gossip message to up to [`MESH_DEGREE`] random connected
-    /// peers (its gossipsub mesh), not back to the sender.
+    /// Keeps a newly accepted gossip message in the message cache (for IWANT) and forwards it
+    /// to the node's mesh peers, not back to the sender.
     fn forward(&mut self, node: usize, from: usize, payload: Vec<u8>) {
-        self.forward_with(node, from, payload, Msg::Gossip);
+        self.forward_with(node, from, payload, false);
     }
 
-    /// [`Sim::forward`] for any topic.
-    fn forward_with(
-        &mut self,
-        node: usize,
-        from: usize,
-        payload: Vec<u8>,
-        msg: fn(Vec<u8>) -> Msg,
-    ) {
-        let mut candidates: Vec<usize> = self.links[node]
+    /// [`Sim::forward`] for either topic.
+    fn forward_with(&mut self, node: usize, from: usize, payload: Vec<u8>, telemetry: bool) {
+        let id = *blake3::hash(&payload).as_bytes();
+        let payload = std::rc::Rc::new(payload);
+        if let Some(window) = self.nodes[node].mcache.front_mut() {
+            window.push((id, std::rc::Rc::clone(&payload), telemetry));
+        }
+        let mesh: Vec<usize> = self.nodes[node]
+            .mesh
             .iter()
             .copied()
             .filter(|p| *p != from)
             .collect();
-        for _ in 0..MESH_DEGREE.min(candidates.len()) {
-            let i = self.engine.uniform(0, candidates.len() as u64 - 1) as usize;
-            let p = candidates.swap_remove(i);
-            self.send(node, p, msg(payload.clone()));
+        for p in mesh {
+            let msg = if telemetry {
+                Msg::Telemetry(payload.to_vec())
+            } else {
+                Msg::Gossip(payload.to_vec())
+            };
+            self.send(node, p, msg);
         }
+    }
+
+    /// Publishes an own message: to every connected peer (flood publishing), and into the
+    /// message cache.
+    fn publish(&mut self, n: usize, payload: Vec<u8>, telemetry: bool) {
+        let id = *blake3::hash(&payload).as_bytes();
+        let now = self.engine.now();
+        self.nodes[n].first_sight(id, now);
+        let payload = std::rc::Rc::new(payload);
+        if let Some(window) = self.nodes[n].mcache.front_mut() {
+            window.push((id, std::rc::Rc::clone(&payload), telemetry));
+        }
+        for to in self.links[n].clone() {
+            let msg = if telemetry {
+                Msg::Telemetry(payload.to_vec())
+            } else {
+                Msg::Gossip(payload.to_vec())
+            };
+            self.send(n, to, msg);
+        }
+    }
+
+    /// A gossipsub heartbeat on `n`: the mesh is topped up to D from live connections when
+    /// below D_lo and trimmed to D when above D_hi; ids from the last few heartbeats go as
+    /// IHAVE to D_lazy connected peers outside the mesh; the message cache shifts.
+    fn heartbeat(&mut self, n: usize) {
+        let live: Vec<usize> = self.links[n]
+            .iter()
+            .copied()
+            .filter(|p| self.nodes[*p].up)
+            .collect();
+        let node = &mut self.nodes[n];
+        node.mesh.retain(|p| live.contains(p));
+        if node.mesh.len() < MESH_LOW {
+            let mut spare: Vec<usize> = live
+                .iter()
+                .copied()
+                .filter(|p| !self.nodes[n].mesh.contains(p))
+                .collect();
+            while self.nodes[n].mesh.len() < MESH_DEGREE && !spare.is_empty() {
+                let i = self.engine.uniform(0, spare.len() as u64 - 1) as usize;
+                let p = spare.swap_remove(i);
+                self.nodes[n].mesh.insert(p);
+            }
+        } else if node.mesh.len() > MESH_HIGH {
+            let mut members: Vec<usize> = node.mesh.iter().copied().collect();
+            while members.len() > MESH_DEGREE {
+                let i = self.engine.uniform(0, members.len() as u64 - 1) as usize;
+                members.swap_remove(i);
+            }
+            self.nodes[n].mesh = members.into_iter().collect();
+        }
+        let mut ids: Vec<[u8; 32]> = self.nodes[n]
+            .mcache
+            .iter()
+            .take(MCACHE_GOSSIP)
+            .flat_map(|w| w.iter().map(|(id, _, _)| *id))
+            .collect();
+        ids.truncate(CONTROL_IDS_MAX);
+        if !ids.is_empty() {
+            let mut lazy: Vec<usize> = live
+                .iter()
+                .copied()
+                .filter(|p| !self.nodes[n].mesh.contains(p))
+                .collect();
+            for _ in 0..GOSSIP_LAZY.min(lazy.len()) {
+                let i = self.engine.uniform(0, lazy.len() as u64 - 1) as usize;
+                let p = lazy.swap_remove(i);
+                self.send(n, p, Msg::IHave(ids.clone()));
+            }
+        }
+        let cache = &mut self.nodes[n].mcache;
+        cache.push_front(Vec::new());
+        cache.truncate(MCACHE_LEN);
     }
 
     /// No job being placed and no run queued or running anywhere: nothing more will be
@@ -1777,6 +1947,10 @@ pub fn run_watched(config: &Config, watch: &mut dyn FnMut(Progress)) -> Report {
         }
         let offset = Duration::from_micros(sim.engine.uniform(0, 250_000));
         sim.engine.after(offset, Event::Tick(a));
+        let offset = Duration::from_micros(sim.engine.uniform(0, 500_000));
+        sim.engine.after(offset, Event::Heartbeat(a));
+        // The mesh forms as soon as the node is connected.
+        sim.heartbeat(a);
     }
     if config.appends_per_s > 0 {
         sim.engine.after(Duration::ZERO, Event::Append);
