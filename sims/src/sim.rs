@@ -100,8 +100,8 @@ pub struct Config {
     /// Peers each node dials at start (the node's connection target); with the peers that
     /// dial it and a ring that keeps the graph connected, these are its connections.
     pub degree: usize,
-    /// Jobs submitted per second across the mesh (Poisson arrivals at random nodes), from the
-    /// start until half the recovery phase has passed; 0 runs the ledger workload alone.
+    /// Jobs submitted per second across the mesh (at random live nodes) during the fault
+    /// phase, from 0.5 s on (once telemetry has spread); 0 runs the ledger workload alone.
     pub jobs_per_s: f64,
     /// How the job rate varies over time.
     pub arrivals: Arrivals,
