@@ -100,6 +100,8 @@ struct ModelFile {
     input_bytes: u64,
     share_permille: u32,
     deadline_ms: u64,
+    #[serde(default)]
+    mem_mib: u64,
 }
 
 /// The named arrival shapes of `--arrivals`.
@@ -269,6 +271,7 @@ fn apply_parsed(s: Scenario, c: &mut Config) -> Result<()> {
                 input_bytes: m.input_bytes,
                 share_permille: m.share_permille,
                 deadline_us: m.deadline_ms.saturating_mul(1000),
+                mem_mib: m.mem_mib,
             })
             .collect();
     }

@@ -289,11 +289,12 @@ pub fn run_cmd(a: SimulateArgs) -> Result<ExitCode> {
         .iter()
         .map(|m| {
             format!(
-                "{} {}‰ ({} µs at speed 1000, deadline {} s)",
+                "{} {}‰ ({} µs at speed 1000, deadline {} s, {} MiB)",
                 m.name,
                 m.share_permille,
                 m.reference_latency_us,
-                m.deadline_us / 1_000_000
+                m.deadline_us / 1_000_000,
+                m.mem_mib
             )
         })
         .collect();

@@ -155,6 +155,8 @@ pub struct Model {
     pub share_permille: u32,
     /// The deadline its jobs ask for.
     pub deadline_us: u64,
+    /// Memory a node needs to hold it, MiB: nodes with less decline its jobs.
+    pub mem_mib: u64,
 }
 
 /// The models of the bundled fixtures, with their measured latencies: the digits MLP (tract,
@@ -169,6 +171,7 @@ pub fn models() -> Vec<Model> {
             input_bytes: 784 * 4,
             share_permille: 800,
             deadline_us: 2_000_000,
+            mem_mib: 16,
         },
         Model {
             name: "spin".into(),
@@ -177,6 +180,7 @@ pub fn models() -> Vec<Model> {
             input_bytes: 64,
             share_permille: 200,
             deadline_us: 10_000_000,
+            mem_mib: 64,
         },
     ]
 }

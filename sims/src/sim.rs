@@ -795,9 +795,10 @@ impl Sim {
                             link: self.link_to(to, from),
                             requester: &requester,
                         };
+                        let holds = self.holds(to, &shape.model_digest);
                         let reply = match bidder::answer(
                             &own,
-                            true,
+                            holds,
                             call,
                             &AllowAll,
                             BidderLimits::default(),
@@ -1195,6 +1196,16 @@ impl Sim {
         );
     }
 
+    /// Whether a node can hold a model: its device class has the memory the model needs.
+    fn holds(&self, n: usize, digest: &[u8; 32]) -> bool {
+        let mem = self.config.profiles[self.nodes[n].profile].mem_mib;
+        self.config
+            .models
+            .iter()
+            .find(|m| m.digest == *digest)
+            .is_none_or(|m| m.mem_mib <= mem)
+    }
+
     /// A node's telemetry now, from its device class and state.
     fn telemetry_of(&self, n: usize) -> Telemetry {
         let node = &self.nodes[n];
@@ -1330,7 +1341,7 @@ impl Sim {
                 })
             })
             .collect();
-        let local = Some(Candidate {
+        let local = self.holds(n, &shape.model_digest).then(|| Candidate {
             peer: n,
             telemetry: self.telemetry_of(n),
             link: Link::LOCAL,
@@ -1445,6 +1456,11 @@ impl Sim {
                 return;
             }
             self.nodes[n].allowed.insert(job);
+        }
+        if !self.holds(n, &shape.model_digest) {
+            let reason = "does not hold the model".to_owned();
+            self.reply(n, requester, Msg::Refused { job, reason });
+            return;
         }
         if self.nodes[n].queue.len() as u32 >= BidderLimits::default().queue_max {
             let reason = "busy: queue full".to_owned();

@@ -103,3 +103,20 @@ fn bursty_and_diurnal_arrivals_keep_the_mean_rate_and_the_invariants() {
         );
     }
 }
+
+#[test]
+fn a_model_too_big_for_small_devices_runs_only_where_it_fits() {
+    let mut config = jobs(5);
+    for m in &mut config.models {
+        m.mem_mib = 12_000; // more than a Pi (4 GiB) or a Jetson (8 GiB) has
+    }
+    let r = run(&config);
+    assert!(r.violations.is_empty(), "{:?}", r.violations);
+    assert!(r.jobs.completed > 100, "{:?}", r.jobs);
+    let ran: Vec<&String> = r.jobs.by_profile.keys().collect();
+    assert!(
+        ran.iter().all(|p| *p == "laptop" || *p == "cloud"),
+        "{:?}",
+        r.jobs.by_profile
+    );
+}
