@@ -1,0 +1,188 @@
+//! The checkers outside the nodes: convergence, replication progress and the job invariants.
+
+use super::*;
+
+impl Sim {
+    /// No job being placed and no run queued or running anywhere: nothing more will be
+    /// appended, so convergence now is final.
+    pub(super) fn idle(&self) -> bool {
+        self.jobs.values().all(|j| j.outcome.is_some())
+            && self
+                .nodes
+                .iter()
+                .all(|n| n.queue.is_empty() && n.running.is_empty() && n.committing == 0)
+    }
+
+    /// The job invariants, checked from outside the nodes at the end, and the job report.
+    pub(super) fn check_jobs(&mut self) {
+        let mut violations = Vec::new();
+        let mut r = JobReport {
+            submitted: self.jobs.len() as u64,
+            ..std::mem::take(&mut self.report.jobs)
+        };
+        for (job, rec) in &self.jobs {
+            match &rec.outcome {
+                None => {
+                    let sub = &self.nodes[rec.submitter];
+                    let state = match sub.auction.explain(job) {
+                        None => "unknown to its auction".to_owned(),
+                        Some(x) => {
+                            let standings: Vec<String> = x
+                                .candidates
+                                .iter()
+                                .filter(|(_, _, st)| !matches!(st, auction::Standing::Filtered(_)))
+                                .map(|(p, _, st)| format!("{p}: {st:?}"))
+                                .collect();
+                            format!(
+                                "{} attempt(s), outcome {:?}; {}",
+                                x.attempts,
+                                x.outcome,
+                                standings.join(", ")
+                            )
+                        }
+                    };
+                    violations.push(format!(
+                        "job {} neither finished nor failed by the end (submitted at {:?} on node {}, {}, {} awards; {state})",
+                        hex8(job),
+                        rec.at,
+                        rec.submitter,
+                        if sub.up { "up" } else { "down" },
+                        rec.awards,
+                    ))
+                }
+                Some(Ok(_)) => {
+                    r.completed += 1;
+                    if rec.results != 1 {
+                        violations.push(format!(
+                            "job {} gave its client {} results",
+                            hex8(job),
+                            rec.results
+                        ));
+                    }
+                }
+                Some(Err(reason)) => {
+                    r.failed += 1;
+                    // Group by reason without the job-specific numbers.
+                    let key: String = reason
+                        .chars()
+                        .map(|c| if c.is_ascii_digit() { '#' } else { c })
+                        .collect();
+                    *r.failures.entry(key).or_default() += 1;
+                }
+            }
+            if rec.awards > u32::from(rec.sla.replicas) {
+                r.failovers += 1;
+            }
+        }
+        // Every run that finished is in its executor's own feed, and the feed records no run
+        // that did not happen.
+        for (n, node) in self.nodes.iter().enumerate() {
+            let mut ledgered: Vec<(JobId, u32)> = node
+                .own
+                .iter()
+                .filter_map(|e| match &e.body().body {
+                    EntryBody::Unknown { kind, value } if *kind == KIND_RUN => run_of(value),
+                    _ => None,
+                })
+                .collect();
+            let mut ran = node.finished.clone();
+            ledgered.sort_unstable();
+            ran.sort_unstable();
+            if ledgered != ran {
+                violations.push(format!(
+                    "node {n}'s feed records {} runs but it finished {}",
+                    ledgered.len(),
+                    ran.len()
+                ));
+            }
+        }
+        // No node holds an entry its author did not write.
+        for (h, holder) in self.nodes.iter().enumerate() {
+            for (feed, entries) in &holder.replicas {
+                let Some(&o) = self.index.get(feed) else {
+                    violations.push(format!("node {h} holds a feed of no node"));
+                    continue;
+                };
+                let own = &self.nodes[o].own;
+                if let Some(bad) = entries
+                    .iter()
+                    .zip(own)
+                    .position(|(a, b)| *a != b.id())
+                    .or((entries.len() > own.len()).then_some(own.len()))
+                {
+                    violations.push(format!(
+                        "node {h} holds entry {bad} of node {o}'s feed that node {o} never wrote"
+                    ));
+                }
+            }
+        }
+        let mut lat = std::mem::take(&mut self.latencies);
+        lat.sort_unstable();
+        let q = |p: usize| {
+            lat.get((lat.len() * p / 100).min(lat.len().saturating_sub(1)))
+                .copied()
+                .unwrap_or(0)
+        };
+        r.latency_us = [q(50), q(95), q(99)];
+        r.latencies_us = lat;
+        r.runs_per_node = self
+            .nodes
+            .iter()
+            .map(|n| {
+                (
+                    self.config.profiles[n.profile].name.clone(),
+                    n.finished.len() as u64,
+                )
+            })
+            .collect();
+        let loads: Vec<u64> = self.nodes.iter().map(|n| n.finished.len() as u64).collect();
+        r.gini_permille = (gini(&loads) * 1000.0).round() as u64;
+        self.report.jobs = r;
+        self.report.violations.extend(violations);
+    }
+
+    /// Whether every node holds every other node's whole feed, with the owner's head.
+    pub(super) fn converged(&self) -> bool {
+        self.nodes.iter().filter(|h| !h.left).all(|holder| {
+            self.nodes.iter().all(|owner| {
+                let want = self.target(owner);
+                holder.held(&owner.key).map_or(want == 0, |es| {
+                    es.len() == want
+                        && es.last().copied() == want.checked_sub(1).map(|i| owner.own_ids[i])
+                })
+            })
+        })
+    }
+
+    /// Of the entries live nodes should hold (every other node's feed, as far as it exists),
+    /// the share they hold, permille.
+    pub(super) fn replicated_permille(&self) -> u32 {
+        let (mut held, mut want) = (0u64, 0u64);
+        for holder in self.nodes.iter().filter(|n| !n.left) {
+            for owner in &self.nodes {
+                if owner.key == holder.key {
+                    continue;
+                }
+                let w = self.target(owner) as u64;
+                want += w;
+                held += (holder.held(&owner.key).map_or(0, <[ContentId]>::len) as u64).min(w);
+            }
+        }
+        (held * 1000).checked_div(want).map_or(1000, |p| p as u32)
+    }
+
+    /// How much of a feed every live node must hold: all of it while its author is in the
+    /// mesh; of a node that left, what survives on live nodes (entries it never got out left
+    /// with it).
+    pub(super) fn target(&self, owner: &Node) -> usize {
+        if !owner.left {
+            return owner.own.len();
+        }
+        self.nodes
+            .iter()
+            .filter(|h| !h.left && h.key != owner.key)
+            .filter_map(|h| h.held(&owner.key).map(<[ContentId]>::len))
+            .max()
+            .unwrap_or(0)
+    }
+}
