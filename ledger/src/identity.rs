@@ -147,14 +147,36 @@ pub enum KeyFileError {
     },
 }
 
+/// Most parsed keys kept by [`PublicKey::from_bytes`].
+pub const KEY_CACHE_MAX: usize = 4096;
+
 /// A node's public key: its feed key and, in `PeerId` form, its libp2p identity.
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub struct PublicKey(VerifyingKey);
 
 impl PublicKey {
     /// Parses 32 bytes; refuses points that are not valid keys.
+    ///
+    /// Parsing decompresses a curve point (a field exponentiation, several microseconds), and
+    /// a node parses the same few keys over and over: its peers' feed keys and its requesters'
+    /// keys in every entry it replicates, every bid, every telemetry report. Valid keys are
+    /// kept in a small process-wide cache ([`KEY_CACHE_MAX`] keys, cleared when full).
     pub fn from_bytes(bytes: &[u8; 32]) -> Option<Self> {
-        VerifyingKey::from_bytes(bytes).ok().map(PublicKey)
+        use std::collections::HashMap;
+        use std::sync::{Mutex, OnceLock};
+        static CACHE: OnceLock<Mutex<HashMap<[u8; 32], VerifyingKey>>> = OnceLock::new();
+        let cache = CACHE.get_or_init(Default::default);
+        if let Some(key) = cache.lock().ok().and_then(|c| c.get(bytes).copied()) {
+            return Some(PublicKey(key));
+        }
+        let key = VerifyingKey::from_bytes(bytes).ok()?;
+        if let Ok(mut c) = cache.lock() {
+            if c.len() >= KEY_CACHE_MAX {
+                c.clear();
+            }
+            c.insert(*bytes, key);
+        }
+        Some(PublicKey(key))
     }
 
     pub fn to_bytes(&self) -> [u8; 32] {
@@ -197,6 +219,34 @@ impl fmt::Display for PublicKey {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn parsed_keys_are_cached_and_invalid_ones_never_are() {
+        let key = Keypair::from_secret([9u8; 32]).public().to_bytes();
+        let a = PublicKey::from_bytes(&key).unwrap();
+        let b = PublicKey::from_bytes(&key).unwrap();
+        assert_eq!(a, b);
+        assert_eq!(b.to_bytes(), key);
+        // Bytes that are not a curve point: refused the first time and every time after.
+        let bad = (2u8..=255)
+            .map(|y| {
+                let mut b = [0u8; 32];
+                b[0] = y;
+                b
+            })
+            .find(|b| VerifyingKey::from_bytes(b).is_err())
+            .expect("some small y is not on the curve");
+        assert!(PublicKey::from_bytes(&bad).is_none());
+        assert!(PublicKey::from_bytes(&bad).is_none());
+        // Many distinct keys: the cache stays bounded and keeps answering correctly.
+        for i in 0..(KEY_CACHE_MAX + 10) as u32 {
+            let mut secret = [0u8; 32];
+            secret[..4].copy_from_slice(&i.to_le_bytes());
+            let k = Keypair::from_secret(secret).public().to_bytes();
+            assert_eq!(PublicKey::from_bytes(&k).unwrap().to_bytes(), k);
+        }
+        assert_eq!(PublicKey::from_bytes(&key).unwrap(), a);
+    }
 
     #[test]
     fn peer_id_matches_libp2p_keypair() {
