@@ -133,6 +133,16 @@ fn scenarios() -> Vec<Scenario> {
             },
         },
         Scenario {
+            name: "byzantine",
+            what: "an equivocating node forks its feed; honest nodes must notice",
+            expect: Expect::Hold,
+            config: |c| Config {
+                equivocators: 1,
+                jobs_per_s: 40.0,
+                ..c
+            },
+        },
+        Scenario {
             name: "ledger-only",
             what: "no jobs, 100 appends/s, 5 % loss, a partition, 2 crashes",
             expect: Expect::Hold,

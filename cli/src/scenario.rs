@@ -45,6 +45,7 @@ struct Faults {
     clogged: Option<usize>,
     leaves: Option<usize>,
     joins: Option<usize>,
+    equivocators: Option<usize>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -219,6 +220,9 @@ fn apply_parsed(s: Scenario, c: &mut Config) -> Result<()> {
         }
         if let Some(v) = f.joins {
             c.joins = v;
+        }
+        if let Some(v) = f.equivocators {
+            c.equivocators = v;
         }
     }
     if !s.link.is_empty() {

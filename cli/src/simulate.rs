@@ -65,6 +65,10 @@ pub struct SimulateArgs {
     /// Nodes that join during the fault phase (and must catch up on every feed) [default: 0]
     #[arg(long)]
     joins: Option<usize>,
+    /// Byzantine nodes that now and then sign two versions of an entry and send one to half
+    /// their peers, the other to the rest; honest nodes must notice [default: 0]
+    #[arg(long)]
+    equivocators: Option<usize>,
     /// Run twice and require byte-identical reports
     #[arg(long)]
     check_determinism: bool,
@@ -189,6 +193,9 @@ pub fn resolve(a: &SimulateArgs) -> Result<Config> {
     if let Some(v) = a.joins {
         c.joins = v;
     }
+    if let Some(v) = a.equivocators {
+        c.equivocators = v;
+    }
     c.check()
         .map_err(|e| anyhow::anyhow!("invalid simulation settings: {e}"))?;
     Ok(c)
@@ -200,6 +207,7 @@ fn report_json(c: &Config, r: &Report, wall: Duration) -> serde_json::Value {
         "recovery_s": c.recovery.as_secs_f64(), "appends_per_s": c.appends_per_s, "loss": c.loss,
         "partition": c.partition, "crashes": c.crashes, "jobs_per_s": c.jobs_per_s,
         "duplicate": c.duplicate, "clogged": c.clogged, "leaves": c.leaves, "joins": c.joins,
+        "equivocators": c.equivocators, "forks": r.forks, "forks_noticed": r.forks_noticed,
         "jobs": {
             "submitted": r.jobs.submitted, "completed": r.jobs.completed, "failed": r.jobs.failed,
             "failures": r.jobs.failures,
@@ -353,6 +361,12 @@ pub fn run_cmd(a: SimulateArgs) -> Result<ExitCode> {
         report.messages as f64 / config.peers as f64,
         report.bytes as f64 / config.peers as f64 / 1e3
     );
+    if config.equivocators > 0 {
+        println!(
+            "byzantine:  {} equivocating node(s) signed {} forks; honest nodes reported {} conflicts about them",
+            config.equivocators, report.forks, report.forks_noticed
+        );
+    }
     match report.converged_after {
         Some(d) => println!(
             "converged:  every node holds every feed {:.2} s (virtual) after the faults healed",
@@ -398,7 +412,7 @@ pub fn run_cmd(a: SimulateArgs) -> Result<ExitCode> {
 /// set the fleet.
 pub fn replay(c: &Config, scenario: Option<&std::path::Path>) -> String {
     format!(
-        "fabnode simulate{} --peers {} --seed {} --duration {} --recovery {} --jobs-per-sec {}{} --appends-per-sec {} --loss {} --duplicate {} --crashes {} --clogged {} --leaves {} --joins {}{}",
+        "fabnode simulate{} --peers {} --seed {} --duration {} --recovery {} --jobs-per-sec {}{} --appends-per-sec {} --loss {} --duplicate {} --crashes {} --clogged {} --leaves {} --joins {} --equivocators {}{}",
         scenario.map_or(String::new(), |p| format!(" --scenario {}", p.display())),
         c.peers,
         c.seed,
@@ -421,6 +435,7 @@ pub fn replay(c: &Config, scenario: Option<&std::path::Path>) -> String {
         c.clogged,
         c.leaves,
         c.joins,
+        c.equivocators,
         if c.partition { "" } else { " --no-partition" }
     )
 }

@@ -120,3 +120,24 @@ fn a_model_too_big_for_small_devices_runs_only_where_it_fits() {
         r.jobs.by_profile
     );
 }
+
+#[test]
+fn an_equivocating_node_is_noticed_and_the_honest_feeds_still_converge() {
+    for seed in 1..=3 {
+        let r = run(&Config {
+            equivocators: 1,
+            ..jobs(seed)
+        });
+        assert!(r.violations.is_empty(), "seed {seed}: {:?}", r.violations);
+        assert!(r.forks > 0, "seed {seed}: the equivocator never forked");
+        assert!(r.forks_noticed > 0, "seed {seed}");
+        assert!(r.converged_after.is_some());
+        assert_eq!(
+            run(&Config {
+                equivocators: 1,
+                ..jobs(seed)
+            }),
+            r
+        );
+    }
+}

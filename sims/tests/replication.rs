@@ -87,6 +87,7 @@ fn two_hundred_random_fault_mixes_keep_every_invariant() {
             clogged: draw(3) as usize,
             leaves: draw(3) as usize,
             joins: draw(3) as usize,
+            equivocators: (draw(4) == 0) as usize,
             ..Config::default()
         };
         let r = run(&config);

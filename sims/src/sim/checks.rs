@@ -103,17 +103,43 @@ impl Sim {
                     violations.push(format!("node {h} holds a feed of no node"));
                     continue;
                 };
-                let own = &self.nodes[o].own;
-                if let Some(bad) = entries
-                    .iter()
-                    .zip(own)
-                    .position(|(a, b)| *a != b.id())
-                    .or((entries.len() > own.len()).then_some(own.len()))
-                {
+                // Its own entries, or second versions it signed (an equivocator's forks).
+                let author = &self.nodes[o];
+                let wrote = |i: usize, id: &ContentId| {
+                    author.own_ids.get(i) == Some(id) || author.forks.contains_key(id)
+                };
+                if let Some(bad) = entries.iter().enumerate().position(|(i, id)| !wrote(i, id)) {
                     violations.push(format!(
                         "node {h} holds entry {bad} of node {o}'s feed that node {o} never wrote"
                     ));
                 }
+            }
+        }
+        // A fork that split the honest nodes (some hold one version, some the other) was
+        // noticed. A second version that reached nobody, or only nodes that lost it in a
+        // crash, split nothing.
+        for (n, node) in self.nodes.iter().enumerate() {
+            let holds = |id: &ContentId, i: usize| {
+                self.nodes.iter().any(|h| {
+                    !h.left
+                        && !h.byzantine
+                        && h.replicas
+                            .get(&node.key.to_bytes())
+                            .is_some_and(|ids| ids.get(i) == Some(id))
+                })
+            };
+            let splits = node
+                .forks
+                .iter()
+                .filter(|(twin, e)| {
+                    let i = e.body().seq as usize;
+                    holds(twin, i) && node.own_ids.get(i).is_some_and(|a| holds(a, i))
+                })
+                .count();
+            if splits > 0 && self.noticed.get(&n).copied().unwrap_or(0) == 0 {
+                violations.push(format!(
+                    "node {n}'s feed is split between honest nodes at {splits} fork(s) and no honest node reported it"
+                ));
             }
         }
         let mut lat = std::mem::take(&mut self.latencies);
@@ -144,13 +170,16 @@ impl Sim {
     /// Whether every node holds every other node's whole feed, with the owner's head.
     pub(super) fn converged(&self) -> bool {
         self.nodes.iter().filter(|h| !h.left).all(|holder| {
-            self.nodes.iter().all(|owner| {
-                let want = self.target(owner);
-                holder.held(&owner.key).map_or(want == 0, |es| {
-                    es.len() == want
-                        && es.last().copied() == want.checked_sub(1).map(|i| owner.own_ids[i])
+            self.nodes
+                .iter()
+                .filter(|o| o.forks.is_empty())
+                .all(|owner| {
+                    let want = self.target(owner);
+                    holder.held(&owner.key).map_or(want == 0, |es| {
+                        es.len() == want
+                            && es.last().copied() == want.checked_sub(1).map(|i| owner.own_ids[i])
+                    })
                 })
-            })
         })
     }
 
@@ -159,7 +188,7 @@ impl Sim {
     pub(super) fn replicated_permille(&self) -> u32 {
         let (mut held, mut want) = (0u64, 0u64);
         for holder in self.nodes.iter().filter(|n| !n.left) {
-            for owner in &self.nodes {
+            for owner in self.nodes.iter().filter(|o| o.forks.is_empty()) {
                 if owner.key == holder.key {
                     continue;
                 }

@@ -42,6 +42,8 @@ const TELEMETRY_EVERY: Duration = Duration::from_secs(2);
 /// With nothing new, a report still goes out this often (a third of the staleness limit).
 const TELEMETRY_REFRESH: Duration = Duration::from_secs(5);
 const TELEMETRY_STALE_MS: u64 = 15_000;
+/// Own checkpoints are gossiped at most this often (the node's `CHECKPOINT_GOSSIP_EVERY`).
+const CHECKPOINT_EVERY: Duration = Duration::from_millis(200);
 /// A node below its connection target dials more peers this often (the node's discovery
 /// loop, `mesh.peers_target`).
 const REDIAL_EVERY: Duration = Duration::from_secs(2);
@@ -95,6 +97,10 @@ pub struct Config {
     /// catch up on every feed).
     pub leaves: usize,
     pub joins: usize,
+    /// Byzantine nodes that equivocate: now and then they sign two different entries at the
+    /// same position of their feed and send one to half their peers, the other to the rest.
+    /// Honest nodes must notice every fork (and cannot converge on a forked feed).
+    pub equivocators: usize,
     /// Probability that a message is lost, during the fault phase.
     pub loss: f64,
     /// Cut the mesh in two halves for the middle third of the fault phase.
@@ -248,6 +254,7 @@ impl Default for Config {
             clogged: 1,
             leaves: 0,
             joins: 0,
+            equivocators: 0,
             loss: 0.05,
             partition: true,
             crashes: 2,
@@ -281,6 +288,9 @@ pub struct Report {
     /// Replication over time: (virtual ms, permille of the entries live nodes should hold
     /// that they hold), every [`PROGRESS_EVERY`].
     pub progress: Vec<(u64, u32)>,
+    /// Forks signed by equivocating nodes, and conflict reports honest nodes made about them.
+    pub forks: u64,
+    pub forks_noticed: u64,
 }
 
 /// How often replication progress is sampled.
@@ -470,6 +480,10 @@ struct Node {
     finished: Vec<(JobId, u32)>,
     /// Left the mesh for good (churn).
     left: bool,
+    /// Equivocates (see [`Config::equivocators`]).
+    byzantine: bool,
+    /// The second versions it signed: id -> entry.
+    forks: BTreeMap<ContentId, SignedEntry>,
     writer: FeedWriter,
     own: Vec<SignedEntry>,
     replicator: Replicator<usize>,
@@ -479,6 +493,11 @@ struct Node {
     replicas: BTreeMap<[u8; 32], Vec<ContentId>>,
     /// Ids of its own entries.
     own_ids: Vec<ContentId>,
+    /// The Merkle frontier of its own feed, for its checkpoints.
+    tree: Frontier,
+    /// When it last gossiped a checkpoint, and whether a newer one is waiting for its turn.
+    checkpoint_at: Option<Duration>,
+    checkpoint_held: bool,
     /// Gossip already seen (gossipsub's duplicate cache), by message id: BLAKE3 of the payload,
     /// as the node's gossipsub config sets it; checked before validation, as there.
     seen: std::collections::BTreeSet<[u8; 32]>,
@@ -521,11 +540,16 @@ impl Node {
             allowed: Default::default(),
             finished: Vec::new(),
             left: false,
+            byzantine: false,
+            forks: BTreeMap::new(),
             writer: FeedWriter::resume(key, 0, None),
             own: Vec::new(),
             replicator: Replicator::new(ReplicateConfig::default()),
             replicas: BTreeMap::new(),
             own_ids: Vec::new(),
+            tree: Frontier::new(),
+            checkpoint_at: None,
+            checkpoint_held: false,
             seen: Default::default(),
             seen_before: Default::default(),
             seen_since: Duration::ZERO,
@@ -588,13 +612,15 @@ struct Sim {
     /// The validator's verdict per distinct payload. Validation depends on the bytes alone, so
     /// every node would reach the same one; computing it once per payload instead of once per
     /// node is most of the simulator's speed.
-    verdicts: std::collections::HashMap<[u8; 32], Result<Vec<SignedEntry>, String>>,
+    verdicts: std::collections::HashMap<[u8; 32], Result<Valid, String>>,
     /// The same for telemetry reports.
     reports: std::collections::HashMap<[u8; 32], Option<SignedTelemetry>>,
     /// Node index by feed key.
     index: BTreeMap<[u8; 32], usize>,
     /// Nodes whose links clog in the middle of the fault phase.
     clog: std::collections::BTreeSet<usize>,
+    /// Conflict reports about each equivocator's feed.
+    noticed: BTreeMap<usize, u64>,
     jobs: BTreeMap<JobId, JobRec>,
     submitted: u64,
     latencies: Vec<u64>,
@@ -674,6 +700,17 @@ impl Sim {
                     .report
                     .violations
                     .push(format!("honest node {peer} penalised by {node}: {reason}")),
+                Output::Conflict { feed, .. }
+                    if self
+                        .index
+                        .get(&feed.to_bytes())
+                        .is_some_and(|&o| self.nodes[o].byzantine) =>
+                {
+                    self.report.forks_noticed += 1;
+                    if let Some(&o) = self.index.get(&feed.to_bytes()) {
+                        *self.noticed.entry(o).or_default() += 1;
+                    }
+                }
                 Output::Conflict { feed, seq, detail } => self.report.violations.push(format!(
                     "conflict reported by {node} on {} at {seq}: {detail}",
                     feed.peer_id()
@@ -843,26 +880,34 @@ impl Sim {
                             .verdicts
                             .entry(id)
                             .or_insert_with(|| match validate(NETWORK, &payload) {
-                                Verdict::Accept(v) => match *v {
-                                    Valid::Entry(e) => Ok(vec![e]),
-                                    Valid::Entries(es) => Ok(es),
-                                    Valid::Checkpoint { .. } => Err("a checkpoint".into()),
-                                },
+                                Verdict::Accept(v) => Ok(*v),
                                 Verdict::Reject(reason) => Err(reason),
                             })
                             .clone();
+                        let own = self.nodes[to].key;
                         match verdict {
-                            Ok(entries) => {
-                                if entries
-                                    .first()
-                                    .is_some_and(|e| e.body().feed != self.nodes[to].key)
-                                {
-                                    for entry in entries {
-                                        self.input(to, Input::Entry { from, entry });
-                                    }
-                                    self.forward(to, from, payload);
-                                }
+                            Ok(Valid::Entry(entry)) if entry.body().feed != own => {
+                                self.input(to, Input::Entry { from, entry });
+                                self.forward(to, from, payload);
                             }
+                            Ok(Valid::Entries(entries))
+                                if entries.first().is_some_and(|e| e.body().feed != own) =>
+                            {
+                                for entry in entries {
+                                    self.input(to, Input::Entry { from, entry });
+                                }
+                                self.forward(to, from, payload);
+                            }
+                            Ok(Valid::Checkpoint { feed, checkpoint }) if feed != own => {
+                                let input = Input::Checkpoint {
+                                    from,
+                                    feed,
+                                    checkpoint,
+                                };
+                                self.input(to, input);
+                                self.forward(to, from, payload);
+                            }
+                            Ok(_) => {} // its own, back from a peer
                             Err(reason) => self
                                 .report
                                 .violations
@@ -885,20 +930,20 @@ impl Sim {
                         self.input(to, Input::Heads { from, heads });
                     }
                     Msg::RangeRequest { feed, start, count } => {
-                        // What it holds, as the owner wrote it (ids checked at the end).
-                        let held = self.nodes[to].held(&feed).map_or(0, <[ContentId]>::len);
-                        let entries: Vec<Vec<u8>> = self
-                            .index
-                            .get(&feed.to_bytes())
-                            .map(|&o| {
-                                self.nodes[o].own[..held.min(self.nodes[o].own.len())]
-                                    .iter()
-                                    .skip(start as usize)
-                                    .take(count.min(512) as usize)
-                                    .map(SignedEntry::encode)
-                                    .collect()
-                            })
-                            .unwrap_or_default();
+                        // What it holds, entry by entry as its author signed it.
+                        let ids = self.nodes[to].held(&feed).unwrap_or(&[]);
+                        let entries: Vec<Vec<u8>> = match self.index.get(&feed.to_bytes()) {
+                            Some(&o) => ids
+                                .iter()
+                                .enumerate()
+                                .skip(start as usize)
+                                .take(count.min(512) as usize)
+                                .map_while(|(i, id)| {
+                                    self.entry_of(o, i, id).map(SignedEntry::encode)
+                                })
+                                .collect(),
+                            None => Vec::new(),
+                        };
                         self.send(
                             to,
                             from,
@@ -938,6 +983,7 @@ impl Sim {
                     node.synced_at = now;
                 }
                 if self.nodes[n].up {
+                    self.checkpoint_if_due(n);
                     self.input(n, Input::Tick);
                     if now >= self.nodes[n].dialed_at + REDIAL_EVERY {
                         self.nodes[n].dialed_at = now;
@@ -993,17 +1039,20 @@ impl Sim {
             let Some(&o) = self.index.get(feed) else {
                 continue;
             };
-            let owner = &self.nodes[o];
-            let entries = &owner.own[..ids.len().min(owner.own.len())];
+            let entries: Vec<&SignedEntry> = ids
+                .iter()
+                .enumerate()
+                .map_while(|(i, id)| self.entry_of(o, i, id))
+                .collect();
             let Some(last) = entries.last() else { continue };
             let mut tree = Frontier::new();
-            for e in entries {
+            for e in &entries {
                 tree.append(leaf_hash(&e.encode()));
             }
             r.resume(
-                owner.key,
+                self.nodes[o].key,
                 entries.len() as u64,
-                ids.last().copied(),
+                Some(last.id()),
                 Some(last.body().time_ms),
                 tree,
                 None,
@@ -1160,12 +1209,85 @@ impl Sim {
     /// Appends to `n`'s own feed and floods the entry to its connections.
     fn append(&mut self, n: usize, body: EntryBody) {
         let now_ms = self.engine.now().as_millis() as u64;
+        // An equivocator signs, one time in five, a second entry for the same position.
+        let twin = (self.nodes[n].byzantine && self.engine.chance(0.2)).then(|| {
+            let mut w = self.nodes[n].writer.clone();
+            let value = ciborium::Value::Integer(self.report.forks.into());
+            w.append(EntryBody::Unknown { kind: 97, value }, now_ms)
+        });
         let entry = self.nodes[n].writer.append(body, now_ms);
         self.nodes[n].own_ids.push(entry.id());
+        self.nodes[n].tree.append(leaf_hash(&entry.encode()));
         self.nodes[n].own.push(entry.clone());
+        self.nodes[n].checkpoint_held = true;
         self.report.entries += 1;
         let payload = GossipMsg::Entry(entry.encode()).encode();
+        let Some(twin) = twin else {
+            self.publish(n, payload, false);
+            self.checkpoint_if_due(n);
+            return;
+        };
+        // One version to half its peers, the other to the rest; both answer IWANT.
+        self.report.forks += 1;
+        self.trace.update(&[8, n as u8]);
+        self.nodes[n].forks.insert(twin.id(), twin.clone());
+        let other = GossipMsg::Entry(twin.encode()).encode();
+        let now = self.engine.now();
+        let links = self.links[n].clone();
+        let half = links.len() / 2;
+        for (payload, to) in [(payload, &links[..half]), (other, &links[half..])] {
+            let id = *blake3::hash(&payload).as_bytes();
+            self.nodes[n].first_sight(id, now);
+            let payload = std::rc::Rc::new(payload);
+            if let Some(window) = self.nodes[n].mcache.front_mut() {
+                window.push((id, std::rc::Rc::clone(&payload), false));
+            }
+            for &p in to {
+                self.send(n, p, Msg::Gossip(payload.to_vec()));
+            }
+        }
+        self.checkpoint_if_due(n);
+    }
+
+    /// Gossips `n`'s newest checkpoint (its signed tree head) when one is held and the last
+    /// went out at least [`CHECKPOINT_EVERY`] ago, as a node does after its commits.
+    fn checkpoint_if_due(&mut self, n: usize) {
+        let now = self.engine.now();
+        let node = &self.nodes[n];
+        if !node.up
+            || !node.checkpoint_held
+            || node
+                .checkpoint_at
+                .is_some_and(|t| now < t + CHECKPOINT_EVERY)
+        {
+            return;
+        }
+        let size = node.own.len() as u64;
+        let cp = fab_ledger::checkpoint::Checkpoint::sign(
+            &node.keypair,
+            NETWORK,
+            size,
+            node.tree.root(),
+        );
+        let payload = GossipMsg::Checkpoint {
+            feed: node.key.to_bytes(),
+            note: cp.note,
+        }
+        .encode();
+        let node = &mut self.nodes[n];
+        node.checkpoint_held = false;
+        node.checkpoint_at = Some(now);
         self.publish(n, payload, false);
+    }
+
+    /// The entry a holder has at position `i` of `owner`'s feed, by its id: the owner's own,
+    /// or a second version the owner signed.
+    fn entry_of(&self, owner: usize, i: usize, id: &ContentId) -> Option<&SignedEntry> {
+        let o = &self.nodes[owner];
+        match o.own.get(i) {
+            Some(e) if o.own_ids[i] == *id => Some(e),
+            _ => o.forks.get(id),
+        }
     }
 
     /// A request-response message over a direct connection: TCP does not lose it, but a
@@ -1275,12 +1397,15 @@ pub fn run_watched(config: &Config, watch: &mut dyn FnMut(Progress)) -> Report {
             events: 0,
             jobs: JobReport::default(),
             progress: Vec::new(),
+            forks: 0,
+            forks_noticed: 0,
         },
         trace: blake3::Hasher::new(),
         verdicts: Default::default(),
         reports: Default::default(),
         index,
         clog: Default::default(),
+        noticed: BTreeMap::new(),
         jobs: BTreeMap::new(),
         submitted: 0,
         latencies: Vec::new(),
@@ -1312,6 +1437,10 @@ pub fn run_watched(config: &Config, watch: &mut dyn FnMut(Progress)) -> Report {
     for _ in 0..config.clogged.min(config.peers) {
         let n = sim.engine.uniform(0, config.peers as u64 - 1) as usize;
         sim.clog.insert(n);
+    }
+    for _ in 0..config.equivocators.min(config.peers) {
+        let n = sim.engine.uniform(0, config.peers as u64 - 1) as usize;
+        sim.nodes[n].byzantine = true;
     }
     for _ in 0..config.leaves.min(config.peers.saturating_sub(2)) {
         let n = sim.engine.uniform(0, config.peers as u64 - 1) as usize;
@@ -1363,7 +1492,12 @@ pub fn run_watched(config: &Config, watch: &mut dyn FnMut(Progress)) -> Report {
         let mut missing = Vec::new();
         let live = sim.nodes.iter().filter(|n| !n.left).count();
         for (h, holder) in sim.nodes.iter().enumerate().filter(|(_, n)| !n.left) {
-            for (o, owner) in sim.nodes.iter().enumerate() {
+            for (o, owner) in sim
+                .nodes
+                .iter()
+                .enumerate()
+                .filter(|(_, o)| o.forks.is_empty())
+            {
                 let held = holder.held(&owner.key).map_or(0, <[ContentId]>::len);
                 let want = sim.target(owner);
                 if held != want {
