@@ -134,10 +134,11 @@ fn scenarios() -> Vec<Scenario> {
         },
         Scenario {
             name: "byzantine",
-            what: "an equivocating node forks its feed; honest nodes must notice",
+            what: "a node forks its feed, another forges gossip; honest nodes notice and reject",
             expect: Expect::Hold,
             config: |c| Config {
                 equivocators: 1,
+                forgers: 1,
                 jobs_per_s: 40.0,
                 ..c
             },

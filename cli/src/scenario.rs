@@ -46,6 +46,7 @@ struct Faults {
     leaves: Option<usize>,
     joins: Option<usize>,
     equivocators: Option<usize>,
+    forgers: Option<usize>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -223,6 +224,9 @@ fn apply_parsed(s: Scenario, c: &mut Config) -> Result<()> {
         }
         if let Some(v) = f.equivocators {
             c.equivocators = v;
+        }
+        if let Some(v) = f.forgers {
+            c.forgers = v;
         }
     }
     if !s.link.is_empty() {

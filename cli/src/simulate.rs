@@ -69,6 +69,10 @@ pub struct SimulateArgs {
     /// their peers, the other to the rest; honest nodes must notice [default: 0]
     #[arg(long)]
     equivocators: Option<usize>,
+    /// Byzantine nodes that send forged entries (re-signed with the wrong key) and garbage;
+    /// honest nodes must reject all of it [default: 0]
+    #[arg(long)]
+    forgers: Option<usize>,
     /// Run twice and require byte-identical reports
     #[arg(long)]
     check_determinism: bool,
@@ -196,6 +200,9 @@ pub fn resolve(a: &SimulateArgs) -> Result<Config> {
     if let Some(v) = a.equivocators {
         c.equivocators = v;
     }
+    if let Some(v) = a.forgers {
+        c.forgers = v;
+    }
     c.check()
         .map_err(|e| anyhow::anyhow!("invalid simulation settings: {e}"))?;
     Ok(c)
@@ -208,6 +215,7 @@ fn report_json(c: &Config, r: &Report, wall: Duration) -> serde_json::Value {
         "partition": c.partition, "crashes": c.crashes, "jobs_per_s": c.jobs_per_s,
         "duplicate": c.duplicate, "clogged": c.clogged, "leaves": c.leaves, "joins": c.joins,
         "equivocators": c.equivocators, "forks": r.forks, "forks_noticed": r.forks_noticed,
+        "forgers": c.forgers, "forgeries": r.forgeries, "forgeries_rejected": r.forgeries_rejected,
         "jobs": {
             "submitted": r.jobs.submitted, "completed": r.jobs.completed, "failed": r.jobs.failed,
             "failures": r.jobs.failures,
@@ -361,6 +369,12 @@ pub fn run_cmd(a: SimulateArgs) -> Result<ExitCode> {
         report.messages as f64 / config.peers as f64,
         report.bytes as f64 / config.peers as f64 / 1e3
     );
+    if config.forgers > 0 {
+        println!(
+            "forgers:    {} node(s) sent {} forged or malformed messages; {} deliveries rejected, none stored",
+            config.forgers, report.forgeries, report.forgeries_rejected
+        );
+    }
     if config.equivocators > 0 {
         println!(
             "byzantine:  {} equivocating node(s) signed {} forks; honest nodes reported {} conflicts about them",
@@ -412,7 +426,7 @@ pub fn run_cmd(a: SimulateArgs) -> Result<ExitCode> {
 /// set the fleet.
 pub fn replay(c: &Config, scenario: Option<&std::path::Path>) -> String {
     format!(
-        "fabnode simulate{} --peers {} --seed {} --duration {} --recovery {} --jobs-per-sec {}{} --appends-per-sec {} --loss {} --duplicate {} --crashes {} --clogged {} --leaves {} --joins {} --equivocators {}{}",
+        "fabnode simulate{} --peers {} --seed {} --duration {} --recovery {} --jobs-per-sec {}{} --appends-per-sec {} --loss {} --duplicate {} --crashes {} --clogged {} --leaves {} --joins {} --equivocators {} --forgers {}{}",
         scenario.map_or(String::new(), |p| format!(" --scenario {}", p.display())),
         c.peers,
         c.seed,
@@ -436,6 +450,7 @@ pub fn replay(c: &Config, scenario: Option<&std::path::Path>) -> String {
         c.leaves,
         c.joins,
         c.equivocators,
+        c.forgers,
         if c.partition { "" } else { " --no-partition" }
     )
 }

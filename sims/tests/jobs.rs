@@ -122,6 +122,23 @@ fn a_model_too_big_for_small_devices_runs_only_where_it_fits() {
 }
 
 #[test]
+fn forged_and_malformed_gossip_is_rejected_everywhere_and_never_stored() {
+    for seed in 1..=3 {
+        let config = Config {
+            forgers: 2,
+            ..jobs(seed)
+        };
+        let r = run(&config);
+        // Among the invariants: no node holds an entry its author did not write.
+        assert!(r.violations.is_empty(), "seed {seed}: {:?}", r.violations);
+        assert!(r.forgeries > 10, "seed {seed}: {}", r.forgeries);
+        assert!(r.forgeries_rejected >= r.forgeries, "seed {seed}: {r:?}");
+        assert!(r.converged_after.is_some());
+        assert_eq!(run(&config), r);
+    }
+}
+
+#[test]
 fn an_equivocating_node_is_noticed_and_the_honest_feeds_still_converge() {
     for seed in 1..=3 {
         let r = run(&Config {

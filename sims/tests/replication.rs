@@ -88,6 +88,7 @@ fn two_hundred_random_fault_mixes_keep_every_invariant() {
             leaves: draw(3) as usize,
             joins: draw(3) as usize,
             equivocators: (draw(4) == 0) as usize,
+            forgers: (draw(4) == 0) as usize,
             ..Config::default()
         };
         let r = run(&config);

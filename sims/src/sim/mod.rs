@@ -101,6 +101,10 @@ pub struct Config {
     /// same position of their feed and send one to half their peers, the other to the rest.
     /// Honest nodes must notice every fork (and cannot converge on a forked feed).
     pub equivocators: usize,
+    /// Byzantine nodes that, besides their honest work, send forged gossip: other nodes'
+    /// entries re-signed with their own key, and garbage. Honest nodes must reject all of it
+    /// (and never store it); gossipsub then scores the sender down.
+    pub forgers: usize,
     /// Probability that a message is lost, during the fault phase.
     pub loss: f64,
     /// Cut the mesh in two halves for the middle third of the fault phase.
@@ -255,6 +259,7 @@ impl Default for Config {
             leaves: 0,
             joins: 0,
             equivocators: 0,
+            forgers: 0,
             loss: 0.05,
             partition: true,
             crashes: 2,
@@ -291,6 +296,9 @@ pub struct Report {
     /// Forks signed by equivocating nodes, and conflict reports honest nodes made about them.
     pub forks: u64,
     pub forks_noticed: u64,
+    /// Forged or malformed gossip messages sent, and deliveries of them that were rejected.
+    pub forgeries: u64,
+    pub forgeries_rejected: u64,
 }
 
 /// How often replication progress is sampled.
@@ -482,6 +490,8 @@ struct Node {
     left: bool,
     /// Equivocates (see [`Config::equivocators`]).
     byzantine: bool,
+    /// Sends forged and malformed gossip (see [`Config::forgers`]).
+    forger: bool,
     /// The second versions it signed: id -> entry.
     forks: BTreeMap<ContentId, SignedEntry>,
     writer: FeedWriter,
@@ -541,6 +551,7 @@ impl Node {
             finished: Vec::new(),
             left: false,
             byzantine: false,
+            forger: false,
             forks: BTreeMap::new(),
             writer: FeedWriter::resume(key, 0, None),
             own: Vec::new(),
@@ -908,6 +919,10 @@ impl Sim {
                                 self.forward(to, from, payload);
                             }
                             Ok(_) => {} // its own, back from a peer
+                            Err(_) if self.nodes[from].forger => {
+                                // Dropped, not forwarded; gossipsub penalises the sender.
+                                self.report.forgeries_rejected += 1;
+                            }
                             Err(reason) => self
                                 .report
                                 .violations
@@ -984,6 +999,9 @@ impl Sim {
                 }
                 if self.nodes[n].up {
                     self.checkpoint_if_due(n);
+                    if self.nodes[n].forger && now < self.fault_end && self.engine.chance(0.2) {
+                        self.forge(n);
+                    }
                     self.input(n, Input::Tick);
                     if now >= self.nodes[n].dialed_at + REDIAL_EVERY {
                         self.nodes[n].dialed_at = now;
@@ -1249,6 +1267,28 @@ impl Sim {
         self.checkpoint_if_due(n);
     }
 
+    /// A forger sends one forged message to every connection: another node's newest entry
+    /// re-signed with its own key (a valid signature by the wrong key), or garbage.
+    fn forge(&mut self, n: usize) {
+        let victim = self.engine.uniform(0, self.nodes.len() as u64 - 1) as usize;
+        let payload = match self.nodes[victim].own.last() {
+            Some(e) if victim != n && self.engine.chance(0.7) => {
+                let forged = fab_ledger::Signed::sign(e.body().clone(), &self.nodes[n].keypair);
+                GossipMsg::Entry(forged.encode()).encode()
+            }
+            _ => {
+                let mut junk = GossipMsg::Entry(self.engine.bytes32().to_vec()).encode();
+                junk.extend_from_slice(&self.engine.bytes32());
+                junk
+            }
+        };
+        self.report.forgeries += 1;
+        self.trace.update(&[9, n as u8]);
+        for to in self.links[n].clone() {
+            self.send(n, to, Msg::Gossip(payload.clone()));
+        }
+    }
+
     /// Gossips `n`'s newest checkpoint (its signed tree head) when one is held and the last
     /// went out at least [`CHECKPOINT_EVERY`] ago, as a node does after its commits.
     fn checkpoint_if_due(&mut self, n: usize) {
@@ -1399,6 +1439,8 @@ pub fn run_watched(config: &Config, watch: &mut dyn FnMut(Progress)) -> Report {
             progress: Vec::new(),
             forks: 0,
             forks_noticed: 0,
+            forgeries: 0,
+            forgeries_rejected: 0,
         },
         trace: blake3::Hasher::new(),
         verdicts: Default::default(),
@@ -1437,6 +1479,10 @@ pub fn run_watched(config: &Config, watch: &mut dyn FnMut(Progress)) -> Report {
     for _ in 0..config.clogged.min(config.peers) {
         let n = sim.engine.uniform(0, config.peers as u64 - 1) as usize;
         sim.clog.insert(n);
+    }
+    for _ in 0..config.forgers.min(config.peers) {
+        let n = sim.engine.uniform(0, config.peers as u64 - 1) as usize;
+        sim.nodes[n].forger = true;
     }
     for _ in 0..config.equivocators.min(config.peers) {
         let n = sim.engine.uniform(0, config.peers as u64 - 1) as usize;
