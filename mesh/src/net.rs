@@ -399,6 +399,8 @@ pub struct EventLoop {
     stats: MeshStats,
     peers_target: usize,
     last_bootstrap: Option<tokio::time::Instant>,
+    /// The wait before the next walk (doubling from [`BOOTSTRAP_FIRST`]).
+    bootstrap_gap: Duration,
     bid_pending: Pending<SignedBid>,
     /// Connected peers identified as fabnode nodes of this network.
     members: std::collections::BTreeSet<PeerId>,
@@ -509,8 +511,12 @@ fn transport_of(addr: &Multiaddr) -> &'static str {
 
 /// How often the event loop checks its connection count against the target.
 const MAINTAIN_EVERY: Duration = Duration::from_secs(2);
-/// How often a node re-walks the DHT while it has fewer connections than its target.
+/// How often a node re-walks the DHT while it has fewer connections than its target: first
+/// after [`BOOTSTRAP_FIRST`], then twice as long each time up to this. Nodes that start
+/// together learn of each other only from walks made after their bootstrap peer heard of
+/// both; a first walk at 30 s left them apart that long.
 const BOOTSTRAP_EVERY: Duration = Duration::from_secs(30);
+const BOOTSTRAP_FIRST: Duration = Duration::from_secs(1);
 
 /// Builds the swarm and starts listening. Returns the handle, the event stream and the loop to
 /// spawn.
@@ -702,6 +708,7 @@ pub fn start(
         stats: MeshStats::default(),
         peers_target: config.peers_target,
         last_bootstrap: None,
+        bootstrap_gap: BOOTSTRAP_FIRST,
         exec_pending: Pending::default(),
         bid_pending: Pending::default(),
         members: Default::default(),
@@ -785,8 +792,11 @@ impl EventLoop {
         }
         let due = self
             .last_bootstrap
-            .is_none_or(|t| t.elapsed() >= BOOTSTRAP_EVERY);
+            .is_none_or(|t| t.elapsed() >= self.bootstrap_gap);
         if due && connected > 0 && self.swarm.behaviour_mut().kad.bootstrap().is_ok() {
+            if self.last_bootstrap.is_some() {
+                self.bootstrap_gap = (self.bootstrap_gap * 2).min(BOOTSTRAP_EVERY);
+            }
             self.last_bootstrap = Some(tokio::time::Instant::now());
         }
     }
