@@ -14,44 +14,45 @@ use serde::Deserialize;
 /// Largest scenario file read.
 const SCENARIO_BYTES_MAX: u64 = 1 << 20;
 
+/// Settings over the defaults: a scenario file's, or the command line's.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct Scenario {
-    peers: Option<usize>,
-    seed: Option<u64>,
-    duration_s: Option<u64>,
-    recovery_s: Option<u64>,
-    jobs_per_sec: Option<f64>,
-    arrivals: Option<ArrivalsFile>,
-    appends_per_sec: Option<u64>,
-    cloud_only_permille: Option<u32>,
-    two_replicas_permille: Option<u32>,
-    faults: Option<Faults>,
+pub(crate) struct Scenario {
+    pub(crate) peers: Option<usize>,
+    pub(crate) seed: Option<u64>,
+    pub(crate) duration_s: Option<u64>,
+    pub(crate) recovery_s: Option<u64>,
+    pub(crate) jobs_per_sec: Option<f64>,
+    pub(crate) arrivals: Option<ArrivalsFile>,
+    pub(crate) appends_per_sec: Option<u64>,
+    pub(crate) cloud_only_permille: Option<u32>,
+    pub(crate) two_replicas_permille: Option<u32>,
+    pub(crate) faults: Option<Faults>,
     #[serde(default)]
-    profile: Vec<ProfileFile>,
+    pub(crate) profile: Vec<ProfileFile>,
     #[serde(default)]
-    link: Vec<LinkFile>,
+    pub(crate) link: Vec<LinkFile>,
     #[serde(default)]
-    model: Vec<ModelFile>,
+    pub(crate) model: Vec<ModelFile>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct Faults {
-    loss: Option<f64>,
-    duplicate: Option<f64>,
-    partition: Option<bool>,
-    crashes: Option<usize>,
-    clogged: Option<usize>,
-    leaves: Option<usize>,
-    joins: Option<usize>,
-    equivocators: Option<usize>,
-    forgers: Option<usize>,
+pub(crate) struct Faults {
+    pub(crate) loss: Option<f64>,
+    pub(crate) duplicate: Option<f64>,
+    pub(crate) partition: Option<bool>,
+    pub(crate) crashes: Option<usize>,
+    pub(crate) clogged: Option<usize>,
+    pub(crate) leaves: Option<usize>,
+    pub(crate) joins: Option<usize>,
+    pub(crate) equivocators: Option<usize>,
+    pub(crate) forgers: Option<usize>,
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, tag = "shape", rename_all = "lowercase")]
-enum ArrivalsFile {
+pub(crate) enum ArrivalsFile {
     Poisson,
     Bursts {
         every_s: f64,
@@ -65,7 +66,7 @@ enum ArrivalsFile {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct ProfileFile {
+pub(crate) struct ProfileFile {
     name: String,
     tier: String,
     speed_permille: u32,
@@ -88,7 +89,7 @@ fn default_commit_us() -> u64 {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct LinkFile {
+pub(crate) struct LinkFile {
     name: String,
     one_way_us: [u64; 2],
     mbit_per_s: u64,
@@ -96,7 +97,7 @@ struct LinkFile {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct ModelFile {
+pub(crate) struct ModelFile {
     name: String,
     reference_latency_us: u64,
     input_bytes: u64,
@@ -150,10 +151,11 @@ pub fn apply(path: &Path, c: &mut Config) -> Result<()> {
         .with_context(|| format!("reading scenario {}", path.display()))?;
     let s: Scenario =
         toml::from_str(&text).with_context(|| format!("scenario {}", path.display()))?;
-    apply_parsed(s, c).with_context(|| format!("scenario {}", path.display()))
+    overlay(s, c).with_context(|| format!("scenario {}", path.display()))
 }
 
-fn apply_parsed(s: Scenario, c: &mut Config) -> Result<()> {
+/// Applies the settings `s` gives over `c`.
+pub(crate) fn overlay(s: Scenario, c: &mut Config) -> Result<()> {
     if let Some(v) = s.peers {
         c.peers = v;
     }
@@ -293,7 +295,7 @@ mod tests {
     fn parse(text: &str) -> Result<Config> {
         let mut c = Config::default();
         let s: Scenario = toml::from_str(text)?;
-        apply_parsed(s, &mut c)?;
+        overlay(s, &mut c)?;
         c.check().map_err(|e| anyhow::anyhow!(e))?;
         Ok(c)
     }

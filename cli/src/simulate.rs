@@ -10,6 +10,8 @@ use clap::Args;
 use fab_sims::sim::{Config, Progress, Report, run, run_watched};
 use serde_json::json;
 
+use crate::scenario::{Faults, Scenario};
+
 #[derive(Debug, Args)]
 pub struct SimulateArgs {
     /// A scenario file (TOML): any of the settings below, plus the fleet's device classes,
@@ -155,53 +157,31 @@ pub fn resolve(a: &SimulateArgs) -> Result<Config> {
     if let Some(path) = &a.scenario {
         crate::scenario::apply(path, &mut c)?;
     }
-    if let Some(v) = a.peers {
-        c.peers = v;
-    }
-    if let Some(v) = a.seed {
-        c.seed = v;
-    }
-    if let Some(v) = a.duration {
-        c.fault_phase = Duration::from_secs(v);
-    }
-    if let Some(v) = a.recovery {
-        c.recovery = Duration::from_secs(v);
-    }
-    if let Some(v) = a.jobs_per_sec {
-        c.jobs_per_s = v;
-    }
+    // The flags given on the command line, applied as one more layer of settings.
+    let flags = Scenario {
+        peers: a.peers,
+        seed: a.seed,
+        duration_s: a.duration,
+        recovery_s: a.recovery,
+        jobs_per_sec: a.jobs_per_sec,
+        appends_per_sec: a.appends_per_sec,
+        faults: Some(Faults {
+            loss: a.loss,
+            duplicate: a.duplicate,
+            partition: a.no_partition.then_some(false),
+            crashes: a.crashes,
+            clogged: a.clogged,
+            leaves: a.leaves,
+            joins: a.joins,
+            equivocators: a.equivocators,
+            forgers: a.forgers,
+        }),
+        ..Scenario::default()
+    };
+    crate::scenario::overlay(flags, &mut c)?;
+    // A named shape; the diurnal one spans the fault phase as finally set.
     if let Some(v) = &a.arrivals {
         c.arrivals = crate::scenario::arrivals(v, c.fault_phase)?;
-    }
-    if let Some(v) = a.appends_per_sec {
-        c.appends_per_s = v;
-    }
-    if let Some(v) = a.loss {
-        c.loss = v;
-    }
-    if a.no_partition {
-        c.partition = false;
-    }
-    if let Some(v) = a.crashes {
-        c.crashes = v;
-    }
-    if let Some(v) = a.duplicate {
-        c.duplicate = v;
-    }
-    if let Some(v) = a.clogged {
-        c.clogged = v;
-    }
-    if let Some(v) = a.leaves {
-        c.leaves = v;
-    }
-    if let Some(v) = a.joins {
-        c.joins = v;
-    }
-    if let Some(v) = a.equivocators {
-        c.equivocators = v;
-    }
-    if let Some(v) = a.forgers {
-        c.forgers = v;
     }
     c.check()
         .map_err(|e| anyhow::anyhow!("invalid simulation settings: {e}"))?;

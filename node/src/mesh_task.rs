@@ -67,14 +67,6 @@ fn release(
     }
 }
 
-/// Sleeps until `at`, or forever.
-async fn sleep_until(at: Option<tokio::time::Instant>) {
-    match at {
-        Some(at) => tokio::time::sleep_until(at).await,
-        None => std::future::pending().await,
-    }
-}
-
 /// Publishes queued messages in order, stopping at the first that finds no peer. Runs of own
 /// entries go out as batches ([`GossipMsg::pack`]): under load a commit group of dozens of
 /// entries costs each peer one gossip message and one batch signature check instead of dozens;
@@ -151,32 +143,27 @@ pub async fn run(task: MeshTask) {
     // The newest own checkpoint not gossiped yet, and when one last was.
     let mut held: Option<String> = None;
     let mut checkpoint_sent: Option<Instant> = None;
-    // Own committed entries waiting for the next gossip slot, when that slot opens, and when
-    // entries last went out.
+    // Own committed entries waiting for the next gossip slot, and when entries last went out
+    // (the slot opens ENTRY_GOSSIP_EVERY after that).
     let mut lingering: Vec<GossipMsg> = Vec::new();
-    let mut linger_until: Option<tokio::time::Instant> = None;
-    let mut entries_sent: Option<Instant> = None;
+    let mut entries_sent: Option<tokio::time::Instant> = None;
     loop {
+        let next_slot =
+            entries_sent.map_or_else(tokio::time::Instant::now, |t| t + ENTRY_GOSSIP_EVERY);
         tokio::select! {
             batch = committed.recv() => {
                 let Some(batch) = batch else { break };
                 lingering.extend(batch.entries.iter().map(|e| GossipMsg::Entry(e.encode())));
                 held = Some(batch.checkpoint.note.clone());
-                match entries_sent {
-                    Some(t) if t.elapsed() < ENTRY_GOSSIP_EVERY => {
-                        linger_until.get_or_insert(tokio::time::Instant::from_std(t + ENTRY_GOSSIP_EVERY));
-                    }
-                    _ => {
-                        release(own, &mut lingering, &mut held, &mut checkpoint_sent, &mut unsent);
-                        entries_sent = Some(Instant::now());
-                        flush(&mesh, &mut unsent, &gossiped).await;
-                    }
+                if next_slot <= tokio::time::Instant::now() {
+                    release(own, &mut lingering, &mut held, &mut checkpoint_sent, &mut unsent);
+                    entries_sent = Some(tokio::time::Instant::now());
+                    flush(&mesh, &mut unsent, &gossiped).await;
                 }
             }
-            _ = sleep_until(linger_until), if linger_until.is_some() => {
-                linger_until = None;
+            _ = tokio::time::sleep_until(next_slot), if !lingering.is_empty() => {
                 release(own, &mut lingering, &mut held, &mut checkpoint_sent, &mut unsent);
-                entries_sent = Some(Instant::now());
+                entries_sent = Some(tokio::time::Instant::now());
                 flush(&mesh, &mut unsent, &gossiped).await;
             }
             event = events.recv() => {

@@ -9,7 +9,7 @@ use fab_ledger::Signed;
 
 use crate::api::AppState;
 use crate::ledger_writer::now_ms;
-use crate::sched::telemetry::{SignedTelemetry, TelemetryReport, changed, queue_moved};
+use crate::sched::telemetry::{SignedTelemetry, TelemetryReport, publish_due, queue_moved};
 use crate::sched::{Host, Telemetry};
 
 /// Jobs this node is running or about to run.
@@ -136,7 +136,6 @@ pub async fn run(st: Arc<AppState>) {
     let mut check = tokio::time::interval(QUEUE_CHECK.min(every));
     check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_at: Option<tokio::time::Instant> = None;
-    let mut last_queue = 0usize;
     let mut last_seq = 0u64;
     // The last published figures, before noise.
     let mut last: Option<Telemetry> = None;
@@ -144,24 +143,22 @@ pub async fn run(st: Arc<AppState>) {
         check.tick().await;
         let queue = in_flight(&st);
         let elapsed = last_at.map(|t| t.elapsed());
-        let due = elapsed.is_none_or(|e| e >= every);
-        let moved = queue_moved(last_queue as u64, queue as u64);
-        if !(due || moved) {
+        // The host is sampled only when a report may be due: the queue alone can say no.
+        let last_queue = last.as_ref().map_or(0, |l| u64::from(l.queue_depth));
+        if elapsed.is_some_and(|e| e < every) && !queue_moved(last_queue, queue as u64) {
             continue;
         }
         let host = tokio::task::spawn_blocking(crate::sampler::host)
             .await
             .unwrap_or_default();
         let mut t = current(&st, queue, host, speed);
-        let refresh_due = elapsed.is_none_or(|e| e >= refresh);
-        if !moved && !refresh_due && last.as_ref().is_some_and(|l| !changed(l, &t)) {
+        if !publish_due(last.as_ref().zip(elapsed), &t, every, refresh) {
             continue;
         }
         last = Some(t.clone());
         privatise(&mut t, epsilon, uniform);
         let report = sign(&st, &mut last_seq, t);
         last_at = Some(tokio::time::Instant::now());
-        last_queue = queue;
         if let Ok(mut own) = st.own_telemetry.lock() {
             *own = Some(report.clone());
         }

@@ -104,11 +104,7 @@ impl Sim {
         payload: Vec<u8>,
         telemetry: bool,
     ) {
-        let id = *blake3::hash(&payload).as_bytes();
-        let payload = std::rc::Rc::new(payload);
-        if let Some(window) = self.nodes[node].mcache.front_mut() {
-            window.push((id, std::rc::Rc::clone(&payload), telemetry));
-        }
+        let (_, payload) = self.cache(node, payload, telemetry);
         let mesh: Vec<usize> = self.nodes[node]
             .mesh
             .iter()
@@ -116,32 +112,39 @@ impl Sim {
             .filter(|p| *p != from)
             .collect();
         for p in mesh {
-            let msg = if telemetry {
-                Msg::Telemetry(payload.to_vec())
-            } else {
-                Msg::Gossip(payload.to_vec())
-            };
-            self.send(node, p, msg);
+            self.send(node, p, Msg::gossip(&payload, telemetry));
         }
+    }
+
+    /// Keeps a message in `n`'s message cache (it answers IWANT from there).
+    fn cache(
+        &mut self,
+        n: usize,
+        payload: Vec<u8>,
+        telemetry: bool,
+    ) -> ([u8; 32], std::rc::Rc<Vec<u8>>) {
+        let id = *blake3::hash(&payload).as_bytes();
+        let payload = std::rc::Rc::new(payload);
+        if let Some(window) = self.nodes[n].mcache.front_mut() {
+            window.push((id, std::rc::Rc::clone(&payload), telemetry));
+        }
+        (id, payload)
     }
 
     /// Publishes an own message: to every connected peer (flood publishing), and into the
     /// message cache.
     pub(super) fn publish(&mut self, n: usize, payload: Vec<u8>, telemetry: bool) {
-        let id = *blake3::hash(&payload).as_bytes();
+        let links = self.links[n].clone();
+        self.publish_to(n, payload, telemetry, &links);
+    }
+
+    /// Publishes an own message to some of `n`'s connections (an equivocator splits them).
+    pub(super) fn publish_to(&mut self, n: usize, payload: Vec<u8>, telemetry: bool, to: &[usize]) {
+        let (id, payload) = self.cache(n, payload, telemetry);
         let now = self.engine.now();
         self.nodes[n].first_sight(id, now);
-        let payload = std::rc::Rc::new(payload);
-        if let Some(window) = self.nodes[n].mcache.front_mut() {
-            window.push((id, std::rc::Rc::clone(&payload), telemetry));
-        }
-        for to in self.links[n].clone() {
-            let msg = if telemetry {
-                Msg::Telemetry(payload.to_vec())
-            } else {
-                Msg::Gossip(payload.to_vec())
-            };
-            self.send(n, to, msg);
+        for &p in to {
+            self.send(n, p, Msg::gossip(&payload, telemetry));
         }
     }
 

@@ -378,6 +378,15 @@ enum Msg {
 }
 
 impl Msg {
+    /// A gossip payload on the ledger or the telemetry topic.
+    fn gossip(payload: &[u8], telemetry: bool) -> Msg {
+        if telemetry {
+            Msg::Telemetry(payload.to_vec())
+        } else {
+            Msg::Gossip(payload.to_vec())
+        }
+    }
+
     fn bytes(&self) -> u64 {
         match self {
             Msg::Gossip(b) | Msg::Telemetry(b) => b.len() as u64,
@@ -830,12 +839,7 @@ impl Sim {
                             })
                             .collect();
                         for (payload, telemetry) in found {
-                            let msg = if telemetry {
-                                Msg::Telemetry(payload.to_vec())
-                            } else {
-                                Msg::Gossip(payload.to_vec())
-                            };
-                            self.send(to, from, msg);
+                            self.send(to, from, Msg::gossip(&payload, telemetry));
                         }
                     }
                     Msg::Call { job, shape, sla } => {
@@ -1250,20 +1254,10 @@ impl Sim {
         self.trace.update(&[8, n as u8]);
         self.nodes[n].forks.insert(twin.id(), twin.clone());
         let other = GossipMsg::Entry(twin.encode()).encode();
-        let now = self.engine.now();
         let links = self.links[n].clone();
-        let half = links.len() / 2;
-        for (payload, to) in [(payload, &links[..half]), (other, &links[half..])] {
-            let id = *blake3::hash(&payload).as_bytes();
-            self.nodes[n].first_sight(id, now);
-            let payload = std::rc::Rc::new(payload);
-            if let Some(window) = self.nodes[n].mcache.front_mut() {
-                window.push((id, std::rc::Rc::clone(&payload), false));
-            }
-            for &p in to {
-                self.send(n, p, Msg::Gossip(payload.to_vec()));
-            }
-        }
+        let (first, rest) = links.split_at(links.len() / 2);
+        self.publish_to(n, payload, false, first);
+        self.publish_to(n, other, false, rest);
         self.checkpoint_if_due(n);
     }
 
