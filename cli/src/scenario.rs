@@ -28,6 +28,11 @@ pub(crate) struct Scenario {
     pub(crate) cloud_only_permille: Option<u32>,
     pub(crate) two_replicas_permille: Option<u32>,
     pub(crate) faults: Option<Faults>,
+    /// The nodes' `mesh.shards`.
+    pub(crate) shards: Option<u64>,
+    /// The nodes' `telemetry.every_ms` and `telemetry.stale_ms`.
+    pub(crate) telemetry_every_ms: Option<u64>,
+    pub(crate) telemetry_stale_ms: Option<u64>,
     #[serde(default)]
     pub(crate) profile: Vec<ProfileFile>,
     #[serde(default)]
@@ -173,6 +178,15 @@ pub(crate) fn overlay(s: Scenario, c: &mut Config) -> Result<()> {
     }
     if let Some(v) = s.appends_per_sec {
         c.appends_per_s = v;
+    }
+    if let Some(v) = s.shards {
+        c.shards = Some(fab_sims::sim::Shards::new(v).map_err(anyhow::Error::msg)?);
+    }
+    if let Some(v) = s.telemetry_every_ms {
+        c.telemetry_every = Duration::from_millis(v);
+    }
+    if let Some(v) = s.telemetry_stale_ms {
+        c.telemetry_stale = Duration::from_millis(v);
     }
     if let Some(v) = s.cloud_only_permille {
         c.cloud_only_permille = v.min(1000);

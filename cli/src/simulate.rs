@@ -75,6 +75,19 @@ pub struct SimulateArgs {
     /// honest nodes must reject all of it [default: 0]
     #[arg(long)]
     forgers: Option<usize>,
+    /// Shards of the mesh (the nodes' mesh.shards): each node hears telemetry from, places jobs
+    /// among and replicates the ledgers of its own shard [default: recommended for --peers: 1
+    /// up to 64 nodes, then one per 32 nodes]
+    #[arg(long)]
+    shards: Option<u64>,
+    /// The nodes' telemetry.every_ms: how often telemetry is considered for publication
+    /// [default: 2000]
+    #[arg(long, value_name = "MS")]
+    telemetry_every_ms: Option<u64>,
+    /// The nodes' telemetry.stale_ms: reports older than this are dropped; an unchanged
+    /// report is refreshed every third of it [default: 15000]
+    #[arg(long, value_name = "MS")]
+    telemetry_stale_ms: Option<u64>,
     /// Run twice and require byte-identical reports
     #[arg(long)]
     check_determinism: bool,
@@ -165,6 +178,9 @@ pub fn resolve(a: &SimulateArgs) -> Result<Config> {
         recovery_s: a.recovery,
         jobs_per_sec: a.jobs_per_sec,
         appends_per_sec: a.appends_per_sec,
+        shards: a.shards,
+        telemetry_every_ms: a.telemetry_every_ms,
+        telemetry_stale_ms: a.telemetry_stale_ms,
         faults: Some(Faults {
             loss: a.loss,
             duplicate: a.duplicate,
@@ -190,7 +206,9 @@ pub fn resolve(a: &SimulateArgs) -> Result<Config> {
 
 fn report_json(c: &Config, r: &Report, wall: Duration) -> serde_json::Value {
     json!({
-        "seed": c.seed, "peers": c.peers, "fault_phase_s": c.fault_phase.as_secs_f64(),
+        "seed": c.seed, "peers": c.peers, "shards": c.shards().count(),
+        "telemetry_every_ms": c.telemetry_every.as_millis() as u64,
+        "telemetry_stale_ms": c.telemetry_stale.as_millis() as u64, "fault_phase_s": c.fault_phase.as_secs_f64(),
         "recovery_s": c.recovery.as_secs_f64(), "appends_per_s": c.appends_per_s, "loss": c.loss,
         "partition": c.partition, "crashes": c.crashes, "jobs_per_s": c.jobs_per_s,
         "duplicate": c.duplicate, "clogged": c.clogged, "leaves": c.leaves, "joins": c.joins,
@@ -238,6 +256,19 @@ pub fn run_cmd(a: SimulateArgs) -> Result<ExitCode> {
         config.jobs_per_s,
         crate::scenario::arrivals_name(&config.arrivals),
         config.appends_per_s
+    );
+    let shards = config.shards();
+    println!(
+        "mesh:       {} shard(s) of about {} nodes{}; telemetry considered every {} ms, stale after {} ms",
+        shards.count(),
+        config.peers.div_ceil(usize::from(shards.count())),
+        if config.shards.is_none() {
+            " (recommended for this many nodes)"
+        } else {
+            ""
+        },
+        config.telemetry_every.as_millis(),
+        config.telemetry_stale.as_millis()
     );
     let fleet: Vec<String> = config
         .profiles
@@ -363,7 +394,12 @@ pub fn run_cmd(a: SimulateArgs) -> Result<ExitCode> {
     }
     match report.converged_after {
         Some(d) => println!(
-            "converged:  every node holds every feed {:.2} s (virtual) after the faults healed",
+            "converged:  every node holds every feed{} {:.2} s (virtual) after the faults healed",
+            if shards.count() > 1 {
+                " of its shard"
+            } else {
+                ""
+            },
             d.as_secs_f64()
         ),
         None => println!("converged:  no"),
@@ -406,7 +442,7 @@ pub fn run_cmd(a: SimulateArgs) -> Result<ExitCode> {
 /// set the fleet.
 pub fn replay(c: &Config, scenario: Option<&std::path::Path>) -> String {
     format!(
-        "fabnode simulate{} --peers {} --seed {} --duration {} --recovery {} --jobs-per-sec {}{} --appends-per-sec {} --loss {} --duplicate {} --crashes {} --clogged {} --leaves {} --joins {} --equivocators {} --forgers {}{}",
+        "fabnode simulate{} --peers {} --seed {} --duration {} --recovery {} --jobs-per-sec {}{} --appends-per-sec {} --loss {} --duplicate {} --crashes {} --clogged {} --leaves {} --joins {} --equivocators {} --forgers {} --shards {} --telemetry-every-ms {} --telemetry-stale-ms {}{}",
         scenario.map_or(String::new(), |p| format!(" --scenario {}", p.display())),
         c.peers,
         c.seed,
@@ -431,6 +467,9 @@ pub fn replay(c: &Config, scenario: Option<&std::path::Path>) -> String {
         c.joins,
         c.equivocators,
         c.forgers,
+        c.shards().count(),
+        c.telemetry_every.as_millis(),
+        c.telemetry_stale.as_millis(),
         if c.partition { "" } else { " --no-partition" }
     )
 }

@@ -74,6 +74,51 @@ fn a_simulated_mesh_converges_replays_identically_and_reports_failures() {
 }
 
 #[test]
+fn a_large_fleet_is_split_into_shards_that_each_converge() {
+    let t = TestDir::new();
+    let json = t.path().join("report.json");
+    let out = t.run(&[
+        "simulate",
+        "--peers",
+        "200",
+        "--duration",
+        "4",
+        "--recovery",
+        "10",
+        "--check-determinism",
+        "--json",
+        json.to_str().unwrap(),
+    ]);
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stdout}{stderr}");
+    assert!(
+        stdout
+            .contains("mesh:       7 shard(s) of about 29 nodes (recommended for this many nodes)"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("two runs gave identical reports"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("every node holds every feed of its shard"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("invariants: all hold"), "{stdout}");
+    let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    assert_eq!(v["shards"], 7);
+    assert_eq!(v["progress"].as_array().unwrap().last().unwrap()[1], 1000);
+    // A count that is not a shard count is refused, naming the limits.
+    let out = t.run(&["simulate", "--peers", "200", "--shards", "0"]);
+    let (stdout, stderr) = text(&out);
+    assert!(!out.status.success(), "{stdout}");
+    assert!(
+        stderr.contains("shards: 0 is not from 1 to 4096"),
+        "{stderr}"
+    );
+}
+
+#[test]
 fn the_runtime_test_runs_every_scenario_and_catches_the_planted_bugs() {
     let t = TestDir::new();
     let json = t.path().join("runtime.json");

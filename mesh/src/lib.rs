@@ -10,6 +10,8 @@
 //!   accept, reject (the sender is penalised) or ignore. The simulator reuses it unchanged.
 //! - [`replicate`]: the sans-IO replication core: which peer entries to store, which gaps to
 //!   fetch, which checkpoints to trust, whom to penalise.
+//! - [`shard`]: how a large fleet splits its gossip (topics, telemetry and replication per
+//!   shard) so that no node's work grows with the fleet.
 //! - [`net`] (feature `net`): the libp2p swarm (TCP + Noise + Yamux, QUIC, identify, ping,
 //!   mDNS, gossipsub in strict mode with application validation and peer scoring), driven by one
 //!   [`net::EventLoop`] task and used through a cloneable [`net::MeshClient`].
@@ -20,5 +22,6 @@ pub mod exec;
 #[cfg(feature = "net")]
 pub mod net;
 pub mod replicate;
+pub mod shard;
 pub mod validate;
 pub mod wire;

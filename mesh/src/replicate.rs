@@ -50,6 +50,9 @@ pub struct ReplicateConfig {
     pub heads_every: Duration,
     /// How many peers are asked each round.
     pub heads_peers: usize,
+    /// The feeds followed: those of this node's shard (every feed with one shard). Entries,
+    /// checkpoints and heads of other feeds are ignored.
+    pub scope: crate::shard::Scope,
 }
 
 impl Default for ReplicateConfig {
@@ -61,6 +64,7 @@ impl Default for ReplicateConfig {
             feeds_max: 10_000,
             heads_every: Duration::from_secs(3),
             heads_peers: 2,
+            scope: crate::shard::Scope::ALL,
         }
     }
 }
@@ -225,7 +229,7 @@ impl<P: Clone + Ord + std::fmt::Debug> Replicator<P> {
     fn feed(&mut self, key: PublicKey) -> Option<&mut Feed<P>> {
         let k = key.to_bytes();
         if !self.feeds.contains_key(&k) {
-            if self.feeds.len() >= self.config.feeds_max {
+            if self.feeds.len() >= self.config.feeds_max || !self.config.scope.contains(&key) {
                 return None;
             }
             self.feeds.insert(

@@ -425,3 +425,64 @@ fn a_gap_asked_of_a_peer_that_left_is_asked_of_another_at_once() {
         .collect();
     assert_eq!(requests, [(1, 0), (2, 0)]);
 }
+
+#[test]
+fn a_sharded_node_follows_only_the_feeds_of_its_shard() {
+    use fab_mesh::shard::{Scope, Shards};
+    let shards = Shards::new(2).unwrap();
+    let own = Keypair::from_secret([9; 32]).public();
+    let scope = Scope::of(shards, &own);
+    // One feed in this node's shard and one outside it.
+    let (inside, ins) = (1..=255u8)
+        .map(|s| feed(s, 3))
+        .find(|(k, _)| scope.contains(&k.public()))
+        .unwrap();
+    let (outside, outs) = (1..=255u8)
+        .map(|s| feed(s, 3))
+        .find(|(k, _)| !scope.contains(&k.public()))
+        .unwrap();
+    let config = ReplicateConfig {
+        scope,
+        ..ReplicateConfig::default()
+    };
+    let inputs = vec![
+        (entry(1, &ins[0]), 0),
+        (entry(1, &outs[0]), 1),
+        (
+            Input::Heads {
+                from: 2,
+                heads: vec![(inside.public(), 3), (outside.public(), 3)],
+            },
+            2,
+        ),
+        (
+            Input::Checkpoint {
+                from: 2,
+                feed: outside.public(),
+                checkpoint: Checkpoint::sign(&outside, "lab", 3, root_of(&outs)),
+            },
+            3,
+        ),
+    ];
+    let out = twice(inputs.clone(), config.clone());
+    assert_eq!(
+        stored_seqs(&out),
+        vec![0],
+        "only the in-shard entry is stored"
+    );
+    let asked: Vec<_> = out
+        .iter()
+        .filter_map(|o| match o {
+            Output::Request { feed, .. } => Some(*feed),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        asked,
+        vec![inside.public()],
+        "only the in-shard gap is fetched"
+    );
+    let (_, heads) = run(inputs, config);
+    assert!(heads.contains(&format!("{:?}", inside.public())));
+    assert!(!heads.contains(&format!("{:?}", outside.public())));
+}

@@ -9,8 +9,10 @@ use std::time::Duration;
 use chacha20::ChaCha8Rng;
 use rand_core::{Rng, SeedableRng};
 
+/// A queued event; `at` in nanoseconds of virtual time (u64: 584 years), so ordering compares
+/// two integers.
 struct Scheduled<E> {
-    at: Duration,
+    at: u64,
     seq: u64,
     event: E,
 }
@@ -72,8 +74,9 @@ impl<E> Engine<E> {
     /// Schedules `event` after `delay`.
     pub fn after(&mut self, delay: Duration, event: E) {
         self.seq += 1;
+        let at = self.now + delay;
         self.queue.push(Scheduled {
-            at: self.now + delay,
+            at: u64::try_from(at.as_nanos()).unwrap_or(u64::MAX),
             seq: self.seq,
             event,
         });
@@ -82,11 +85,12 @@ impl<E> Engine<E> {
     /// The next event, advancing virtual time to it; `None` when the queue is empty or the
     /// next event is past `until`.
     pub fn next(&mut self, until: Duration) -> Option<E> {
+        let until = u64::try_from(until.as_nanos()).unwrap_or(u64::MAX);
         if self.queue.peek().is_none_or(|s| s.at > until) {
             return None;
         }
         let s = self.queue.pop()?;
-        self.now = s.at;
+        self.now = Duration::from_nanos(s.at);
         self.handled += 1;
         Some(s.event)
     }

@@ -158,3 +158,70 @@ fn an_equivocating_node_is_noticed_and_the_honest_feeds_still_converge() {
         );
     }
 }
+
+#[test]
+fn a_sharded_fleet_places_jobs_and_replicates_within_each_shard_deterministically() {
+    use fab_sims::sim::Shards;
+    // 300 nodes: the recommended count is 10 shards of about 30. Each shard is its own mesh
+    // (the simulator runs them on as many cores as it has); the report is one.
+    let config = Config {
+        peers: 300,
+        seed: 7,
+        jobs_per_s: 60.0,
+        appends_per_s: 20,
+        crashes: 4,
+        leaves: 3,
+        joins: 4,
+        clogged: 2,
+        equivocators: 1,
+        forgers: 1,
+        ..Config::default()
+    };
+    assert_eq!(config.shards(), Shards::for_fleet(300));
+    assert_eq!(config.shards().count(), 10);
+    let a = run(&config);
+    assert!(a.violations.is_empty(), "{:#?}", a.violations);
+    let j = &a.jobs;
+    assert!(j.submitted > 400, "{j:?}");
+    assert_eq!(j.completed + j.failed, j.submitted);
+    assert!(j.completed * 10 >= j.submitted * 9, "{j:?}");
+    assert_eq!(
+        j.runs_per_node.len(),
+        300 + 4,
+        "every node and joiner reports its runs"
+    );
+    assert!(a.converged_after.is_some());
+    assert_eq!(a.progress.last().map(|p| p.1), Some(1000));
+    // Same seed, same report and trace, however the shards were scheduled on threads.
+    assert_eq!(run(&config), a);
+    // A node's traffic does not grow with the fleet: half the fleet (5 shards) costs each
+    // node about as much as the whole (10 shards).
+    let half = run(&Config {
+        peers: 150,
+        jobs_per_s: 30.0,
+        appends_per_s: 10,
+        ..config.clone()
+    });
+    assert!(half.violations.is_empty(), "{:#?}", half.violations);
+    let (per, per_half) = (a.messages / 300, half.messages / 150);
+    assert!(
+        per < per_half * 3 / 2 && per_half < per * 3 / 2,
+        "{per} vs {per_half} messages per node"
+    );
+}
+
+#[test]
+fn a_planted_bug_is_caught_in_a_sharded_fleet_and_named_with_its_shard() {
+    let r = run(&Config {
+        peers: 150,
+        planted: Planted::ExecWithoutPolicy,
+        ..jobs(3)
+    });
+    assert!(
+        r.violations
+            .iter()
+            .any(|v| v.starts_with("shard ") && v.contains("without an allow decision")),
+        "{:?}",
+        r.violations
+    );
+}

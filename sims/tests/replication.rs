@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use fab_sims::sim::{Config, Planted, Report, run};
+use fab_sims::sim::{Config, Planted, Report, Shards, run};
 
 fn twice(config: &Config) -> Report {
     let a = run(config);
@@ -61,8 +61,8 @@ fn a_recovery_too_short_to_repair_a_partition_is_reported() {
 
 #[test]
 fn two_hundred_random_fault_mixes_keep_every_invariant() {
-    // Each seed draws its own mix (size, load, loss, duplicates, partition, crashes, clogged
-    // links, nodes leaving and joining) from a generator
+    // Each seed draws its own mix (size, shards, load, loss, duplicates, partition, crashes,
+    // clogged links, nodes leaving and joining) from a generator
     // seeded by the seed itself, so a failure names one seed that replays it.
     for seed in 1000..1200u64 {
         let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
@@ -72,9 +72,17 @@ fn two_hundred_random_fault_mixes_keep_every_invariant() {
             x ^= x << 17;
             x % n
         };
+        // Every tenth seed is a sharded fleet of 70-129 nodes in 2-4 shards.
+        let sharded = seed % 10 == 0;
+        let shards = sharded.then(|| Shards::new(2 + draw(3)).unwrap());
         let config = Config {
             seed,
-            peers: 3 + draw(10) as usize,
+            shards,
+            peers: if sharded {
+                70 + draw(60) as usize
+            } else {
+                3 + draw(10) as usize
+            },
             appends_per_s: 10 + draw(90),
             fault_phase: Duration::from_millis(1_000 + 500 * draw(7)),
             recovery: Duration::from_secs(20),

@@ -62,8 +62,12 @@ impl Sim {
                 }
                 Some(Err(reason)) => {
                     r.failed += 1;
-                    // Group by reason without the job-specific numbers.
+                    // Group by the reason's first clause (the rest names candidates),
+                    // without the job-specific numbers.
                     let key: String = reason
+                        .split([':', ';'])
+                        .next()
+                        .unwrap_or_default()
                         .chars()
                         .map(|c| if c.is_ascii_digit() { '#' } else { c })
                         .collect();
@@ -167,11 +171,10 @@ impl Sim {
         self.report.violations.extend(violations);
     }
 
-    /// Whether every node holds every other node's whole feed, with the owner's head.
+    /// Whether every node holds every other whole feed of its shard, with the owner's head.
     pub(super) fn converged(&self) -> bool {
         self.nodes.iter().filter(|h| !h.left).all(|holder| {
-            self.nodes
-                .iter()
+            self.shard_of(holder)
                 .filter(|o| o.forks.is_empty())
                 .all(|owner| {
                     let want = self.target(owner);
@@ -183,12 +186,12 @@ impl Sim {
         })
     }
 
-    /// Of the entries live nodes should hold (every other node's feed, as far as it exists),
-    /// the share they hold, permille.
-    pub(super) fn replicated_permille(&self) -> u32 {
+    /// Of the entries live nodes should hold (every other feed of their shard, as far as it
+    /// exists), how many they hold, and how many that is.
+    pub(super) fn replicated(&self) -> (u64, u64) {
         let (mut held, mut want) = (0u64, 0u64);
         for holder in self.nodes.iter().filter(|n| !n.left) {
-            for owner in self.nodes.iter().filter(|o| o.forks.is_empty()) {
+            for owner in self.shard_of(holder).filter(|o| o.forks.is_empty()) {
                 if owner.key == holder.key {
                     continue;
                 }
@@ -197,7 +200,7 @@ impl Sim {
                 held += (holder.held(&owner.key).map_or(0, <[ContentId]>::len) as u64).min(w);
             }
         }
-        (held * 1000).checked_div(want).map_or(1000, |p| p as u32)
+        (held, want)
     }
 
     /// How much of a feed every live node must hold: all of it while its author is in the
@@ -207,11 +210,18 @@ impl Sim {
         if !owner.left {
             return owner.own.len();
         }
-        self.nodes
-            .iter()
+        self.shard_of(owner)
             .filter(|h| !h.left && h.key != owner.key)
             .filter_map(|h| h.held(&owner.key).map(<[ContentId]>::len))
             .max()
             .unwrap_or(0)
+    }
+
+    /// The members of `node`'s shard (itself included): the nodes that hold its feed and
+    /// whose feeds it holds.
+    pub(super) fn shard_of<'a>(&'a self, node: &Node) -> impl Iterator<Item = &'a Node> + 'a {
+        self.members[usize::from(node.shard)]
+            .iter()
+            .map(|&i| &self.nodes[i])
     }
 }

@@ -44,7 +44,10 @@ impl Sim {
             .published
             .as_ref()
             .map(|(t, at)| (t, now.saturating_sub(*at)));
-        if publish_due(last, &telemetry, TELEMETRY_EVERY, TELEMETRY_REFRESH) {
+        let every = self.config.telemetry_every;
+        // As the node: a third of the staleness limit, so one lost report does not drop it.
+        let refresh = every.max(self.config.telemetry_stale / 3);
+        if publish_due(last, &telemetry, every, refresh) {
             self.publish_telemetry(n, telemetry);
         }
     }
@@ -62,20 +65,19 @@ impl Sim {
             telemetry,
         };
         let payload = SignedTelemetry::sign(report, &node.keypair).encode();
-        self.publish(n, payload, true);
+        self.publish(n, Payload::new(payload, true));
     }
 
     /// A telemetry report arrives by gossip: checked (once per distinct payload), offered to
     /// the node's view, forwarded.
-    pub(super) fn telemetry_in(&mut self, to: usize, from: usize, payload: Vec<u8>) {
-        let id = *blake3::hash(&payload).as_bytes();
-        if !self.nodes[to].first_sight(id, self.engine.now()) {
+    pub(super) fn telemetry_in(&mut self, to: usize, from: usize, payload: Payload) {
+        if !self.nodes[to].first_sight(payload.id, self.engine.now()) {
             return;
         }
         let report = self
             .reports
-            .entry(id)
-            .or_insert_with(|| SignedTelemetry::decode_verified(&payload).ok())
+            .entry(payload.id)
+            .or_insert_with(|| SignedTelemetry::decode_verified(&payload.bytes).ok())
             .clone();
         let Some(report) = report else {
             self.report
@@ -86,25 +88,14 @@ impl Sim {
         let now_ms = self.engine.now().as_millis() as u64;
         // A stale or replayed report is refused by the view and not forwarded.
         if self.nodes[to].view.offer(&report, now_ms).is_ok() {
-            self.forward_with(to, from, payload, true);
+            self.forward(to, from, payload);
         }
     }
 
     /// Keeps a newly accepted gossip message in the message cache (for IWANT) and forwards it
     /// to the node's mesh peers, not back to the sender.
-    pub(super) fn forward(&mut self, node: usize, from: usize, payload: Vec<u8>) {
-        self.forward_with(node, from, payload, false);
-    }
-
-    /// [`Sim::forward`] for either topic.
-    pub(super) fn forward_with(
-        &mut self,
-        node: usize,
-        from: usize,
-        payload: Vec<u8>,
-        telemetry: bool,
-    ) {
-        let (_, payload) = self.cache(node, payload, telemetry);
+    pub(super) fn forward(&mut self, node: usize, from: usize, payload: Payload) {
+        self.cache(node, &payload);
         let mesh: Vec<usize> = self.nodes[node]
             .mesh
             .iter()
@@ -112,39 +103,31 @@ impl Sim {
             .filter(|p| *p != from)
             .collect();
         for p in mesh {
-            self.send(node, p, Msg::gossip(&payload, telemetry));
+            self.send(node, p, Msg::Gossip(payload.clone()));
         }
     }
 
     /// Keeps a message in `n`'s message cache (it answers IWANT from there).
-    fn cache(
-        &mut self,
-        n: usize,
-        payload: Vec<u8>,
-        telemetry: bool,
-    ) -> ([u8; 32], std::rc::Rc<Vec<u8>>) {
-        let id = *blake3::hash(&payload).as_bytes();
-        let payload = std::rc::Rc::new(payload);
+    fn cache(&mut self, n: usize, payload: &Payload) {
         if let Some(window) = self.nodes[n].mcache.front_mut() {
-            window.push((id, std::rc::Rc::clone(&payload), telemetry));
+            window.push(payload.clone());
         }
-        (id, payload)
     }
 
-    /// Publishes an own message: to every connected peer (flood publishing), and into the
-    /// message cache.
-    pub(super) fn publish(&mut self, n: usize, payload: Vec<u8>, telemetry: bool) {
-        let links = self.links[n].clone();
-        self.publish_to(n, payload, telemetry, &links);
+    /// Publishes an own message: to every connected peer of its shard (flood publishing on
+    /// the shard's topic), and into the message cache.
+    pub(super) fn publish(&mut self, n: usize, payload: Payload) {
+        let peers = self.gossip_peers(n);
+        self.publish_to(n, payload, &peers);
     }
 
     /// Publishes an own message to some of `n`'s connections (an equivocator splits them).
-    pub(super) fn publish_to(&mut self, n: usize, payload: Vec<u8>, telemetry: bool, to: &[usize]) {
-        let (id, payload) = self.cache(n, payload, telemetry);
+    pub(super) fn publish_to(&mut self, n: usize, payload: Payload, to: &[usize]) {
+        self.cache(n, &payload);
         let now = self.engine.now();
-        self.nodes[n].first_sight(id, now);
+        self.nodes[n].first_sight(payload.id, now);
         for &p in to {
-            self.send(n, p, Msg::gossip(&payload, telemetry));
+            self.send(n, p, Msg::Gossip(payload.clone()));
         }
     }
 
@@ -152,9 +135,9 @@ impl Sim {
     /// below D_lo and trimmed to D when above D_hi; ids from the last few heartbeats go as
     /// IHAVE to D_lazy connected peers outside the mesh; the message cache shifts.
     pub(super) fn heartbeat(&mut self, n: usize) {
-        let live: Vec<usize> = self.links[n]
-            .iter()
-            .copied()
+        let live: Vec<usize> = self
+            .gossip_peers(n)
+            .into_iter()
             .filter(|p| self.nodes[*p].up)
             .collect();
         let node = &mut self.nodes[n];
@@ -182,7 +165,7 @@ impl Sim {
             .mcache
             .iter()
             .take(MCACHE_GOSSIP)
-            .flat_map(|w| w.iter().map(|(id, _, _)| *id))
+            .flat_map(|w| w.iter().map(|p| p.id))
             .collect();
         ids.truncate(CONTROL_IDS_MAX);
         if !ids.is_empty() {

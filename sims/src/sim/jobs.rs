@@ -278,8 +278,14 @@ impl Sim {
         let life = node.life;
         node.committing += 1;
         let commit = Duration::from_micros(p.commit_us);
-        self.engine
-            .after(commit, Event::Commit { node: n, life, run });
+        self.engine.after(
+            commit,
+            Event::Commit {
+                node: n,
+                life,
+                run: Box::new(run),
+            },
+        );
         self.start_runs(n);
         self.maybe_publish(n);
     }

@@ -14,6 +14,7 @@
 mod checks;
 mod gossip;
 mod jobs;
+mod plan;
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -21,6 +22,8 @@ use std::time::Duration;
 use fab_ledger::merkle::{Frontier, leaf_hash};
 use fab_ledger::{ContentId, EntryBody, FeedWriter, Keypair, PublicKey, SignedEntry};
 use fab_mesh::replicate::{Input, Output, ReplicateConfig, Replicator};
+use fab_mesh::shard::Scope;
+pub use fab_mesh::shard::Shards;
 use fab_mesh::validate::{Valid, Verdict, validate};
 use fab_mesh::wire::GossipMsg;
 
@@ -35,13 +38,6 @@ use crate::fleet::{LinkProfile, Model, Profile, WAN_ONE_WAY_US, gini, pick};
 type JobId = auction::JobId;
 
 const NETWORK: &str = "sim";
-/// Telemetry is considered for publication this often (plus up to 10 % jitter), published
-/// when it changed in what placement uses or [`TELEMETRY_REFRESH`] has passed, and stale after
-/// [`TELEMETRY_STALE_MS`], as on a node.
-const TELEMETRY_EVERY: Duration = Duration::from_secs(2);
-/// With nothing new, a report still goes out this often (a third of the staleness limit).
-const TELEMETRY_REFRESH: Duration = Duration::from_secs(5);
-const TELEMETRY_STALE_MS: u64 = 15_000;
 /// Own checkpoints are gossiped at most this often (the node's `CHECKPOINT_GOSSIP_EVERY`).
 const CHECKPOINT_EVERY: Duration = Duration::from_millis(200);
 /// A node below its connection target dials more peers this often (the node's discovery
@@ -127,9 +123,23 @@ pub struct Config {
     pub two_replicas_permille: u32,
     /// Test-only planted bug; the invariants must catch it.
     pub planted: Planted,
+    /// The mesh's shard count (the node's `mesh.shards`): each node hears the telemetry of,
+    /// places jobs among, and replicates the feeds of its own shard's members. None: the
+    /// count recommended for the fleet's size ([`Shards::for_fleet`]).
+    pub shards: Option<Shards>,
+    /// The node's `telemetry.every_ms` and `telemetry.stale_ms`: telemetry is considered for
+    /// publication this often, published when it changed in what placement uses or a third
+    /// of the staleness limit has passed, and dropped by views when older than the limit.
+    pub telemetry_every: Duration,
+    pub telemetry_stale: Duration,
 }
 
 impl Config {
+    /// The shard count the run uses.
+    pub fn shards(&self) -> Shards {
+        self.shards.unwrap_or_else(|| Shards::for_fleet(self.peers))
+    }
+
     /// Refuses settings the simulator cannot run, saying which.
     pub fn check(&self) -> Result<(), String> {
         if self.peers < 2 {
@@ -172,6 +182,9 @@ impl Config {
         }
         if !self.jobs_per_s.is_finite() || self.jobs_per_s < 0.0 {
             return Err("jobs_per_s: a rate of 0 or more".into());
+        }
+        if self.telemetry_every.is_zero() || self.telemetry_stale < self.telemetry_every {
+            return Err("telemetry: every must be positive and stale at least every".into());
         }
         Ok(())
     }
@@ -271,6 +284,9 @@ impl Default for Config {
             cloud_only_permille: 100,
             two_replicas_permille: 100,
             planted: Planted::None,
+            shards: None,
+            telemetry_every: Duration::from_secs(2),
+            telemetry_stale: Duration::from_secs(15),
         }
     }
 }
@@ -291,7 +307,7 @@ pub struct Report {
     pub events: u64,
     pub jobs: JobReport,
     /// Replication over time: (virtual ms, permille of the entries live nodes should hold
-    /// that they hold), every [`PROGRESS_EVERY`].
+    /// that they hold), every [`progress_every`].
     pub progress: Vec<(u64, u32)>,
     /// Forks signed by equivocating nodes, and conflict reports honest nodes made about them.
     pub forks: u64,
@@ -301,8 +317,11 @@ pub struct Report {
     pub forgeries_rejected: u64,
 }
 
-/// How often replication progress is sampled.
-pub const PROGRESS_EVERY: Duration = Duration::from_millis(250);
+/// How often replication progress is sampled in a run of `length`: every 250 ms, or often
+/// enough for about 480 samples in a longer run.
+pub fn progress_every(length: Duration) -> Duration {
+    (length / 480).max(Duration::from_millis(250))
+}
 
 /// What happened to the jobs.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -330,13 +349,53 @@ pub struct JobReport {
     pub runs_per_node: Vec<(String, u64)>,
 }
 
+/// Hashes a message id (BLAKE3 output: already uniform) by its first 8 bytes. Sets and maps
+/// keyed by ids are only looked up, never iterated, so their order cannot reach a report.
+#[derive(Default)]
+struct IdHasher(u64);
+
+impl std::hash::Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for chunk in bytes.chunks(8).take(1) {
+            let mut b = [0u8; 8];
+            b[..chunk.len()].copy_from_slice(chunk);
+            self.0 ^= u64::from_le_bytes(b);
+        }
+    }
+}
+
+type IdSet = std::collections::HashSet<[u8; 32], std::hash::BuildHasherDefault<IdHasher>>;
+type IdMap<V> = std::collections::HashMap<[u8; 32], V, std::hash::BuildHasherDefault<IdHasher>>;
+
+/// A gossip message: its id (BLAKE3 of the payload, as the node's gossipsub config sets it),
+/// the payload (shared by every copy in flight and in message caches), and whether it is on
+/// the telemetry topic (otherwise the ledger topic).
+#[derive(Clone)]
+struct Payload {
+    id: [u8; 32],
+    bytes: std::rc::Rc<Vec<u8>>,
+    telemetry: bool,
+}
+
+impl Payload {
+    fn new(bytes: Vec<u8>, telemetry: bool) -> Payload {
+        Payload {
+            id: *blake3::hash(&bytes).as_bytes(),
+            bytes: std::rc::Rc::new(bytes),
+            telemetry,
+        }
+    }
+}
+
 enum Msg {
-    Gossip(Vec<u8>),
+    Gossip(Payload),
     /// gossipsub control: ids a peer has (IHAVE) and ids it asks for (IWANT).
     IHave(Vec<[u8; 32]>),
     IWant(Vec<[u8; 32]>),
-    /// A signed telemetry report, gossiped on its own topic.
-    Telemetry(Vec<u8>),
     /// `/fabnode/bid/1`: a call for bids and its answer.
     Call {
         job: JobId,
@@ -378,18 +437,9 @@ enum Msg {
 }
 
 impl Msg {
-    /// A gossip payload on the ledger or the telemetry topic.
-    fn gossip(payload: &[u8], telemetry: bool) -> Msg {
-        if telemetry {
-            Msg::Telemetry(payload.to_vec())
-        } else {
-            Msg::Gossip(payload.to_vec())
-        }
-    }
-
     fn bytes(&self) -> u64 {
         match self {
-            Msg::Gossip(b) | Msg::Telemetry(b) => b.len() as u64,
+            Msg::Gossip(p) => p.bytes.len() as u64,
             Msg::IHave(ids) | Msg::IWant(ids) => 8 + 34 * ids.len() as u64,
             Msg::Call { .. } => 160,
             Msg::Bid { .. } => 180,
@@ -412,18 +462,19 @@ enum Event {
         to: usize,
         msg: Box<Msg>,
     },
+    /// A node's timer, every [`HEARTBEAT`]: its gossipsub heartbeat (mesh upkeep, IHAVE gossip,
+    /// message cache shift), its replication core's tick, its telemetry when due, the sync of
+    /// replica writes, redials.
     Tick(usize),
+    /// A node's held checkpoint may go out now.
+    Checkpoint(usize),
     Crash(usize),
     Restart(usize),
-    /// A node's gossipsub heartbeat: mesh upkeep, IHAVE gossip, message cache shift.
-    Heartbeat(usize),
-    /// A node leaves the mesh for good; a new node joins.
+    /// A node leaves the mesh for good; the k-th joiner joins.
     Leave(usize),
-    Join,
+    Join(usize),
     /// A client submits a job at a random node.
     Submit,
-    /// A node publishes its telemetry.
-    Publish(usize),
     /// A node's auction clock advances (while it places jobs).
     AuctionTick(usize),
     /// A run ends on `node`, unless the node crashed since (`life` changed).
@@ -435,12 +486,9 @@ enum Event {
     Commit {
         node: usize,
         life: u32,
-        run: Run,
+        run: Box<Run>,
     },
 }
-
-/// A message in a node's gossip cache: its id, payload, and whether it is telemetry.
-type Cached = ([u8; 32], std::rc::Rc<Vec<u8>>, bool);
 
 /// A run of a job on an executor.
 #[derive(Clone, Copy, Debug)]
@@ -471,6 +519,12 @@ struct JobRec {
 struct Node {
     key: PublicKey,
     keypair: Keypair,
+    /// Its shard ([`Config::shards`]).
+    shard: u16,
+    /// When its telemetry is next considered for publication.
+    next_publish: Duration,
+    /// A [`Event::Checkpoint`] is scheduled.
+    checkpoint_timer: bool,
     profile: usize,
     /// Its access link, an index into [`Config::links`].
     link: usize,
@@ -519,17 +573,20 @@ struct Node {
     checkpoint_held: bool,
     /// Gossip already seen (gossipsub's duplicate cache), by message id: BLAKE3 of the payload,
     /// as the node's gossipsub config sets it; checked before validation, as there.
-    seen: std::collections::BTreeSet<[u8; 32]>,
+    seen: IdSet,
     /// The ids seen in the previous [`DUPLICATE_CACHE`] window (gossipsub's duplicate cache
     /// forgets after that long; so does this, in two generations).
-    seen_before: std::collections::BTreeSet<[u8; 32]>,
+    seen_before: IdSet,
     seen_since: Duration,
+    /// Gossip copies on their way to it: the earliest arrival of each message id. A copy that
+    /// would arrive after one already on its way is a duplicate on arrival.
+    inbound: IdMap<Duration>,
     /// When it last dialed peers to get back to its connection target.
     dialed_at: Duration,
     /// Its gossipsub mesh: the connected peers it forwards to.
     mesh: std::collections::BTreeSet<usize>,
     /// Message cache by heartbeat, newest first.
-    mcache: std::collections::VecDeque<Vec<Cached>>,
+    mcache: std::collections::VecDeque<Vec<Payload>>,
     up: bool,
     /// Replica entries per feed that were durable at the last sync: the node writes replicas
     /// to disk at least once a second (`REPLICA_SYNC`), so a crash loses the ones after it.
@@ -538,16 +595,26 @@ struct Node {
 }
 
 impl Node {
-    fn new(secret: [u8; 32], profile: usize, link: usize, battery_mj: Option<u64>) -> Self {
+    fn new(
+        secret: [u8; 32],
+        profile: usize,
+        link: usize,
+        battery_mj: Option<u64>,
+        config: &Config,
+    ) -> Self {
         let key = Keypair::from_secret(secret);
+        let scope = Scope::of(config.shards(), &key.public());
         Node {
             key: key.public(),
             keypair: key.clone(),
+            shard: scope.shard,
+            next_publish: Duration::ZERO,
+            checkpoint_timer: false,
             profile,
             link,
             auction: Auction::new(auction_config()),
             auction_ticking: false,
-            view: TelemetryView::new(TELEMETRY_STALE_MS),
+            view: TelemetryView::new(config.telemetry_stale.as_millis() as u64),
             telemetry_seq: 0,
             published: None,
             queue: Default::default(),
@@ -564,7 +631,7 @@ impl Node {
             forks: BTreeMap::new(),
             writer: FeedWriter::resume(key, 0, None),
             own: Vec::new(),
-            replicator: Replicator::new(ReplicateConfig::default()),
+            replicator: Replicator::new(replicate_config(scope)),
             replicas: BTreeMap::new(),
             own_ids: Vec::new(),
             tree: Frontier::new(),
@@ -573,6 +640,7 @@ impl Node {
             seen: Default::default(),
             seen_before: Default::default(),
             seen_since: Duration::ZERO,
+            inbound: Default::default(),
             dialed_at: Duration::ZERO,
             mesh: Default::default(),
             mcache: std::collections::VecDeque::from(vec![Vec::new()]),
@@ -584,11 +652,11 @@ impl Node {
 
     /// A restart with a replication core rebuilt from what the node had stored; what lived
     /// in memory (the auction, the telemetry view and counter) starts over.
-    fn restart(&mut self, replicator: Replicator<usize>) {
+    fn restart(&mut self, replicator: Replicator<usize>, config: &Config) {
         self.replicator = replicator;
         self.auction = Auction::new(auction_config());
         self.auction_ticking = false;
-        self.view = TelemetryView::new(TELEMETRY_STALE_MS);
+        self.view = TelemetryView::new(config.telemetry_stale.as_millis() as u64);
         self.telemetry_seq = 0;
         self.published = None;
         self.up = true;
@@ -597,6 +665,11 @@ impl Node {
     /// Whether a gossip message id is in the duplicate cache.
     fn has_seen(&self, id: &[u8; 32]) -> bool {
         self.seen.contains(id) || self.seen_before.contains(id)
+    }
+
+    /// Whether it has seen a gossip message or a copy is on its way.
+    fn expects(&self, id: &[u8; 32]) -> bool {
+        self.has_seen(id) || self.inbound.contains_key(id)
     }
 
     /// Records a gossip message id; false when it was seen within the duplicate cache's
@@ -625,6 +698,8 @@ struct Sim {
     nodes: Vec<Node>,
     /// Each node's connections.
     links: Vec<Vec<usize>>,
+    /// The part of each node's connections within its shard (where its gossip goes).
+    shard_links: Vec<Vec<usize>>,
     fault_end: Duration,
     partition: Option<(Duration, Duration)>,
     report: Report,
@@ -632,11 +707,13 @@ struct Sim {
     /// The validator's verdict per distinct payload. Validation depends on the bytes alone, so
     /// every node would reach the same one; computing it once per payload instead of once per
     /// node is most of the simulator's speed.
-    verdicts: std::collections::HashMap<[u8; 32], Result<Valid, String>>,
+    verdicts: IdMap<Result<Valid, String>>,
     /// The same for telemetry reports.
-    reports: std::collections::HashMap<[u8; 32], Option<SignedTelemetry>>,
+    reports: IdMap<Option<SignedTelemetry>>,
     /// Node index by feed key.
     index: BTreeMap<[u8; 32], usize>,
+    /// Nodes by shard.
+    members: Vec<Vec<usize>>,
     /// Nodes whose links clog in the middle of the fault phase.
     clog: std::collections::BTreeSet<usize>,
     /// Conflict reports about each equivocator's feed.
@@ -644,6 +721,10 @@ struct Sim {
     jobs: BTreeMap<JobId, JobRec>,
     submitted: u64,
     latencies: Vec<u64>,
+    /// Mean gap between extra appends, microseconds.
+    append_gap_us: u64,
+    /// The nodes that join, in order.
+    joiners: Vec<plan::NodePlan>,
 }
 
 impl Sim {
@@ -660,6 +741,19 @@ impl Sim {
     fn send(&mut self, from: usize, to: usize, msg: Msg) {
         self.report.messages += 1;
         self.report.bytes += msg.bytes();
+        // A gossip message the receiver has already seen, or an IHAVE of nothing but ids it
+        // has seen or has on their way, is dropped on arrival (before validation, without an
+        // answer; the duplicate cache keeps ids for a minute, far longer than a delivery
+        // takes): it is counted and not delivered. So is a copy that would arrive after
+        // another one already on its way (below).
+        let stale = match &msg {
+            Msg::Gossip(p) => self.nodes[to].has_seen(&p.id),
+            Msg::IHave(ids) => ids.iter().all(|id| self.nodes[to].expects(id)),
+            _ => false,
+        };
+        if stale {
+            return;
+        }
         if !self.nodes[to].up
             || self.cut(from, to)
             || (self.faulty() && self.engine.chance(self.config.loss))
@@ -669,15 +763,20 @@ impl Sim {
         }
         let bytes = msg.bytes();
         let delay = self.latency(from, to, bytes);
-        let twice = matches!(msg, Msg::Gossip(_) | Msg::Telemetry(_))
+        if let Msg::Gossip(p) = &msg {
+            let at = self.engine.now() + delay;
+            match self.nodes[to].inbound.get(&p.id) {
+                Some(first) if *first <= at => return,
+                _ => {
+                    self.nodes[to].inbound.insert(p.id, at);
+                }
+            }
+        }
+        let twice = matches!(msg, Msg::Gossip(_))
             && self.faulty()
             && self.engine.chance(self.config.duplicate);
-        if twice {
-            let copy = match &msg {
-                Msg::Gossip(b) => Msg::Gossip(b.clone()),
-                Msg::Telemetry(b) => Msg::Telemetry(b.clone()),
-                _ => unreachable!("only gossip is duplicated"),
-            };
+        if twice && let Msg::Gossip(p) = &msg {
+            let copy = Msg::Gossip(p.clone());
             let again = self.latency(from, to, bytes);
             self.engine.after(
                 again,
@@ -748,11 +847,12 @@ impl Sim {
 
     fn handle(&mut self, event: Event) {
         let now = self.engine.now();
+
         match event {
             Event::Append => {
                 if now < self.fault_end {
                     let n = self.engine.uniform(0, self.nodes.len() as u64 - 1) as usize;
-                    let gap = 1_000_000 / self.config.appends_per_s.max(1);
+                    let gap = self.append_gap_us;
                     let next = Duration::from_micros(self.engine.uniform(gap / 2, gap * 3 / 2));
                     self.engine.after(next, Event::Append);
                     if self.nodes[n].up {
@@ -776,21 +876,9 @@ impl Sim {
                     }
                 }
             }
-            Event::Publish(n) => {
-                let jitter = self
-                    .engine
-                    .uniform(0, TELEMETRY_EVERY.as_micros() as u64 / 10);
-                self.engine.after(
-                    TELEMETRY_EVERY + Duration::from_micros(jitter),
-                    Event::Publish(n),
-                );
-                self.maybe_publish(n);
-            }
-            Event::Heartbeat(n) => {
-                self.engine.after(HEARTBEAT, Event::Heartbeat(n));
-                if self.nodes[n].up {
-                    self.heartbeat(n);
-                }
+            Event::Checkpoint(n) => {
+                self.nodes[n].checkpoint_timer = false;
+                self.checkpoint_if_due(n);
             }
             Event::AuctionTick(n) => {
                 self.nodes[n].auction_ticking = false;
@@ -805,17 +893,22 @@ impl Sim {
             }
             Event::Commit { node, life, run } => {
                 if self.nodes[node].up && self.nodes[node].life == life {
-                    self.commit(node, run);
+                    self.commit(node, *run);
                 }
             }
             Event::Deliver { from, to, msg } => {
+                if let Msg::Gossip(p) = &*msg
+                    && self.nodes[to].inbound.get(&p.id).is_some_and(|t| *t <= now)
+                {
+                    self.nodes[to].inbound.remove(&p.id);
+                }
                 if !self.nodes[to].up {
                     self.report.lost += 1;
                     return;
                 }
                 self.trace.update(&[1, from as u8, to as u8]);
                 match *msg {
-                    Msg::Telemetry(payload) => self.telemetry_in(to, from, payload),
+                    Msg::Gossip(p) if p.telemetry => self.telemetry_in(to, from, p),
                     Msg::IHave(ids) => {
                         let mut want: Vec<[u8; 32]> = ids
                             .into_iter()
@@ -827,19 +920,19 @@ impl Sim {
                         }
                     }
                     Msg::IWant(ids) => {
-                        let found: Vec<(std::rc::Rc<Vec<u8>>, bool)> = ids
+                        let found: Vec<Payload> = ids
                             .iter()
                             .filter_map(|id| {
                                 self.nodes[to]
                                     .mcache
                                     .iter()
                                     .flatten()
-                                    .find(|(m, _, _)| m == id)
-                                    .map(|(_, p, t)| (std::rc::Rc::clone(p), *t))
+                                    .find(|p| p.id == *id)
+                                    .cloned()
                             })
                             .collect();
-                        for (payload, telemetry) in found {
-                            self.send(to, from, Msg::gossip(&payload, telemetry));
+                        for p in found {
+                            self.send(to, from, Msg::Gossip(p));
                         }
                     }
                     Msg::Call { job, shape, sla } => {
@@ -887,14 +980,14 @@ impl Sim {
                         }
                     }
                     Msg::Gossip(payload) => {
-                        let id = *blake3::hash(&payload).as_bytes();
+                        let id = payload.id;
                         if !self.nodes[to].first_sight(id, now) {
                             return; // a duplicate, dropped before validation
                         }
                         let verdict = self
                             .verdicts
                             .entry(id)
-                            .or_insert_with(|| match validate(NETWORK, &payload) {
+                            .or_insert_with(|| match validate(NETWORK, &payload.bytes) {
                                 Verdict::Accept(v) => Ok(*v),
                                 Verdict::Reject(reason) => Err(reason),
                             })
@@ -993,8 +1086,7 @@ impl Sim {
                 }
             }
             Event::Tick(n) => {
-                self.engine
-                    .after(Duration::from_millis(250), Event::Tick(n));
+                self.engine.after(HEARTBEAT, Event::Tick(n));
                 let node = &mut self.nodes[n];
                 if node.up && now >= node.synced_at + Duration::from_secs(1) {
                     // The once-a-second sync of replica writes.
@@ -1002,14 +1094,20 @@ impl Sim {
                     node.synced_at = now;
                 }
                 if self.nodes[n].up {
-                    self.checkpoint_if_due(n);
-                    if self.nodes[n].forger && now < self.fault_end && self.engine.chance(0.2) {
+                    self.heartbeat(n);
+                    if self.nodes[n].forger && now < self.fault_end && self.engine.chance(0.4) {
                         self.forge(n);
                     }
                     self.input(n, Input::Tick);
                     if now >= self.nodes[n].dialed_at + REDIAL_EVERY {
                         self.nodes[n].dialed_at = now;
                         self.redial(n);
+                    }
+                    if self.config.jobs_per_s > 0.0 && now >= self.nodes[n].next_publish {
+                        let every = self.config.telemetry_every;
+                        let jitter = self.engine.uniform(0, every.as_micros() as u64 / 10);
+                        self.nodes[n].next_publish = now + every + Duration::from_micros(jitter);
+                        self.maybe_publish(n);
                     }
                 }
             }
@@ -1031,7 +1129,7 @@ impl Sim {
                 }
                 self.nodes[n].left = true;
             }
-            Event::Join => self.join(),
+            Event::Join(k) => self.join(k),
             Event::Restart(n) => {
                 if self.nodes[n].left {
                     return;
@@ -1041,12 +1139,12 @@ impl Sim {
                     self.nodes[n].up = true;
                 } else {
                     let replicator = self.rebuilt_replicator(n);
-                    self.nodes[n].restart(replicator);
+                    let config = self.config.clone();
+                    self.nodes[n].restart(replicator, &config);
                 }
                 for p in self.links[n].clone() {
                     if self.nodes[p].up {
-                        self.input(p, Input::PeerUp(n));
-                        self.input(n, Input::PeerUp(p));
+                        self.peer_up(n, p);
                     }
                 }
             }
@@ -1056,7 +1154,8 @@ impl Sim {
     /// The replication core a restarting node builds from what its store kept: each
     /// replica's length, head, last time and Merkle frontier.
     fn rebuilt_replicator(&self, n: usize) -> Replicator<usize> {
-        let mut r = Replicator::new(ReplicateConfig::default());
+        let scope = Scope::of(self.config.shards(), &self.nodes[n].key);
+        let mut r = Replicator::new(replicate_config(scope));
         for (feed, ids) in &self.nodes[n].replicas {
             let Some(&o) = self.index.get(feed) else {
                 continue;
@@ -1125,60 +1224,101 @@ impl Sim {
             );
         }
         for p in self.links[n].clone() {
-            if self.nodes[p].up {
+            if self.nodes[p].up && self.same_shard(n, p) {
                 self.input(p, Input::PeerDown(n));
             }
         }
     }
 
-    /// Dials live peers until `n` has `degree` live connections (or every live node).
+    fn same_shard(&self, a: usize, b: usize) -> bool {
+        self.nodes[a].shard == self.nodes[b].shard
+    }
+
+    /// `a` and `b` are connected: peers of one shard replicate with each other.
+    fn peer_up(&mut self, a: usize, b: usize) {
+        if self.same_shard(a, b) {
+            self.input(a, Input::PeerUp(b));
+            self.input(b, Input::PeerUp(a));
+        }
+    }
+
+    /// A new connection between `a` and `b`.
+    fn connect(&mut self, a: usize, b: usize) {
+        self.links[a].push(b);
+        self.links[b].push(a);
+        if self.same_shard(a, b) {
+            self.shard_links[a].push(b);
+            self.shard_links[b].push(a);
+        }
+        self.peer_up(a, b);
+    }
+
+    /// `n`'s connections to peers of its shard: where its gossip goes.
+    fn gossip_peers(&self, n: usize) -> Vec<usize> {
+        self.shard_links[n].clone()
+    }
+
+    /// Dials live peers of its shard until `n` has `degree` live connections there (or to
+    /// every live member), as the node's discovery looks for its shard's members.
     fn redial(&mut self, n: usize) {
         let live = |s: &Self, p: usize| s.nodes[p].up && !s.nodes[p].left;
-        let mut have = self.links[n].iter().filter(|p| live(self, **p)).count();
-        let mut others: Vec<usize> = (0..self.nodes.len())
+        let mut have = self
+            .gossip_peers(n)
+            .into_iter()
+            .filter(|p| live(self, *p))
+            .count();
+        if have >= self.config.degree {
+            return;
+        }
+        let mut others: Vec<usize> = self.members[usize::from(self.nodes[n].shard)]
+            .iter()
+            .copied()
             .filter(|p| *p != n && live(self, *p) && !self.links[n].contains(p))
             .collect();
         while have < self.config.degree && !others.is_empty() {
             let i = self.engine.uniform(0, others.len() as u64 - 1) as usize;
             let p = others.swap_remove(i);
-            self.links[n].push(p);
-            self.links[p].push(n);
-            self.input(n, Input::PeerUp(p));
-            self.input(p, Input::PeerUp(n));
+            self.connect(n, p);
             have += 1;
         }
     }
 
     /// A new node joins: its device class drawn like the others', it dials `degree` live
     /// peers and catches up on every feed through them.
-    fn join(&mut self) {
-        let secret = self.engine.bytes32();
-        let profile = pick(
-            self.config.profiles.iter().map(|p| p.share_permille),
-            self.engine.uniform(0, 999),
-        );
+    fn join(&mut self, k: usize) {
+        let Some(joiner) = self.joiners.get(k).cloned() else {
+            return;
+        };
         let n = self.nodes.len();
         self.trace.update(&[7, n as u8]);
-        let link = link_index(&self.config, profile);
-        self.nodes.push(Node::new(secret, profile, link, None));
+        let link = link_index(&self.config, joiner.profile);
+        let node = Node::new(
+            joiner.secret,
+            joiner.profile,
+            link,
+            joiner.battery_mj,
+            &self.config,
+        );
+        let shard = usize::from(node.shard);
+        self.nodes.push(node);
         self.index.insert(self.nodes[n].key.to_bytes(), n);
         self.links.push(Vec::new());
+        self.shard_links.push(Vec::new());
+        // It dials peers of its shard (found through the DHT); with none yet, any peer.
+        let mut pool = self.members[shard].clone();
+        if pool.is_empty() {
+            pool = (0..n).collect();
+        }
+        self.members[shard].push(n);
         for _ in 0..self.config.degree.max(1) {
-            let p = self.engine.uniform(0, n as u64 - 1) as usize;
+            let p = pool[self.engine.uniform(0, pool.len() as u64 - 1) as usize];
             if self.nodes[p].up && !self.links[n].contains(&p) {
-                self.links[n].push(p);
-                self.links[p].push(n);
-                self.input(n, Input::PeerUp(p));
-                self.input(p, Input::PeerUp(n));
+                self.connect(n, p);
             }
         }
-        let offset = Duration::from_micros(self.engine.uniform(0, 250_000));
+        let offset = Duration::from_micros(self.engine.uniform(0, 500_000));
         self.engine.after(offset, Event::Tick(n));
-        self.engine.after(offset, Event::Heartbeat(n));
         self.heartbeat(n);
-        if self.config.jobs_per_s > 0.0 {
-            self.engine.after(offset, Event::Publish(n));
-        }
     }
 
     /// The access link of a node.
@@ -1189,13 +1329,14 @@ impl Sim {
     /// One message's delay from `a` to `b`: both access links, the wide area between regions,
     /// the size over the slower link, and a clog on either end.
     fn latency(&mut self, a: usize, b: usize, bytes: u64) -> Duration {
-        let (la, lb) = (self.link_of(a).clone(), self.link_of(b).clone());
-        let mut us = self.engine.uniform(la.one_way_us.0, la.one_way_us.1)
-            + self.engine.uniform(lb.one_way_us.0, lb.one_way_us.1);
+        let (la, lb) = (self.link_of(a), self.link_of(b));
+        let (ra, rb) = (la.one_way_us, lb.one_way_us);
+        let bandwidth = la.bytes_per_ms.min(lb.bytes_per_ms).max(1);
+        let mut us = self.engine.uniform(ra.0, ra.1) + self.engine.uniform(rb.0, rb.1);
         if a % REGIONS.len() != b % REGIONS.len() {
             us += self.engine.uniform(WAN_ONE_WAY_US.0, WAN_ONE_WAY_US.1);
         }
-        us += bytes * 1000 / la.bytes_per_ms.min(lb.bytes_per_ms).max(1);
+        us += bytes * 1000 / bandwidth;
         if self.clogged(a) || self.clogged(b) {
             us += self.engine.uniform(1_000_000, 3_000_000);
         }
@@ -1245,7 +1386,7 @@ impl Sim {
         self.report.entries += 1;
         let payload = GossipMsg::Entry(entry.encode()).encode();
         let Some(twin) = twin else {
-            self.publish(n, payload, false);
+            self.publish(n, Payload::new(payload, false));
             self.checkpoint_if_due(n);
             return;
         };
@@ -1254,10 +1395,10 @@ impl Sim {
         self.trace.update(&[8, n as u8]);
         self.nodes[n].forks.insert(twin.id(), twin.clone());
         let other = GossipMsg::Entry(twin.encode()).encode();
-        let links = self.links[n].clone();
+        let links = self.gossip_peers(n);
         let (first, rest) = links.split_at(links.len() / 2);
-        self.publish_to(n, payload, false, first);
-        self.publish_to(n, other, false, rest);
+        self.publish_to(n, Payload::new(payload, false), first);
+        self.publish_to(n, Payload::new(other, false), rest);
         self.checkpoint_if_due(n);
     }
 
@@ -1278,7 +1419,8 @@ impl Sim {
         };
         self.report.forgeries += 1;
         self.trace.update(&[9, n as u8]);
-        for to in self.links[n].clone() {
+        let payload = Payload::new(payload, false);
+        for to in self.gossip_peers(n) {
             self.send(n, to, Msg::Gossip(payload.clone()));
         }
     }
@@ -1288,12 +1430,18 @@ impl Sim {
     fn checkpoint_if_due(&mut self, n: usize) {
         let now = self.engine.now();
         let node = &self.nodes[n];
-        if !node.up
-            || !node.checkpoint_held
-            || node
-                .checkpoint_at
-                .is_some_and(|t| now < t + CHECKPOINT_EVERY)
+        if !node.up || !node.checkpoint_held {
+            return;
+        }
+        if let Some(t) = node.checkpoint_at
+            && now < t + CHECKPOINT_EVERY
         {
+            // Held until its turn, as the node's mesh task holds it.
+            if !node.checkpoint_timer {
+                self.nodes[n].checkpoint_timer = true;
+                self.engine
+                    .after(t + CHECKPOINT_EVERY - now, Event::Checkpoint(n));
+            }
             return;
         }
         let size = node.own.len() as u64;
@@ -1311,7 +1459,7 @@ impl Sim {
         let node = &mut self.nodes[n];
         node.checkpoint_held = false;
         node.checkpoint_at = Some(now);
-        self.publish(n, payload, false);
+        self.publish(n, Payload::new(payload, false));
     }
 
     /// The entry a holder has at position `i` of `owner`'s feed, by its id: the owner's own,
@@ -1370,22 +1518,36 @@ pub struct Progress {
     pub events: u64,
 }
 
-/// [`run`], calling `watch` every 65,536 events (it cannot change the run).
+/// [`run`], calling `watch` every 65,536 events, or as each shard's part ends (it cannot
+/// change the run).
 pub fn run_watched(config: &Config, watch: &mut dyn FnMut(Progress)) -> Report {
-    let mut engine: Engine<Event> = Engine::new(config.seed);
-    let nodes: Vec<Node> = (0..config.peers)
-        .map(|_| {
-            let secret = engine.bytes32();
-            let profile = pick(
-                config.profiles.iter().map(|p| p.share_permille),
-                engine.uniform(0, 999),
-            );
-            let battery = config.profiles.get(profile).and_then(|p| p.battery_mj);
-            // Half the battery-capable devices run on battery, from 30-100 % charge.
-            let battery = battery
-                .filter(|_| engine.chance(0.5))
-                .map(|cap| cap / 1000 * engine.uniform(300, 1000));
-            Node::new(secret, profile, link_index(config, profile), battery)
+    let whole = plan::draw(config);
+    let shards = config.shards();
+    if shards.count() == 1 {
+        let part = run_part(config, whole, watch);
+        return plan::merge(vec![(0, part)], false);
+    }
+    let parts = plan::split(&whole, shards);
+    plan::merge(plan::run_parts(config, parts, watch), true)
+}
+
+/// Runs one part of a run (the whole run when it has one shard).
+fn run_part(config: &Config, plan: plan::Plan, watch: &mut dyn FnMut(Progress)) -> plan::Part {
+    // The part's own settings: its nodes, its seed, its share of the rates; the run's shards.
+    let config = &Config {
+        peers: plan.nodes.len(),
+        seed: plan.seed,
+        jobs_per_s: config.jobs_per_s * plan.share,
+        shards: Some(config.shards()),
+        ..config.clone()
+    };
+    let mut engine: Engine<Event> = Engine::new(plan.seed);
+    let nodes: Vec<Node> = plan
+        .nodes
+        .iter()
+        .map(|p| {
+            let link = link_index(config, p.profile);
+            Node::new(p.secret, p.profile, link, p.battery_mj, config)
         })
         .collect();
     let index: BTreeMap<[u8; 32], usize> = nodes
@@ -1395,8 +1557,13 @@ pub fn run_watched(config: &Config, watch: &mut dyn FnMut(Progress)) -> Report {
         .collect();
     let fault_end = config.fault_phase;
     let third = config.fault_phase / 3;
-    // Connections: a ring (so the graph is connected) plus `degree` random dials per node.
+    // Connections: a ring (so the graph is connected) plus `degree` random dials per node
+    // among its shard's members (with one shard, among all).
     let n = nodes.len();
+    let mut members: Vec<Vec<usize>> = vec![Vec::new(); usize::from(config.shards().count())];
+    for (i, node) in nodes.iter().enumerate() {
+        members[usize::from(node.shard)].push(i);
+    }
     let mut links: Vec<std::collections::BTreeSet<usize>> = vec![Default::default(); n];
     for a in 0..n {
         let b = (a + 1) % n;
@@ -1404,8 +1571,9 @@ pub fn run_watched(config: &Config, watch: &mut dyn FnMut(Progress)) -> Report {
             links[a].insert(b);
             links[b].insert(a);
         }
+        let pool = &members[usize::from(nodes[a].shard)];
         for _ in 0..config.degree {
-            let b = engine.uniform(0, n as u64 - 1) as usize;
+            let b = pool[engine.uniform(0, pool.len() as u64 - 1) as usize];
             if a != b {
                 links[a].insert(b);
                 links[b].insert(a);
@@ -1413,12 +1581,23 @@ pub fn run_watched(config: &Config, watch: &mut dyn FnMut(Progress)) -> Report {
         }
     }
     let links: Vec<Vec<usize>> = links.into_iter().map(|l| l.into_iter().collect()).collect();
+    let shard_links = links
+        .iter()
+        .enumerate()
+        .map(|(a, l)| {
+            l.iter()
+                .copied()
+                .filter(|b| nodes[a].shard == nodes[*b].shard)
+                .collect()
+        })
+        .collect();
     let mut sim = Sim {
         partition: config.partition.then_some((third, third * 2)),
         config: config.clone(),
         engine,
         nodes,
         links,
+        shard_links,
         fault_end,
         report: Report {
             entries: 0,
@@ -1440,65 +1619,68 @@ pub fn run_watched(config: &Config, watch: &mut dyn FnMut(Progress)) -> Report {
         verdicts: Default::default(),
         reports: Default::default(),
         index,
+        members,
         clog: Default::default(),
         noticed: BTreeMap::new(),
         jobs: BTreeMap::new(),
         submitted: 0,
         latencies: Vec::new(),
+        append_gap_us: (1e6 / (config.appends_per_s as f64 * plan.share).max(1e-3)) as u64,
+        joiners: plan.joins.iter().map(|(_, n)| n.clone()).collect(),
     };
     for a in 0..sim.nodes.len() {
         for b in sim.links[a].clone() {
-            sim.input(a, Input::PeerUp(b));
+            if sim.same_shard(a, b) {
+                sim.input(a, Input::PeerUp(b));
+            }
         }
-        let offset = Duration::from_micros(sim.engine.uniform(0, 250_000));
-        sim.engine.after(offset, Event::Tick(a));
         let offset = Duration::from_micros(sim.engine.uniform(0, 500_000));
-        sim.engine.after(offset, Event::Heartbeat(a));
+        sim.engine.after(offset, Event::Tick(a));
         // The mesh forms as soon as the node is connected.
         sim.heartbeat(a);
     }
+    if config.jobs_per_s > 0.0 {
+        // A node publishes its telemetry as it starts.
+        for a in 0..sim.nodes.len() {
+            sim.maybe_publish(a);
+            let jitter = sim
+                .engine
+                .uniform(0, config.telemetry_every.as_micros() as u64 / 10);
+            sim.nodes[a].next_publish = config.telemetry_every + Duration::from_micros(jitter);
+        }
+    }
     if config.appends_per_s > 0 {
-        sim.engine.after(Duration::ZERO, Event::Append);
+        let first = sim.engine.uniform(0, sim.append_gap_us);
+        sim.engine
+            .after(Duration::from_micros(first), Event::Append);
     }
     if config.jobs_per_s > 0.0 {
-        for a in 0..sim.nodes.len() {
-            let offset = Duration::from_micros(sim.engine.uniform(0, 200_000));
-            sim.engine.after(offset, Event::Publish(a));
-        }
         // Jobs start once the first telemetry has spread.
         let peak = config.jobs_per_s * config.arrivals.peak();
         let first = Duration::from_millis(500) + sim.engine.exponential(peak);
         sim.engine.after(first, Event::Submit);
     }
-    for _ in 0..config.clogged.min(config.peers) {
-        let n = sim.engine.uniform(0, config.peers as u64 - 1) as usize;
-        sim.clog.insert(n);
-    }
-    for _ in 0..config.forgers.min(config.peers) {
-        let n = sim.engine.uniform(0, config.peers as u64 - 1) as usize;
+    sim.clog.extend(plan.clogged.iter().copied());
+    for &n in &plan.forgers {
         sim.nodes[n].forger = true;
     }
-    for _ in 0..config.equivocators.min(config.peers) {
-        let n = sim.engine.uniform(0, config.peers as u64 - 1) as usize;
+    for &n in &plan.equivocators {
         sim.nodes[n].byzantine = true;
     }
-    for _ in 0..config.leaves.min(config.peers.saturating_sub(2)) {
-        let n = sim.engine.uniform(0, config.peers as u64 - 1) as usize;
-        let at = sim.engine.uniform(0, fault_end.as_micros() as u64 * 3 / 4);
-        sim.engine.after(Duration::from_micros(at), Event::Leave(n));
+    for &(n, at) in &plan.leaves {
+        sim.engine.after(at, Event::Leave(n));
     }
-    for _ in 0..config.joins {
-        let at = sim.engine.uniform(0, fault_end.as_micros() as u64 * 3 / 4);
-        sim.engine.after(Duration::from_micros(at), Event::Join);
+    for (k, (at, _)) in plan.joins.iter().enumerate() {
+        sim.engine.after(*at, Event::Join(k));
     }
-    for _ in 0..config.crashes.min(config.peers) {
-        let n = sim.engine.uniform(0, config.peers as u64 - 1) as usize;
-        let at = sim.engine.uniform(0, fault_end.as_micros() as u64 * 3 / 4);
-        sim.engine.after(Duration::from_micros(at), Event::Crash(n));
+    for &(n, at) in &plan.crashes {
+        sim.engine.after(at, Event::Crash(n));
     }
     let end = fault_end + config.recovery;
     let mut check = fault_end;
     let mut sample = Duration::ZERO;
+    let every = progress_every(end);
+    let mut progress = Vec::new();
     let mut forget = VERDICT_CACHE;
     while let Some(event) = sim.engine.next(end) {
         sim.handle(event);
@@ -1515,10 +1697,11 @@ pub fn run_watched(config: &Config, watch: &mut dyn FnMut(Progress)) -> Report {
             sim.verdicts.clear();
             sim.reports.clear();
         }
-        if now >= sample {
-            sample = now + PROGRESS_EVERY;
-            let held = sim.replicated_permille();
-            sim.report.progress.push((now.as_millis() as u64, held));
+        // Replication progress on a fixed grid, the same in every part of a sharded run.
+        while now >= sample && sample <= end {
+            let (held, want) = sim.replicated();
+            progress.push((sample.as_millis() as u64, held, want));
+            sample += every;
         }
         // Convergence is checked every 50 ms of virtual time once the faults have healed.
         if now >= check && now >= fault_end && sim.report.converged_after.is_none() {
@@ -1530,12 +1713,13 @@ pub fn run_watched(config: &Config, watch: &mut dyn FnMut(Progress)) -> Report {
     }
     if sim.report.converged_after.is_none() {
         let mut missing = Vec::new();
-        let live = sim.nodes.iter().filter(|n| !n.left).count();
+        let mut replicas = 0;
         for (h, holder) in sim.nodes.iter().enumerate().filter(|(_, n)| !n.left) {
-            for (o, owner) in sim
-                .nodes
+            let shard = &sim.members[usize::from(holder.shard)];
+            replicas += shard.len() - 1;
+            for (o, owner) in shard
                 .iter()
-                .enumerate()
+                .map(|&o| (o, &sim.nodes[o]))
                 .filter(|(_, o)| o.forks.is_empty())
             {
                 let held = holder.held(&owner.key).map_or(0, <[ContentId]>::len);
@@ -1552,18 +1736,24 @@ pub fn run_watched(config: &Config, watch: &mut dyn FnMut(Progress)) -> Report {
             ));
         } else {
             sim.report.violations.push(format!(
-                "not every node held every feed {} s after the faults healed: {} of {} replicas behind (e.g. {})",
+                "not every node held every feed of its shard {} s after the faults healed: {} of {} replicas behind (e.g. {})",
                 config.recovery.as_secs(),
                 missing.len(),
-                live * (sim.nodes.len() - 1),
+                replicas,
                 missing.iter().take(3).cloned().collect::<Vec<_>>().join("; ")
             ));
         }
     }
+    // Grid points after the last event: nothing changed since.
+    while sample <= end {
+        let (held, want) = sim.replicated();
+        progress.push((sample.as_millis() as u64, held, want));
+        sample += every;
+    }
     sim.check_jobs();
     sim.report.events = sim.engine.handled;
     sim.report.trace = *sim.trace.finalize().as_bytes();
-    sim.report
+    (sim.report, progress)
 }
 
 /// The access link a device class names (the first link when it names none that exists).
@@ -1573,6 +1763,14 @@ fn link_index(config: &Config, profile: usize) -> usize {
         .get(profile)
         .and_then(|p| config.links.iter().position(|l| l.name == p.link))
         .unwrap_or(0)
+}
+
+/// The replication settings of a node whose shard is `scope`.
+fn replicate_config(scope: Scope) -> ReplicateConfig {
+    ReplicateConfig {
+        scope,
+        ..ReplicateConfig::default()
+    }
 }
 
 /// The node's auction settings, keeping fewer ended jobs' explanations than a node does
