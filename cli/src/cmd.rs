@@ -892,6 +892,15 @@ pub fn status(g: &Global, json_out: bool) -> Result<ExitCode> {
             v["inference"]["workers"], v["inference"]["queue_depth"]
         );
         println!("models loaded  {}", v["models_loaded"]);
+        let mesh = &v["mesh"];
+        if mesh["enabled"] == true {
+            println!(
+                "mesh           shard {} of {}, {} listen address(es)",
+                mesh["shard"],
+                mesh["shards"],
+                mesh["listen"].as_array().map_or(0, Vec::len)
+            );
+        }
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -154,6 +154,20 @@ fn scenarios() -> Vec<Scenario> {
             },
         },
         Scenario {
+            name: "sharded",
+            what: "8x the nodes in 4 shards (each its own mesh): a partition, 4 crashes, churn, 80 jobs/s",
+            expect: Expect::Hold,
+            config: |c| Config {
+                peers: c.peers * 8,
+                shards: fab_sims::sim::Shards::new(4).ok(),
+                crashes: 4,
+                leaves: 2,
+                joins: 2,
+                jobs_per_s: 80.0,
+                ..c
+            },
+        },
+        Scenario {
             name: "planted: stale restart",
             what: "a restarted node keeps its pre-crash replication state",
             expect: Expect::Caught,

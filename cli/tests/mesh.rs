@@ -374,6 +374,119 @@ fn five_nodes_find_each_other_and_run_a_job_on_a_chosen_peer() {
     assert!(text(&out).0.contains(" tcp "), "{}", text(&out).0);
 }
 
+/// The shard of a data dir's node key among `shards`.
+fn shard_of(t: &TestDir, shards: u64) -> u16 {
+    let out = t.run(&["keys", "show"]);
+    let peer: fab_mesh::net::Peer = text(&out)
+        .0
+        .lines()
+        .find_map(|l| l.strip_prefix("peer id"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let key = fab_mesh::net::peer_key(&peer).unwrap();
+    fab_mesh::shard::Shards::new(shards).unwrap().of(&key)
+}
+
+#[test]
+fn a_sharded_network_replicates_hears_and_places_within_each_shard() {
+    let network = format!("s{}", std::process::id());
+    // Two nodes of each of two shards (shards come from the keys: draw keys until there are).
+    let (mut zero, mut one) = (Vec::new(), Vec::new());
+    for _ in 0..64 {
+        if zero.len() >= 2 && one.len() >= 2 {
+            break;
+        }
+        let t = TestDir::new();
+        match shard_of(&t, 2) {
+            0 if zero.len() < 2 => zero.push(t),
+            1 if one.len() < 2 => one.push(t),
+            _ => {}
+        }
+    }
+    assert!(zero.len() == 2 && one.len() == 2, "64 keys and no 2 + 2");
+    let sharded = |mut env: Vec<(String, String)>| {
+        env.push(("FABNODE_MESH_SHARDS".into(), "2".into()));
+        env
+    };
+    // A (shard 0) is everyone's bootstrap peer, C and D (shard 1) included.
+    let a = start(&zero[0], &sharded(mesh_env(&network)));
+    let (a_id, env) = joining_env(&a, &network, TCP);
+    let env = sharded(env);
+    let b = start(&zero[1], &env);
+    let c = start(&one[0], &env);
+    let d = start(&one[1], &env);
+    let (b_id, c_id, d_id) = (peer_id(&b), peer_id(&c), peer_id(&d));
+    for (n, shard) in [(&a, 0), (&b, 0), (&c, 1), (&d, 1)] {
+        let (_, info) = n.get("/v1/node");
+        assert_eq!(info["mesh"]["shards"], 2, "{info}");
+        assert_eq!(info["mesh"]["shard"], shard, "{info}");
+    }
+    let out = one[0].run(&["status"]);
+    assert!(
+        text(&out).0.contains("mesh           shard 1 of 2"),
+        "{}",
+        text(&out).0
+    );
+    // Each node hears the telemetry of its shard's other member, and of no one else.
+    let heard = |n: &RunningNode| -> Vec<String> {
+        let (_, v) = n.get("/v1/telemetry");
+        let mut ids: Vec<String> = v["peers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p["peer_id"].as_str().unwrap().to_owned())
+            .collect();
+        ids.sort();
+        ids
+    };
+    for (n, mate) in [(&a, &b_id), (&b, &a_id), (&c, &d_id), (&d, &c_id)] {
+        wait_for(
+            "telemetry of the shard's other member",
+            Duration::from_secs(30),
+            || heard(n) == vec![mate.clone()],
+        );
+    }
+
+    // C's runs are replicated by D, its shard's other member; A and B do not follow C's feed.
+    for i in 0..3 {
+        let (s, v) = job_here(&c, i);
+        assert_eq!(s, 200, "{v}");
+    }
+    wait_for("D to hold C's 3 entries", Duration::from_secs(30), || {
+        feed_size(&d, &c_id) == Some((3, Some(3)))
+    });
+    for i in 0..2 {
+        let (s, v) = job_here(&a, i);
+        assert_eq!(s, 200, "{v}");
+    }
+    wait_for("B to hold A's 2 entries", Duration::from_secs(30), || {
+        feed_size(&b, &a_id) == Some((2, Some(2)))
+    });
+    // By now C's entries (first) would have reached A and B, and A's C and D, were they
+    // replicating across shards.
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(feed_size(&a, &c_id), None);
+    assert_eq!(feed_size(&b, &c_id), None);
+    assert_eq!(feed_size(&c, &a_id), None);
+    assert_eq!(feed_size(&d, &a_id), None);
+
+    // Jobs submitted on A without a pin are placed within A's shard (A or B).
+    for i in 0..4 {
+        let (s, v) = a.post_json(
+            "/v1/jobs",
+            &json!({"model": "digits", "input": image_json(i)}),
+        );
+        assert_eq!(s, 200, "{v}");
+        let executor = v["executor"].as_str().unwrap_or(&a_id);
+        assert!(
+            executor == a_id || executor == b_id,
+            "placed on {executor}: {v}"
+        );
+    }
+}
+
 #[test]
 fn demo_runs_a_three_process_mesh_and_verifies_every_ledger() {
     let t = TestDir::new();

@@ -136,12 +136,12 @@ fn the_runtime_test_runs_every_scenario_and_catches_the_planted_bugs() {
     let (stdout, stderr) = text(&out);
     assert!(out.status.success(), "{stdout}{stderr}");
     assert!(
-        stdout.contains("10 of 10 scenarios as expected"),
+        stdout.contains("11 of 11 scenarios as expected"),
         "{stdout}"
     );
     let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
     let scenarios = v.as_array().unwrap();
-    assert_eq!(scenarios.len(), 10);
+    assert_eq!(scenarios.len(), 11);
     for s in scenarios {
         assert_eq!(s["ok"], true, "{s}");
         assert_eq!(s["deterministic"], true, "{s}");

@@ -24,10 +24,11 @@ use crate::bid::{
 use crate::exec::{
     EXEC_PROTOCOL, EXEC_REQUEST_BYTES_MAX, EXEC_RESPONSE_BYTES_MAX, ExecRequest, ExecResponse,
 };
+use crate::shard::{Scope, Shards};
 use crate::validate::{Valid, Verdict, validate};
 use crate::wire::{
     GOSSIP_BYTES_MAX, GossipMsg, SYNC_PROTOCOL, SYNC_REQUEST_BYTES_MAX, SYNC_RESPONSE_BYTES_MAX,
-    SyncRequest, SyncResponse, TELEMETRY_BYTES_MAX, ledger_topic, telemetry_topic,
+    SyncRequest, SyncResponse, TELEMETRY_BYTES_MAX,
 };
 use futures::{AsyncReadExt, AsyncWriteExt};
 use libp2p::StreamProtocol;
@@ -75,6 +76,10 @@ pub struct MeshConfig {
     /// Use libp2p's in-process memory transport (`/memory/<n>` addresses) instead of TCP and
     /// QUIC: for behaviour tests and the simulator, with no sockets.
     pub memory_transport: bool,
+    /// The network's shard count ([`crate::shard`]): the node subscribes to its own shard's
+    /// ledger and telemetry topics only, refuses entries and checkpoints of other shards' feeds
+    /// there, and finds its shard's members through Kademlia provider records.
+    pub shards: Shards,
 }
 
 impl std::fmt::Debug for MeshConfig {
@@ -101,6 +106,7 @@ impl MeshConfig {
             connections_max: 128,
             memory_transport: false,
             telemetry_validator: None,
+            shards: Shards::ONE,
         }
     }
 }
@@ -405,6 +411,40 @@ pub struct EventLoop {
     /// Connected peers identified as fabnode nodes of this network.
     members: std::collections::BTreeSet<PeerId>,
     exec_pending: Pending<ExecResponse>,
+    /// This node's shard.
+    scope: Scope,
+    /// With more than one shard: the provider record that names the shard's members, when
+    /// this node last announced itself there, and when it last looked for members (with the
+    /// wait before the next look, doubling like the DHT walks).
+    shard_record: Option<kad::RecordKey>,
+    provided_at: Option<tokio::time::Instant>,
+    looked_at: Option<tokio::time::Instant>,
+    look_gap: Duration,
+}
+
+/// The feed a validated gossip message belongs to.
+fn valid_feed(valid: &Valid) -> Option<fab_ledger::PublicKey> {
+    match valid {
+        Valid::Entry(e) => Some(e.body().feed),
+        Valid::Entries(es) => es.first().map(|e| e.body().feed),
+        Valid::Checkpoint { feed, .. } => Some(*feed),
+    }
+}
+
+/// The public key a peer id names (fabnode peer ids are ed25519 identity hashes).
+pub fn peer_key(peer: &PeerId) -> Option<fab_ledger::PublicKey> {
+    let key = libp2p::identity::PublicKey::try_decode_protobuf(peer.as_ref().digest()).ok()?;
+    fab_ledger::PublicKey::from_bytes(&key.try_into_ed25519().ok()?.to_bytes())
+}
+
+/// Whether a peer belongs to `scope`'s shard (a peer whose id names no ed25519 key does not).
+pub fn in_scope(scope: &Scope, peer: &PeerId) -> bool {
+    scope.shards == Shards::ONE || peer_key(peer).is_some_and(|k| scope.contains(&k))
+}
+
+/// The Kademlia key under which the members of a shard announce themselves.
+fn shard_record(network: &str, shard: u16) -> kad::RecordKey {
+    kad::RecordKey::new(&format!("fabnode/{network}/shard/{shard}"))
 }
 
 /// Outbound requests whose askers wait for the answer, by request id.
@@ -517,6 +557,9 @@ const MAINTAIN_EVERY: Duration = Duration::from_secs(2);
 /// both; a first walk at 30 s left them apart that long.
 const BOOTSTRAP_EVERY: Duration = Duration::from_secs(30);
 const BOOTSTRAP_FIRST: Duration = Duration::from_secs(1);
+/// A sharded node announces itself in its shard's provider record this often (records live
+/// for Kademlia's provider TTL, 48 h, on the peers closest to the record).
+const PROVIDE_EVERY: Duration = Duration::from_secs(600);
 
 /// Builds the swarm and starts listening. Returns the handle, the event stream and the loop to
 /// spawn.
@@ -525,8 +568,10 @@ pub fn start(
     config: MeshConfig,
 ) -> Result<(MeshClient, mpsc::Receiver<MeshEvent>, EventLoop), MeshError> {
     let build = |e: &dyn std::fmt::Display| MeshError::Build(e.to_string());
-    let topic = IdentTopic::new(ledger_topic(&config.network));
-    let telemetry_topic = IdentTopic::new(telemetry_topic(&config.network));
+    let scope = Scope::of(config.shards, &key.public());
+    let topic = IdentTopic::new(config.shards.ledger_topic(&config.network, scope.shard));
+    let telemetry_topic =
+        IdentTopic::new(config.shards.telemetry_topic(&config.network, scope.shard));
     let with_telemetry = config.telemetry_validator.is_some();
     let network = config.network.clone();
     let heartbeat = config.heartbeat;
@@ -696,6 +741,7 @@ pub fn start(
     let (tx, commands) = mpsc::channel(COMMAND_QUEUE);
     let (events, rx) = mpsc::channel(EVENT_QUEUE);
     let peer_id = *swarm.local_peer_id();
+    let network_name = config.network.clone();
     let ev = EventLoop {
         swarm,
         commands,
@@ -712,6 +758,12 @@ pub fn start(
         exec_pending: Pending::default(),
         bid_pending: Pending::default(),
         members: Default::default(),
+        shard_record: (config.shards != Shards::ONE)
+            .then(|| shard_record(&network_name, scope.shard)),
+        scope,
+        provided_at: None,
+        looked_at: None,
+        look_gap: BOOTSTRAP_FIRST,
     };
     Ok((MeshClient { tx, peer_id }, rx, ev))
 }
@@ -765,6 +817,7 @@ impl EventLoop {
     /// then to find more.
     fn maintain(&mut self) {
         let connected = self.swarm.connected_peers().count();
+        self.find_shard();
         if connected >= self.peers_target {
             return;
         }
@@ -798,6 +851,40 @@ impl EventLoop {
                 self.bootstrap_gap = (self.bootstrap_gap * 2).min(BOOTSTRAP_EVERY);
             }
             self.last_bootstrap = Some(tokio::time::Instant::now());
+        }
+    }
+
+    /// With shards: announces this node as a member of its shard (at the first connection,
+    /// then every [`PROVIDE_EVERY`]), and while fewer than the connection target of its
+    /// shard's members are connected, looks up the shard's provider record (waits doubling
+    /// from 1 s to 30 s); members found are dialed.
+    fn find_shard(&mut self) {
+        let Some(record) = self.shard_record.clone() else {
+            return;
+        };
+        if self.swarm.connected_peers().next().is_none() {
+            return;
+        }
+        let kad = &mut self.swarm.behaviour_mut().kad;
+        if self
+            .provided_at
+            .is_none_or(|t| t.elapsed() >= PROVIDE_EVERY)
+            && kad.start_providing(record.clone()).is_ok()
+        {
+            self.provided_at = Some(tokio::time::Instant::now());
+        }
+        let scope = self.scope;
+        let members = self.members.iter().filter(|p| in_scope(&scope, p)).count();
+        if members >= self.peers_target {
+            self.look_gap = BOOTSTRAP_FIRST;
+            return;
+        }
+        if self.looked_at.is_none_or(|t| t.elapsed() >= self.look_gap) {
+            self.swarm.behaviour_mut().kad.get_providers(record);
+            if self.looked_at.is_some() {
+                self.look_gap = (self.look_gap * 2).min(BOOTSTRAP_EVERY);
+            }
+            self.looked_at = Some(tokio::time::Instant::now());
         }
     }
 
@@ -895,7 +982,19 @@ impl EventLoop {
                     self.telemetry(propagation_source, message_id, message);
                     return;
                 }
-                let verdict = validate(&self.network, &message.data);
+                let verdict = match validate(&self.network, &message.data) {
+                    Verdict::Accept(valid)
+                        if let Some(feed) = valid_feed(&valid)
+                            && !self.scope.contains(&feed) =>
+                    {
+                        Verdict::Reject(format!(
+                            "a feed of shard {} on shard {}'s topic",
+                            self.scope.shards.of(&feed),
+                            self.scope.shard
+                        ))
+                    }
+                    v => v,
+                };
                 let gs = &mut self.swarm.behaviour_mut().gossipsub;
                 match verdict {
                     Verdict::Accept(valid) => {
@@ -1036,6 +1135,24 @@ impl EventLoop {
                 ..
             })) => {
                 self.peers.entry(peer).or_default().rtt = Some(rtt);
+            }
+            // Members of this node's shard, from its provider record: dialed at once (the
+            // query still holds their addresses) unless connected already.
+            SwarmEvent::Behaviour(BehaviourEvent::Kad(kad::Event::OutboundQueryProgressed {
+                result:
+                    kad::QueryResult::GetProviders(Ok(kad::GetProvidersOk::FoundProviders {
+                        providers,
+                        ..
+                    })),
+                ..
+            })) => {
+                let me = *self.swarm.local_peer_id();
+                for peer in providers {
+                    if peer != me && !self.swarm.is_connected(&peer) && in_scope(&self.scope, &peer)
+                    {
+                        let _ = self.swarm.dial(DialOpts::peer_id(peer).build());
+                    }
+                }
             }
             // A new peer learned through the DHT: connect while below target, so the gossip
             // mesh does not hang on the bootstrap peer alone.

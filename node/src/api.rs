@@ -343,7 +343,10 @@ async fn node_info(State(st): State<Arc<AppState>>) -> ApiResult {
         Some(m) => {
             let listen = m.listen_addrs().await.unwrap_or_default();
             let stats = m.stats().await.unwrap_or_default();
+            // The config was validated at start: the count is in range.
+            let shards = fab_mesh::shard::Shards::new(st.config.mesh.shards).unwrap_or_default();
             json!({"enabled": true, "peer_id": m.peer_id().to_base58(),
+                   "shards": shards.count(), "shard": shards.of(&st.key.public()),
                    "listen": listen.iter().map(|a| a.to_string()).collect::<Vec<_>>(),
                    "gossip": {"accepted": stats.accepted, "rejected": stats.rejected,
                               "events_dropped": stats.events_dropped}})

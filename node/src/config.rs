@@ -152,6 +152,13 @@ pub struct MeshSection {
     pub mdns: bool,
     /// Multiaddrs of peers to dial at start, e.g. `/ip4/10.0.0.5/tcp/4001/p2p/12D3KooW...`.
     pub bootstrap: Vec<String>,
+    /// Shards of the network (1 to 4096; every node of a network must use the same count).
+    /// With 1, every node hears every node's telemetry and replicates every ledger. With S,
+    /// a node belongs to one shard (from a hash of its key) and hears, places jobs among and
+    /// replicates the ledgers of that shard's members only, so its traffic stays that of a
+    /// few dozen peers however large the fleet. Recommended: 1 up to 64 nodes, then one shard
+    /// per 32 nodes (docs/USER_GUIDE.md, "Large fleets").
+    pub shards: u64,
 }
 
 impl Default for MeshSection {
@@ -164,6 +171,7 @@ impl Default for MeshSection {
             ],
             mdns: true,
             bootstrap: Vec::new(),
+            shards: 1,
         }
     }
 }
@@ -519,6 +527,12 @@ impl Config {
             24 * 3_600_000,
         )?;
         range("ledger.batch_max", self.ledger.batch_max as u64, 1, 65_536)?;
+        range(
+            "mesh.shards",
+            self.mesh.shards,
+            1,
+            u64::from(fab_mesh::shard::SHARDS_MAX),
+        )?;
         let sc = &self.scheduler;
         if crate::sched::Tier::parse(&sc.tier).is_none() {
             return Err(ConfigError::BadValue {
@@ -725,6 +739,21 @@ mod tests {
             e.contains("FABNODE_INFERENCE_WORKERS") && e.contains("an integer"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn mesh_shards_default_to_one_and_are_checked() {
+        assert_eq!(Config::load(None, vec![], &[]).unwrap().mesh.shards, 1);
+        let env = vec![("FABNODE_MESH_SHARDS".to_owned(), "32".to_owned())];
+        assert_eq!(Config::load(None, env, &[]).unwrap().mesh.shards, 32);
+        for bad in ["0", "4097"] {
+            let env = vec![("FABNODE_MESH_SHARDS".to_owned(), bad.to_owned())];
+            let e = Config::load(None, env, &[]).unwrap_err().to_string();
+            assert!(
+                e.contains("mesh.shards") && e.contains("from 1 to 4096"),
+                "{e}"
+            );
+        }
     }
 
     #[test]

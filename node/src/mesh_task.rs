@@ -102,6 +102,8 @@ async fn flush(
 pub struct MeshTask {
     /// This node's feed key.
     pub own: PublicKey,
+    /// This node's shard: the peers it replicates with.
+    pub scope: fab_mesh::shard::Scope,
     pub mesh: MeshClient,
     pub events: mpsc::Receiver<MeshEvent>,
     /// This node's committed batches, to gossip.
@@ -123,6 +125,7 @@ pub struct MeshTask {
 pub async fn run(task: MeshTask) {
     let MeshTask {
         own,
+        scope,
         mesh,
         mut events,
         mut committed,
@@ -199,12 +202,15 @@ pub async fn run(task: MeshTask) {
                     MeshEvent::Rejected { from, reason } => {
                         tracing::warn!(peer = %from, %reason, "peer sent an invalid message");
                     }
-                    MeshEvent::PeerConnected(peer) => {
+                    // Replication runs between members of one shard; a connection to a peer of
+                    // another shard serves calls for bids, jobs and discovery.
+                    MeshEvent::PeerConnected(peer) if fab_mesh::net::in_scope(&scope, &peer) => {
                         replicator.handle(Input::PeerUp(peer), started.elapsed(), &mut outputs);
                     }
-                    MeshEvent::PeerDisconnected(peer) => {
+                    MeshEvent::PeerDisconnected(peer) if fab_mesh::net::in_scope(&scope, &peer) => {
                         replicator.handle(Input::PeerDown(peer), started.elapsed(), &mut outputs);
                     }
+                    MeshEvent::PeerConnected(_) | MeshEvent::PeerDisconnected(_) => {}
                     MeshEvent::ExecRequest { from, request, reply } => {
                         if let Err(mpsc::error::TrySendError::Full((_, _, reply)) | mpsc::error::TrySendError::Closed((_, _, reply))) = exec.try_send((from, request, reply)) {
                             let busy = fab_mesh::exec::ExecResponse::Refused {

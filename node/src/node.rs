@@ -72,13 +72,24 @@ fn parse_addrs(key: &str, values: &[String]) -> Result<Vec<libp2p::Multiaddr>, S
         .collect()
 }
 
-/// Rebuilds the replication state of every stored replica, re-verifying each feed's chain.
-fn resume_replicas(store: &Store) -> Result<Replicator<libp2p::PeerId>, StartError> {
-    let mut r = Replicator::new(ReplicateConfig::default());
+/// Rebuilds the replication state of every stored replica of this node's shard, re-verifying
+/// each feed's chain. Replicas of other shards (kept from before a change of `mesh.shards`)
+/// stay stored and served, but are not followed.
+fn resume_replicas(
+    store: &Store,
+    scope: fab_mesh::shard::Scope,
+) -> Result<Replicator<libp2p::PeerId>, StartError> {
+    let mut r = Replicator::new(ReplicateConfig {
+        scope,
+        ..ReplicateConfig::default()
+    });
     let reader = store.reader();
     // Re-verified from the first entry (signatures in batches); O(replica size) at start.
     for (feed_bytes, verified) in reader.verify_replicas()? {
         match verified {
+            Ok(v) if !scope.contains(&v.feed) => {
+                tracing::info!(feed = %v.feed, "stored replica of another shard; kept, not followed");
+            }
             Ok(v) => r.resume(v.feed, v.size, v.head, v.last_time_ms, v.tree, v.trusted),
             Err(e) => {
                 // Not followed from what is stored: catch-up fetches the feed again from its
@@ -113,8 +124,11 @@ impl Node {
             .local_addr()
             .map_err(|error| StartError::Listen { addr, error })?;
         let entries = store.len();
+        let shards = fab_mesh::shard::Shards::new(config.mesh.shards)
+            .map_err(|e| StartError::Mesh(format!("mesh.shards: {e}")))?;
+        let scope = fab_mesh::shard::Scope::of(shards, &key.public());
         let replicator = if config.mesh.enabled {
-            Some(resume_replicas(&store)?)
+            Some(resume_replicas(&store, scope)?)
         } else {
             None
         };
@@ -140,11 +154,21 @@ impl Node {
             mc.listen = parse_addrs("mesh.listen", &config.mesh.listen)?;
             mc.bootstrap = parse_addrs("mesh.bootstrap", &config.mesh.bootstrap)?;
             mc.mdns = config.mesh.mdns;
+            mc.shards = shards;
             // Telemetry is read only when it verifies: signed by the node it describes, whoever
-            // forwarded it (a replayed older report is refused by the view).
-            mc.telemetry_validator = Some(Arc::new(|_from: &libp2p::PeerId, bytes: &[u8]| {
+            // forwarded it (a replayed older report is refused by the view), and that node is
+            // of this node's shard.
+            mc.telemetry_validator = Some(Arc::new(move |_from: &libp2p::PeerId, bytes: &[u8]| {
                 let r = crate::sched::telemetry::SignedTelemetry::decode_verified(bytes)
                     .map_err(|e| format!("telemetry: {e}"))?;
+                let node = r.body().node;
+                if !scope.contains(&node) {
+                    return Err(format!(
+                        "telemetry of a node of shard {} on shard {}'s topic",
+                        scope.shards.of(&node),
+                        scope.shard
+                    ));
+                }
                 Ok(Box::new(r) as Box<dyn std::any::Any + Send>)
             }));
             let (client, events, event_loop) =
@@ -153,6 +177,7 @@ impl Node {
             mesh_tasks.push(tokio::spawn(crate::mesh_task::run(
                 crate::mesh_task::MeshTask {
                     own: key.public(),
+                    scope,
                     mesh: client.clone(),
                     events,
                     committed: committed_rx,
