@@ -147,6 +147,16 @@ fn parse_secs(v: &str) -> Result<u64, String> {
         .ok_or_else(|| format!("{v:?} is too long"))
 }
 
+/// The p50 and p99 of the nodes' catch-up times after the faults healed, seconds.
+fn caught_up(r: &Report) -> [f64; 2] {
+    let t = &r.caught_up_us;
+    let q = |p: usize| {
+        t.get((t.len() * p / 100).min(t.len().saturating_sub(1)))
+            .map_or(0.0, |us| *us as f64 / 1e6)
+    };
+    [q(50), q(99)]
+}
+
 /// Simulated node-minutes per second of wall time.
 fn peer_minutes_per_s(c: &Config, wall: Duration) -> f64 {
     c.peers as f64 * (c.fault_phase + c.recovery).as_secs_f64()
@@ -225,6 +235,7 @@ fn report_json(c: &Config, r: &Report, wall: Duration) -> serde_json::Value {
         "bytes_per_node": r.bytes as f64 / c.peers as f64,
         "entries": r.entries, "messages": r.messages, "bytes": r.bytes, "lost": r.lost,
         "events": r.events, "converged_after_s": r.converged_after.map(|d| d.as_secs_f64()),
+        "caught_up_s": {"nodes": r.caught_up_us.len(), "p50": caught_up(r)[0], "p99": caught_up(r)[1]},
         "violations": r.violations, "trace": hex::encode(r.trace),
         "wall_s": wall.as_secs_f64(),
         "events_per_s": r.events as f64 / wall.as_secs_f64().max(1e-9),
@@ -392,17 +403,21 @@ pub fn run_cmd(a: SimulateArgs) -> Result<ExitCode> {
             config.equivocators, report.forks, report.forks_noticed
         );
     }
+    let [p50, p99] = caught_up(&report);
     match report.converged_after {
         Some(d) => println!(
-            "converged:  every node holds every feed{} {:.2} s (virtual) after the faults healed",
+            "converged:  every node holds every feed{} {:.2} s (virtual) after the faults healed; each node caught up after p50 {p50:.2} s, p99 {p99:.2} s",
             if shards.count() > 1 {
                 " of its shard"
             } else {
                 ""
             },
-            d.as_secs_f64()
+            d.as_secs_f64(),
         ),
-        None => println!("converged:  no"),
+        None => println!(
+            "converged:  no ({} nodes caught up: p50 {p50:.2} s, p99 {p99:.2} s after the faults healed)",
+            report.caught_up_us.len()
+        ),
     }
     println!(
         "engine:     {} events in {:.2} s wall ({:.0} events/s; {:.0}x real time; {:.0} peers x minutes per s); peak memory {:.0} MiB; trace {}",

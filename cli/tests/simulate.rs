@@ -46,6 +46,11 @@ fn a_simulated_mesh_converges_replays_identically_and_reports_failures() {
     assert!(jobs["latency_ms"]["p99"].as_f64().unwrap() > 0.0, "{v}");
     assert!(stdout.contains("placement:"), "{stdout}");
     assert!(v["converged_after_s"].as_f64().is_some(), "{v}");
+    assert_eq!(v["caught_up_s"]["nodes"], 10, "{v}");
+    assert!(
+        v["caught_up_s"]["p99"].as_f64() <= v["converged_after_s"].as_f64(),
+        "{v}"
+    );
 
     // Most messages lost and no time to recover: the invariant fails, the exit code says so,
     // and the output gives the command that replays it.

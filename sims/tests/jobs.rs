@@ -190,7 +190,14 @@ fn a_sharded_fleet_places_jobs_and_replicates_within_each_shard_deterministicall
         300 + 4,
         "every node and joiner reports its runs"
     );
-    assert!(a.converged_after.is_some());
+    // Every live node caught up (3 left, 4 joined), none later than the whole mesh.
+    let converged = a.converged_after.expect("converged");
+    assert!(
+        (301..=304).contains(&a.caught_up_us.len()),
+        "{}",
+        a.caught_up_us.len()
+    );
+    assert!(a.caught_up_us.last().copied() <= Some(converged.as_micros() as u64));
     assert_eq!(a.progress.last().map(|p| p.1), Some(1000));
     // Same seed, same report and trace, however the shards were scheduled on threads.
     assert_eq!(run(&config), a);

@@ -173,17 +173,40 @@ impl Sim {
 
     /// Whether every node holds every other whole feed of its shard, with the owner's head.
     pub(super) fn converged(&self) -> bool {
-        self.nodes.iter().filter(|h| !h.left).all(|holder| {
-            self.shard_of(holder)
-                .filter(|o| o.forks.is_empty())
-                .all(|owner| {
-                    let want = self.target(owner);
-                    holder.held(&owner.key).map_or(want == 0, |es| {
-                        es.len() == want
-                            && es.last().copied() == want.checked_sub(1).map(|i| owner.own_ids[i])
-                    })
+        self.nodes
+            .iter()
+            .filter(|h| !h.left)
+            .all(|holder| self.holds_shard(holder))
+    }
+
+    /// Whether `holder` holds every whole feed of its shard (but forked ones), with the
+    /// owner's head.
+    pub(super) fn holds_shard(&self, holder: &Node) -> bool {
+        self.shard_of(holder)
+            .filter(|o| o.forks.is_empty())
+            .all(|owner| {
+                let want = self.target(owner);
+                holder.held(&owner.key).map_or(want == 0, |es| {
+                    es.len() == want
+                        && es.last().copied() == want.checked_sub(1).map(|i| owner.own_ids[i])
                 })
-        })
+            })
+    }
+
+    /// After the faults healed: notes, for each live node, when it last came to hold every
+    /// feed of its shard (a node that falls behind again, as runs still in flight append,
+    /// starts over).
+    pub(super) fn note_caught_up(&mut self, now: Duration) {
+        for n in 0..self.nodes.len() {
+            let node = &self.nodes[n];
+            let holds = !node.left && node.up && self.holds_shard(node);
+            let at = &mut self.caught_up[n];
+            match (holds, *at) {
+                (true, None) => *at = Some(now),
+                (false, Some(_)) => *at = None,
+                _ => {}
+            }
+        }
     }
 
     /// Of the entries live nodes should hold (every other feed of their shard, as far as it

@@ -300,6 +300,9 @@ pub struct Report {
     pub lost: u64,
     /// Virtual time from the end of the fault phase until every node held every feed.
     pub converged_after: Option<Duration>,
+    /// Each live node's catch-up time: how long after the faults healed it last came to hold
+    /// every feed of its shard, microseconds, sorted (nodes that never did are not in it).
+    pub caught_up_us: Vec<u64>,
     /// Invariants, by name, with what broke them.
     pub violations: Vec<String>,
     /// BLAKE3 over every event handled: equal for equal seeds.
@@ -725,6 +728,8 @@ struct Sim {
     append_gap_us: u64,
     /// The nodes that join, in order.
     joiners: Vec<plan::NodePlan>,
+    /// Per node, since when (after the faults healed) it holds every feed of its shard.
+    caught_up: Vec<Option<Duration>>,
 }
 
 impl Sim {
@@ -1605,6 +1610,7 @@ fn run_part(config: &Config, plan: plan::Plan, watch: &mut dyn FnMut(Progress)) 
             bytes: 0,
             lost: 0,
             converged_after: None,
+            caught_up_us: Vec::new(),
             violations: Vec::new(),
             trace: [0; 32],
             events: 0,
@@ -1627,6 +1633,7 @@ fn run_part(config: &Config, plan: plan::Plan, watch: &mut dyn FnMut(Progress)) 
         latencies: Vec::new(),
         append_gap_us: (1e6 / (config.appends_per_s as f64 * plan.share).max(1e-3)) as u64,
         joiners: plan.joins.iter().map(|(_, n)| n.clone()).collect(),
+        caught_up: vec![None; plan.nodes.len() + plan.joins.len()],
     };
     for a in 0..sim.nodes.len() {
         for b in sim.links[a].clone() {
@@ -1706,11 +1713,20 @@ fn run_part(config: &Config, plan: plan::Plan, watch: &mut dyn FnMut(Progress)) 
         // Convergence is checked every 50 ms of virtual time once the faults have healed.
         if now >= check && now >= fault_end && sim.report.converged_after.is_none() {
             check = now + Duration::from_millis(50);
+            sim.note_caught_up(now);
             if sim.idle() && sim.converged() && sim.nodes.iter().all(|n| n.up || n.left) {
                 sim.report.converged_after = Some(now - fault_end);
             }
         }
     }
+    let mut caught_up: Vec<u64> = sim
+        .caught_up
+        .iter()
+        .flatten()
+        .map(|t| t.saturating_sub(fault_end).as_micros() as u64)
+        .collect();
+    caught_up.sort_unstable();
+    sim.report.caught_up_us = caught_up;
     if sim.report.converged_after.is_none() {
         let mut missing = Vec::new();
         let mut replicas = 0;

@@ -225,6 +225,7 @@ pub(super) fn merge(parts: Vec<(u16, Part)>, sharded: bool) -> Report {
         bytes: 0,
         lost: 0,
         converged_after: Some(Duration::ZERO),
+        caught_up_us: Vec::new(),
         violations: Vec::new(),
         trace: [0; 32],
         events: 0,
@@ -249,6 +250,7 @@ pub(super) fn merge(parts: Vec<(u16, Part)>, sharded: bool) -> Report {
         r.forks_noticed += p.forks_noticed;
         r.forgeries += p.forgeries;
         r.forgeries_rejected += p.forgeries_rejected;
+        r.caught_up_us.extend(p.caught_up_us);
         r.converged_after = r
             .converged_after
             .zip(p.converged_after)
@@ -293,6 +295,7 @@ pub(super) fn merge(parts: Vec<(u16, Part)>, sharded: bool) -> Report {
         r.trace = *trace.finalize().as_bytes();
     }
     latencies.sort_unstable();
+    r.caught_up_us.sort_unstable();
     r.jobs.latency_us = percentiles(&latencies);
     r.jobs.latencies_us = latencies;
     let loads: Vec<u64> = r.jobs.runs_per_node.iter().map(|(_, n)| *n).collect();
