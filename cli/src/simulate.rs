@@ -222,7 +222,7 @@ fn report_json(c: &Config, r: &Report, wall: Duration) -> serde_json::Value {
         "recovery_s": c.recovery.as_secs_f64(), "appends_per_s": c.appends_per_s, "loss": c.loss,
         "partition": c.partition, "crashes": c.crashes, "jobs_per_s": c.jobs_per_s,
         "duplicate": c.duplicate, "clogged": c.clogged, "leaves": c.leaves, "joins": c.joins,
-        "equivocators": c.equivocators, "forks": r.forks, "forks_noticed": r.forks_noticed,
+        "equivocators": c.equivocators, "forks": r.forks, "forks_noticed": r.forks_noticed, "forks_proven": r.forks_proven,
         "forgers": c.forgers, "forgeries": r.forgeries, "forgeries_rejected": r.forgeries_rejected,
         "jobs": {
             "submitted": r.jobs.submitted, "completed": r.jobs.completed, "failed": r.jobs.failed,
@@ -399,8 +399,8 @@ pub fn run_cmd(a: SimulateArgs) -> Result<ExitCode> {
     }
     if config.equivocators > 0 {
         println!(
-            "byzantine:  {} equivocating node(s) signed {} forks; honest nodes reported {} conflicts about them",
-            config.equivocators, report.forks, report.forks_noticed
+            "byzantine:  {} equivocating node(s) signed {} forks; honest nodes reported {} conflicts about them and kept {} pieces of evidence that verify",
+            config.equivocators, report.forks, report.forks_noticed, report.forks_proven
         );
     }
     let [p50, p99] = caught_up(&report);

@@ -658,6 +658,49 @@ mod bad_peer {
     }
 
     #[test]
+    fn a_fork_from_an_equivocating_peer_is_kept_as_evidence_that_verifies_offline() {
+        let network = format!("ev{}", std::process::id());
+        let ta = TestDir::new();
+        let a = start(&ta, &mesh_env(&network));
+        let (rt, bad, key) = join(&network, &dial_addr(&a));
+        // Entry 0 of the bad peer's feed, then a second, different entry 0.
+        let body = |v: u64| fab_ledger::EntryBody::Unknown {
+            kind: 99,
+            value: ciborium::Value::Integer(v.into()),
+        };
+        let first = fab_ledger::FeedWriter::resume(key.clone(), 0, None).append(body(1), 1);
+        let second = fab_ledger::FeedWriter::resume(key.clone(), 0, None).append(body(2), 2);
+        let gossip =
+            |e: &fab_ledger::SignedEntry| fab_mesh::wire::GossipMsg::Entry(e.encode()).encode();
+        rt.block_on(publish_when_subscribed(|| bad.publish_raw(gossip(&first))));
+        let feed = key.public().peer_id();
+        wait_for(
+            "A to hold the bad peer's entry 0",
+            Duration::from_secs(20),
+            || feed_size(&a, &feed).is_some_and(|s| s.0 == 1),
+        );
+        rt.block_on(publish_when_subscribed(|| bad.publish_raw(gossip(&second))));
+        let proof = ta.path().join("evidence").join(format!("{feed}-0.json"));
+        wait_for("A to keep the evidence", Duration::from_secs(20), || {
+            proof.exists()
+        });
+        // Anyone can check it offline, with no node and no data dir.
+        let out = ta.run(&[
+            "ledger",
+            "verify-evidence",
+            proof.to_str().unwrap(),
+            "--json",
+        ]);
+        let (stdout, stderr) = text(&out);
+        assert!(out.status.success(), "{stdout}{stderr}");
+        let v: Value = serde_json::from_str(&stdout).unwrap();
+        assert_eq!(v["ok"], true);
+        assert_eq!(v["feed"], feed.as_str());
+        assert_eq!(v["at"], 0);
+        assert!(a.log().contains("evidence of a fork kept"), "{}", a.log());
+    }
+
+    #[test]
     fn forged_malformed_and_oversized_gossip_is_rejected_and_scored_down() {
         let network = format!("m{}", std::process::id());
         let (ta, tb) = (TestDir::new(), TestDir::new());

@@ -130,6 +130,14 @@ pub enum Output<P> {
         seq: u64,
         detail: String,
     },
+    /// Proof of a conflict anyone can check offline: two different entries the feed signed
+    /// for one position (the replica's head and another). Follows its `Conflict`; keep it
+    /// (`fab_ledger::evidence::Evidence::entries`).
+    Evidence {
+        feed: PublicKey,
+        held: Box<SignedEntry>,
+        other: Box<SignedEntry>,
+    },
 }
 
 #[derive(Clone, Debug)]
@@ -143,6 +151,8 @@ struct Feed<P> {
     known: u64,
     /// Signed time of the last stored entry.
     last_time_ms: Option<u64>,
+    /// The last entry stored since this core started (the evidence against a second one).
+    head: Option<SignedEntry>,
     /// Outstanding request: (peer, start, count, asked at).
     asked: Option<(P, u64, u64, Duration)>,
 }
@@ -206,6 +216,7 @@ impl<P: Clone + Ord + std::fmt::Debug> Replicator<P> {
                 pending: BTreeMap::new(),
                 known: size,
                 last_time_ms,
+                head: None,
                 asked: None,
             },
         );
@@ -242,6 +253,7 @@ impl<P: Clone + Ord + std::fmt::Debug> Replicator<P> {
                     pending: BTreeMap::new(),
                     known: 0,
                     last_time_ms: None,
+                    head: None,
                     asked: None,
                 },
             );
@@ -421,6 +433,13 @@ fn offer<P: Clone + Ord>(
                 seq,
                 detail: format!("a second, different entry {seq}"),
             }]);
+            if let Some(held) = f.head.clone() {
+                out.extend([Output::Evidence {
+                    feed: f.key,
+                    held: Box::new(held),
+                    other: Box::new(entry),
+                }]);
+            }
         }
         return;
     }
@@ -438,6 +457,7 @@ fn offer<P: Clone + Ord>(
             Ok(()) => {
                 f.tree.append(leaf_hash(&e.encode()));
                 f.last_time_ms = Some(e.body().time_ms);
+                f.head = Some(e.clone());
                 stored.push(e);
                 candidate = f.pending.remove(&f.verifier.next_seq());
             }

@@ -278,6 +278,20 @@ fn forks_and_bad_range_responses() {
             .any(|o| matches!(o, Output::Conflict { seq: 1, .. })),
         "{out:?}"
     );
+    // With the evidence: the held entry 1 and the fork, which verifies offline.
+    let proof = out
+        .iter()
+        .find_map(|o| match o {
+            Output::Evidence { feed, held, other } => {
+                assert_eq!(*feed, key.public());
+                assert_eq!((held.id(), other.id()), (es[1].id(), fork.id()));
+                Some(fab_ledger::evidence::Evidence::entries(held, other))
+            }
+            _ => None,
+        })
+        .expect("evidence of the fork");
+    let shown = proof.verify().unwrap();
+    assert_eq!((shown.feed, shown.at), (key.public(), 1));
     assert!(out.iter().any(
         |o| matches!(o, Output::Penalize { peer: 3, reason } if reason.contains("signature"))
     ));

@@ -47,6 +47,12 @@ pub fn api_addr_path(dir: &Path) -> PathBuf {
     dir.join(API_ADDR_FILE)
 }
 
+/// Where the node keeps evidence of peers' feeds signing conflicting entries: one
+/// `fabnode-evidence/v1` JSON file per conflict, `<peer id>-<seq>.json`.
+pub fn evidence_dir(dir: &Path) -> PathBuf {
+    dir.join("evidence")
+}
+
 /// Creates the data dir readable by its owner alone.
 pub fn create(dir: &Path) -> std::io::Result<()> {
     use std::os::unix::fs::DirBuilderExt;

@@ -104,6 +104,8 @@ pub struct MeshTask {
     pub own: PublicKey,
     /// This node's shard: the peers it replicates with.
     pub scope: fab_mesh::shard::Scope,
+    /// Where evidence of conflicting entries is written (`datadir::evidence_dir`).
+    pub evidence: std::path::PathBuf,
     pub mesh: MeshClient,
     pub events: mpsc::Receiver<MeshEvent>,
     /// This node's committed batches, to gossip.
@@ -126,6 +128,7 @@ pub async fn run(task: MeshTask) {
     let MeshTask {
         own,
         scope,
+        evidence,
         mesh,
         mut events,
         mut committed,
@@ -261,7 +264,7 @@ pub async fn run(task: MeshTask) {
                 flush(&mesh, &mut unsent, &gossiped).await;
             }
         }
-        apply(&mesh, &ledger, &mut outputs).await;
+        apply(&mesh, &ledger, &evidence, &mut outputs).await;
     }
 }
 
@@ -305,7 +308,32 @@ async fn serve(own: PublicKey, ledger: &LedgerClient, request: SyncRequest) -> S
     }
 }
 
-async fn apply(mesh: &MeshClient, ledger: &LedgerClient, outputs: &mut Vec<Output<PeerId>>) {
+/// Writes a proof once (a second copy of the same conflict is not rewritten).
+async fn write_evidence(
+    path: &std::path::Path,
+    proof: &fab_ledger::evidence::Evidence,
+) -> std::io::Result<()> {
+    let json = serde_json::to_vec_pretty(proof).map_err(std::io::Error::other)?;
+    let path = path.to_owned();
+    tokio::task::spawn_blocking(move || {
+        if path.exists() {
+            return Ok(());
+        }
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        std::fs::write(&path, json)
+    })
+    .await
+    .map_err(std::io::Error::other)?
+}
+
+async fn apply(
+    mesh: &MeshClient,
+    ledger: &LedgerClient,
+    evidence: &std::path::Path,
+    outputs: &mut Vec<Output<PeerId>>,
+) {
     for out in outputs.drain(..) {
         match out {
             Output::Store { feed, entries } => {
@@ -345,6 +373,19 @@ async fn apply(mesh: &MeshClient, ledger: &LedgerClient, outputs: &mut Vec<Outpu
             Output::Penalize { peer, reason } => tracing::warn!(%peer, %reason, "peer penalised"),
             Output::Conflict { feed, seq, detail } => {
                 tracing::warn!(feed = %feed, seq, %detail, "feed signed conflicting statements");
+            }
+            Output::Evidence { feed, held, other } => {
+                let seq = held.body().seq;
+                let path = evidence.join(format!("{}-{seq}.json", feed.peer_id()));
+                let proof = fab_ledger::evidence::Evidence::entries(&held, &other);
+                match write_evidence(&path, &proof).await {
+                    Ok(()) => {
+                        tracing::warn!(feed = %feed, seq, path = %path.display(), "evidence of a fork kept; check it with `fabnode ledger verify-evidence`")
+                    }
+                    Err(e) => {
+                        tracing::error!(feed = %feed, seq, error = %e, "could not keep evidence of a fork")
+                    }
+                }
             }
         }
     }

@@ -178,6 +178,7 @@ impl Node {
                 crate::mesh_task::MeshTask {
                     own: key.public(),
                     scope,
+                    evidence: datadir::evidence_dir(data_dir),
                     mesh: client.clone(),
                     events,
                     committed: committed_rx,

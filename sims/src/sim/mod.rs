@@ -312,9 +312,11 @@ pub struct Report {
     /// Replication over time: (virtual ms, permille of the entries live nodes should hold
     /// that they hold), every [`progress_every`].
     pub progress: Vec<(u64, u32)>,
-    /// Forks signed by equivocating nodes, and conflict reports honest nodes made about them.
+    /// Forks signed by equivocating nodes, conflict reports honest nodes made about them, and
+    /// pieces of evidence (two signed entries for one position) they kept that verify.
     pub forks: u64,
     pub forks_noticed: u64,
+    pub forks_proven: u64,
     /// Forged or malformed gossip messages sent, and deliveries of them that were rejected.
     pub forgeries: u64,
     pub forgeries_rejected: u64,
@@ -839,6 +841,24 @@ impl Sim {
                     "conflict reported by {node} on {} at {seq}: {detail}",
                     feed.peer_id()
                 )),
+                // The proof a node keeps must verify offline and name an equivocator.
+                Output::Evidence { feed, held, other } => {
+                    let proof = fab_ledger::evidence::Evidence::entries(&held, &other);
+                    let byzantine = self
+                        .index
+                        .get(&feed.to_bytes())
+                        .is_some_and(|&o| self.nodes[o].byzantine);
+                    match proof.verify() {
+                        Ok(e) if e.feed == feed && byzantine => self.report.forks_proven += 1,
+                        Ok(_) => self.report.violations.push(format!(
+                            "node {node} holds evidence against honest node {}",
+                            feed.peer_id()
+                        )),
+                        Err(e) => self.report.violations.push(format!(
+                            "node {node} holds evidence that does not verify: {e}"
+                        )),
+                    }
+                }
             }
         }
     }
@@ -1618,6 +1638,7 @@ fn run_part(config: &Config, plan: plan::Plan, watch: &mut dyn FnMut(Progress)) 
             progress: Vec::new(),
             forks: 0,
             forks_noticed: 0,
+            forks_proven: 0,
             forgeries: 0,
             forgeries_rejected: 0,
         },

@@ -233,6 +233,7 @@ pub(super) fn merge(parts: Vec<(u16, Part)>, sharded: bool) -> Report {
         progress: Vec::new(),
         forks: 0,
         forks_noticed: 0,
+        forks_proven: 0,
         forgeries: 0,
         forgeries_rejected: 0,
     };
@@ -248,6 +249,7 @@ pub(super) fn merge(parts: Vec<(u16, Part)>, sharded: bool) -> Report {
         r.events += p.events;
         r.forks += p.forks;
         r.forks_noticed += p.forks_noticed;
+        r.forks_proven += p.forks_proven;
         r.forgeries += p.forgeries;
         r.forgeries_rejected += p.forgeries_rejected;
         r.caught_up_us.extend(p.caught_up_us);
