@@ -292,7 +292,7 @@ impl Default for Config {
 }
 
 /// The outcome.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Report {
     pub entries: u64,
     pub messages: u64,
@@ -1624,24 +1624,7 @@ fn run_part(config: &Config, plan: plan::Plan, watch: &mut dyn FnMut(Progress)) 
         links,
         shard_links,
         fault_end,
-        report: Report {
-            entries: 0,
-            messages: 0,
-            bytes: 0,
-            lost: 0,
-            converged_after: None,
-            caught_up_us: Vec::new(),
-            violations: Vec::new(),
-            trace: [0; 32],
-            events: 0,
-            jobs: JobReport::default(),
-            progress: Vec::new(),
-            forks: 0,
-            forks_noticed: 0,
-            forks_proven: 0,
-            forgeries: 0,
-            forgeries_rejected: 0,
-        },
+        report: Report::default(),
         trace: blake3::Hasher::new(),
         verdicts: Default::default(),
         reports: Default::default(),

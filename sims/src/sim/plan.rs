@@ -220,22 +220,8 @@ pub(super) fn run_parts(
 /// One report from the parts', in shard order.
 pub(super) fn merge(parts: Vec<(u16, Part)>, sharded: bool) -> Report {
     let mut r = Report {
-        entries: 0,
-        messages: 0,
-        bytes: 0,
-        lost: 0,
         converged_after: Some(Duration::ZERO),
-        caught_up_us: Vec::new(),
-        violations: Vec::new(),
-        trace: [0; 32],
-        events: 0,
-        jobs: JobReport::default(),
-        progress: Vec::new(),
-        forks: 0,
-        forks_noticed: 0,
-        forks_proven: 0,
-        forgeries: 0,
-        forgeries_rejected: 0,
+        ..Report::default()
     };
     let mut trace = blake3::Hasher::new();
     let mut progress: Vec<(u64, u64, u64)> = Vec::new();
