@@ -10,6 +10,10 @@
 //! first acceptance; IHAVE/IWANT from a message cache; duplicates dropped by message id before
 //! validation. Catch-up (heads every few seconds, ranges on demand) repairs the rest. A
 //! crashed node keeps what it had stored and nothing in flight.
+//!
+//! A fleet with more than one shard (`mesh.shards`) is as many independent meshes: the run is
+//! drawn as one plan, split by shard and simulated part by part on the machine's cores
+//! (`plan`), then merged into one report.
 
 mod checks;
 mod gossip;
