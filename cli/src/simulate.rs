@@ -215,6 +215,7 @@ pub fn resolve(a: &SimulateArgs) -> Result<Config> {
 }
 
 fn report_json(c: &Config, r: &Report, wall: Duration) -> serde_json::Value {
+    let caught = caught_up(r);
     json!({
         "seed": c.seed, "peers": c.peers, "shards": c.shards().count(),
         "telemetry_every_ms": c.telemetry_every.as_millis() as u64,
@@ -235,7 +236,7 @@ fn report_json(c: &Config, r: &Report, wall: Duration) -> serde_json::Value {
         "bytes_per_node": r.bytes as f64 / c.peers as f64,
         "entries": r.entries, "messages": r.messages, "bytes": r.bytes, "lost": r.lost,
         "events": r.events, "converged_after_s": r.converged_after.map(|d| d.as_secs_f64()),
-        "caught_up_s": {"nodes": r.caught_up_us.len(), "p50": caught_up(r)[0], "p99": caught_up(r)[1]},
+        "caught_up_s": {"nodes": r.caught_up_us.len(), "p50": caught[0], "p99": caught[1]},
         "violations": r.violations, "trace": hex::encode(r.trace),
         "wall_s": wall.as_secs_f64(),
         "events_per_s": r.events as f64 / wall.as_secs_f64().max(1e-9),

@@ -25,7 +25,7 @@ use crate::exec::{
     EXEC_PROTOCOL, EXEC_REQUEST_BYTES_MAX, EXEC_RESPONSE_BYTES_MAX, ExecRequest, ExecResponse,
 };
 use crate::shard::{Scope, Shards};
-use crate::validate::{Valid, Verdict, validate};
+use crate::validate::{Valid, Verdict, validate_in};
 use crate::wire::{
     GOSSIP_BYTES_MAX, GossipMsg, SYNC_PROTOCOL, SYNC_REQUEST_BYTES_MAX, SYNC_RESPONSE_BYTES_MAX,
     SyncRequest, SyncResponse, TELEMETRY_BYTES_MAX,
@@ -420,15 +420,6 @@ pub struct EventLoop {
     provided_at: Option<tokio::time::Instant>,
     looked_at: Option<tokio::time::Instant>,
     look_gap: Duration,
-}
-
-/// The feed a validated gossip message belongs to.
-fn valid_feed(valid: &Valid) -> Option<fab_ledger::PublicKey> {
-    match valid {
-        Valid::Entry(e) => Some(e.body().feed),
-        Valid::Entries(es) => es.first().map(|e| e.body().feed),
-        Valid::Checkpoint { feed, .. } => Some(*feed),
-    }
 }
 
 /// The public key a peer id names (fabnode peer ids are ed25519 identity hashes).
@@ -982,19 +973,7 @@ impl EventLoop {
                     self.telemetry(propagation_source, message_id, message);
                     return;
                 }
-                let verdict = match validate(&self.network, &message.data) {
-                    Verdict::Accept(valid)
-                        if let Some(feed) = valid_feed(&valid)
-                            && !self.scope.contains(&feed) =>
-                    {
-                        Verdict::Reject(format!(
-                            "a feed of shard {} on shard {}'s topic",
-                            self.scope.shards.of(&feed),
-                            self.scope.shard
-                        ))
-                    }
-                    v => v,
-                };
+                let verdict = validate_in(&self.network, &self.scope, &message.data);
                 let gs = &mut self.swarm.behaviour_mut().gossipsub;
                 match verdict {
                     Verdict::Accept(valid) => {

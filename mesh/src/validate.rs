@@ -4,6 +4,7 @@
 use fab_ledger::checkpoint::Checkpoint;
 use fab_ledger::{PublicKey, SignedEntry};
 
+use crate::shard::Scope;
 use crate::wire::GossipMsg;
 
 /// A message that passed every check.
@@ -16,6 +17,17 @@ pub enum Valid {
         feed: PublicKey,
         checkpoint: Checkpoint,
     },
+}
+
+impl Valid {
+    /// The feed the message belongs to.
+    pub fn feed(&self) -> Option<PublicKey> {
+        match self {
+            Valid::Entry(e) => Some(e.body().feed),
+            Valid::Entries(es) => es.first().map(|e| e.body().feed),
+            Valid::Checkpoint { feed, .. } => Some(*feed),
+        }
+    }
 }
 
 /// The verdict on one gossip message.
@@ -33,6 +45,28 @@ pub enum Verdict {
 /// consecutive run. A batch's signatures are checked together
 /// ([`fab_ledger::entry::decode_verified_many`]); one bad entry rejects the whole message.
 pub fn validate(network: &str, payload: &[u8]) -> Verdict {
+    validate_in(network, &Scope::ALL, payload)
+}
+
+/// [`validate`] on the ledger topic of `scope`'s shard: a message about a feed of another
+/// shard does not belong there and is rejected too.
+pub fn validate_in(network: &str, scope: &Scope, payload: &[u8]) -> Verdict {
+    match check(network, payload) {
+        Verdict::Accept(valid)
+            if let Some(feed) = valid.feed()
+                && !scope.contains(&feed) =>
+        {
+            Verdict::Reject(format!(
+                "a feed of shard {} on shard {}'s topic",
+                scope.shards.of(&feed),
+                scope.shard
+            ))
+        }
+        v => v,
+    }
+}
+
+fn check(network: &str, payload: &[u8]) -> Verdict {
     let msg = match GossipMsg::decode(payload) {
         Ok(m) => m,
         Err(e) => return Verdict::Reject(e.to_string()),
@@ -228,6 +262,27 @@ mod tests {
         let packed = GossipMsg::pack(big.iter().cloned().map(GossipMsg::Entry));
         assert!(packed.iter().all(|m| m.encode().len() <= GOSSIP_BYTES_MAX));
         assert_eq!(packed.len(), 3);
+    }
+
+    #[test]
+    fn a_feed_of_another_shard_is_refused_on_a_shards_topic() {
+        use crate::shard::Shards;
+        let shards = Shards::new(2).unwrap();
+        let keys: Vec<Keypair> = (1..=64u8).map(|i| Keypair::from_secret([i; 32])).collect();
+        let scope = Scope::of(shards, &keys[0].public());
+        let other = keys.iter().find(|k| !scope.contains(&k.public())).unwrap();
+        let mine = GossipMsg::Entry(entry(&keys[0]).encode()).encode();
+        let theirs = GossipMsg::Entry(entry(other).encode()).encode();
+        assert!(matches!(
+            validate_in("lab", &scope, &mine),
+            Verdict::Accept(_)
+        ));
+        assert!(matches!(
+            validate_in("lab", &scope, &theirs),
+            Verdict::Reject(r) if r.contains("on shard")
+        ));
+        // Unsharded, both are fine.
+        assert!(matches!(validate("lab", &theirs), Verdict::Accept(_)));
     }
 
     #[test]

@@ -135,9 +135,9 @@ impl Sim {
     /// below D_lo and trimmed to D when above D_hi; ids from the last few heartbeats go as
     /// IHAVE to D_lazy connected peers outside the mesh; the message cache shifts.
     pub(super) fn heartbeat(&mut self, n: usize) {
-        let live: Vec<usize> = self
-            .gossip_peers(n)
-            .into_iter()
+        let live: Vec<usize> = self.shard_links[n]
+            .iter()
+            .copied()
             .filter(|p| self.nodes[*p].up)
             .collect();
         let node = &mut self.nodes[n];

@@ -28,7 +28,7 @@ use fab_ledger::{ContentId, EntryBody, FeedWriter, Keypair, PublicKey, SignedEnt
 use fab_mesh::replicate::{Input, Output, ReplicateConfig, Replicator};
 use fab_mesh::shard::Scope;
 pub use fab_mesh::shard::Shards;
-use fab_mesh::validate::{Valid, Verdict, validate};
+use fab_mesh::validate::{Valid, Verdict, validate_in};
 use fab_mesh::wire::GossipMsg;
 
 use fab_node::sched::auction::{self, Auction, AuctionConfig, Candidate, Submission};
@@ -1013,10 +1013,16 @@ impl Sim {
                         if !self.nodes[to].first_sight(id, now) {
                             return; // a duplicate, dropped before validation
                         }
+                        // Every node of a run (or of a sharded run's part) is of one shard, so
+                        // the verdict is the same for each.
+                        let scope = Scope {
+                            shards: self.config.shards(),
+                            shard: self.nodes[to].shard,
+                        };
                         let verdict = self
                             .verdicts
                             .entry(id)
-                            .or_insert_with(|| match validate(NETWORK, &payload.bytes) {
+                            .or_insert_with(|| match validate_in(NETWORK, &scope, &payload.bytes) {
                                 Verdict::Accept(v) => Ok(*v),
                                 Verdict::Reject(reason) => Err(reason),
                             })
@@ -1291,10 +1297,9 @@ impl Sim {
     /// every live member), as the node's discovery looks for its shard's members.
     fn redial(&mut self, n: usize) {
         let live = |s: &Self, p: usize| s.nodes[p].up && !s.nodes[p].left;
-        let mut have = self
-            .gossip_peers(n)
-            .into_iter()
-            .filter(|p| live(self, *p))
+        let mut have = self.shard_links[n]
+            .iter()
+            .filter(|p| live(self, **p))
             .count();
         if have >= self.config.degree {
             return;
