@@ -12,11 +12,10 @@ use fab_ledger::merkle::{
 };
 
 fn vectors() -> PathBuf {
-    let dir =
-        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/vectors/merkle/testdata");
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/vectors/merkle/testdata");
     assert!(
         dir.is_dir(),
-        "RFC 9162 vectors not found at {}: the tests read the shared/ folder beside the checkout",
+        "RFC 9162 vectors not found at {} (they are committed with the repository)",
         dir.display()
     );
     dir
