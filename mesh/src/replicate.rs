@@ -40,12 +40,22 @@ use fab_ledger::{PublicKey, SignedEntry};
 pub struct ReplicateConfig {
     /// Out-of-order entries kept per feed while a gap is fetched.
     pub pending_max: usize,
+    /// Bytes of out-of-order entries kept across all feeds (signed bytes): beyond it, entries
+    /// that arrive ahead of their feed's chain are dropped and fetched again in order.
+    pub pending_bytes_max: usize,
     /// Most entries asked for in one range request.
     pub range_max: u64,
     /// How long a range request may stay unanswered before it is asked again.
     pub request_timeout: Duration,
     /// Feeds followed at most.
     pub feeds_max: usize,
+    /// Of those, feeds with no entry stored yet (known only from a peer's claim) at most: a
+    /// new one evicts the one untouched longest, so a flood of claims about fresh keys can
+    /// neither grow memory nor push out a feed that has entries.
+    pub empty_feeds_max: usize,
+    /// Pieces of evidence (conflicting positions) emitted per feed at most; each position
+    /// once.
+    pub evidence_per_feed_max: usize,
     /// How often connected peers are asked for their heads.
     pub heads_every: Duration,
     /// How many peers are asked each round.
@@ -59,9 +69,12 @@ impl Default for ReplicateConfig {
     fn default() -> Self {
         ReplicateConfig {
             pending_max: 1024,
+            pending_bytes_max: 16 << 20,
             range_max: 512,
             request_timeout: Duration::from_secs(2),
             feeds_max: 10_000,
+            empty_feeds_max: 1024,
+            evidence_per_feed_max: 16,
             heads_every: Duration::from_secs(3),
             heads_peers: 2,
             scope: crate::shard::Scope::ALL,
@@ -155,6 +168,33 @@ struct Feed<P> {
     head: Option<SignedEntry>,
     /// Outstanding request: (peer, start, count, asked at).
     asked: Option<(P, u64, u64, Duration)>,
+    /// When an input last named this feed (eviction of empty feeds).
+    touched: Duration,
+    /// Positions whose conflict was already reported (at most `evidence_per_feed_max`).
+    conflicts: BTreeSet<u64>,
+}
+
+impl<P> Feed<P> {
+    fn new(key: PublicKey, verifier: FeedVerifier, tree: Frontier, now: Duration) -> Self {
+        Feed {
+            key,
+            verifier,
+            tree,
+            trusted: None,
+            pending: BTreeMap::new(),
+            known: 0,
+            last_time_ms: None,
+            head: None,
+            asked: None,
+            touched: now,
+            conflicts: BTreeSet::new(),
+        }
+    }
+}
+
+/// Bytes an out-of-order entry costs the pending budget.
+fn pending_cost(e: &SignedEntry) -> usize {
+    e.signed_bytes().len() + 64
 }
 
 /// The replication state of every followed feed.
@@ -167,6 +207,8 @@ pub struct Replicator<P> {
     peers: BTreeSet<P>,
     heads_turn: usize,
     last_heads: Option<Duration>,
+    /// Bytes of out-of-order entries held across every feed.
+    pending_bytes: usize,
 }
 
 /// Where a feed's replica stands.
@@ -191,7 +233,13 @@ impl<P: Clone + Ord + std::fmt::Debug> Replicator<P> {
             peers: BTreeSet::new(),
             heads_turn: 0,
             last_heads: None,
+            pending_bytes: 0,
         }
+    }
+
+    /// Bytes of out-of-order entries held now, across every feed.
+    pub fn pending_bytes(&self) -> usize {
+        self.pending_bytes
     }
 
     /// Follows `feed` from where the local store stands: `size` entries with head id `head`,
@@ -206,20 +254,18 @@ impl<P: Clone + Ord + std::fmt::Debug> Replicator<P> {
         tree: Frontier,
         trusted: Option<Checkpoint>,
     ) {
-        self.feeds.insert(
-            feed.to_bytes(),
-            Feed {
-                key: feed,
-                verifier: FeedVerifier::resume(feed, size, head),
-                tree,
-                trusted,
-                pending: BTreeMap::new(),
-                known: size,
-                last_time_ms,
-                head: None,
-                asked: None,
-            },
+        let mut f = Feed::new(
+            feed,
+            FeedVerifier::resume(feed, size, head),
+            tree,
+            Duration::ZERO,
         );
+        f.trusted = trusted;
+        f.known = size;
+        f.last_time_ms = last_time_ms;
+        if let Some(old) = self.feeds.insert(feed.to_bytes(), f) {
+            self.pending_bytes -= old.pending.values().map(pending_cost).sum::<usize>();
+        }
     }
 
     /// Every followed feed's position, in key order.
@@ -237,28 +283,37 @@ impl<P: Clone + Ord + std::fmt::Debug> Replicator<P> {
             .collect()
     }
 
-    fn feed(&mut self, key: PublicKey) -> Option<&mut Feed<P>> {
+    /// The feed `key`, followed from now on if it is not yet and a bound allows.
+    fn feed(&mut self, key: PublicKey, now: Duration) -> Option<&mut Feed<P>> {
         let k = key.to_bytes();
         if !self.feeds.contains_key(&k) {
-            if self.feeds.len() >= self.config.feeds_max || !self.config.scope.contains(&key) {
+            if !self.config.scope.contains(&key) {
                 return None;
+            }
+            let empty: Vec<([u8; 32], Duration)> = self
+                .feeds
+                .iter()
+                .filter(|(_, f)| f.verifier.next_seq() == 0)
+                .map(|(k, f)| (*k, f.touched))
+                .collect();
+            if empty.len() >= self.config.empty_feeds_max
+                || self.feeds.len() >= self.config.feeds_max
+            {
+                // Make room by forgetting the empty feed untouched longest (ties: lowest key);
+                // a feed with entries is never evicted.
+                let (victim, _) = empty.iter().min_by_key(|(k, t)| (*t, *k))?;
+                if let Some(old) = self.feeds.remove(victim) {
+                    self.pending_bytes -= old.pending.values().map(pending_cost).sum::<usize>();
+                }
             }
             self.feeds.insert(
                 k,
-                Feed {
-                    key,
-                    verifier: FeedVerifier::new(key),
-                    tree: Frontier::new(),
-                    trusted: None,
-                    pending: BTreeMap::new(),
-                    known: 0,
-                    last_time_ms: None,
-                    head: None,
-                    asked: None,
-                },
+                Feed::new(key, FeedVerifier::new(key), Frontier::new(), now),
             );
         }
-        self.feeds.get_mut(&k)
+        let f = self.feeds.get_mut(&k)?;
+        f.touched = now;
+        Some(f)
     }
 
     pub fn handle(&mut self, input: Input<P>, now: Duration, out: &mut impl Extend<Output<P>>) {
@@ -266,17 +321,19 @@ impl<P: Clone + Ord + std::fmt::Debug> Replicator<P> {
         match input {
             Input::Entry { from, entry } => {
                 let key = entry.body().feed;
-                if let Some(f) = self.feed(key) {
+                let mut budget = self.pending_bytes;
+                if let Some(f) = self.feed(key, now) {
                     f.known = f.known.max(entry.body().seq.saturating_add(1));
-                    offer(f, &config, from, entry, now, out);
+                    offer(f, &config, &mut budget, from, entry, now, out);
                 }
+                self.pending_bytes = budget;
             }
             Input::Checkpoint {
                 from,
                 feed,
                 checkpoint,
             } => {
-                if let Some(f) = self.feed(feed) {
+                if let Some(f) = self.feed(feed, now) {
                     f.known = f.known.max(checkpoint.size);
                     let size = f.verifier.next_seq();
                     if checkpoint.size == size && size > 0 {
@@ -299,7 +356,7 @@ impl<P: Clone + Ord + std::fmt::Debug> Replicator<P> {
             }
             Input::Heads { from, heads } => {
                 for (feed, their_size) in heads {
-                    if let Some(f) = self.feed(feed) {
+                    if let Some(f) = self.feed(feed, now) {
                         f.known = f.known.max(their_size);
                         if their_size > f.verifier.next_seq() {
                             ask(f, &config, from.clone(), their_size, now, out);
@@ -313,7 +370,10 @@ impl<P: Clone + Ord + std::fmt::Debug> Replicator<P> {
                 start,
                 entries,
             } => {
-                let Some(f) = self.feed(feed) else { return };
+                let mut budget = self.pending_bytes;
+                let Some(f) = self.feed(feed, now) else {
+                    return;
+                };
                 if f.asked
                     .as_ref()
                     .is_some_and(|(p, s, _, _)| *p == from && *s == start)
@@ -331,23 +391,29 @@ impl<P: Clone + Ord + std::fmt::Debug> Replicator<P> {
                             .collect();
                         (
                             before,
-                            Some(format!("range entry {}: {e}", start + i as u64)),
+                            Some(format!(
+                                "range entry {}: {e}",
+                                start.saturating_add(i as u64)
+                            )),
                         )
                     }
                 };
                 for (i, e) in good.into_iter().enumerate() {
-                    let seq = start + i as u64;
-                    if e.body().feed != feed || e.body().seq != seq {
+                    // Checked: a range claimed to start near u64::MAX has no position past it.
+                    let seq = start.checked_add(i as u64);
+                    if e.body().feed != feed || Some(e.body().seq) != seq {
                         out.extend([Output::Penalize {
                             peer: from,
                             reason: format!(
-                                "range entry {seq} is not entry {seq} of the feed asked for"
+                                "range entry #{i} from {start} is not that entry of the feed asked for"
                             ),
                         }]);
+                        self.pending_bytes = budget;
                         return;
                     }
-                    offer(f, &config, from.clone(), e, now, out);
+                    offer(f, &config, &mut budget, from.clone(), e, now, out);
                 }
+                self.pending_bytes = budget;
                 if let Some(reason) = bad {
                     out.extend([Output::Penalize { peer: from, reason }]);
                 }
@@ -415,10 +481,12 @@ impl<P: Clone + Ord + std::fmt::Debug> Replicator<P> {
     }
 }
 
-/// Offers one signature-checked entry to a feed's replica.
+/// Offers one signature-checked entry to a feed's replica; `pending_bytes` is the budget of
+/// out-of-order entries held across every feed.
 fn offer<P: Clone + Ord>(
     f: &mut Feed<P>,
     config: &ReplicateConfig,
+    pending_bytes: &mut usize,
     from: P,
     entry: SignedEntry,
     now: Duration,
@@ -427,7 +495,14 @@ fn offer<P: Clone + Ord>(
     let seq = entry.body().seq;
     let next = f.verifier.next_seq();
     if seq < next {
-        if seq + 1 == next && f.verifier.head() != Some(entry.id()) {
+        // A second entry for the head's position: reported once per position, and at most
+        // `evidence_per_feed_max` positions per feed, however many copies arrive.
+        if seq.checked_add(1) == Some(next)
+            && f.verifier.head() != Some(entry.id())
+            && !f.conflicts.contains(&seq)
+            && f.conflicts.len() < config.evidence_per_feed_max
+        {
+            f.conflicts.insert(seq);
             out.extend([Output::Conflict {
                 feed: f.key,
                 seq,
@@ -444,7 +519,12 @@ fn offer<P: Clone + Ord>(
         return;
     }
     if seq > next {
-        if f.pending.len() < config.pending_max {
+        let cost = pending_cost(&entry);
+        if f.pending.len() < config.pending_max
+            && !f.pending.contains_key(&seq)
+            && pending_bytes.saturating_add(cost) <= config.pending_bytes_max
+        {
+            *pending_bytes += cost;
             f.pending.insert(seq, entry);
         }
         ask(f, config, from, seq, now, out);
@@ -460,6 +540,9 @@ fn offer<P: Clone + Ord>(
                 f.head = Some(e.clone());
                 stored.push(e);
                 candidate = f.pending.remove(&f.verifier.next_seq());
+                if let Some(c) = &candidate {
+                    *pending_bytes -= pending_cost(c);
+                }
             }
             Err(err) => {
                 out.extend([Output::Conflict {
@@ -473,10 +556,16 @@ fn offer<P: Clone + Ord>(
     }
     // Drop anything the chain has moved past.
     let next = f.verifier.next_seq();
-    f.pending.retain(|s, _| *s >= next);
+    f.pending.retain(|s, e| {
+        let keep = *s >= next;
+        if !keep {
+            *pending_bytes -= pending_cost(e);
+        }
+        keep
+    });
     if f.asked
         .as_ref()
-        .is_some_and(|(_, start, count, _)| start + count <= next)
+        .is_some_and(|(_, start, count, _)| start.saturating_add(*count) <= next)
     {
         f.asked = None;
     }

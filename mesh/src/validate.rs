@@ -81,7 +81,9 @@ fn check(network: &str, payload: &[u8]) -> Verdict {
                 let run = entries.first().is_some_and(|first| {
                     let first = first.body();
                     entries.iter().enumerate().all(|(i, e)| {
-                        e.body().feed == first.feed && e.body().seq == first.seq + i as u64
+                        // Checked: [u64::MAX, 0] is not a run.
+                        e.body().feed == first.feed
+                            && first.seq.checked_add(i as u64) == Some(e.body().seq)
                     })
                 });
                 if run {
@@ -160,6 +162,30 @@ mod tests {
         }
         .encode();
         assert!(matches!(validate("lab", &wrong_feed), Verdict::Reject(_)));
+    }
+
+    #[test]
+    fn a_batch_that_wraps_around_the_sequence_space_is_not_a_run() {
+        let key = Keypair::from_secret([3; 32]);
+        let body = || EntryBody::Unknown {
+            kind: 99,
+            value: ciborium::Value::Array(vec![]),
+        };
+        let last = Signed::sign(
+            fab_ledger::entry::Entry {
+                feed: key.public(),
+                seq: u64::MAX,
+                prev: Some(fab_ledger::ContentId([7; 32])),
+                body: body(),
+                time_ms: 1,
+            },
+            &key,
+        );
+        let first = FeedWriter::resume(key.clone(), 0, None).append(body(), 1);
+        let msg = GossipMsg::Entries(vec![last.encode(), first.encode()]).encode();
+        assert!(
+            matches!(validate("lab", &msg), Verdict::Reject(r) if r.contains("not consecutive"))
+        );
     }
 
     fn feed(key: &Keypair, n: usize) -> Vec<Vec<u8>> {

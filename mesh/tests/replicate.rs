@@ -500,3 +500,125 @@ fn a_sharded_node_follows_only_the_feeds_of_its_shard() {
     assert!(heads.contains(&format!("{:?}", inside.public())));
     assert!(!heads.contains(&format!("{:?}", outside.public())));
 }
+
+#[test]
+fn a_range_claimed_at_the_end_of_the_sequence_space_is_refused_without_overflow() {
+    let (a, es) = feed(1, 2);
+    // Entries 0 and 1, claimed to start at u64::MAX: positions past the end do not exist.
+    let inputs = vec![(
+        Input::Range {
+            from: 9,
+            feed: a.public(),
+            start: u64::MAX,
+            entries: es.iter().map(SignedEntry::encode).collect(),
+        },
+        0,
+    )];
+    let out = twice(inputs, ReplicateConfig::default());
+    assert!(
+        matches!(&out[..], [Output::Penalize { peer: 9, .. }]),
+        "{out:?}"
+    );
+}
+
+#[test]
+fn out_of_order_entries_share_one_memory_budget_across_feeds() {
+    // Twenty feeds, each with entries 1..=20 arriving before entry 0.
+    let feeds: Vec<_> = (1..=20u8).map(|s| feed(s, 21)).collect();
+    let one = feeds[0].1[5].signed_bytes().len() + 64;
+    let config = ReplicateConfig {
+        pending_bytes_max: one * 50,
+        ..Default::default()
+    };
+    let mut r = Replicator::<Peer>::new(config.clone());
+    let mut out = Vec::new();
+    for (_, es) in &feeds {
+        for e in &es[1..] {
+            r.handle(entry(9, e), Duration::ZERO, &mut out);
+        }
+    }
+    assert!(
+        r.pending_bytes() <= config.pending_bytes_max,
+        "{} > {}",
+        r.pending_bytes(),
+        config.pending_bytes_max
+    );
+    let held: usize = r.heads().iter().map(|h| h.pending).sum();
+    assert!((45..=50).contains(&held), "{held} entries held");
+    // As the gaps fill, the budget is given back, and the entries that were dropped are
+    // fetched again in order.
+    for (_, es) in &feeds {
+        r.handle(entry(9, &es[0]), Duration::ZERO, &mut out);
+    }
+    assert_eq!(r.pending_bytes(), 0);
+    assert_eq!(r.heads().iter().map(|h| h.pending).sum::<usize>(), 0);
+}
+
+#[test]
+fn claims_about_fresh_feeds_cannot_grow_memory_or_evict_a_feed_with_entries() {
+    let (a, es) = feed(1, 3);
+    let config = ReplicateConfig {
+        empty_feeds_max: 10,
+        feeds_max: 100,
+        ..Default::default()
+    };
+    let mut inputs: Vec<(Input<Peer>, u64)> = es.iter().map(|e| (entry(1, e), 0)).collect();
+    // A peer names 1,000 fresh keys, 50 per heads answer.
+    for round in 0..20u64 {
+        let heads = (0..50u64)
+            .map(|i| {
+                let mut secret = [0u8; 32];
+                secret[..8].copy_from_slice(&(round * 50 + i + 1000).to_le_bytes());
+                (Keypair::from_secret(secret).public(), 5)
+            })
+            .collect();
+        inputs.push((Input::Heads { from: 9, heads }, round + 1));
+    }
+    let mut r = Replicator::<Peer>::new(config);
+    let mut out = Vec::new();
+    for (input, ms) in inputs {
+        r.handle(input, Duration::from_millis(ms), &mut out);
+    }
+    let heads = r.heads();
+    assert!(heads.len() <= 11, "{} feeds followed", heads.len());
+    let kept = heads
+        .iter()
+        .find(|h| h.feed == a.public())
+        .expect("A is still followed");
+    assert_eq!(kept.size, 3);
+}
+
+#[test]
+fn a_fork_is_reported_once_per_position_and_at_most_so_often_per_feed() {
+    let (key, es) = feed(1, 1);
+    let fork = |v: u64| {
+        FeedWriter::resume(key.clone(), 0, None).append(
+            EntryBody::Unknown {
+                kind: 8,
+                value: ciborium::Value::Integer(v.into()),
+            },
+            v,
+        )
+    };
+    let mut inputs = vec![(entry(1, &es[0]), 0)];
+    // The same second entry 0 from many peers, then many different ones.
+    let other = fork(1);
+    inputs.extend((0..10).map(|p| (entry(p, &other), 1)));
+    inputs.extend((2..40).map(|v| (entry(2, &fork(v)), 2)));
+    let out = twice(
+        inputs,
+        ReplicateConfig {
+            evidence_per_feed_max: 4,
+            ..Default::default()
+        },
+    );
+    let evidence = out
+        .iter()
+        .filter(|o| matches!(o, Output::Evidence { .. }))
+        .count();
+    let conflicts = out
+        .iter()
+        .filter(|o| matches!(o, Output::Conflict { .. }))
+        .count();
+    assert_eq!((evidence, conflicts), (1, 1), "{out:?}");
+}
