@@ -32,11 +32,27 @@ pub fn api_base(
     }
 }
 
+/// The API token a client sends: `FABNODE_API_TOKEN`, else the data dir's `api.token`, else
+/// none (a loopback node without a token).
+pub fn api_token(data_dir: &Path) -> Result<Option<fab_node::api::token::ApiToken>> {
+    use fab_node::api::token::ApiToken;
+    if let Ok(raw) = std::env::var("FABNODE_API_TOKEN")
+        && !raw.trim().is_empty()
+    {
+        return ApiToken::parse(&raw)
+            .map(Some)
+            .ok_or_else(|| anyhow!("FABNODE_API_TOKEN is not an API token (64 hex digits)"));
+    }
+    Ok(ApiToken::load(data_dir)?)
+}
+
 /// A blocking API client.
 #[derive(Debug, Clone)]
 pub struct Client {
     base: String,
     agent: ureq::Agent,
+    /// `Authorization: Bearer` value, when the node has a token.
+    bearer: Option<String>,
 }
 
 impl Client {
@@ -51,7 +67,17 @@ impl Client {
             .timeout_global(Some(timeout))
             .build()
             .new_agent();
-        Client { base, agent }
+        Client {
+            base,
+            agent,
+            bearer: None,
+        }
+    }
+
+    /// Sends `token` with every request.
+    pub fn with_token(mut self, token: Option<fab_node::api::token::ApiToken>) -> Self {
+        self.bearer = token.map(|t| format!("Bearer {}", t.as_str()));
+        self
     }
 
     fn handle(
@@ -80,15 +106,20 @@ impl Client {
 
     pub fn get(&self, path: &str) -> Result<(u16, Value)> {
         let url = format!("{}{path}", self.base);
-        self.handle(&format!("GET {path}"), self.agent.get(&url).call())
+        let mut req = self.agent.get(&url);
+        if let Some(b) = &self.bearer {
+            req = req.header("authorization", b);
+        }
+        self.handle(&format!("GET {path}"), req.call())
     }
 
     pub fn post(&self, path: &str, body: &Value) -> Result<(u16, Value)> {
         let url = format!("{}{path}", self.base);
-        self.handle(
-            &format!("POST {path}"),
-            self.agent.post(&url).send_json(body),
-        )
+        let mut req = self.agent.post(&url);
+        if let Some(b) = &self.bearer {
+            req = req.header("authorization", b);
+        }
+        self.handle(&format!("POST {path}"), req.send_json(body))
     }
 }
 

@@ -31,6 +31,27 @@ pub enum KeysCmd {
     },
 }
 
+/// The control API's bearer token, `<data dir>/api.token` (mode 0600). While it exists, every
+/// API request must carry `Authorization: Bearer <token>`; the CLI sends it by itself (from
+/// the data dir, or FABNODE_API_TOKEN when the node runs elsewhere). A node listens beyond
+/// loopback (api.listen) only with a token.
+#[derive(Debug, Subcommand)]
+pub enum ApiTokenCmd {
+    /// Create the token if there is none (restart the node to use it)
+    Init {
+        /// Replace an existing token (clients holding the old one are refused)
+        #[arg(long)]
+        force: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print the token, for clients on other machines (FABNODE_API_TOKEN)
+    Show {
+        #[arg(long)]
+        json: bool,
+    },
+}
+
 #[derive(Debug, Subcommand)]
 pub enum ConfigCmd {
     /// Print the effective configuration (file, then FABNODE_* environment, then defaults)
@@ -214,6 +235,15 @@ pub enum LedgerCmd {
 /// Largest input file the CLI reads.
 const INPUT_FILE_BYTES_MAX: usize = 256 << 20;
 
+/// A client for the node's API: its address and token from flags, environment or data dir.
+fn api_client(g: &Global, config: &Config, timeout: Duration) -> Result<Client> {
+    let dir = data_dir(g);
+    Ok(
+        Client::new(api_base(g.api.as_deref(), &dir, config.api.listen), timeout)
+            .with_token(crate::client::api_token(&dir)?),
+    )
+}
+
 fn data_dir(g: &Global) -> PathBuf {
     datadir::resolve(g.data_dir.as_deref())
 }
@@ -265,6 +295,44 @@ pub fn keys(g: &Global, cmd: KeysCmd) -> Result<ExitCode> {
         }
         println!("peer id   {peer_id}");
         println!("key file  {}", path.display());
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn api_token(g: &Global, cmd: ApiTokenCmd) -> Result<ExitCode> {
+    use fab_node::api::token::{ApiToken, TokenError};
+    let dir = data_dir(g);
+    let path = datadir::api_token_path(&dir);
+    let (token, created, json) = match cmd {
+        ApiTokenCmd::Init { force, json } => match ApiToken::create(&dir, force) {
+            Ok(t) => (t, true, json),
+            Err(TokenError::Exists { .. }) => (
+                ApiToken::load(&dir)?.context("the API token vanished while it was read")?,
+                false,
+                json,
+            ),
+            Err(e) => return Err(e.into()),
+        },
+        ApiTokenCmd::Show { json } => (
+            ApiToken::load(&dir)?.with_context(|| {
+                format!(
+                    "no API token at {}; create one with `fabnode api-token init`",
+                    path.display()
+                )
+            })?,
+            false,
+            json,
+        ),
+    };
+    if json {
+        print_json(&json!({"token": token.as_str(), "token_file": path, "created": created}));
+    } else {
+        if created {
+            eprintln!(
+                "created an API token; every API request now needs it (restart a running node)"
+            );
+        }
+        println!("{}", token.as_str());
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -448,10 +516,7 @@ fn describe_output(name: &str, t: &Tensor) -> String {
 pub fn submit(g: &Global, a: SubmitArgs) -> Result<ExitCode> {
     let config = load_config(g, &[])?;
     let input = read_tensor(&a.input)?;
-    let client = Client::new(
-        api_base(g.api.as_deref(), &data_dir(g), config.api.listen),
-        Duration::from_secs(300),
-    );
+    let client = api_client(g, &config, Duration::from_secs(300))?;
     let mut body = json!({"model": a.model, "input": input.to_json_value()});
     if let Some(t) = a.deadline_ms {
         body["deadline_ms"] = json!(t);
@@ -746,10 +811,7 @@ fn job_line(j: &serde_json::Value) {
 
 fn api_get(g: &Global, path: &str) -> Result<serde_json::Value> {
     let config = load_config(g, &[])?;
-    let client = Client::new(
-        api_base(g.api.as_deref(), &data_dir(g), config.api.listen),
-        Duration::from_secs(10),
-    );
+    let client = api_client(g, &config, Duration::from_secs(10))?;
     let (status, v) = client.get(path)?;
     if status != 200 {
         bail!("{}", error_message(status, &v));
@@ -868,10 +930,7 @@ fn heads(g: &Global, json_out: bool) -> Result<ExitCode> {
 
 pub fn status(g: &Global, json_out: bool) -> Result<ExitCode> {
     let config = load_config(g, &[])?;
-    let client = Client::new(
-        api_base(g.api.as_deref(), &data_dir(g), config.api.listen),
-        Duration::from_secs(10),
-    );
+    let client = api_client(g, &config, Duration::from_secs(10))?;
     let (status, v) = client.get("/v1/node")?;
     if status != 200 {
         bail!("{}", error_message(status, &v));

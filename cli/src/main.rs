@@ -60,6 +60,9 @@ enum Command {
     /// Create or show this node's identity key
     #[command(subcommand)]
     Keys(cmd::KeysCmd),
+    /// Create or show the control API's bearer token (needed to listen beyond loopback)
+    #[command(subcommand)]
+    ApiToken(cmd::ApiTokenCmd),
     /// Show the effective configuration
     #[command(subcommand)]
     Config(cmd::ConfigCmd),
@@ -117,6 +120,7 @@ fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Keys(c) => cmd::keys(&cli.global, c),
+        Command::ApiToken(c) => cmd::api_token(&cli.global, c),
         Command::Config(c) => cmd::config(&cli.global, c),
         Command::Start(a) => cmd::start(&cli.global, a),
         Command::Model(c) => cmd::model(&cli.global, c),

@@ -581,54 +581,11 @@ mod bad_peer {
     //! A misbehaving peer in this process, speaking the real protocols to real nodes.
 
     use super::*;
+    use common::peer::*;
     use fab_inference::Tensor;
     use fab_ledger::{ContentId, Keypair, Signed};
     use fab_mesh::exec::{ExecRequest, ExecResponse};
-    use fab_mesh::net::{Addr, MeshClient, MeshConfig, Peer};
-
-    fn join(network: &str, bootstrap: &str) -> (tokio::runtime::Runtime, MeshClient, Keypair) {
-        join_with(network, bootstrap, |_| {})
-    }
-
-    /// Joins through `bootstrap` as a peer in this process, with `edit` applied to its config.
-    fn join_with(
-        network: &str,
-        bootstrap: &str,
-        edit: impl FnOnce(&mut MeshConfig),
-    ) -> (tokio::runtime::Runtime, MeshClient, Keypair) {
-        let rt = tokio::runtime::Runtime::new().unwrap();
-        let key = Keypair::generate();
-        let mut config = MeshConfig::new(network);
-        config.listen = vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()];
-        config.mdns = false;
-        config.bootstrap = vec![bootstrap.parse::<Addr>().unwrap()];
-        edit(&mut config);
-        let (client, mut events, event_loop) = {
-            let _g = rt.enter();
-            fab_mesh::net::start(&key, config).unwrap()
-        };
-        rt.spawn(event_loop.run());
-        // Drain events; this peer answers nothing.
-        rt.spawn(async move { while events.recv().await.is_some() {} });
-        (rt, client, key)
-    }
-
-    /// Publishes once the peer it joined through has its subscription: the mesh exposes no
-    /// signal for that, so publishing is retried (every 50 ms, 10 s at most) while it fails for
-    /// want of subscribed peers.
-    async fn publish_when_subscribed<F, Fut>(mut publish: F)
-    where
-        F: FnMut() -> Fut,
-        Fut: std::future::Future<Output = Result<(), fab_mesh::net::MeshError>>,
-    {
-        for _ in 0..200 {
-            if publish().await.is_ok() {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        panic!("the bad peer could not publish");
-    }
+    use fab_mesh::net::Peer;
 
     fn job(
         signer: &Keypair,

@@ -11,12 +11,18 @@ use std::path::{Path, PathBuf};
 
 use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
 use thiserror::Error;
+use zeroize::{Zeroize, ZeroizeOnDrop, Zeroizing};
 
-/// A secret key. Its `Debug` shows only the public half.
+/// A secret key. Its `Debug` shows only the public half. The secret bytes are wiped from
+/// memory when the last copy is dropped, and every temporary copy made to read, write or
+/// convert the key is wiped too.
 #[derive(Clone)]
 pub struct Keypair {
     signing: SigningKey,
 }
+
+/// `SigningKey` wipes its secret on drop, so a `Keypair` does.
+impl ZeroizeOnDrop for Keypair {}
 
 impl fmt::Debug for Keypair {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -29,16 +35,19 @@ impl fmt::Debug for Keypair {
 impl Keypair {
     /// A fresh key from the operating system's random source.
     pub fn generate() -> Self {
-        let mut secret = [0u8; 32];
-        getrandom::fill(&mut secret).expect("the OS random source is available");
-        Self::from_secret(secret)
-    }
-
-    /// A key from its 32 secret bytes (tests and the simulator derive these from a seed).
-    pub fn from_secret(secret: [u8; 32]) -> Self {
+        let mut secret = Zeroizing::new([0u8; 32]);
+        getrandom::fill(secret.as_mut()).expect("the OS random source is available");
         Keypair {
             signing: SigningKey::from_bytes(&secret),
         }
+    }
+
+    /// A key from its 32 secret bytes (tests and the simulator derive these from a seed). The
+    /// copy passed in is wiped; the caller's own copy is the caller's to wipe.
+    pub fn from_secret(mut secret: [u8; 32]) -> Self {
+        let signing = SigningKey::from_bytes(&secret);
+        secret.zeroize();
+        Keypair { signing }
     }
 
     pub fn public(&self) -> PublicKey {
@@ -47,6 +56,7 @@ impl Keypair {
 
     /// The same key as a libp2p identity, so the node's `PeerId` is its feed key.
     pub fn to_libp2p(&self) -> libp2p_identity::Keypair {
+        // libp2p wipes the bytes it is handed.
         libp2p_identity::Keypair::ed25519_from_bytes(self.signing.to_bytes())
             .expect("32 bytes are a valid ed25519 secret key")
     }
@@ -77,19 +87,19 @@ impl Keypair {
                 mode,
             });
         }
-        let bytes = fs::read(path).map_err(|source| KeyFileError::Io {
+        let bytes = Zeroizing::new(fs::read(path).map_err(|source| KeyFileError::Io {
             path: path.to_owned(),
             error: source,
-        })?;
-        let secret: [u8; 32] =
-            bytes
-                .as_slice()
-                .try_into()
-                .map_err(|_| KeyFileError::Malformed {
-                    path: path.to_owned(),
-                    len: bytes.len(),
-                })?;
-        Ok(Self::from_secret(secret))
+        })?);
+        let secret: Zeroizing<[u8; 32]> = Zeroizing::new(bytes.as_slice().try_into().map_err(
+            |_| KeyFileError::Malformed {
+                path: path.to_owned(),
+                len: bytes.len(),
+            },
+        )?);
+        Ok(Keypair {
+            signing: SigningKey::from_bytes(&secret),
+        })
     }
 
     /// Writes a new key file with mode 0600. Never overwrites an existing key.
@@ -118,7 +128,8 @@ impl Keypair {
                     }
                 }
             })?;
-        file.write_all(&self.signing.to_bytes()).map_err(io)?;
+        let secret = Zeroizing::new(self.signing.to_bytes());
+        file.write_all(secret.as_ref()).map_err(io)?;
         file.sync_all().map_err(io)?;
         Ok(())
     }
@@ -219,6 +230,23 @@ impl fmt::Display for PublicKey {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn secret_keys_are_wiped_when_dropped_and_round_trip_through_their_file() {
+        // A compile-time check: only types that wipe their secret on drop pass.
+        fn wipes_on_drop<T: ZeroizeOnDrop>() {}
+        wipes_on_drop::<Keypair>();
+        wipes_on_drop::<SigningKey>();
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("node.key");
+        let key = Keypair::generate();
+        key.save_new(&path).unwrap();
+        assert_eq!(Keypair::load(&path).unwrap().public(), key.public());
+        assert!(matches!(
+            key.save_new(&path),
+            Err(KeyFileError::Exists { .. })
+        ));
+    }
 
     #[test]
     fn parsed_keys_are_cached_and_invalid_ones_never_are() {

@@ -24,6 +24,18 @@ pub const BID_RESPONSE_BYTES_MAX: usize = 2048;
 pub const NAMES_MAX: usize = 32;
 /// Longest name or decline reason.
 pub const TEXT_BYTES_MAX: usize = 512;
+/// Longest time an offer or a call may name (queue, compute, transfer, deadline, reference
+/// latency): one day. Anything longer is not an estimate but an attempt to break the
+/// requester's arithmetic.
+pub const TIME_US_MAX: u64 = 86_400_000_000;
+/// Largest cost an offer may name, in micro-units (a billion units).
+pub const COST_MICROS_MAX: u64 = 1_000_000_000_000_000;
+/// Largest energy an offer may name: 10^15 µJ, about 278 kWh.
+pub const ENERGY_UJ_MAX: u64 = 1_000_000_000_000_000;
+/// Largest input a call may describe (1 GiB); the exec protocol's own limit is far lower.
+pub const INPUT_BYTES_MAX: u64 = 1 << 30;
+/// Most replicas a call may ask for.
+pub const REPLICAS_MAX: u64 = 16;
 
 const WHAT: &str = "bid message";
 
@@ -44,7 +56,8 @@ pub struct BidRequest {
     pub replicas: u64,
 }
 
-/// A bidder's estimate.
+/// A bidder's estimate. A decoded offer is plausible ([`Offer::check`]): every time in
+/// `..=TIME_US_MAX` (compute at least 1 µs), cost and energy under their maxima.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Offer {
     pub queue_us: u64,
@@ -72,6 +85,42 @@ pub fn check_bidder(bid: &SignedBid, asked_peer_id: &str) -> Result<(), String> 
         Ok(())
     } else {
         Err("bid signed by another node".into())
+    }
+}
+
+/// `value` if it lies in `range`, else a decode error naming the field.
+fn within(
+    what: &'static str,
+    field: &str,
+    value: u64,
+    range: std::ops::RangeInclusive<u64>,
+) -> Result<u64, DecodeError> {
+    if range.contains(&value) {
+        Ok(value)
+    } else {
+        Err(DecodeError::invalid(
+            what,
+            format!(
+                "{field} = {value} is outside {}..={}",
+                range.start(),
+                range.end()
+            ),
+        ))
+    }
+}
+
+impl Offer {
+    /// Refuses an implausible offer: a zero or day-long compute time, a cost or energy that
+    /// would dominate any score. Bidders check their own offers with it before signing (and
+    /// decline instead), requesters when they decode one.
+    pub fn check(&self) -> Result<(), DecodeError> {
+        const W: &str = "bid";
+        within(W, "queue_us", self.queue_us, 0..=TIME_US_MAX)?;
+        within(W, "compute_us", self.compute_us, 1..=TIME_US_MAX)?;
+        within(W, "transfer_us", self.transfer_us, 0..=TIME_US_MAX)?;
+        within(W, "cost_micros", self.cost_micros, 0..=COST_MICROS_MAX)?;
+        within(W, "energy_uj", self.energy_uj, 0..=ENERGY_UJ_MAX)?;
+        Ok(())
     }
 }
 
@@ -118,15 +167,28 @@ impl BidRequest {
         let job = f.array("job")?;
         let requester = f.array("requester")?;
         let model_digest = f.array("model_digest")?;
-        let input_bytes = f.u64("input_bytes")?;
-        let reference_latency_us = f.u64("reference_latency_us")?;
-        let deadline_us = f.u64("deadline_us")?;
+        let input_bytes = within(
+            WHAT,
+            "input_bytes",
+            f.u64("input_bytes")?,
+            0..=INPUT_BYTES_MAX,
+        )?;
+        let reference_latency_us = within(
+            WHAT,
+            "reference_latency_us",
+            f.u64("reference_latency_us")?,
+            1..=TIME_US_MAX,
+        )?;
+        let deadline_us = within(WHAT, "deadline_us", f.u64("deadline_us")?, 1..=TIME_US_MAX)?;
         let max_cost_micros = match f.value("max_cost")? {
             Value::Null => None,
-            Value::Integer(i) => Some(
+            Value::Integer(i) => Some(within(
+                WHAT,
+                "max_cost",
                 u64::try_from(i128::from(i))
                     .map_err(|_| DecodeError::invalid(WHAT, "max_cost out of range"))?,
-            ),
+                0..=COST_MICROS_MAX,
+            )?),
             _ => return Err(DecodeError::invalid(WHAT, "max_cost: null or integer")),
         };
         let tiers = match f.value("tiers")? {
@@ -152,7 +214,7 @@ impl BidRequest {
             tiers,
             regions: names(f.value("regions")?, "regions")?,
             labels: names(f.value("labels")?, "labels")?,
-            replicas: f.u64("replicas")?,
+            replicas: within(WHAT, "replicas", f.u64("replicas")?, 1..=REPLICAS_MAX)?,
         })
     }
 }
@@ -212,6 +274,9 @@ impl Cbor for BidBody {
             (1, 2) => Err(a.text("reason", TEXT_BYTES_MAX)?),
             _ => return Err(DecodeError::invalid("bid", "unknown answer")),
         };
+        if let Ok(offer) = &answer {
+            offer.check()?;
+        }
         Ok(BidBody {
             job,
             bidder,
@@ -279,6 +344,87 @@ mod tests {
             // Claimed by one key, signed by another.
             let forged = Signed::sign(body, &other);
             assert!(SignedBid::decode_verified(&forged.encode()).is_err());
+        }
+    }
+
+    #[test]
+    fn implausible_offers_and_calls_do_not_decode() {
+        let key = Keypair::from_secret([9; 32]);
+        let good = Offer {
+            queue_us: 0,
+            compute_us: 1,
+            transfer_us: 0,
+            cost_micros: COST_MICROS_MAX,
+            energy_uj: ENERGY_UJ_MAX,
+            cached: false,
+        };
+        let bid = |o: Offer| {
+            let body = BidBody {
+                job: [1; 32],
+                bidder: key.public(),
+                answer: Ok(o),
+            };
+            SignedBid::decode_verified(&Signed::sign(body, &key).encode())
+        };
+        assert!(bid(good).is_ok());
+        for (field, bad) in [
+            (
+                "energy_uj",
+                Offer {
+                    energy_uj: u64::MAX - 5,
+                    ..good
+                },
+            ),
+            (
+                "cost_micros",
+                Offer {
+                    cost_micros: u64::MAX,
+                    ..good
+                },
+            ),
+            (
+                "compute_us",
+                Offer {
+                    compute_us: 0,
+                    ..good
+                },
+            ),
+            (
+                "compute_us",
+                Offer {
+                    compute_us: TIME_US_MAX + 1,
+                    ..good
+                },
+            ),
+            (
+                "queue_us",
+                Offer {
+                    queue_us: u64::MAX,
+                    ..good
+                },
+            ),
+            (
+                "transfer_us",
+                Offer {
+                    transfer_us: u64::MAX,
+                    ..good
+                },
+            ),
+        ] {
+            let e = bid(bad).unwrap_err().to_string();
+            assert!(e.contains(field), "{field}: {e}");
+        }
+        for edit in [
+            (|c: &mut BidRequest| c.replicas = 0) as fn(&mut BidRequest),
+            |c| c.replicas = REPLICAS_MAX + 1,
+            |c| c.deadline_us = u64::MAX,
+            |c| c.reference_latency_us = 0,
+            |c| c.input_bytes = u64::MAX,
+            |c| c.max_cost_micros = Some(u64::MAX),
+        ] {
+            let mut c = call();
+            edit(&mut c);
+            assert!(BidRequest::decode(&c.encode()).is_err(), "{c:?}");
         }
     }
 

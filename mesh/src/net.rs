@@ -176,6 +176,9 @@ pub struct MeshStats {
     pub accepted: u64,
     pub rejected: u64,
     pub events_dropped: u64,
+    /// Offences charged to peers outside gossip validation (malformed or implausible
+    /// request-response frames, protocol violations the application reports).
+    pub penalties: u64,
 }
 
 /// Why the mesh could not start or do what was asked.
@@ -383,6 +386,7 @@ enum Command {
     Peers(oneshot::Sender<BTreeMap<PeerId, PeerInfo>>),
     Rtt(PeerId, oneshot::Sender<Option<Duration>>),
     Stats(oneshot::Sender<MeshStats>),
+    Penalise(PeerId, String),
 }
 
 /// Cloneable handle to the mesh.
@@ -420,6 +424,72 @@ pub struct EventLoop {
     provided_at: Option<tokio::time::Instant>,
     looked_at: Option<tokio::time::Instant>,
     look_gap: Duration,
+    penalties: Penalties,
+}
+
+/// Offences a peer committed outside gossip validation: a malformed or implausible frame on a
+/// request-response protocol, or what the application reports ([`MeshClient::penalise`]).
+/// Each offence lowers the peer's gossipsub application score by one (weighted by
+/// gossipsub's `app_specific_weight`, 10): one offence takes it to the gossip threshold (-10),
+/// eight below the graylist threshold (-80), where its gossip is ignored. One offence is
+/// forgiven every [`PENALTY_DECAY`]. At most [`PENALISED_MAX`] peers are remembered (the
+/// least penalised is forgotten first) and at most [`OFFENCES_MAX`] offences per peer.
+#[derive(Debug, Default)]
+struct Penalties(HashMap<PeerId, (u32, tokio::time::Instant)>);
+
+/// Peers whose offences are remembered, at most.
+const PENALISED_MAX: usize = 1024;
+/// Offences remembered per peer, at most.
+const OFFENCES_MAX: u32 = 100;
+/// One offence is forgiven this often.
+const PENALTY_DECAY: Duration = Duration::from_secs(30);
+
+impl Penalties {
+    /// Charges one offence; returns the peer's new count.
+    fn charge(&mut self, peer: PeerId, now: tokio::time::Instant) -> u32 {
+        if !self.0.contains_key(&peer)
+            && self.0.len() >= PENALISED_MAX
+            && let Some(least) = self.0.iter().min_by_key(|(_, (n, _))| *n).map(|(p, _)| *p)
+        {
+            self.0.remove(&least);
+        }
+        let e = self.0.entry(peer).or_insert((0, now));
+        e.0 = (e.0 + 1).min(OFFENCES_MAX);
+        e.1 = now;
+        e.0
+    }
+
+    /// Forgives one offence of every peer last charged more than [`PENALTY_DECAY`] ago;
+    /// returns the peers whose count changed, with the new count.
+    fn decay(&mut self, now: tokio::time::Instant) -> Vec<(PeerId, u32)> {
+        let mut changed = Vec::new();
+        self.0.retain(|peer, (n, at)| {
+            if now.duration_since(*at) < PENALTY_DECAY {
+                return true;
+            }
+            *n -= 1;
+            *at = now;
+            changed.push((*peer, *n));
+            *n > 0
+        });
+        changed
+    }
+
+    fn count(&self, peer: &PeerId) -> u32 {
+        self.0.get(peer).map_or(0, |(n, _)| *n)
+    }
+}
+
+/// Whether an outbound request failed because the peer answered with bytes that do not decode
+/// (malformed, oversized or implausible), as opposed to a timeout or a closed connection: the
+/// codec reports every decode failure as `InvalidData`.
+fn bad_answer(error: &request_response::OutboundFailure) -> bool {
+    matches!(error, request_response::OutboundFailure::Io(e) if e.kind() == std::io::ErrorKind::InvalidData)
+}
+
+/// The same for a request a peer sent.
+fn bad_request(error: &request_response::InboundFailure) -> bool {
+    matches!(error, request_response::InboundFailure::Io(e) if e.kind() == std::io::ErrorKind::InvalidData)
 }
 
 /// The public key a peer id names (fabnode peer ids are ed25519 identity hashes).
@@ -459,19 +529,25 @@ impl<T> Pending<T> {
         self.0.insert(id, (peer, reply));
     }
 
-    /// Hands an answer to its asker once `check` (given the peer asked) accepts it.
+    /// Hands an answer to its asker once `check` (given the peer asked) accepts it; returns
+    /// the peer and the check's verdict when the request was pending.
     fn answer(
         &mut self,
         id: request_response::OutboundRequestId,
         answer: T,
         check: impl FnOnce(&PeerId, &T) -> Result<(), String>,
-    ) {
-        if let Some((peer, reply)) = self.0.remove(&id) {
-            let r = check(&peer, &answer)
-                .map(|()| answer)
-                .map_err(|detail| MeshError::Exec { peer, detail });
-            let _ = reply.send(r);
-        }
+    ) -> Option<(PeerId, Result<(), String>)> {
+        let (peer, reply) = self.0.remove(&id)?;
+        let verdict = check(&peer, &answer);
+        let r = match &verdict {
+            Ok(()) => Ok(answer),
+            Err(detail) => Err(MeshError::Exec {
+                peer,
+                detail: detail.clone(),
+            }),
+        };
+        let _ = reply.send(r);
+        Some((peer, verdict))
     }
 
     /// Tells the asker its request failed.
@@ -755,6 +831,7 @@ pub fn start(
         provided_at: None,
         looked_at: None,
         look_gap: BOOTSTRAP_FIRST,
+        penalties: Penalties::default(),
     };
     Ok((MeshClient { tx, peer_id }, rx, ev))
 }
@@ -807,6 +884,12 @@ impl EventLoop {
     /// Connections below target: dial peers from the routing table, and walk the DHT now and
     /// then to find more.
     fn maintain(&mut self) {
+        for (peer, n) in self.penalties.decay(tokio::time::Instant::now()) {
+            self.swarm
+                .behaviour_mut()
+                .gossipsub
+                .set_application_score(&peer, -f64::from(n));
+        }
         let connected = self.swarm.connected_peers().count();
         self.find_shard();
         if connected >= self.peers_target {
@@ -879,6 +962,32 @@ impl EventLoop {
         }
     }
 
+    /// Charges `peer` one offence and lowers its gossipsub score to match.
+    fn penalise(&mut self, peer: PeerId, reason: &str) {
+        let n = self.penalties.charge(peer, tokio::time::Instant::now());
+        self.stats.penalties += 1;
+        tracing::warn!(%peer, offences = n, %reason, "peer penalised");
+        self.swarm
+            .behaviour_mut()
+            .gossipsub
+            .set_application_score(&peer, -f64::from(n));
+    }
+
+    /// An outbound request failed: an answer that did not decode is the peer's offence; a
+    /// timeout or a closed connection is not.
+    fn answer_failed(
+        &mut self,
+        peer: PeerId,
+        protocol: &str,
+        error: &request_response::OutboundFailure,
+    ) {
+        if bad_answer(error) {
+            self.penalise(peer, &format!("{protocol} answer: {error}"));
+        } else {
+            tracing::debug!(%peer, %error, protocol, "request failed");
+        }
+    }
+
     fn emit(&mut self, e: MeshEvent) {
         if self.events.try_send(e).is_err() {
             self.stats.events_dropped += 1;
@@ -898,6 +1007,7 @@ impl EventLoop {
                 let id = self.swarm.behaviour_mut().bid.send_request(&peer, request);
                 self.bid_pending.insert(id, peer, reply);
             }
+            Command::Penalise(peer, reason) => self.penalise(peer, &reason),
             Command::RespondBid(BidReply(channel), bid) => {
                 let _ = self.swarm.behaviour_mut().bid.send_response(channel, bid);
             }
@@ -1024,9 +1134,7 @@ impl EventLoop {
             },
             SwarmEvent::Behaviour(BehaviourEvent::Sync(
                 request_response::Event::OutboundFailure { peer, error, .. },
-            )) => {
-                tracing::debug!(%peer, %error, "sync request failed");
-            }
+            )) => self.answer_failed(peer, "ledger-sync", &error),
             SwarmEvent::Behaviour(BehaviourEvent::Exec(request_response::Event::Message {
                 peer,
                 message,
@@ -1042,15 +1150,22 @@ impl EventLoop {
                 request_response::Message::Response {
                     request_id,
                     response,
-                } => self
-                    .exec_pending
-                    .answer(request_id, response, |_, _| Ok(())),
+                } => {
+                    self.exec_pending
+                        .answer(request_id, response, |_, _| Ok(()));
+                }
             },
             SwarmEvent::Behaviour(BehaviourEvent::Exec(
                 request_response::Event::OutboundFailure {
-                    request_id, error, ..
+                    request_id,
+                    error,
+                    peer,
+                    ..
                 },
-            )) => self.exec_pending.fail(request_id, error.to_string()),
+            )) => {
+                self.answer_failed(peer, "exec", &error);
+                self.exec_pending.fail(request_id, error.to_string());
+            }
             SwarmEvent::Behaviour(BehaviourEvent::Bid(request_response::Event::Message {
                 peer,
                 message,
@@ -1066,15 +1181,26 @@ impl EventLoop {
                 request_response::Message::Response {
                     request_id,
                     response,
-                } => self.bid_pending.answer(request_id, response, |peer, bid| {
-                    crate::bid::check_bidder(bid, &peer.to_string())
-                }),
+                } => {
+                    let check = self.bid_pending.answer(request_id, response, |peer, bid| {
+                        crate::bid::check_bidder(bid, &peer.to_string())
+                    });
+                    if let Some((peer, Err(reason))) = check {
+                        self.penalise(peer, &format!("bid answer: {reason}"));
+                    }
+                }
             },
             SwarmEvent::Behaviour(BehaviourEvent::Bid(
                 request_response::Event::OutboundFailure {
-                    request_id, error, ..
+                    request_id,
+                    error,
+                    peer,
+                    ..
                 },
-            )) => self.bid_pending.fail(request_id, error.to_string()),
+            )) => {
+                self.answer_failed(peer, "bid", &error);
+                self.bid_pending.fail(request_id, error.to_string());
+            }
             SwarmEvent::Behaviour(BehaviourEvent::Identify(identify::Event::Received {
                 peer_id,
                 info,
@@ -1159,6 +1285,14 @@ impl EventLoop {
             SwarmEvent::ConnectionEstablished {
                 peer_id, endpoint, ..
             } => {
+                // A peer does not shed its offences by reconnecting.
+                let n = self.penalties.count(&peer_id);
+                if n > 0 {
+                    self.swarm
+                        .behaviour_mut()
+                        .gossipsub
+                        .set_application_score(&peer_id, -f64::from(n));
+                }
                 let p = self.peers.entry(peer_id).or_default();
                 if p.transport.is_none() {
                     p.transport = Some(transport_of(endpoint.get_remote_address()));
@@ -1179,6 +1313,17 @@ impl EventLoop {
             }
             SwarmEvent::NewListenAddr { address, .. } => {
                 tracing::info!(%address, "mesh listening");
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Sync(
+                request_response::Event::InboundFailure { peer, error, .. },
+            ))
+            | SwarmEvent::Behaviour(BehaviourEvent::Exec(
+                request_response::Event::InboundFailure { peer, error, .. },
+            ))
+            | SwarmEvent::Behaviour(BehaviourEvent::Bid(
+                request_response::Event::InboundFailure { peer, error, .. },
+            )) if bad_request(&error) => {
+                self.penalise(peer, &format!("request: {error}"));
             }
             _ => {}
         }
@@ -1285,6 +1430,13 @@ impl MeshClient {
     /// The last ping round trip to `peer`, if connected and pinged.
     pub async fn rtt(&self, peer: PeerId) -> Result<Option<Duration>, MeshError> {
         self.ask(|r| Command::Rtt(peer, r)).await
+    }
+
+    /// Charges `peer` one offence (a protocol violation the application found): its gossip
+    /// score drops, and repeated offences graylist it. Never blocks: under a full command
+    /// queue the penalty is dropped.
+    pub fn penalise(&self, peer: PeerId, reason: impl Into<String>) {
+        let _ = self.tx.try_send(Command::Penalise(peer, reason.into()));
     }
 
     pub async fn stats(&self) -> Result<MeshStats, MeshError> {

@@ -77,7 +77,14 @@ fn offer(st: &AppState, from: PeerId, r: &BidRequest, rtt_us: u64) -> Result<Off
         requester: &r.requester,
     };
     match answer(&own, holds_model, call, &AllowAll, limits) {
-        Answer::Bid(e) => Ok(offer_of(e)),
+        // An estimate a requester would refuse as implausible (a queue days long, a price
+        // that overflows) is a decline, not a bid that fails to decode there.
+        Answer::Bid(e) => {
+            let o = offer_of(e);
+            o.check()
+                .map_err(|e| format!("estimate out of range: {e}"))?;
+            Ok(o)
+        }
         Answer::Decline(reason) => Err(reason),
     }
 }

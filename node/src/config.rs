@@ -180,10 +180,26 @@ impl Default for MeshSection {
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct ApiConfig {
-    /// Address the control API listens on. Loopback by default: the API has no authentication
-    /// yet, so exposing it is an explicit choice. Port 0 picks a free port (written to
+    /// Address the control API listens on. Loopback by default; a non-loopback address needs
+    /// an API token (`fabnode api-token init`). Port 0 picks a free port (written to
     /// `<data dir>/api.addr`).
     pub listen: SocketAddr,
+    /// Web origins (`scheme://host[:port]`) allowed to call the API from a browser; requests
+    /// with any other `Origin` are refused.
+    pub allowed_origins: Vec<String>,
+    /// Host names, besides loopback ones, that requests may name in `Host` when no API token
+    /// is in force (a defence against DNS rebinding).
+    pub allowed_hosts: Vec<String>,
+    /// Connections open at once, at most; more wait to be accepted.
+    pub connections_max: u64,
+    /// Longest a client may take to send a request's headers; also how long a connection may
+    /// stay open with no request in flight.
+    pub header_timeout_ms: u64,
+    /// Longest a client may take to send a request's body.
+    pub body_timeout_ms: u64,
+    /// On shutdown, how long in-flight requests may take to finish before their connections
+    /// are closed.
+    pub shutdown_grace_ms: u64,
 }
 
 /// Inference workers.
@@ -206,8 +222,14 @@ pub struct LimitsConfig {
     pub input_bytes_max: usize,
     /// Largest HTTP request body (JSON text of a tensor is ~3x its raw bytes).
     pub request_bytes_max: usize,
-    /// Jobs accepted at once, queued or running; more are refused as busy.
+    /// Jobs accepted at once through the API, queued or running; more are refused as busy.
+    /// Peers' jobs never take these slots.
     pub jobs_in_flight_max: usize,
+    /// Requests from peers (`/fabnode/exec/1`) handled at once, from all peers together;
+    /// beyond it a peer is told the node is busy before anything is started.
+    pub remote_jobs_max: usize,
+    /// Of those, from any one peer.
+    pub remote_jobs_per_peer_max: usize,
     /// Deadline given to a job that does not name one.
     pub job_timeout_ms: u64,
 }
@@ -248,6 +270,12 @@ impl Default for ApiConfig {
     fn default() -> Self {
         ApiConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], DEFAULT_API_PORT)),
+            allowed_origins: Vec::new(),
+            allowed_hosts: Vec::new(),
+            connections_max: 256,
+            header_timeout_ms: 10_000,
+            body_timeout_ms: 30_000,
+            shutdown_grace_ms: 20_000,
         }
     }
 }
@@ -269,6 +297,8 @@ impl Default for LimitsConfig {
             input_bytes_max: 4 << 20,
             request_bytes_max: 16 << 20,
             jobs_in_flight_max: 256,
+            remote_jobs_max: 32,
+            remote_jobs_per_peer_max: 8,
             job_timeout_ms: 30_000,
         }
     }
@@ -490,6 +520,41 @@ impl Config {
             }
         }
         range("inference.workers", self.inference.workers as u64, 1, 256)?;
+        range("api.connections_max", self.api.connections_max, 1, 65_536)?;
+        range(
+            "api.header_timeout_ms",
+            self.api.header_timeout_ms,
+            1,
+            600_000,
+        )?;
+        range(
+            "api.body_timeout_ms",
+            self.api.body_timeout_ms,
+            1,
+            3_600_000,
+        )?;
+        range(
+            "api.shutdown_grace_ms",
+            self.api.shutdown_grace_ms,
+            0,
+            3_600_000,
+        )?;
+        for (key, names) in [
+            ("api.allowed_origins", &self.api.allowed_origins),
+            ("api.allowed_hosts", &self.api.allowed_hosts),
+        ] {
+            if let Some(bad) = names
+                .iter()
+                .find(|n| n.is_empty() || n.len() > 253 || n.contains(char::is_whitespace))
+            {
+                return Err(ConfigError::BadValue {
+                    origin: "configuration".into(),
+                    key: key.into(),
+                    value: bad.clone(),
+                    expected: "names of 1 to 253 characters without spaces".into(),
+                });
+            }
+        }
         range(
             "inference.queue_depth",
             self.inference.queue_depth as u64,
@@ -519,6 +584,18 @@ impl Config {
             self.limits.jobs_in_flight_max as u64,
             1,
             1 << 20,
+        )?;
+        range(
+            "limits.remote_jobs_max",
+            self.limits.remote_jobs_max as u64,
+            1,
+            1 << 16,
+        )?;
+        range(
+            "limits.remote_jobs_per_peer_max",
+            self.limits.remote_jobs_per_peer_max as u64,
+            1,
+            self.limits.remote_jobs_max as u64,
         )?;
         range(
             "limits.job_timeout_ms",
@@ -584,6 +661,12 @@ impl Config {
             });
         }
         range("scheduler.power_mw", sc.power_mw, 0, 100_000_000)?;
+        range(
+            "scheduler.price_per_s_micros",
+            sc.price_per_s_micros,
+            0,
+            crate::sched::telemetry::PRICE_PER_S_MICROS_MAX,
+        )?;
         range("scheduler.speed_permille", sc.speed_permille, 0, 1_000_000)?;
         if sc.region.len() > crate::sched::telemetry::NAME_BYTES_MAX
             || sc.labels.len() > crate::sched::telemetry::LABELS_MAX

@@ -18,11 +18,13 @@ use fab_ledger::{ContentId, EntryBody, JobRequest, Signed, SignedEntry, SignedJo
 use fab_mesh::exec::{EXEC_RESPONSE_BYTES_MAX, ExecRequest, ExecResponse};
 use fab_mesh::net::{ExecReply, MeshError};
 use libp2p::PeerId;
+use std::collections::HashMap;
 use tokio::sync::mpsc;
+use tokio::task::JoinSet;
 use tracing::Instrument;
 
 use crate::api::{
-    ApiError, AppState, Executed, check_input_size, execute, job_response, job_slot, resolve_model,
+    ApiError, AppState, Executed, check_input_size, execute, job_response, resolve_model,
 };
 use crate::ledger_writer::now_ms;
 
@@ -37,10 +39,72 @@ const CLOCK_SKEW_MS: u64 = 60_000;
 pub type Incoming = (PeerId, ExecRequest, ExecReply);
 
 /// Serves peers' exec requests until the mesh stops sending them.
+///
+/// Admission comes before anything is started: a request beyond `limits.remote_jobs_max` in
+/// flight from all peers, or `limits.remote_jobs_per_peer_max` from its peer, is answered
+/// `busy` at once. Peers' jobs never take the API's job slots, so local callers keep theirs
+/// however many peers ask. Every request's task is owned here and reaped as it ends.
 pub async fn serve(st: Arc<AppState>, mut rx: mpsc::Receiver<Incoming>) {
-    while let Some((from, request, reply)) = rx.recv().await {
+    let limits = &st.config.limits;
+    let (global_max, per_peer_max) = (limits.remote_jobs_max, limits.remote_jobs_per_peer_max);
+    let mut tasks: JoinSet<()> = JoinSet::new();
+    // Whose request each task serves, and how many each peer has in flight (both at most
+    // `global_max` entries).
+    let mut owner: HashMap<tokio::task::Id, PeerId> = HashMap::new();
+    let mut per_peer: HashMap<PeerId, usize> = HashMap::new();
+    loop {
+        let (from, request, reply) = tokio::select! {
+            Some(done) = tasks.join_next_with_id(), if !tasks.is_empty() => {
+                let id = match done {
+                    Ok((id, ())) => id,
+                    Err(e) => {
+                        tracing::error!(error = %e, "a peer's request task failed");
+                        e.id()
+                    }
+                };
+                if let Some(peer) = owner.remove(&id)
+                    && let Some(n) = per_peer.get_mut(&peer)
+                {
+                    *n -= 1;
+                    if *n == 0 {
+                        per_peer.remove(&peer);
+                    }
+                }
+                continue;
+            }
+            next = rx.recv() => match next {
+                Some(r) => r,
+                None => break,
+            },
+        };
+        let theirs = per_peer.get(&from).copied().unwrap_or(0);
+        let refusal = if theirs >= per_peer_max {
+            Some(format!(
+                "this node already handles {theirs} requests of yours \
+                 (limits.remote_jobs_per_peer_max); retry later"
+            ))
+        } else if tasks.len() >= global_max {
+            Some(format!(
+                "this node already handles {global_max} requests from peers \
+                 (limits.remote_jobs_max); retry later"
+            ))
+        } else {
+            None
+        };
+        if let Some(message) = refusal {
+            tracing::debug!(peer = %from, %message, "peer's request refused");
+            if let Some(mesh) = &st.mesh {
+                let refused = ExecResponse::Refused {
+                    code: "busy".into(),
+                    message,
+                };
+                let _ = mesh.respond_exec(reply, refused).await;
+            }
+            continue;
+        }
+        *per_peer.entry(from).or_default() += 1;
         let st = Arc::clone(&st);
-        tokio::spawn(async move {
+        let handle = tasks.spawn(async move {
             let response = match request {
                 ExecRequest::Describe { model } => describe(&st, &model).await,
                 ExecRequest::Run { job, inputs } => run(&st, from, &job, inputs)
@@ -51,13 +115,31 @@ pub async fn serve(st: Arc<AppState>, mut rx: mpsc::Receiver<Incoming>) {
                 let _ = mesh.respond_exec(reply, response).await;
             }
         });
+        owner.insert(handle.id(), from);
     }
+    tasks.shutdown().await;
 }
 
+/// A refusal as a peer sees it. Only messages built from the peer's own request pass
+/// through; anything else says why in general terms, so that no peer learns which other
+/// models this node holds, where its files are, or how its ledger failed. The operator's log
+/// keeps the full message.
 fn refused(e: &ApiError) -> ExecResponse {
+    let message = match e.code {
+        "bad_job" | "requester_mismatch" | "deadline_passed" | "replayed" | "busy"
+        | "invalid_input" | "bad_tensor" | "input_too_large" | "input_mismatch" => {
+            e.message.clone()
+        }
+        "unknown_model" => "this node does not hold that model".to_owned(),
+        "model_changed" => "this node holds another version of that model".to_owned(),
+        code => {
+            tracing::warn!(%code, message = %e.message, "refused a peer's request");
+            format!("this node could not take the request ({code})")
+        }
+    };
     ExecResponse::Refused {
         code: e.code.to_owned(),
-        message: e.message.clone(),
+        message,
     }
 }
 
@@ -153,7 +235,6 @@ async fn run(
         ));
     }
     let _running = Running(st, job_id);
-    let permit = job_slot(st)?;
     let model = resolve_model(st, &body.model).await?;
     if model.digest != body.model_digest {
         return Err(ApiError::new(
@@ -196,7 +277,6 @@ async fn run(
     let executed = execute(st, job, &model, input, timeout_ms, accepted)
         .instrument(span)
         .await?;
-    drop(permit);
     Ok(ExecResponse::Ran {
         entry: executed.entry.encode(),
         outputs: executed

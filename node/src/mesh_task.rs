@@ -322,7 +322,8 @@ async fn write_evidence(
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir)?;
         }
-        std::fs::write(&path, json)
+        // Durable and whole: the proof outlives a crash right after it was found.
+        crate::datadir::write_atomic(&path, &json, 0o644)
     })
     .await
     .map_err(std::io::Error::other)?
@@ -370,7 +371,7 @@ async fn apply(
                 };
                 let _ = mesh.request(peer, request).await;
             }
-            Output::Penalize { peer, reason } => tracing::warn!(%peer, %reason, "peer penalised"),
+            Output::Penalize { peer, reason } => mesh.penalise(peer, reason),
             Output::Conflict { feed, seq, detail } => {
                 tracing::warn!(feed = %feed, seq, %detail, "feed signed conflicting statements");
             }

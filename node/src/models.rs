@@ -139,15 +139,13 @@ pub fn add(
     let mut reg = read_registry(&reg_path)?;
     reg.models.insert(name.to_owned(), record.clone());
     let text = serde_json::to_vec_pretty(&reg).expect("the registry serialises");
-    // Write-then-rename so a crash never leaves a half-written registry.
-    let tmp = reg_path.with_extension("json.tmp");
     let reg_err = |e: std::io::Error| ModelError::Registry {
         path: reg_path.clone(),
         detail: e.to_string(),
     };
     std::fs::create_dir_all(data_dir).map_err(reg_err)?;
-    std::fs::write(&tmp, text).map_err(reg_err)?;
-    std::fs::rename(&tmp, &reg_path).map_err(reg_err)?;
+    // A crash or power cut leaves the old registry or the new one, never a torn file.
+    crate::datadir::write_atomic(&reg_path, &text, 0o600).map_err(reg_err)?;
     Ok((record, engine.info().clone()))
 }
 

@@ -48,6 +48,16 @@ pub enum StartError {
     },
     #[error("mesh: {0}")]
     Mesh(String),
+    #[error(transparent)]
+    Token(#[from] crate::api::token::TokenError),
+    #[error(
+        "api.listen {addr} is not a loopback address, so anyone who can reach it could make this \
+         node sign and run jobs: create an API token first with `fabnode api-token init` (written \
+         to {path} with mode 0600; clients send `Authorization: Bearer <token>`, and the CLI \
+         reads it from the data dir or FABNODE_API_TOKEN), or listen on 127.0.0.1",
+        path = path.display()
+    )]
+    TokenRequired { addr: SocketAddr, path: PathBuf },
 }
 
 /// A started node: key loaded, ledger open and verified at its tail, API socket bound.
@@ -57,6 +67,7 @@ pub struct Node {
     writer: LedgerWriter,
     listener: TcpListener,
     addr: SocketAddr,
+    guard: Arc<crate::api::guard::Guard>,
     /// The mesh event loop and the replication task; aborted at shutdown.
     mesh_tasks: Vec<tokio::task::JoinHandle<()>>,
 }
@@ -110,6 +121,28 @@ impl Node {
         let network = config.ledger.network.clone();
         let store = tokio::task::block_in_place(|| Store::open(&ledger_path, &key, &network))?;
         let addr = config.api.listen;
+        let token = crate::api::token::ApiToken::load(data_dir)?;
+        if token.is_none() && !addr.ip().is_loopback() {
+            return Err(StartError::TokenRequired {
+                addr,
+                path: datadir::api_token_path(data_dir),
+            });
+        }
+        let guard = Arc::new(crate::api::guard::Guard {
+            token,
+            allowed_origins: config
+                .api
+                .allowed_origins
+                .iter()
+                .map(|o| o.trim_end_matches('/').to_owned())
+                .collect(),
+            allowed_hosts: config
+                .api
+                .allowed_hosts
+                .iter()
+                .map(|h| h.to_ascii_lowercase())
+                .collect(),
+        });
         let listener = TcpListener::bind(addr).await.map_err(|source| {
             if source.kind() == std::io::ErrorKind::AddrInUse {
                 StartError::PortInUse { addr }
@@ -259,6 +292,7 @@ impl Node {
             writer,
             listener,
             addr,
+            guard,
             mesh_tasks,
         })
     }
@@ -282,15 +316,23 @@ impl Node {
             state,
             writer,
             listener,
+            guard,
             mesh_tasks,
             ..
         } = self;
         let data_dir = state.data_dir.clone();
-        let app = router(Arc::clone(&state));
-        let served = axum::serve(listener, app)
-            .with_graceful_shutdown(shutdown)
-            .await;
-        tracing::info!("API closed; finishing in-flight work");
+        let app = router(Arc::clone(&state), guard);
+        let api = &state.config.api;
+        let limits = crate::api::serve::Limits {
+            connections_max: usize::try_from(api.connections_max).unwrap_or(usize::MAX),
+            header_timeout: std::time::Duration::from_millis(api.header_timeout_ms),
+            shutdown_grace: std::time::Duration::from_millis(api.shutdown_grace_ms),
+        };
+        let cut = crate::api::serve::serve(listener, app, limits, shutdown).await;
+        tracing::info!(
+            connections_cut = cut,
+            "API closed; finishing in-flight work"
+        );
         // The replication task holds a ledger handle: stop the mesh before closing the ledger.
         for t in &mesh_tasks {
             t.abort();
@@ -304,6 +346,6 @@ impl Node {
         tokio::task::block_in_place(|| writer.join());
         let _ = std::fs::remove_file(datadir::api_addr_path(&data_dir));
         tracing::info!("node stopped");
-        served
+        Ok(())
     }
 }

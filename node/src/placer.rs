@@ -464,7 +464,9 @@ fn carry(
                 tokio::spawn(async move {
                     let answer = match tokio::time::timeout(window, mesh.bid(peer, request)).await {
                         Err(_) => return, // silent: the deadline passed without it
-                        Ok(Err(e)) => Err(format!("unreachable: {e}")),
+                        // Unreachable, or an answer that did not decode (malformed, forged,
+                        // implausible: the mesh has charged the peer an offence).
+                        Ok(Err(e)) => Err(format!("no valid bid: {e}")),
                         Ok(Ok(bid)) if bid.body().job != job => {
                             Err("answered for another job".into())
                         }

@@ -14,26 +14,38 @@ use crate::sched::{Host, Telemetry};
 
 /// Jobs this node is running or about to run.
 pub fn in_flight(st: &AppState) -> usize {
-    st.config.limits.jobs_in_flight_max - st.job_slots.available_permits()
+    let local = st.config.limits.jobs_in_flight_max - st.job_slots.available_permits();
+    // Peers' jobs hold no API slot: they are counted by the set that stops replays.
+    let remote = st.remote_running.lock().map_or(0, |r| r.len());
+    local + remote
 }
 
 /// This node's telemetry now.
 fn current(st: &AppState, in_flight: usize, host: Host, speed_permille: u32) -> Telemetry {
+    use crate::sched::telemetry as limits;
     let sc = &st.config.scheduler;
+    // Kept within the ranges every peer checks when it decodes a report, so this node's own
+    // reports are never refused as implausible.
     Telemetry {
         tier: sc.tier(),
         region: sc.region.clone(),
         labels: sc.labels.iter().cloned().collect(),
-        price_per_s_micros: sc.price_per_s_micros,
-        queue_depth: in_flight as u32,
-        workers: st.config.inference.workers as u32,
-        speed_permille,
-        power_mw: sc.power_mw.min(u64::from(u32::MAX)) as u32,
+        price_per_s_micros: sc.price_per_s_micros.min(limits::PRICE_PER_S_MICROS_MAX),
+        queue_depth: u32::try_from(in_flight)
+            .unwrap_or(u32::MAX)
+            .min(limits::QUEUE_DEPTH_MAX),
+        workers: (st.config.inference.workers as u32).clamp(1, limits::WORKERS_MAX),
+        speed_permille: speed_permille.clamp(1, limits::SPEED_PERMILLE_MAX),
+        power_mw: sc.power_mw.min(u64::from(limits::POWER_MW_MAX)) as u32,
         battery_permille: crate::sampler::battery_permille(&st.config.telemetry.power_supply_dir),
         model_latency_us: st
             .model_latency
             .lock()
-            .map(|m| m.clone())
+            .map(|m| {
+                m.iter()
+                    .map(|(d, l)| (*d, (*l).clamp(1, limits::LATENCY_US_MAX)))
+                    .collect()
+            })
             .unwrap_or_default(),
         host,
         at_ms: now_ms(),

@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 pub mod mesh;
+pub mod peer;
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -64,18 +65,17 @@ impl TestDir {
         self.cmd().args(args).output().unwrap()
     }
 
-    /// Starts `fabnode start` on a free port and waits for it to listen.
+    /// Starts `fabnode start` on a free loopback port and waits for it to listen.
     pub fn start(&self, envs: &[(&str, &str)]) -> Result<RunningNode, String> {
+        self.start_on("127.0.0.1:0", envs)
+    }
+
+    /// Starts `fabnode start --api-listen <listen>` and waits for it to listen.
+    pub fn start_on(&self, listen: &str, envs: &[(&str, &str)]) -> Result<RunningNode, String> {
         let mut cmd = self.cmd();
-        cmd.args([
-            "start",
-            "--api-listen",
-            "127.0.0.1:0",
-            "--log-level",
-            "info",
-        ])
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped());
+        cmd.args(["start", "--api-listen", listen, "--log-level", "info"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
         for (k, v) in envs {
             cmd.env(k, v);
         }

@@ -1,5 +1,9 @@
 //! The HTTP/JSON control API (described in `docs/openapi.yaml`).
 //!
+//! - [`guard`]: who may call it (Origin, Host, token, content type).
+//! - [`serve`]: the HTTP server (connection cap, header deadline, bounded shutdown).
+//! - [`token`]: the bearer token in the data dir.
+//!
 //! Errors are JSON: `{"error": {"code": "...", "message": "..."}}` with a 4xx status for the
 //! caller's mistakes and 5xx for the node's. A bad request never reaches the ledger.
 
@@ -28,6 +32,10 @@ use crate::config::Config;
 use crate::ledger_writer::{LedgerClient, RANGE_MAX, now_ms};
 use crate::models::{ModelCache, ModelError};
 use crate::views::entry_json;
+
+pub mod guard;
+pub mod serve;
+pub mod token;
 
 /// Everything a request handler needs.
 #[derive(Debug)]
@@ -76,6 +84,10 @@ pub struct ApiError {
     pub receipt: Option<Value>,
     /// Where the job was placed and why (jobs placed by the auction).
     pub placement: Option<Value>,
+    /// Answer with `WWW-Authenticate: Bearer` (a 401).
+    pub www_authenticate: bool,
+    /// Every replica's executor, entry and output digest (replicas that disagree).
+    pub replicas: Option<Box<Value>>,
 }
 
 impl ApiError {
@@ -86,6 +98,8 @@ impl ApiError {
             message: message.into(),
             receipt: None,
             placement: None,
+            www_authenticate: false,
+            replicas: None,
         }
     }
 }
@@ -99,14 +113,24 @@ impl IntoResponse for ApiError {
         if let Some(p) = self.placement {
             body["placement"] = p;
         }
-        (self.status, axum::Json(body)).into_response()
+        if let Some(r) = self.replicas {
+            body["replicas"] = *r;
+        }
+        let mut response = (self.status, axum::Json(body)).into_response();
+        if self.www_authenticate {
+            response.headers_mut().insert(
+                axum::http::header::WWW_AUTHENTICATE,
+                axum::http::HeaderValue::from_static("Bearer"),
+            );
+        }
+        response
     }
 }
 
 type ApiResult = Result<axum::Json<Value>, ApiError>;
 
-/// The router with every route.
-pub fn router(state: Arc<AppState>) -> Router {
+/// The router with every route, behind `guard`.
+pub fn router(state: Arc<AppState>, guard: Arc<guard::Guard>) -> Router {
     Router::new()
         .route("/v1/node", get(node_info))
         .route("/v1/models", get(list_models))
@@ -127,6 +151,7 @@ pub fn router(state: Arc<AppState>) -> Router {
             )
         })
         .layer(axum::extract::DefaultBodyLimit::disable())
+        .layer(axum::middleware::from_fn_with_state(guard, guard::layer))
         .with_state(state)
 }
 
@@ -260,6 +285,12 @@ async fn metrics(State(st): State<Arc<AppState>>) -> Response {
             ],
         );
         metric(
+            "fabnode_peer_penalties_total",
+            "counter",
+            "Offences charged to peers outside gossip validation (malformed or implausible bids, exec or ledger-sync frames, replication violations); each lowers the peer's gossip score.",
+            &[("", stats.penalties as f64)],
+        );
+        metric(
             "fabnode_mesh_events_dropped_total",
             "counter",
             "Mesh events dropped because the node fell behind (catch-up recovers them).",
@@ -349,7 +380,8 @@ async fn node_info(State(st): State<Arc<AppState>>) -> ApiResult {
                    "shards": shards.count(), "shard": shards.of(&st.key.public()),
                    "listen": listen.iter().map(|a| a.to_string()).collect::<Vec<_>>(),
                    "gossip": {"accepted": stats.accepted, "rejected": stats.rejected,
-                              "events_dropped": stats.events_dropped}})
+                              "events_dropped": stats.events_dropped},
+                   "penalties": stats.penalties})
         }
         None => json!({"enabled": false}),
     };
@@ -617,9 +649,9 @@ pub async fn execute(
                 peak_rss_kib: r.peak_rss_kib,
             };
             if let Ok(mut m) = st.model_latency.lock() {
-                let sample = r.wall.as_micros() as u64;
+                let sample = u64::try_from(r.wall.as_micros()).unwrap_or(u64::MAX).max(1);
                 let e = m.entry(model.digest.0).or_insert(sample);
-                *e = (*e * 7 + sample) / 8;
+                *e = (e.saturating_mul(7).saturating_add(sample) / 8).max(1);
             }
             match r.outputs {
                 Ok(outs) => (ExecStatus::Ok, String::new(), Some(outs), timings, metering),
@@ -739,19 +771,34 @@ pub fn failed_response(executed: Executed) -> ApiError {
         message: executed.error,
         receipt: Some(entry_json(&executed.entry)),
         placement: None,
+        www_authenticate: false,
+        replicas: None,
     }
 }
 
 async fn submit_job(State(st): State<Arc<AppState>>, body: Body) -> Result<Response, ApiError> {
     let accepted = Instant::now();
     let limit = st.config.limits.request_bytes_max;
-    let bytes: Bytes = axum::body::to_bytes(body, limit).await.map_err(|_| {
-        ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "request_too_large",
-            format!("request body is over limits.request_bytes_max = {limit} bytes"),
-        )
-    })?;
+    let body_timeout = Duration::from_millis(st.config.api.body_timeout_ms);
+    let bytes: Bytes = tokio::time::timeout(body_timeout, axum::body::to_bytes(body, limit))
+        .await
+        .map_err(|_| {
+            ApiError::new(
+                StatusCode::REQUEST_TIMEOUT,
+                "request_timeout",
+                format!(
+                    "the request body did not arrive within api.body_timeout_ms = {} ms",
+                    st.config.api.body_timeout_ms
+                ),
+            )
+        })?
+        .map_err(|_| {
+            ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "request_too_large",
+                format!("request body is over limits.request_bytes_max = {limit} bytes"),
+            )
+        })?;
     let mut req: SubmitBody = serde_json::from_slice(&bytes).map_err(|e| {
         ApiError::new(
             StatusCode::BAD_REQUEST,
@@ -872,16 +919,40 @@ async fn place(
                    "output_digest": crate::placer::output_digest(e)})
         })
         .collect();
+    let placement = if req.explain {
+        placement
+    } else {
+        crate::placer::summary(&placement)
+    };
+    if replicas_agree == Some(false) {
+        // No output is returned: the client cannot know which replica, if any, is right.
+        let digests: Vec<String> = results
+            .iter()
+            .map(|(peer, e)| {
+                let d = crate::placer::output_digest(e)
+                    .map_or_else(|| "none".into(), |d| d.to_string());
+                format!("{peer}: {d}")
+            })
+            .collect();
+        let mut e = ApiError::new(
+            StatusCode::CONFLICT,
+            "replicas_disagree",
+            format!(
+                "the {} replicas' outputs differ ({}); every run is in its executor's ledger",
+                results.len(),
+                digests.join(", ")
+            ),
+        );
+        e.replicas = Some(Box::new(json!(replicas)));
+        e.placement = Some(placement);
+        return Err(e);
+    }
     let mut results = results.into_iter();
     let (peer, first) = results
         .next()
         .ok_or_else(|| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "no result"))?;
     let mut body = job_body(job, &input_name, first, Some(peer.to_string()))?;
-    body["placement"] = if req.explain {
-        placement
-    } else {
-        crate::placer::summary(&placement)
-    };
+    body["placement"] = placement;
     if let Some(agree) = replicas_agree {
         body["replicas"] = json!(replicas);
         body["replicas_agree"] = json!(agree);

@@ -147,9 +147,12 @@ impl Estimate {
 /// transfer from the round trip and the input size, cost from its price, energy from its power.
 pub fn estimate(t: &Telemetry, job: &JobShape, link: Link) -> Estimate {
     let measured = t.model_latency_us.get(&job.model_digest).copied();
-    let compute_us = measured.unwrap_or_else(|| {
-        job.reference_latency_us.saturating_mul(1000) / u64::from(t.speed_permille.max(1))
-    });
+    // At least 1 µs: no run is free, and a requester refuses a zero-time offer as implausible.
+    let compute_us = measured
+        .unwrap_or_else(|| {
+            job.reference_latency_us.saturating_mul(1000) / u64::from(t.speed_permille.max(1))
+        })
+        .max(1);
     let queue_us =
         u64::from(t.queue_depth).saturating_mul(compute_us) / u64::from(t.workers.max(1));
     let transfer_us = link.rtt_us.saturating_add(

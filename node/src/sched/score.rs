@@ -114,22 +114,33 @@ pub fn score(
     time_half_us: u64,
     reliability_permille: u64,
 ) -> Score {
+    // Every figure here may come from a hostile peer (a bid, a report): each term is computed
+    // so that no value overflows, and each lands in 0..=1000 whatever its inputs.
     let half = time_half_us.max(1);
-    let time = half.saturating_mul(1000) / half.saturating_add(e.completion_us());
+    let time = ratio_permille(half, e.completion_us());
     let cost = match sla.max_cost_micros {
-        Some(max) => max.saturating_sub(e.cost_micros).saturating_mul(1000) / max.max(1),
-        None => COST_HALF * 1000 / (COST_HALF + e.cost_micros),
+        Some(max) => {
+            let left = u128::from(max.saturating_sub(e.cost_micros));
+            (left * 1000 / u128::from(max.max(1))) as u64
+        }
+        None => ratio_permille(COST_HALF, e.cost_micros),
     };
-    let energy = ENERGY_HALF_UJ * 1000 / (ENERGY_HALF_UJ + e.energy_uj);
+    let energy = ratio_permille(ENERGY_HALF_UJ, e.energy_uj);
     let cache = if e.cached { 1000 } else { 0 };
     let reliability = reliability_permille.min(1000);
     let battery = t.battery_permille.map_or(1000, |b| u64::from(b.min(1000)));
-    let total = w.time * time
-        + w.cost * cost
-        + w.energy * energy
-        + w.cache * cache
-        + w.reliability * reliability
-        + w.battery * battery;
+    let total = [
+        (w.time, time),
+        (w.cost, cost),
+        (w.energy, energy),
+        (w.cache, cache),
+        (w.reliability, reliability),
+        (w.battery, battery),
+    ]
+    .iter()
+    .fold(0u64, |sum, (w, term)| {
+        sum.saturating_add(w.saturating_mul(*term))
+    });
     Score {
         time,
         cost,
@@ -141,10 +152,18 @@ pub fn score(
     }
 }
 
+/// `1000 * half / (half + x)`: 1000 at x = 0, 500 at x = half, towards 0 as x grows; exact for
+/// every u64 input.
+fn ratio_permille(half: u64, x: u64) -> u64 {
+    let half = u128::from(half);
+    (half * 1000 / (half + u128::from(x)).max(1)) as u64
+}
+
 /// Reliability from the requester's record: successes over attempts, with a prior of 4 of 5 so
 /// an unknown node starts at 800.
 pub fn reliability_permille(successes: u64, attempts: u64) -> u64 {
-    (successes + 4).saturating_mul(1000) / (attempts + 5)
+    let permille = (u128::from(successes) + 4) * 1000 / (u128::from(attempts) + 5);
+    permille.min(1000) as u64
 }
 
 #[cfg(test)]
@@ -227,6 +246,56 @@ mod tests {
         sla.deadline_us = 100;
         sla.max_cost_micros = Some(5);
         assert!(sla.refuses(&t(), &e(11, 6)).unwrap().contains("cost"));
+    }
+
+    #[test]
+    fn extreme_figures_score_in_range_without_overflow() {
+        let w = Weights {
+            time: u64::MAX,
+            cost: u64::MAX,
+            energy: u64::MAX,
+            cache: u64::MAX,
+            reliability: u64::MAX,
+            battery: u64::MAX,
+        };
+        let worst = Estimate {
+            queue_us: u64::MAX,
+            compute_us: u64::MAX,
+            transfer_us: u64::MAX,
+            cost_micros: u64::MAX,
+            energy_uj: u64::MAX,
+            cached: false,
+        };
+        for sla in [
+            Sla::default(),
+            Sla {
+                max_cost_micros: Some(u64::MAX),
+                ..Default::default()
+            },
+            Sla {
+                max_cost_micros: Some(0),
+                ..Default::default()
+            },
+        ] {
+            let s = score(&worst, &t(), &sla, &w, u64::MAX, u64::MAX);
+            assert!(
+                s.time <= 1000 && s.cost <= 1000 && s.energy <= 1000,
+                "{s:?}"
+            );
+            let s = score(&Estimate::default(), &t(), &sla, &w, u64::MAX, u64::MAX);
+            assert_eq!(s.total, u64::MAX, "saturates instead of wrapping");
+        }
+        // An energy near u64::MAX used to wrap the denominator and score far above 1000.
+        let e = Estimate {
+            energy_uj: u64::MAX - 5_000,
+            ..Default::default()
+        };
+        assert_eq!(
+            score(&e, &t(), &Sla::default(), &Weights::default(), 1, 0).energy,
+            0
+        );
+        assert_eq!(reliability_permille(u64::MAX, u64::MAX), 999);
+        assert_eq!(reliability_permille(u64::MAX, 0), 1000);
     }
 
     #[test]

@@ -28,6 +28,20 @@ pub const NAME_BYTES_MAX: usize = 64;
 pub const LABELS_MAX: usize = 32;
 /// Most per-model latencies in a report.
 pub const MODELS_MAX: usize = 256;
+/// Fastest a node may claim to be: a thousand times the reference machine.
+pub const SPEED_PERMILLE_MAX: u32 = 1_000_000;
+/// Most inference workers a report may claim.
+pub const WORKERS_MAX: u32 = 4096;
+/// Deepest queue a report may claim.
+pub const QUEUE_DEPTH_MAX: u32 = 1_000_000;
+/// Most power a node may claim to draw while computing: 100 kW.
+pub const POWER_MW_MAX: u32 = 100_000_000;
+/// Highest price of a second of compute, in micro-units (a million units).
+pub const PRICE_PER_S_MICROS_MAX: u64 = 1_000_000_000_000;
+/// Longest measured latency of a model a report may claim: one day.
+pub const LATENCY_US_MAX: u64 = 86_400_000_000;
+/// Most cores a report may claim.
+pub const CORES_MAX: u32 = 65_536;
 
 /// One node's telemetry, as it signs it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -116,11 +130,28 @@ impl Cbor for TelemetryReport {
             u32::try_from(f.u64(name)?)
                 .map_err(|_| DecodeError::invalid(WHAT, format!("{name} out of range")))
         };
-        let price_per_s_micros = f.u64("price")?;
-        let queue_depth = u32_field(&mut f, "queue_depth")?;
-        let workers = u32_field(&mut f, "workers")?;
-        let speed_permille = u32_field(&mut f, "speed_permille")?;
-        let power_mw = u32_field(&mut f, "power_mw")?;
+        // Every figure feeds the requester's estimates and scores: each is range-checked here,
+        // so an absurd claim (a node a million times faster than any, a price that overflows)
+        // is refused with the report and its sender penalised, never scored.
+        let in_range = |name: &str, v: u64, lo: u64, hi: u64| -> Result<u64, DecodeError> {
+            if (lo..=hi).contains(&v) {
+                Ok(v)
+            } else {
+                Err(DecodeError::invalid(
+                    WHAT,
+                    format!("{name} = {v} is outside {lo}..={hi}"),
+                ))
+            }
+        };
+        let small = |f: &mut Fields, name: &str, lo: u32, hi: u32| -> Result<u32, DecodeError> {
+            let v = f.u64(name)?;
+            in_range(name, v, u64::from(lo), u64::from(hi)).map(|v| v as u32)
+        };
+        let price_per_s_micros = in_range("price", f.u64("price")?, 0, PRICE_PER_S_MICROS_MAX)?;
+        let queue_depth = small(&mut f, "queue_depth", 0, QUEUE_DEPTH_MAX)?;
+        let workers = small(&mut f, "workers", 1, WORKERS_MAX)?;
+        let speed_permille = small(&mut f, "speed_permille", 1, SPEED_PERMILLE_MAX)?;
+        let power_mw = small(&mut f, "power_mw", 0, POWER_MW_MAX)?;
         let battery_permille = match f.value("battery")? {
             Value::Null => None,
             Value::Integer(i) => Some(
@@ -134,11 +165,13 @@ impl Cbor for TelemetryReport {
         let mut model_latency_us = BTreeMap::new();
         for m in list(f.value("models")?, "models", MODELS_MAX)? {
             let mut m = Fields::new(m, WHAT, 2)?;
-            model_latency_us.insert(m.array("digest")?, m.u64("latency_us")?);
+            let digest = m.array("digest")?;
+            let latency = in_range("latency_us", m.u64("latency_us")?, 1, LATENCY_US_MAX)?;
+            model_latency_us.insert(digest, latency);
         }
         let mut h = Fields::new(f.value("host")?, WHAT, 4)?;
         let host = Host {
-            cores: u32_field(&mut h, "cores")?,
+            cores: small(&mut h, "cores", 0, CORES_MAX)?,
             load_permille: u32_field(&mut h, "load_permille")?,
             mem_free_mib: h.u64("mem_free_mib")?,
             temp_max_mc: match h.value("temp_max_mc")? {
@@ -312,6 +345,38 @@ mod tests {
                 },
                 at_ms,
             },
+        }
+    }
+
+    #[test]
+    fn absurd_figures_are_refused_at_decode() {
+        let key = Keypair::from_secret([3; 32]);
+        let decode =
+            |t: TelemetryReport| SignedTelemetry::decode_verified(&Signed::sign(t, &key).encode());
+        assert!(decode(report(&key, 1, 1)).is_ok());
+        type Edit = (&'static str, fn(&mut Telemetry));
+        let edits: [Edit; 9] = [
+            ("speed_permille", |t| {
+                t.speed_permille = SPEED_PERMILLE_MAX + 1
+            }),
+            ("speed_permille", |t| t.speed_permille = 0),
+            ("workers", |t| t.workers = 0),
+            ("workers", |t| t.workers = u32::MAX),
+            ("queue_depth", |t| t.queue_depth = u32::MAX),
+            ("power_mw", |t| t.power_mw = u32::MAX),
+            ("price", |t| t.price_per_s_micros = u64::MAX),
+            ("latency_us", |t| {
+                t.model_latency_us.insert([2; 32], 0);
+            }),
+            ("latency_us", |t| {
+                t.model_latency_us.insert([2; 32], u64::MAX);
+            }),
+        ];
+        for (field, edit) in edits {
+            let mut r = report(&key, 1, 1);
+            edit(&mut r.telemetry);
+            let e = decode(r).unwrap_err().to_string();
+            assert!(e.contains(field), "{field}: {e}");
         }
     }
 
