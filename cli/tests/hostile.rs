@@ -751,3 +751,39 @@ fn a_peer_flooding_exec_requests_is_refused_and_cannot_take_the_local_slots() {
     assert!(ran >= 2, "{busy} refused, {ran} ran");
     drop(rt);
 }
+
+#[test]
+fn reports_about_nodes_nobody_is_connected_to_are_not_kept_or_placed_on() {
+    let network = format!("tf{}", std::process::id());
+    let ta = TestDir::new();
+    let a = start(&ta, &mesh_env(&network));
+    let digest = model_digest(&a);
+    let (rt, m, key) = join_with(&network, &dial_addr(&a), any_telemetry);
+    // Thirty reports, each validly signed by a fresh key that never connects.
+    let strangers: Vec<Keypair> = (0..30).map(|_| Keypair::generate()).collect();
+    rt.block_on(async {
+        for k in &strangers {
+            let r = signed_report(k, 1, attractive(digest));
+            publish_when_subscribed(|| m.publish_telemetry(r.clone())).await;
+        }
+    });
+    // Then the peer's own report, which A keeps: every stranger's was handled before it.
+    announce(&rt, &m, &a, &key, 1, digest);
+    let peers = a.get("/v1/telemetry").1["peers"].clone();
+    assert_eq!(peers.as_array().unwrap().len(), 1, "{peers}");
+    let (status, body) = a.post_json(
+        "/v1/jobs",
+        &json!({"model": "digits", "input": image_json(2), "explain": true}),
+    );
+    assert_eq!(status, 200, "{body}");
+    let candidates = body["placement"]["candidates"].as_array().unwrap();
+    assert!(candidates.len() <= 2, "{body}");
+    for k in &strangers {
+        let id = k.public().peer_id();
+        assert!(
+            candidates.iter().all(|c| c["peer_id"] != id.as_str()),
+            "{body}"
+        );
+    }
+    drop(rt);
+}

@@ -60,6 +60,9 @@ pub enum RunError {
     /// The engine failed on an input that passed validation.
     #[error("the engine failed: {0}")]
     Engine(String),
+    /// The engine panicked during the run; the worker thread was replaced.
+    #[error("the engine crashed during the run ({0}); the worker was replaced")]
+    Panicked(String),
 }
 
 /// A loaded, ready model. Implementations are shared between worker threads.

@@ -149,6 +149,9 @@ pub async fn run(task: MeshTask) {
     // The newest own checkpoint not gossiped yet, and when one last was.
     let mut held: Option<String> = None;
     let mut checkpoint_sent: Option<Instant> = None;
+    // Keys of the connected, identified members of this network (bounded by the mesh's
+    // connection limit): whose telemetry is kept.
+    let mut members: std::collections::BTreeSet<[u8; 32]> = Default::default();
     // Own committed entries waiting for the next gossip slot, and when entries last went out
     // (the slot opens ENTRY_GOSSIP_EVERY after that).
     let mut lingering: Vec<GossipMsg> = Vec::new();
@@ -193,13 +196,20 @@ pub async fn run(task: MeshTask) {
                         // A full queue drops the call: the caller's window closes without it.
                         let _ = bids.try_send((from, request, reply));
                     }
-                    MeshEvent::Telemetry { from: author, report } => {
-                        // Decoded and verified by the validator the node gave the mesh.
-                        if let Ok(report) = report.downcast::<crate::sched::telemetry::SignedTelemetry>()
-                            && let Ok(mut view) = telemetry.lock()
-                            && let Err(why) = view.offer(&report, crate::ledger_writer::now_ms())
-                        {
-                            tracing::debug!(peer = %author, ?why, "telemetry not taken");
+                    MeshEvent::Telemetry { from, report } => {
+                        // Decoded and verified by the validator the node gave the mesh. Only a
+                        // connected member's report is kept: a peer relaying reports of keys
+                        // no one is connected to cannot grow the view or fill the auction's
+                        // candidates with nodes that cannot be reached.
+                        if let Ok(report) = report.downcast::<crate::sched::telemetry::SignedTelemetry>() {
+                            let node = report.body().node;
+                            if !members.contains(&node.to_bytes()) {
+                                tracing::debug!(peer = %from, node = %node, "telemetry of a node not connected here; not kept");
+                            } else if let Ok(mut view) = telemetry.lock()
+                                && let Err(why) = view.offer(&report, crate::ledger_writer::now_ms())
+                            {
+                                tracing::debug!(peer = %from, ?why, "telemetry not taken");
+                            }
                         }
                     }
                     MeshEvent::Rejected { from, reason } => {
@@ -207,13 +217,25 @@ pub async fn run(task: MeshTask) {
                     }
                     // Replication runs between members of one shard; a connection to a peer of
                     // another shard serves calls for bids, jobs and discovery.
-                    MeshEvent::PeerConnected(peer) if fab_mesh::net::in_scope(&scope, &peer) => {
-                        replicator.handle(Input::PeerUp(peer), started.elapsed(), &mut outputs);
+                    MeshEvent::PeerConnected(peer) => {
+                        if let Some(key) = fab_mesh::net::peer_key(&peer) {
+                            members.insert(key.to_bytes());
+                        }
+                        if fab_mesh::net::in_scope(&scope, &peer) {
+                            replicator.handle(Input::PeerUp(peer), started.elapsed(), &mut outputs);
+                        }
                     }
-                    MeshEvent::PeerDisconnected(peer) if fab_mesh::net::in_scope(&scope, &peer) => {
-                        replicator.handle(Input::PeerDown(peer), started.elapsed(), &mut outputs);
+                    MeshEvent::PeerDisconnected(peer) => {
+                        if let Some(key) = fab_mesh::net::peer_key(&peer) {
+                            members.remove(&key.to_bytes());
+                            if let Ok(mut view) = telemetry.lock() {
+                                view.forget(&key);
+                            }
+                        }
+                        if fab_mesh::net::in_scope(&scope, &peer) {
+                            replicator.handle(Input::PeerDown(peer), started.elapsed(), &mut outputs);
+                        }
                     }
-                    MeshEvent::PeerConnected(_) | MeshEvent::PeerDisconnected(_) => {}
                     MeshEvent::ExecRequest { from, request, reply } => {
                         if let Err(mpsc::error::TrySendError::Full((_, _, reply)) | mpsc::error::TrySendError::Closed((_, _, reply))) = exec.try_send((from, request, reply)) {
                             let busy = fab_mesh::exec::ExecResponse::Refused {

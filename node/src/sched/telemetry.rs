@@ -220,23 +220,46 @@ pub enum Refused {
     FromTheFuture { at_ms: u64 },
 }
 
-/// The latest telemetry of every peer (signature-checked reports only).
+/// The latest telemetry of every peer (signature-checked reports only), at most
+/// `reports_max` nodes: a report from a node not yet in a full view first evicts stale
+/// reports, then the least recent one (oldest `at_ms`, ties to the lowest key).
 #[derive(Clone, Debug)]
 pub struct TelemetryView {
     /// Reports older than this are not candidates.
     pub stale_after_ms: u64,
     /// Reports dated later than now plus this are refused.
     pub skew_ms: u64,
+    /// Nodes whose report is kept, at most.
+    pub reports_max: usize,
     latest: BTreeMap<[u8; 32], TelemetryReport>,
 }
+
+/// Default bound on the nodes a view keeps (a shard is ~32 nodes; a node connects to far
+/// fewer than this).
+pub const REPORTS_MAX: usize = 1024;
 
 impl TelemetryView {
     pub fn new(stale_after_ms: u64) -> Self {
         TelemetryView {
             stale_after_ms,
             skew_ms: 60_000,
+            reports_max: REPORTS_MAX,
             latest: BTreeMap::new(),
         }
+    }
+
+    /// Nodes with a report in the view, fresh or not.
+    pub fn len(&self) -> usize {
+        self.latest.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.latest.is_empty()
+    }
+
+    /// Drops `node`'s report (it disconnected).
+    pub fn forget(&mut self, node: &PublicKey) {
+        self.latest.remove(&node.to_bytes());
     }
 
     /// Takes a verified report received at `now_ms`.
@@ -255,6 +278,20 @@ impl TelemetryView {
                 seq: r.seq,
                 last: last.seq,
             });
+        }
+        if !self.latest.contains_key(&key) && self.latest.len() >= self.reports_max.max(1) {
+            let stale_after = self.stale_after_ms;
+            self.latest
+                .retain(|_, l| now_ms.saturating_sub(l.telemetry.at_ms) <= stale_after);
+            if self.latest.len() >= self.reports_max.max(1)
+                && let Some(oldest) = self
+                    .latest
+                    .iter()
+                    .min_by_key(|(k, l)| (l.telemetry.at_ms, **k))
+                    .map(|(k, _)| *k)
+            {
+                self.latest.remove(&oldest);
+            }
         }
         self.latest.insert(key, r.clone());
         Ok(())
@@ -346,6 +383,35 @@ mod tests {
                 at_ms,
             },
         }
+    }
+
+    #[test]
+    fn the_view_is_bounded_and_evicts_stale_then_least_recent_reports() {
+        let mut v = TelemetryView::new(10_000);
+        v.reports_max = 3;
+        let keys: Vec<Keypair> = (1..=6u8).map(|i| Keypair::from_secret([i; 32])).collect();
+        let signed = |k: &Keypair, at: u64| Signed::sign(report(k, 1, at), k);
+        // Three reports; the first goes stale by the time a fourth node arrives.
+        assert_eq!(v.offer(&signed(&keys[0], 1_000), 1_000), Ok(()));
+        assert_eq!(v.offer(&signed(&keys[1], 9_000), 9_000), Ok(()));
+        assert_eq!(v.offer(&signed(&keys[2], 9_500), 9_500), Ok(()));
+        assert_eq!(v.offer(&signed(&keys[3], 12_000), 12_000), Ok(()));
+        assert_eq!(v.len(), 3);
+        assert!(v.fresh(12_000).iter().all(|r| r.node != keys[0].public()));
+        // Nothing stale: the least recent report (keys[1], at 9,000) makes room.
+        assert_eq!(v.offer(&signed(&keys[4], 12_500), 12_500), Ok(()));
+        assert_eq!(v.len(), 3);
+        assert!(v.fresh(12_500).iter().all(|r| r.node != keys[1].public()));
+        // A flood of new nodes never grows the view.
+        for i in 0..100u32 {
+            let mut secret = [9u8; 32];
+            secret[..4].copy_from_slice(&i.to_le_bytes());
+            let k = Keypair::from_secret(secret);
+            let _ = v.offer(&signed(&k, 13_000), 13_000);
+            assert!(v.len() <= 3);
+        }
+        v.forget(&keys[4].public());
+        assert!(v.fresh(13_000).iter().all(|r| r.node != keys[4].public()));
     }
 
     #[test]
