@@ -167,11 +167,190 @@ pub enum TensorError {
     Npy(String),
 }
 
-#[derive(Serialize, Deserialize)]
+#[derive(Deserialize)]
 struct TensorJson {
     dtype: DType,
     shape: Vec<usize>,
-    data: Vec<serde_json::Number>,
+    data: Numbers,
+}
+
+/// The JSON form of a tensor as a field of a larger document (an API request body), parsed
+/// without a `serde_json::Value` tree; turn it into a [`Tensor`] with [`Tensor::from_json`].
+#[derive(Deserialize)]
+#[serde(transparent)]
+pub struct JsonTensor(TensorJson);
+
+impl std::fmt::Debug for JsonTensor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("JsonTensor")
+            .field("dtype", &self.0.dtype)
+            .field("shape", &self.0.shape)
+            .field("len", &self.0.data.len())
+            .finish()
+    }
+}
+
+/// A JSON number as it was written.
+#[derive(Clone, Copy, Debug)]
+enum Num {
+    Pos(u64),
+    Neg(i64),
+    Float(f64),
+}
+
+impl Num {
+    fn as_i64(self) -> Option<i64> {
+        match self {
+            Num::Pos(u) => i64::try_from(u).ok(),
+            Num::Neg(i) => Some(i),
+            Num::Float(_) => None,
+        }
+    }
+
+    fn as_f64(self) -> f64 {
+        match self {
+            Num::Pos(u) => u as f64,
+            Num::Neg(i) => i as f64,
+            Num::Float(f) => f,
+        }
+    }
+}
+
+impl std::fmt::Display for Num {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Num::Pos(u) => write!(f, "{u}"),
+            Num::Neg(i) => write!(f, "{i}"),
+            Num::Float(x) => write!(f, "{x}"),
+        }
+    }
+}
+
+/// JSON numbers packed as they are read: a kind byte, then a varint (integers) or eight bytes
+/// (floats), so one-digit numbers take two bytes and none more than eleven. A
+/// `serde_json::Value` tree costs 32 bytes a number plus its vector: a 14 MiB request body of
+/// small numbers grew the node by 350 MiB before its shape was checked.
+#[derive(Default)]
+struct Numbers {
+    buf: Vec<u8>,
+    len: usize,
+}
+
+impl Numbers {
+    const POS: u8 = 0;
+    const NEG: u8 = 1;
+    const FLOAT: u8 = 2;
+
+    fn len(&self) -> usize {
+        self.len
+    }
+
+    fn push(&mut self, n: Num) {
+        fn varint(buf: &mut Vec<u8>, mut v: u64) {
+            loop {
+                let byte = (v & 0x7f) as u8;
+                v >>= 7;
+                if v == 0 {
+                    buf.push(byte);
+                    return;
+                }
+                buf.push(byte | 0x80);
+            }
+        }
+        match n {
+            Num::Pos(u) => {
+                self.buf.push(Self::POS);
+                varint(&mut self.buf, u);
+            }
+            // -1 is stored as 0, -2 as 1, ...: small magnitudes stay short.
+            Num::Neg(i) => {
+                self.buf.push(Self::NEG);
+                varint(&mut self.buf, !(i as u64));
+            }
+            Num::Float(x) => {
+                self.buf.push(Self::FLOAT);
+                self.buf.extend_from_slice(&x.to_le_bytes());
+            }
+        }
+        self.len += 1;
+    }
+
+    fn iter(&self) -> impl Iterator<Item = Num> + '_ {
+        let mut at = 0;
+        std::iter::from_fn(move || {
+            let kind = *self.buf.get(at)?;
+            at += 1;
+            if kind == Self::FLOAT {
+                let bytes: [u8; 8] = self.buf.get(at..at + 8)?.try_into().ok()?;
+                at += 8;
+                return Some(Num::Float(f64::from_le_bytes(bytes)));
+            }
+            let (mut v, mut shift) = (0u64, 0u32);
+            loop {
+                let b = *self.buf.get(at)?;
+                at += 1;
+                v |= u64::from(b & 0x7f).checked_shl(shift)?;
+                shift += 7;
+                if b & 0x80 == 0 {
+                    break;
+                }
+            }
+            Some(if kind == Self::NEG {
+                Num::Neg(!v as i64)
+            } else {
+                Num::Pos(v)
+            })
+        })
+    }
+}
+
+impl<'de> Deserialize<'de> for Num {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl serde::de::Visitor<'_> for V {
+            type Value = Num;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a number")
+            }
+            fn visit_u64<E>(self, v: u64) -> Result<Num, E> {
+                Ok(Num::Pos(v))
+            }
+            fn visit_i64<E>(self, v: i64) -> Result<Num, E> {
+                Ok(if v >= 0 {
+                    Num::Pos(v as u64)
+                } else {
+                    Num::Neg(v)
+                })
+            }
+            fn visit_f64<E>(self, v: f64) -> Result<Num, E> {
+                Ok(Num::Float(v))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+impl<'de> Deserialize<'de> for Numbers {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = Numbers;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a list of numbers")
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<Numbers, A::Error> {
+                let mut out = Numbers::default();
+                while let Some(n) = seq.next_element::<Num>()? {
+                    out.push(n);
+                }
+                Ok(out)
+            }
+        }
+        d.deserialize_seq(V)
+    }
 }
 
 #[derive(Serialize)]
@@ -238,17 +417,23 @@ impl Tensor {
         Self::from_json_parts(parsed.dtype, parsed.shape, parsed.data)
     }
 
-    /// Parses the JSON form from an already-parsed value (e.g. a field of a request body).
+    /// Parses the JSON form from an already-parsed value.
     pub fn from_json_value(value: serde_json::Value) -> Result<Self, TensorError> {
         let parsed: TensorJson =
             serde_json::from_value(value).map_err(|e| TensorError::Json(e.to_string()))?;
         Self::from_json_parts(parsed.dtype, parsed.shape, parsed.data)
     }
 
+    /// A tensor from its JSON form parsed as a field of a larger document.
+    pub fn from_json(parsed: JsonTensor) -> Result<Self, TensorError> {
+        let JsonTensor(t) = parsed;
+        Self::from_json_parts(t.dtype, t.shape, t.data)
+    }
+
     fn from_json_parts(
         dtype: DType,
         shape: Vec<usize>,
-        data: Vec<serde_json::Number>,
+        data: Numbers,
     ) -> Result<Self, TensorError> {
         let expected = element_count(&shape)?;
         if expected != data.len() {
@@ -258,47 +443,42 @@ impl Tensor {
                 found: data.len(),
             });
         }
-        let bad = |index: usize, n: &serde_json::Number| TensorError::BadElement {
+        let bad = |index: usize, n: Num| TensorError::BadElement {
             index,
             value: n.to_string(),
             dtype,
         };
-        let ints = |lo: i64, hi: i64| -> Result<Vec<i64>, TensorError> {
-            data.iter()
-                .enumerate()
-                .map(|(i, n)| {
+        // Each element straight into its type: no intermediate vector of wider integers.
+        fn ints<T: TryFrom<i64>>(
+            data: &Numbers,
+            bad: impl Fn(usize, Num) -> TensorError,
+        ) -> Result<Vec<T>, TensorError> {
+            let mut out = Vec::with_capacity(data.len());
+            for (i, n) in data.iter().enumerate() {
+                out.push(
                     n.as_i64()
-                        .filter(|v| (lo..=hi).contains(v))
-                        .ok_or_else(|| bad(i, n))
-                })
-                .collect()
-        };
+                        .and_then(|v| T::try_from(v).ok())
+                        .ok_or_else(|| bad(i, n))?,
+                );
+            }
+            Ok(out)
+        }
         let data = match dtype {
             DType::F32 => TensorData::F32(
                 data.iter()
                     .enumerate()
                     .map(|(i, n)| {
-                        n.as_f64()
+                        Some(n.as_f64())
                             .filter(|v| v.abs() <= f32::MAX as f64)
                             .map(|v| v as f32)
                             .ok_or_else(|| bad(i, n))
                     })
                     .collect::<Result<_, _>>()?,
             ),
-            DType::F64 => TensorData::F64(
-                data.iter()
-                    .enumerate()
-                    .map(|(i, n)| n.as_f64().ok_or_else(|| bad(i, n)))
-                    .collect::<Result<_, _>>()?,
-            ),
-            DType::I64 => TensorData::I64(ints(i64::MIN, i64::MAX)?),
-            DType::I32 => TensorData::I32(
-                ints(i32::MIN.into(), i32::MAX.into())?
-                    .into_iter()
-                    .map(|v| v as i32)
-                    .collect(),
-            ),
-            DType::U8 => TensorData::U8(ints(0, 255)?.into_iter().map(|v| v as u8).collect()),
+            DType::F64 => TensorData::F64(data.iter().map(Num::as_f64).collect()),
+            DType::I64 => TensorData::I64(ints(&data, bad)?),
+            DType::I32 => TensorData::I32(ints(&data, bad)?),
+            DType::U8 => TensorData::U8(ints(&data, bad)?),
         };
         Ok(Tensor { shape, data })
     }
@@ -497,6 +677,37 @@ fn parse_shape(text: &str) -> Option<Vec<usize>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn packed_numbers_read_back_exactly() {
+        let all = [
+            Num::Pos(0),
+            Num::Pos(1),
+            Num::Pos(127),
+            Num::Pos(128),
+            Num::Pos(u64::MAX),
+            Num::Neg(-1),
+            Num::Neg(-129),
+            Num::Neg(i64::MIN),
+            Num::Float(0.5),
+            Num::Float(-1e300),
+            Num::Float(f64::MIN_POSITIVE),
+        ];
+        let mut n = Numbers::default();
+        for x in all {
+            n.push(x);
+        }
+        assert_eq!(n.len(), all.len());
+        let back: Vec<String> = n.iter().map(|x| format!("{x:?}")).collect();
+        let want: Vec<String> = all.iter().map(|x| format!("{x:?}")).collect();
+        assert_eq!(back, want);
+        // One-digit numbers take two bytes each.
+        let mut small = Numbers::default();
+        for _ in 0..1000 {
+            small.push(Num::Pos(7));
+        }
+        assert_eq!(small.buf.len(), 2000);
+    }
 
     fn t() -> Tensor {
         Tensor::new(

@@ -124,6 +124,26 @@ pub struct MeshTask {
     pub gossiped: std::sync::Arc<[std::sync::atomic::AtomicU64; 2]>,
 }
 
+/// Ledger-sync requests waiting to be served; beyond this a peer is told to retry.
+pub const SYNC_QUEUE: usize = 16;
+
+type SyncIncoming = (PeerId, SyncRequest, fab_mesh::net::SyncReply);
+
+/// Serves peers' ledger-sync requests one at a time, off the mesh task's loop: however many
+/// ranges peers ask for, gossip, calls for bids and exec requests keep flowing.
+async fn serve_sync(
+    own: PublicKey,
+    ledger: LedgerClient,
+    mesh: MeshClient,
+    mut rx: mpsc::Receiver<SyncIncoming>,
+) {
+    while let Some((from, request, reply)) = rx.recv().await {
+        let response = serve(own, &ledger, request).await;
+        tracing::debug!(peer = %from, "sync request served");
+        let _ = mesh.respond(reply, response).await;
+    }
+}
+
 pub async fn run(task: MeshTask) {
     let MeshTask {
         own,
@@ -141,6 +161,10 @@ pub async fn run(task: MeshTask) {
         gossiped,
     } = task;
     let started = Instant::now();
+    let (sync_tx, sync_rx) = mpsc::channel::<SyncIncoming>(SYNC_QUEUE);
+    // Owned here: it ends when this task ends (the set is dropped).
+    let mut children = tokio::task::JoinSet::new();
+    children.spawn(serve_sync(own, ledger.clone(), mesh.clone(), sync_rx));
     let mut tick = tokio::time::interval(TICK);
     let mut outputs: Vec<Output<PeerId>> = Vec::new();
     // Own entries and checkpoints not yet published because no peer was subscribed: retried, so
@@ -246,9 +270,13 @@ pub async fn run(task: MeshTask) {
                         }
                     }
                     MeshEvent::SyncRequest { from, request, reply } => {
-                        let response = serve(own, &ledger, request).await;
-                        tracing::debug!(peer = %from, "sync request served");
-                        let _ = mesh.respond(reply, response).await;
+                        if let Err(mpsc::error::TrySendError::Full((_, _, reply)) | mpsc::error::TrySendError::Closed((_, _, reply))) = sync_tx.try_send((from, request, reply)) {
+                            tracing::debug!(peer = %from, "sync request refused: queue full");
+                            let busy = SyncResponse::Refused(
+                                "busy: too many ledger-sync requests waiting; retry later".into(),
+                            );
+                            let _ = mesh.respond(reply, busy).await;
+                        }
                     }
                     MeshEvent::SyncResponse { from, response } => match response {
                         SyncResponse::Heads(heads) => {
@@ -298,7 +326,7 @@ async fn serve(own: PublicKey, ledger: &LedgerClient, request: SyncRequest) -> S
             let mut heads = vec![(own.to_bytes(), size)];
             match ledger.replica_heads().await {
                 Ok(r) => heads.extend(r.into_iter().map(|(k, n, _)| (k, n))),
-                Err(e) => return SyncResponse::Refused(e),
+                Err(e) => return storage_refusal(&e),
             }
             SyncResponse::Heads(heads)
         }
@@ -315,7 +343,7 @@ async fn serve(own: PublicKey, ledger: &LedgerClient, request: SyncRequest) -> S
                     let entries = rows
                         .into_iter()
                         .enumerate()
-                        .take_while(|(i, (seq, _))| *seq == start + *i as u64)
+                        .take_while(|(i, (seq, _))| start.checked_add(*i as u64) == Some(*seq))
                         .map(|(_, (_, bytes))| bytes)
                         .collect();
                     SyncResponse::Range {
@@ -324,10 +352,16 @@ async fn serve(own: PublicKey, ledger: &LedgerClient, request: SyncRequest) -> S
                         entries,
                     }
                 }
-                Err(e) => SyncResponse::Refused(e),
+                Err(e) => storage_refusal(&e),
             }
         }
     }
+}
+
+/// A storage failure as a peer sees it: the operator's log keeps the detail (paths, errors).
+fn storage_refusal(detail: &str) -> SyncResponse {
+    tracing::warn!(%detail, "a ledger read for a peer failed");
+    SyncResponse::Refused("this node could not read its ledger".into())
 }
 
 /// Writes a proof once (a second copy of the same conflict is not rewritten).

@@ -422,7 +422,9 @@ async fn list_models(State(st): State<Arc<AppState>>) -> ApiResult {
 #[serde(deny_unknown_fields)]
 struct SubmitBody {
     model: String,
-    input: Value,
+    /// Parsed straight into compact numbers: no JSON value tree (docs/SECURITY.md).
+    #[serde(default)]
+    input: Option<fab_inference::tensor::JsonTensor>,
     /// The job's deadline, from submission to result.
     #[serde(default, alias = "deadline_ms")]
     timeout_ms: Option<u64>,
@@ -808,7 +810,14 @@ async fn submit_job(State(st): State<Arc<AppState>>, body: Body) -> Result<Respo
             ),
         )
     })?;
-    let input = Tensor::from_json_value(std::mem::take(&mut req.input))
+    let input = req.input.take().ok_or_else(|| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            "request body: missing field `input`; expected {\"model\": name, \"input\": tensor, \"on\"?: peer id}",
+        )
+    })?;
+    let input = Tensor::from_json(input)
         .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_tensor", format!("input: {e}")))?;
     check_input_size(&st, &input)?;
     let timeout_ms = req
