@@ -454,6 +454,17 @@ fn a_node_beyond_loopback_needs_a_token_and_checks_it() {
     );
     assert_eq!(get(Some(&format!("Basic {token}"))).status(), 401);
     assert_eq!(get(Some(&format!("Bearer {token}"))).status(), 200);
+    // The health probes answer without the token, and say nothing else.
+    for probe in ["/v1/health", "/v1/health/live"] {
+        let mut r = n
+            .agent()
+            .get(format!("http://127.0.0.1:{port}{probe}"))
+            .call()
+            .unwrap();
+        assert_eq!(r.status(), 200, "{probe}");
+        let v: Value = r.body_mut().read_json().unwrap();
+        assert!(v["status"] == "ready" || v["status"] == "live", "{v}");
+    }
     // The CLI finds the token in the data dir; another one in the environment is refused.
     let api = format!("127.0.0.1:{port}");
     let out = t.run(&["--api", &api, "status", "--json"]);

@@ -137,6 +137,8 @@ pub struct LedgerClient {
 #[derive(Debug)]
 pub struct LedgerWriter {
     thread: JoinHandle<()>,
+    /// Resolves when the thread ends, however it ends (for the node's supervisor).
+    ended: Option<tokio::sync::oneshot::Receiver<()>>,
 }
 
 pub fn now_ms() -> u64 {
@@ -157,11 +159,26 @@ impl LedgerWriter {
     ) -> (LedgerWriter, LedgerClient) {
         let (tx, rx) = mpsc::channel(COMMAND_QUEUE);
         let feed = FeedWriter::resume(key, store.len(), store.head());
+        let (signal, ended) = crate::supervise::EndSignal::new();
         let thread = std::thread::Builder::new()
             .name("fab-ledger".into())
-            .spawn(move || run(store, feed, rx, batch_max.max(1), committed))
+            .spawn(move || {
+                let _signal = signal;
+                run(store, feed, rx, batch_max.max(1), committed);
+            })
             .expect("spawning the ledger thread");
-        (LedgerWriter { thread }, LedgerClient { tx })
+        (
+            LedgerWriter {
+                thread,
+                ended: Some(ended),
+            },
+            LedgerClient { tx },
+        )
+    }
+
+    /// What resolves when the writer thread ends (once).
+    pub fn take_ended(&mut self) -> Option<tokio::sync::oneshot::Receiver<()>> {
+        self.ended.take()
     }
 
     /// Waits for the thread to finish the commands already queued and close the store.

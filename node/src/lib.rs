@@ -18,6 +18,7 @@
 //! - [`api`]: the control API (routes, job pipeline, errors).
 //! - [`views`]: JSON views of entries and receipts.
 //! - [`Node`]: startup, serving and graceful shutdown.
+//! - [`supervise`]: the node's subsystems, owned in one place; one that stops stops the node.
 //! - [`sched`]: the auction, requester side and bidder side, and the telemetry view (sans-IO).
 //! - [`sampler`]: reads the machine's figures for telemetry.
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
@@ -45,6 +46,8 @@ pub mod placer;
 #[cfg(feature = "runtime")]
 pub mod sampler;
 pub mod sched;
+#[cfg(feature = "runtime")]
+pub mod supervise;
 #[cfg(feature = "runtime")]
 mod telemetry_task;
 #[cfg(feature = "runtime")]

@@ -68,8 +68,8 @@ pub struct Node {
     listener: TcpListener,
     addr: SocketAddr,
     guard: Arc<crate::api::guard::Guard>,
-    /// The mesh event loop and the replication task; aborted at shutdown.
-    mesh_tasks: Vec<tokio::task::JoinHandle<()>>,
+    /// Every long-lived task and the ledger thread: one that ends stops the node.
+    subsystems: crate::supervise::Subsystems,
 }
 
 fn parse_addrs(key: &str, values: &[String]) -> Result<Vec<libp2p::Multiaddr>, StartError> {
@@ -166,13 +166,16 @@ impl Node {
             None
         };
         let (committed_tx, committed_rx) = tokio::sync::mpsc::channel(COMMITTED_QUEUE);
-        let (writer, ledger) = LedgerWriter::start(
+        let (mut writer, ledger) = LedgerWriter::start(
             store,
             key.clone(),
             config.ledger.batch_max,
             config.mesh.enabled.then_some(committed_tx),
         );
-        let mut mesh_tasks = Vec::new();
+        let mut subsystems = crate::supervise::Subsystems::default();
+        if let Some(ended) = writer.take_ended() {
+            subsystems.watch_thread("the ledger writer", ended);
+        }
         let mut mesh = None;
         let entries_gossiped: Arc<[std::sync::atomic::AtomicU64; 2]> = Default::default();
         let (exec_tx, exec_rx) = tokio::sync::mpsc::channel(crate::exec::EXEC_QUEUE);
@@ -206,9 +209,10 @@ impl Node {
             }));
             let (client, events, event_loop) =
                 fab_mesh::net::start(&key, mc).map_err(|e| StartError::Mesh(e.to_string()))?;
-            mesh_tasks.push(tokio::spawn(event_loop.run()));
-            mesh_tasks.push(tokio::spawn(crate::mesh_task::run(
-                crate::mesh_task::MeshTask {
+            subsystems.spawn("the mesh event loop", event_loop.run());
+            subsystems.spawn(
+                "the mesh task",
+                crate::mesh_task::run(crate::mesh_task::MeshTask {
                     own: key.public(),
                     scope,
                     evidence: datadir::evidence_dir(data_dir),
@@ -222,8 +226,8 @@ impl Node {
                     telemetry: Arc::clone(&telemetry_view),
                     bids: bid_tx,
                     gossiped: Arc::clone(&entries_gossiped),
-                },
-            )));
+                }),
+            );
             mesh = Some(client);
         }
         let state = Arc::new(AppState {
@@ -262,19 +266,22 @@ impl Node {
             }
         }
         if state.mesh.is_some() {
-            mesh_tasks.push(tokio::spawn(crate::exec::serve(
-                Arc::clone(&state),
-                exec_rx,
-            )));
-            mesh_tasks.push(tokio::spawn(crate::telemetry_task::run(Arc::clone(&state))));
-            mesh_tasks.push(tokio::spawn(crate::bid_task::serve(
-                Arc::clone(&state),
-                bid_rx,
-            )));
-            mesh_tasks.push(tokio::spawn(crate::placer::run(
-                Arc::clone(&state),
-                place_rx,
-            )));
+            subsystems.spawn(
+                "the exec server",
+                crate::exec::serve(Arc::clone(&state), exec_rx),
+            );
+            subsystems.spawn(
+                "the telemetry publisher",
+                crate::telemetry_task::run(Arc::clone(&state)),
+            );
+            subsystems.spawn(
+                "the bid server",
+                crate::bid_task::serve(Arc::clone(&state), bid_rx),
+            );
+            subsystems.spawn(
+                "the placer",
+                crate::placer::run(Arc::clone(&state), place_rx),
+            );
         }
         let addr_file = datadir::api_addr_path(data_dir);
         std::fs::write(&addr_file, format!("{addr}\n")).map_err(|error| StartError::DataDir {
@@ -293,7 +300,7 @@ impl Node {
             listener,
             addr,
             guard,
-            mesh_tasks,
+            subsystems,
         })
     }
 
@@ -317,7 +324,7 @@ impl Node {
             writer,
             listener,
             guard,
-            mesh_tasks,
+            mut subsystems,
             ..
         } = self;
         let data_dir = state.data_dir.clone();
@@ -328,24 +335,34 @@ impl Node {
             header_timeout: std::time::Duration::from_millis(api.header_timeout_ms),
             shutdown_grace: std::time::Duration::from_millis(api.shutdown_grace_ms),
         };
-        let cut = crate::api::serve::serve(listener, app, limits, shutdown).await;
+        // Serve until asked to stop, or until a subsystem ends on its own (crash-only: the node
+        // stops rather than limp on without it).
+        let mut failed: Option<String> = None;
+        let stop = async {
+            tokio::select! {
+                () = shutdown => {}
+                why = subsystems.first_failure() => failed = Some(why),
+            }
+        };
+        let cut = crate::api::serve::serve(listener, app, limits, stop).await;
+        if let Some(why) = &failed {
+            tracing::error!(reason = %why, "a subsystem stopped; the node is stopping");
+        }
         tracing::info!(
             connections_cut = cut,
             "API closed; finishing in-flight work"
         );
         // The replication task holds a ledger handle: stop the mesh before closing the ledger.
-        for t in &mesh_tasks {
-            t.abort();
-        }
-        for t in mesh_tasks {
-            let _ = t.await;
-        }
+        subsystems.shutdown().await;
         drop(state);
         // The router and every handler are gone, so this was the last reference: dropping it
         // joins the inference workers and closes the ledger channel.
         tokio::task::block_in_place(|| writer.join());
         let _ = std::fs::remove_file(datadir::api_addr_path(&data_dir));
         tracing::info!("node stopped");
-        Ok(())
+        match failed {
+            None => Ok(()),
+            Some(why) => Err(std::io::Error::other(why)),
+        }
     }
 }

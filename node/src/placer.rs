@@ -33,9 +33,6 @@ use crate::sched::{
 pub const PLACE_QUEUE: usize = 1024;
 /// Jobs remembered for `GET /v1/jobs` and `fabnode jobs`.
 pub const RECENT_MAX: usize = 1024;
-/// How often the auction's clock advances while jobs are being placed (bid windows, overdue
-/// attempts); nothing ticks while nothing is in flight.
-const TICK: Duration = Duration::from_millis(5);
 /// Peers' round-trip times are read again after this long.
 const RTT_REFRESH: Duration = Duration::from_secs(1);
 /// Assumed round trip to a peer whose RTT is not measured yet.
@@ -391,10 +388,13 @@ pub async fn run(st: Arc<AppState>, mut rx: mpsc::Receiver<PlaceJob>) {
     let mut auction: Auction<PeerId> = Auction::new(st.config.scheduler.auction());
     let (ev_tx, mut ev_rx) = mpsc::channel::<Event>(EVENT_QUEUE);
     let mut jobs: Waiting = HashMap::new();
+    // Calls for bids and attempts in flight, owned here (each ends by sending its event).
+    let mut tasks: tokio::task::JoinSet<()> = tokio::task::JoinSet::new();
     let epoch = tokio::time::Instant::now();
-    let mut tick = tokio::time::interval(TICK);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
+        // The auction says when it next needs the clock (a bid window or an attempt's
+        // allowance ends); nothing wakes this task otherwise.
+        let wake = auction.poll_timeout().map(|t| epoch + t);
         let input = tokio::select! {
             p = rx.recv() => {
                 let Some(mut p) = p else { break };
@@ -434,13 +434,27 @@ pub async fn run(st: Arc<AppState>, mut rx: mpsc::Receiver<PlaceJob>) {
                     }
                 }
             },
-            _ = tick.tick(), if auction.in_flight() > 0 => Input::Tick,
+            () = sleep_until_some(wake), if wake.is_some() => Input::Tick,
+            Some(done) = tasks.join_next(), if !tasks.is_empty() => {
+                if let Err(e) = done {
+                    tracing::error!(error = %e, "a placement task failed");
+                }
+                continue;
+            }
         };
         let mut out = Vec::new();
         auction.handle(input, epoch.elapsed(), &mut out);
         for o in out {
-            carry(&st, &auction, &mut jobs, &ev_tx, o);
+            carry(&st, &auction, &mut jobs, &mut tasks, &ev_tx, o);
         }
+    }
+}
+
+/// Sleeps until `at`; never resolves for `None` (the branch is disabled then anyway).
+async fn sleep_until_some(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(t) => tokio::time::sleep_until(t).await,
+        None => std::future::pending().await,
     }
 }
 
@@ -448,6 +462,7 @@ fn carry(
     st: &Arc<AppState>,
     auction: &Auction<PeerId>,
     jobs: &mut Waiting,
+    tasks: &mut tokio::task::JoinSet<()>,
     ev_tx: &mpsc::Sender<Event>,
     o: Output<PeerId>,
 ) {
@@ -461,7 +476,7 @@ fn carry(
             let window = Duration::from_millis(ctx.job.body().deadline_ms.saturating_sub(now_ms()));
             for peer in peers {
                 let (mesh, request, ev_tx) = (mesh.clone(), ctx.bid_request.clone(), ev_tx.clone());
-                tokio::spawn(async move {
+                tasks.spawn(async move {
                     let answer = match tokio::time::timeout(window, mesh.bid(peer, request)).await {
                         Err(_) => return, // silent: the deadline passed without it
                         // Unreachable, or an answer that did not decode (malformed, forged,
@@ -504,7 +519,7 @@ fn carry(
                 ctx.model.clone(),
                 ctx.accepted,
             );
-            tokio::spawn(async move {
+            tasks.spawn(async move {
                 let result = match (local, model) {
                     (true, Some(model)) => run_here(&st, signed, &model, input, accepted).await,
                     _ => run_on(&st, peer, signed, input_name, input).await,

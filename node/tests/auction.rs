@@ -657,3 +657,41 @@ fn the_window_stretches_by_the_slowest_asked_peer_s_round_trip() {
     let (out, _) = twice(&inputs);
     assert_eq!(awards(&out), [1], "{out:?}");
 }
+
+#[test]
+fn the_auction_names_when_it_next_needs_the_clock() {
+    let same = tel(1000, 0, Tier::Edge);
+    let peers = vec![cand(9, same.clone()), cand(4, same)];
+    let e = bid_of(&peers[0]);
+    let mut a = Auction::new(AuctionConfig::default());
+    let mut out = Vec::new();
+    assert_eq!(
+        a.poll_timeout(),
+        None,
+        "nothing in flight, nothing to wake for"
+    );
+    a.handle(
+        submit(Sla::default(), None, peers),
+        Duration::ZERO,
+        &mut out,
+    );
+    // The window: 50 ms plus the slowest asked peer's round trip (0.2 ms).
+    assert_eq!(a.poll_timeout(), Some(Duration::from_micros(50_200)));
+    a.handle(bid(9, e), Duration::from_millis(1), &mut out);
+    assert_eq!(a.poll_timeout(), Some(Duration::from_micros(50_200)));
+    // Ticking exactly then closes the window: 4 is silent, 9 is awarded, and the next wake-up
+    // is the end of 9's allowance (3x its estimate plus 500 ms of grace).
+    a.handle(Input::Tick, Duration::from_micros(50_200), &mut out);
+    assert_eq!(awards(&out), [9]);
+    let allowance = Duration::from_micros(e.completion_us() * 3) + Duration::from_millis(500);
+    assert_eq!(
+        a.poll_timeout(),
+        Some(Duration::from_micros(50_200) + allowance)
+    );
+    a.handle(
+        Input::Done { job: JOB, from: 9 },
+        Duration::from_millis(60),
+        &mut out,
+    );
+    assert_eq!(a.poll_timeout(), None, "the job ended: no wake-up left");
+}

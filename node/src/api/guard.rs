@@ -11,7 +11,8 @@
 //!    `[::1]`) or one of `api.allowed_hosts`, which defeats DNS rebinding (a page on a name
 //!    that resolves to 127.0.0.1 still sends its own name; 403 `forbidden_host`).
 //! 3. The token: when the data dir has one, `Authorization: Bearer <token>` (401
-//!    `unauthorized`).
+//!    `unauthorized`), except on the health probes (`/v1/health`, `/v1/health/live`), which
+//!    systemd and Kubernetes call without one and which say nothing but whether the node runs.
 //! 4. A request with a body must say `Content-Type: application/json` (415
 //!    `unsupported_media_type`): a page's "simple" cross-origin POST (`text/plain`, forms)
 //!    needs no CORS preflight, so it would otherwise reach the handler.
@@ -41,7 +42,7 @@ pub struct Guard {
 
 impl Guard {
     /// Why a request is refused, if it is.
-    pub fn check(&self, method: &Method, headers: &HeaderMap) -> Result<(), ApiError> {
+    pub fn check(&self, method: &Method, path: &str, headers: &HeaderMap) -> Result<(), ApiError> {
         if let Some(origin) = headers.get(header::ORIGIN) {
             let origin = origin.to_str().unwrap_or("");
             if !self.allowed_origins.contains(origin.trim_end_matches('/')) {
@@ -72,6 +73,7 @@ impl Guard {
                     }
                 }
             }
+            Some(_) if is_probe(path) => {}
             Some(token) => {
                 let presented = headers
                     .get(header::AUTHORIZATION)
@@ -103,10 +105,15 @@ impl Guard {
 
 /// The middleware: refuses what [`Guard::check`] refuses.
 pub async fn layer(State(guard): State<Arc<Guard>>, req: Request, next: Next) -> Response {
-    match guard.check(req.method(), req.headers()) {
+    match guard.check(req.method(), req.uri().path(), req.headers()) {
         Ok(()) => next.run(req).await,
         Err(e) => e.into_response(),
     }
+}
+
+/// The health probes: answered without a token.
+fn is_probe(path: &str) -> bool {
+    matches!(path, "/v1/health" | "/v1/health/live")
 }
 
 fn carries_body(method: &Method, headers: &HeaderMap) -> bool {
@@ -161,7 +168,9 @@ mod tests {
     }
 
     fn code(g: &Guard, m: Method, pairs: &[(header::HeaderName, &str)]) -> Option<&'static str> {
-        g.check(&m, &headers(pairs)).err().map(|e| e.code)
+        g.check(&m, "/v1/node", &headers(pairs))
+            .err()
+            .map(|e| e.code)
     }
 
     #[test]
@@ -235,6 +244,15 @@ mod tests {
                 &[(AUTH, &format!("Bearer {}", "ac".repeat(32)))]
             ),
             Some("unauthorized")
+        );
+        // Probes need no token.
+        assert!(
+            g.check(&Method::GET, "/v1/health", &HeaderMap::new())
+                .is_ok()
+        );
+        assert!(
+            g.check(&Method::GET, "/v1/health/live", &HeaderMap::new())
+                .is_ok()
         );
         // With a token in force any Host may be named: the token is the proof.
         assert_eq!(

@@ -132,6 +132,8 @@ type ApiResult = Result<axum::Json<Value>, ApiError>;
 /// The router with every route, behind `guard`.
 pub fn router(state: Arc<AppState>, guard: Arc<guard::Guard>) -> Router {
     Router::new()
+        .route("/v1/health", get(health))
+        .route("/v1/health/live", get(live))
         .route("/v1/node", get(node_info))
         .route("/v1/models", get(list_models))
         .route("/v1/jobs", post(submit_job).get(list_jobs))
@@ -153,6 +155,30 @@ pub fn router(state: Arc<AppState>, guard: Arc<guard::Guard>) -> Router {
         .layer(axum::extract::DefaultBodyLimit::disable())
         .layer(axum::middleware::from_fn_with_state(guard, guard::layer))
         .with_state(state)
+}
+
+/// Liveness: the process answers. For systemd watchdogs and Kubernetes liveness probes.
+async fn live() -> axum::Json<Value> {
+    axum::Json(json!({"status": "live"}))
+}
+
+/// Readiness: the node serves jobs (its ledger answers; a stopped subsystem stops the node, so
+/// a node that answers has all of them). 503 while it cannot.
+async fn health(State(st): State<Arc<AppState>>) -> Response {
+    let ledger = tokio::time::timeout(Duration::from_secs(1), st.ledger.head()).await;
+    let (status, body) = match ledger {
+        Ok((entries, _)) => (
+            StatusCode::OK,
+            json!({"status": "ready", "ledger_entries": entries,
+                   "uptime_s": st.started.elapsed().as_secs(),
+                   "mesh": st.mesh.is_some()}),
+        ),
+        Err(_) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            json!({"status": "not_ready", "reason": "the ledger did not answer within 1 s"}),
+        ),
+    };
+    (status, axum::Json(body)).into_response()
 }
 
 async fn peers(State(st): State<Arc<AppState>>) -> ApiResult {

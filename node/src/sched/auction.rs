@@ -4,8 +4,9 @@
 //!
 //! The driver calls [`Auction::handle`] with one [`Input`] and the current time and carries out
 //! every [`Output`]: send calls for bids, run awarded jobs (locally when `local` is set), report
-//! each attempt's end with [`Input::Done`] or [`Input::Failed`], and tick it. Bids must already
-//! be signature-checked.
+//! each attempt's end with [`Input::Done`] or [`Input::Failed`], and give it [`Input::Tick`]
+//! when [`Auction::poll_timeout`] says (after every `handle`, ask again: the answer moves).
+//! Nothing ticks while no job waits on time. Bids must already be signature-checked.
 //!
 //! # Rules
 //!
@@ -268,6 +269,15 @@ impl<P: Clone + Ord + std::fmt::Debug + std::fmt::Display> Auction<P> {
     /// Jobs being placed or run.
     pub fn in_flight(&self) -> usize {
         self.jobs.len()
+    }
+
+    /// When the auction next needs [`Input::Tick`]: the earliest end of a bid window or of a
+    /// running attempt's allowance, over every job; `None` while no job waits on time.
+    pub fn poll_timeout(&self) -> Option<Duration> {
+        self.jobs
+            .values()
+            .flat_map(|j| j.window_ends.into_iter().chain(j.running.values().copied()))
+            .min()
     }
 
     pub fn handle(&mut self, input: Input<P>, now: Duration, out: &mut impl Extend<Output<P>>) {
