@@ -5,7 +5,8 @@
 //!
 //! The driver (the node, or the simulator) calls [`Replicator::handle`] with one [`Input`] and
 //! the current time, and carries out every [`Output`] it returns, in order: `Store` durably, then
-//! the rest. Entries and checkpoints from gossip must already have passed
+//! the rest. It gives [`Input::Tick`] when [`Replicator::poll_timeout`] says (ask again after
+//! every `handle`); a core with no peers and no outstanding request never needs waking. Entries and checkpoints from gossip must already have passed
 //! [`crate::validate::validate`] (signatures checked); entries in a range response are checked
 //! here. Nothing here reads the clock, touches storage or the network, or iterates a `HashMap`:
 //! the same inputs give the same outputs on every machine.
@@ -209,6 +210,9 @@ pub struct Replicator<P> {
     last_heads: Option<Duration>,
     /// Bytes of out-of-order entries held across every feed.
     pending_bytes: usize,
+    /// No outstanding range request times out before this (it may be earlier than the real
+    /// earliest timeout, never later: a tick recomputes it exactly).
+    request_due: Option<Duration>,
 }
 
 /// Where a feed's replica stands.
@@ -234,7 +238,19 @@ impl<P: Clone + Ord + std::fmt::Debug> Replicator<P> {
             heads_turn: 0,
             last_heads: None,
             pending_bytes: 0,
+            request_due: None,
         }
+    }
+
+    /// When the core next needs [`Input::Tick`]: the next heads exchange while peers are
+    /// connected, or the timeout of an outstanding range request; `None` when neither (an idle
+    /// node with no peers is never woken). Ask again after every `handle`.
+    pub fn poll_timeout(&self) -> Option<Duration> {
+        let heads = (!self.peers.is_empty()).then(|| {
+            self.last_heads
+                .map_or(Duration::ZERO, |t| t + self.config.heads_every)
+        });
+        heads.into_iter().chain(self.request_due).min()
     }
 
     /// Bytes of out-of-order entries held now, across every feed.
@@ -321,12 +337,12 @@ impl<P: Clone + Ord + std::fmt::Debug> Replicator<P> {
         match input {
             Input::Entry { from, entry } => {
                 let key = entry.body().feed;
-                let mut budget = self.pending_bytes;
+                let (mut budget, mut due) = (self.pending_bytes, self.request_due);
                 if let Some(f) = self.feed(key, now) {
                     f.known = f.known.max(entry.body().seq.saturating_add(1));
-                    offer(f, &config, &mut budget, from, entry, now, out);
+                    offer(f, &config, (&mut budget, &mut due), from, entry, now, out);
                 }
-                self.pending_bytes = budget;
+                (self.pending_bytes, self.request_due) = (budget, due);
             }
             Input::Checkpoint {
                 from,
@@ -349,8 +365,10 @@ impl<P: Clone + Ord + std::fmt::Debug> Replicator<P> {
                                 ),
                             }]);
                         }
-                    } else if checkpoint.size > size {
-                        ask(f, &config, from, checkpoint.size, now, out);
+                    } else if checkpoint.size > size
+                        && ask(f, &config, from, checkpoint.size, now, out)
+                    {
+                        self.request_due.get_or_insert(now + config.request_timeout);
                     }
                 }
             }
@@ -358,8 +376,10 @@ impl<P: Clone + Ord + std::fmt::Debug> Replicator<P> {
                 for (feed, their_size) in heads {
                     if let Some(f) = self.feed(feed, now) {
                         f.known = f.known.max(their_size);
-                        if their_size > f.verifier.next_seq() {
-                            ask(f, &config, from.clone(), their_size, now, out);
+                        if their_size > f.verifier.next_seq()
+                            && ask(f, &config, from.clone(), their_size, now, out)
+                        {
+                            self.request_due.get_or_insert(now + config.request_timeout);
                         }
                     }
                 }
@@ -370,7 +390,7 @@ impl<P: Clone + Ord + std::fmt::Debug> Replicator<P> {
                 start,
                 entries,
             } => {
-                let mut budget = self.pending_bytes;
+                let (mut budget, mut due) = (self.pending_bytes, self.request_due);
                 let Some(f) = self.feed(feed, now) else {
                     return;
                 };
@@ -408,12 +428,20 @@ impl<P: Clone + Ord + std::fmt::Debug> Replicator<P> {
                                 "range entry #{i} from {start} is not that entry of the feed asked for"
                             ),
                         }]);
-                        self.pending_bytes = budget;
+                        (self.pending_bytes, self.request_due) = (budget, due);
                         return;
                     }
-                    offer(f, &config, &mut budget, from.clone(), e, now, out);
+                    offer(
+                        f,
+                        &config,
+                        (&mut budget, &mut due),
+                        from.clone(),
+                        e,
+                        now,
+                        out,
+                    );
                 }
-                self.pending_bytes = budget;
+                (self.pending_bytes, self.request_due) = (budget, due);
                 if let Some(reason) = bad {
                     out.extend([Output::Penalize { peer: from, reason }]);
                 }
@@ -476,17 +504,24 @@ impl<P: Clone + Ord + std::fmt::Debug> Replicator<P> {
                         }
                     }
                 }
+                // Exact again: the earliest timeout of what is still outstanding.
+                self.request_due = self
+                    .feeds
+                    .values()
+                    .filter_map(|f| f.asked.as_ref().map(|a| a.3 + config.request_timeout))
+                    .min();
             }
         }
     }
 }
 
 /// Offers one signature-checked entry to a feed's replica; `pending_bytes` is the budget of
-/// out-of-order entries held across every feed.
+/// out-of-order entries held across every feed, `request_due` the core's earliest request
+/// timeout (set when this asks for a gap).
 fn offer<P: Clone + Ord>(
     f: &mut Feed<P>,
     config: &ReplicateConfig,
-    pending_bytes: &mut usize,
+    (pending_bytes, request_due): (&mut usize, &mut Option<Duration>),
     from: P,
     entry: SignedEntry,
     now: Duration,
@@ -527,7 +562,9 @@ fn offer<P: Clone + Ord>(
             *pending_bytes += cost;
             f.pending.insert(seq, entry);
         }
-        ask(f, config, from, seq, now, out);
+        if ask(f, config, from, seq, now, out) {
+            request_due.get_or_insert(now + config.request_timeout);
+        }
         return;
     }
     let mut stored = Vec::new();
@@ -577,7 +614,8 @@ fn offer<P: Clone + Ord>(
     }
 }
 
-/// Requests the gap up to `until` (exclusive) unless a request is already outstanding.
+/// Requests the gap up to `until` (exclusive) unless a request is already outstanding;
+/// returns whether it asked.
 fn ask<P: Clone>(
     f: &mut Feed<P>,
     config: &ReplicateConfig,
@@ -585,13 +623,13 @@ fn ask<P: Clone>(
     until: u64,
     now: Duration,
     out: &mut impl Extend<Output<P>>,
-) {
+) -> bool {
     if f.asked.is_some() {
-        return;
+        return false;
     }
     let start = f.verifier.next_seq();
     if until <= start {
-        return;
+        return false;
     }
     let count = (until - start).min(config.range_max);
     f.asked = Some((peer.clone(), start, count, now));
@@ -601,4 +639,5 @@ fn ask<P: Clone>(
         start,
         count,
     }]);
+    true
 }

@@ -622,3 +622,33 @@ fn a_fork_is_reported_once_per_position_and_at_most_so_often_per_feed() {
         .count();
     assert_eq!((evidence, conflicts), (1, 1), "{out:?}");
 }
+
+#[test]
+fn the_core_names_when_it_next_needs_the_clock() {
+    let (_, es) = feed(1, 5);
+    let config = ReplicateConfig::default();
+    let mut r = Replicator::<Peer>::new(config.clone());
+    let mut out = Vec::new();
+    let ms = Duration::from_millis;
+    assert_eq!(r.poll_timeout(), None, "no peers, no requests: never woken");
+    r.handle(Input::PeerUp(1), ms(10), &mut out);
+    assert_eq!(
+        r.poll_timeout(),
+        Some(Duration::ZERO),
+        "a heads exchange is due at once"
+    );
+    r.handle(Input::Tick, ms(10), &mut out);
+    assert_eq!(r.poll_timeout(), Some(ms(10) + config.heads_every));
+    // An entry ahead of the replica: its gap is asked for, and the request's timeout is the
+    // earlier deadline.
+    r.handle(entry(1, &es[3]), ms(20), &mut out);
+    assert_eq!(r.poll_timeout(), Some(ms(20) + config.request_timeout));
+    // The gap filled: only the heads exchange is left once a tick has looked.
+    for e in &es[..3] {
+        r.handle(entry(1, e), ms(30), &mut out);
+    }
+    r.handle(Input::Tick, ms(40), &mut out);
+    assert_eq!(r.poll_timeout(), Some(ms(10) + config.heads_every));
+    r.handle(Input::PeerDown(1), ms(50), &mut out);
+    assert_eq!(r.poll_timeout(), None);
+}

@@ -18,7 +18,10 @@ use tokio::sync::mpsc;
 
 use crate::ledger_writer::{Committed, LedgerClient};
 
-/// How often the replication core is ticked (request timeouts) and unsent gossip retried.
+/// How often unsent gossip is retried (while some waits for a subscribed peer), and how often
+/// the replication view the API reads is refreshed at most. Nothing else ticks: the task
+/// sleeps until the replication core's next deadline ([`Replicator::poll_timeout`]), a held
+/// checkpoint's slot, or the replica-sync due time, whichever comes first.
 const TICK: Duration = Duration::from_millis(250);
 /// Own checkpoints are gossiped at most this often; the latest one covers every earlier entry,
 /// and one per commit would cost every peer two signature checks per job under load. A held
@@ -165,7 +168,14 @@ pub async fn run(task: MeshTask) {
     // Owned here: it ends when this task ends (the set is dropped).
     let mut children = tokio::task::JoinSet::new();
     children.spawn(serve_sync(own, ledger.clone(), mesh.clone(), sync_rx));
-    let mut tick = tokio::time::interval(TICK);
+    let started_at = tokio::time::Instant::from_std(started);
+    // Replica entries stored since the last sync: when the writer must next be told to write
+    // them (it writes those that waited REPLICA_SYNC), and whether more came in meanwhile.
+    let mut sync_due: Option<tokio::time::Instant> = None;
+    let mut stored_since_sync = false;
+    // Whether the replication view changed since the API's copy was refreshed, and when that was.
+    let mut heads_changed = false;
+    let mut heads_sent = tokio::time::Instant::now();
     let mut outputs: Vec<Output<PeerId>> = Vec::new();
     // Own entries and checkpoints not yet published because no peer was subscribed: retried, so
     // live peers see them promptly (catch-up would also find them, later).
@@ -183,6 +193,17 @@ pub async fn run(task: MeshTask) {
     loop {
         let next_slot =
             entries_sent.map_or_else(tokio::time::Instant::now, |t| t + ENTRY_GOSSIP_EVERY);
+        let wake = next_wake(Wake {
+            replicator: replicator.poll_timeout().map(|t| started_at + t),
+            checkpoint: (held.is_some() && lingering.is_empty()).then(|| {
+                checkpoint_sent.map_or_else(tokio::time::Instant::now, |t| {
+                    tokio::time::Instant::from_std(t) + CHECKPOINT_GOSSIP_EVERY
+                })
+            }),
+            retry: !unsent.is_empty(),
+            sync: sync_due,
+            heads: heads_changed.then_some(heads_sent + TICK),
+        });
         tokio::select! {
             batch = committed.recv() => {
                 let Some(batch) = batch else { break };
@@ -201,6 +222,9 @@ pub async fn run(task: MeshTask) {
             }
             event = events.recv() => {
                 let Some(event) = event else { break };
+                // Most events reach the replication core: the API's copy of its view is
+                // refreshed within TICK.
+                heads_changed = true;
                 match event {
                     MeshEvent::Valid { from, valid } => match *valid {
                         Valid::Entry(entry) if entry.body().feed != own => {
@@ -299,22 +323,68 @@ pub async fn run(task: MeshTask) {
                     flush(&mesh, &mut unsent, &gossiped).await;
                 }
             }
-            _ = tick.tick() => {
-                // A held checkpoint goes out now unless entries it covers are still lingering
-                // (they go first, with it, in a few milliseconds).
+            () = sleep_until(wake), if wake.is_some() => {
+                let now = tokio::time::Instant::now();
+                // A held checkpoint goes out once its slot is open, unless entries it covers
+                // are still lingering (they go first, with it, in a few milliseconds).
                 if lingering.is_empty()
+                    && checkpoint_sent.is_none_or(|t| t.elapsed() >= CHECKPOINT_GOSSIP_EVERY)
                     && let Some(note) = held.take()
                 {
                     unsent.push_back(GossipMsg::Checkpoint { feed: own.to_bytes(), note });
                     checkpoint_sent = Some(Instant::now());
                 }
-                ledger.sync_replicas();
-                replicator.handle(Input::Tick, started.elapsed(), &mut outputs);
-                heads.send_replace(replicator.heads());
+                if sync_due.is_some_and(|t| now >= t) {
+                    ledger.sync_replicas();
+                    sync_due = stored_since_sync.then(|| now + crate::ledger_writer::REPLICA_SYNC);
+                    stored_since_sync = false;
+                }
+                if replicator.poll_timeout().is_some_and(|t| started_at + t <= now) {
+                    replicator.handle(Input::Tick, started.elapsed(), &mut outputs);
+                    heads_changed = true;
+                }
+                if heads_changed && now >= heads_sent + TICK {
+                    heads.send_replace(replicator.heads());
+                    heads_sent = now;
+                    heads_changed = false;
+                }
                 flush(&mesh, &mut unsent, &gossiped).await;
             }
         }
-        apply(&mesh, &ledger, &evidence, &mut outputs).await;
+        if apply(&mesh, &ledger, &evidence, &mut outputs).await {
+            if sync_due.is_none() {
+                sync_due = Some(tokio::time::Instant::now() + crate::ledger_writer::REPLICA_SYNC);
+            } else {
+                stored_since_sync = true;
+            }
+        }
+    }
+}
+
+/// What the mesh task may have to do later, each at its own time.
+struct Wake {
+    replicator: Option<tokio::time::Instant>,
+    checkpoint: Option<tokio::time::Instant>,
+    /// Unsent gossip waits for a subscribed peer: retry every [`TICK`].
+    retry: bool,
+    sync: Option<tokio::time::Instant>,
+    heads: Option<tokio::time::Instant>,
+}
+
+/// The earliest of them; `None` when there is nothing to wake for.
+fn next_wake(w: Wake) -> Option<tokio::time::Instant> {
+    let retry = w.retry.then(|| tokio::time::Instant::now() + TICK);
+    [w.replicator, w.checkpoint, retry, w.sync, w.heads]
+        .into_iter()
+        .flatten()
+        .min()
+}
+
+/// Sleeps until `at`; never resolves for `None` (its branch is disabled then anyway).
+async fn sleep_until(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(t) => tokio::time::sleep_until(t).await,
+        None => std::future::pending().await,
     }
 }
 
@@ -390,7 +460,8 @@ async fn apply(
     ledger: &LedgerClient,
     evidence: &std::path::Path,
     outputs: &mut Vec<Output<PeerId>>,
-) {
+) -> bool {
+    let mut stored = false;
     for out in outputs.drain(..) {
         match out {
             Output::Store { feed, entries } => {
@@ -398,6 +469,7 @@ async fn apply(
                 if let Err(e) = ledger.store_replica(feed, entries, None).await {
                     tracing::error!(feed = %feed, error = %e, "storing replica entries failed");
                 } else {
+                    stored = true;
                     tracing::debug!(feed = %feed, entries = n, "replica entries stored");
                 }
             }
@@ -446,4 +518,5 @@ async fn apply(
             }
         }
     }
+    stored
 }
