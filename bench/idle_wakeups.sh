@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Idle wake-ups of one node in a 3-node loopback mesh: voluntary context switches of all its
-# threads (voluntary and involuntary) per second, and CPU time, over IDLE seconds (default 20)
+# Idle wake-ups of one node in a 3-node loopback mesh: context switches of all its threads
+# (voluntary and involuntary) per second, and CPU time, over IDLE seconds (default 20)
 # with no jobs. Usage: bench/idle_wakeups.sh path/to/fabnode TAG. Needs curl and python3.
 set -euo pipefail
 BIN=$1; TAG=$2; IDLE=${IDLE:-20}
