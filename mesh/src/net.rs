@@ -195,8 +195,10 @@ pub enum MeshError {
     Dial(String),
     #[error("the mesh event loop has stopped")]
     Stopped,
+    /// A request to a peer (a call for bids, an exec request) failed or was answered with
+    /// something that does not check.
     #[error("peer {peer}: {detail}")]
-    Exec { peer: PeerId, detail: String },
+    Request { peer: PeerId, detail: String },
 }
 
 /// Where to send the answer to a sync request.
@@ -541,7 +543,7 @@ impl<T> Pending<T> {
         let verdict = check(&peer, &answer);
         let r = match &verdict {
             Ok(()) => Ok(answer),
-            Err(detail) => Err(MeshError::Exec {
+            Err(detail) => Err(MeshError::Request {
                 peer,
                 detail: detail.clone(),
             }),
@@ -553,7 +555,7 @@ impl<T> Pending<T> {
     /// Tells the asker its request failed.
     fn fail(&mut self, id: request_response::OutboundRequestId, detail: String) {
         if let Some((peer, reply)) = self.0.remove(&id) {
-            let _ = reply.send(Err(MeshError::Exec { peer, detail }));
+            let _ = reply.send(Err(MeshError::Request { peer, detail }));
         }
     }
 }
@@ -581,13 +583,13 @@ pub fn kad_protocol(network: &str) -> String {
     format!("/fabnode/{network}/kad/1.0.0")
 }
 
-/// Peer scoring on the ledger topic. The topic carries little and bursty traffic (one entry per
-/// job), so the mesh-delivery-rate penalties (P3, P3b), which assume a steady stream, are off:
+/// Peer scoring on the ledger and telemetry topics. Both carry little and bursty traffic (one
+/// entry per job, one report per node every few seconds), so the mesh-delivery-rate penalties (P3, P3b), which assume a steady stream, are off:
 /// with them every quiet mesh peer soon scores below the graylist threshold and gossip stops.
 /// What remains rewards first deliveries and punishes invalid messages, quadratically: one
 /// takes a peer to the gossip threshold (-10), three below the graylist threshold (-80), after
 /// which its traffic is ignored until the penalty decays.
-fn ledger_topic_score() -> gossipsub::TopicScoreParams {
+fn topic_score() -> gossipsub::TopicScoreParams {
     gossipsub::TopicScoreParams {
         topic_weight: 1.0,
         time_in_mesh_weight: 0.0,
@@ -682,10 +684,10 @@ pub fn start(
                 ip_colocation_factor_weight: 0.0,
                 ..Default::default()
             };
-            score.topics.insert(topic.hash(), ledger_topic_score());
+            score.topics.insert(topic.hash(), topic_score());
             score
                 .topics
-                .insert(telemetry_topic.hash(), ledger_topic_score());
+                .insert(telemetry_topic.hash(), topic_score());
             gossipsub.with_peer_score(score, gossipsub::PeerScoreThresholds::default())?;
             gossipsub.subscribe(&topic)?;
             if with_telemetry {

@@ -236,7 +236,7 @@ async fn exec_and_sync_requests_round_trip_and_failures_are_reported() {
         .await
         .unwrap_err();
     assert!(
-        matches!(&err, MeshError::Exec { peer, .. } if *peer == nobody),
+        matches!(&err, MeshError::Request { peer, .. } if *peer == nobody),
         "{err}"
     );
 }

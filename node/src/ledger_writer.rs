@@ -20,7 +20,7 @@ use tokio::sync::{mpsc, oneshot};
 /// Commands waiting for the writer.
 pub const COMMAND_QUEUE: usize = 1024;
 /// Most entries one read returns.
-pub const RANGE_MAX: usize = 1000;
+pub const READ_ENTRIES_MAX: usize = 1000;
 
 pub use fab_ledger::store::ReplicaHead;
 
@@ -297,7 +297,11 @@ fn serve_read(store: &Store, read: Read) {
     let text = |e: StoreError| e.to_string();
     match read {
         Read::Range { from, limit, reply } => {
-            let _ = reply.send(reader.range(from, limit.min(RANGE_MAX)).map_err(text));
+            let _ = reply.send(
+                reader
+                    .range(from, limit.min(READ_ENTRIES_MAX))
+                    .map_err(text),
+            );
         }
         Read::JobSeq { job, reply } => {
             let _ = reply.send(reader.seq_of_job(&job).map_err(text));
@@ -316,7 +320,7 @@ fn serve_read(store: &Store, read: Read) {
         } => {
             let _ = reply.send(
                 reader
-                    .replica_range(&feed, from, limit.min(RANGE_MAX))
+                    .replica_range(&feed, from, limit.min(READ_ENTRIES_MAX))
                     .map_err(text),
             );
         }

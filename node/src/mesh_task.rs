@@ -74,11 +74,7 @@ fn release(
 /// entries go out as batches ([`GossipMsg::pack`]): under load a commit group of dozens of
 /// entries costs each peer one gossip message and one batch signature check instead of dozens;
 /// an entry committed alone still goes out alone, at once.
-async fn flush(
-    mesh: &MeshClient,
-    unsent: &mut VecDeque<GossipMsg>,
-    gossiped: &[std::sync::atomic::AtomicU64; 2],
-) {
+async fn flush(mesh: &MeshClient, unsent: &mut VecDeque<GossipMsg>, gossiped: &Gossiped) {
     if unsent.len() > 1 {
         let packed = GossipMsg::pack(unsent.drain(..));
         unsent.extend(packed);
@@ -89,8 +85,10 @@ async fn flush(
                 if let Some(sent) = unsent.pop_front()
                     && !matches!(sent, GossipMsg::Checkpoint { .. })
                 {
-                    gossiped[0].fetch_add(1, Relaxed);
-                    gossiped[1].fetch_add(entries_in(&sent) as u64, Relaxed);
+                    gossiped.messages.fetch_add(1, Relaxed);
+                    gossiped
+                        .entries
+                        .fetch_add(entries_in(&sent) as u64, Relaxed);
                 }
             }
             Err(err) => {
@@ -99,6 +97,13 @@ async fn flush(
             }
         }
     }
+}
+
+/// Own ledger entries published on the ledger topic, and the gossip messages that carried them.
+#[derive(Debug, Default)]
+pub struct Gossiped {
+    pub messages: std::sync::atomic::AtomicU64,
+    pub entries: std::sync::atomic::AtomicU64,
 }
 
 /// What the mesh task is wired to.
@@ -123,8 +128,8 @@ pub struct MeshTask {
     pub bids: mpsc::Sender<crate::bid_task::Incoming>,
     /// Peers' telemetry, fed from the telemetry topic.
     pub telemetry: std::sync::Arc<std::sync::Mutex<crate::sched::telemetry::TelemetryView>>,
-    /// Own entries published: [messages, entries].
-    pub gossiped: std::sync::Arc<[std::sync::atomic::AtomicU64; 2]>,
+    /// Own entries published, and the messages that carried them.
+    pub gossiped: std::sync::Arc<Gossiped>,
 }
 
 /// Ledger-sync requests waiting to be served; beyond this a peer is told to retry.

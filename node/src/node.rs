@@ -177,7 +177,7 @@ impl Node {
             subsystems.watch_thread("the ledger writer", ended);
         }
         let mut mesh = None;
-        let entries_gossiped: Arc<[std::sync::atomic::AtomicU64; 2]> = Default::default();
+        let entries_gossiped: Arc<crate::mesh_task::Gossiped> = Default::default();
         let (exec_tx, exec_rx) = tokio::sync::mpsc::channel(crate::exec::EXEC_QUEUE);
         let (heads_tx, heads_rx) = tokio::sync::watch::channel(Vec::new());
         let (bid_tx, bid_rx) = tokio::sync::mpsc::channel(crate::bid_task::BID_QUEUE);

@@ -613,7 +613,12 @@ fn record(
         replicas_agree,
         placement: placement.clone(),
     };
-    st.placed[usize::from(!rec.ok)].fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let counter = if rec.ok {
+        &st.placed.ok
+    } else {
+        &st.placed.failed
+    };
+    counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     if let Ok(mut r) = st.recent.lock() {
         if r.len() >= RECENT_MAX {
             r.pop_front();

@@ -29,7 +29,7 @@ use tokio::sync::Semaphore;
 use tracing::Instrument;
 
 use crate::config::Config;
-use crate::ledger_writer::{LedgerClient, RANGE_MAX, now_ms};
+use crate::ledger_writer::{LedgerClient, READ_ENTRIES_MAX, now_ms};
 use crate::models::{ModelCache, ModelError};
 use crate::views::entry_json;
 
@@ -67,12 +67,19 @@ pub struct AppState {
     /// Jobs placed here recently.
     pub recent: crate::placer::Recent,
     pub rtts: std::sync::Mutex<crate::placer::Rtts>,
-    /// Jobs placed: [succeeded, failed].
-    pub placed: [AtomicU64; 2],
-    /// Own entries gossiped: [messages published, entries in them].
-    pub entries_gossiped: Arc<[AtomicU64; 2]>,
+    /// Jobs placed, by outcome.
+    pub placed: Outcomes,
+    /// Own entries gossiped, and the messages that carried them.
+    pub entries_gossiped: Arc<crate::mesh_task::Gossiped>,
     pub nonce: AtomicU64,
     pub started: Instant,
+}
+
+/// Jobs this node placed, by outcome.
+#[derive(Debug, Default)]
+pub struct Outcomes {
+    pub ok: AtomicU64,
+    pub failed: AtomicU64,
 }
 
 /// An API error with its status and stable code.
@@ -274,11 +281,11 @@ async fn metrics(State(st): State<Arc<AppState>>) -> Response {
             &[
                 (
                     "{outcome=\"ok\"}",
-                    st.placed[0].load(Ordering::Relaxed) as f64,
+                    st.placed.ok.load(Ordering::Relaxed) as f64,
                 ),
                 (
                     "{outcome=\"failed\"}",
-                    st.placed[1].load(Ordering::Relaxed) as f64,
+                    st.placed.failed.load(Ordering::Relaxed) as f64,
                 ),
             ],
         );
@@ -302,11 +309,11 @@ async fn metrics(State(st): State<Arc<AppState>>) -> Response {
             &[
                 (
                     "{unit=\"entries\"}",
-                    st.entries_gossiped[1].load(Ordering::Relaxed) as f64,
+                    st.entries_gossiped.entries.load(Ordering::Relaxed) as f64,
                 ),
                 (
                     "{unit=\"messages\"}",
-                    st.entries_gossiped[0].load(Ordering::Relaxed) as f64,
+                    st.entries_gossiped.messages.load(Ordering::Relaxed) as f64,
                 ),
             ],
         );
@@ -1107,11 +1114,11 @@ fn default_limit() -> usize {
 }
 
 async fn ledger_entries(State(st): State<Arc<AppState>>, Query(q): Query<RangeQuery>) -> ApiResult {
-    if q.limit == 0 || q.limit > RANGE_MAX {
+    if q.limit == 0 || q.limit > READ_ENTRIES_MAX {
         return Err(ApiError::new(
             StatusCode::BAD_REQUEST,
             "bad_limit",
-            format!("limit must be 1 to {RANGE_MAX}"),
+            format!("limit must be 1 to {READ_ENTRIES_MAX}"),
         ));
     }
     let rows = st

@@ -1,6 +1,7 @@
 //! Jobs on a simulated node: submission, the requester's auction, the executor's policy,
 //! queue, workers and ledger commit, and answers.
 
+use super::trace_event;
 use super::*;
 
 impl Sim {
@@ -47,7 +48,7 @@ impl Sim {
         id.update(&self.config.seed.to_le_bytes());
         id.update(&self.submitted.to_le_bytes());
         let job: JobId = *id.finalize().as_bytes();
-        self.trace.update(&[4, n as u8]);
+        trace_event(&mut self.trace, 4, &[n]);
         let now = self.engine.now();
         let now_ms = now.as_millis() as u64;
         let peers: Vec<Candidate<usize>> = self.nodes[n]
@@ -298,7 +299,7 @@ impl Sim {
         self.report.jobs.executions += 1;
         let name = self.config.profiles[self.nodes[n].profile].name.clone();
         *self.report.jobs.by_profile.entry(name).or_default() += 1;
-        self.trace.update(&[5, n as u8]);
+        trace_event(&mut self.trace, 5, &[n]);
         let value = ciborium::Value::Array(vec![
             ciborium::Value::Bytes(run.job.to_vec()),
             ciborium::Value::Integer(run.attempt.into()),

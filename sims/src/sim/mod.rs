@@ -328,6 +328,16 @@ pub struct Report {
 
 /// How often replication progress is sampled in a run of `length`: every 250 ms, or often
 /// enough for about 480 samples in a longer run.
+/// Adds an event to the trace hash: its kind and every node index in full (four bytes each;
+/// indices above 255 used to be truncated to one byte, so two runs that differed only in which
+/// of two such nodes acted hashed the same).
+fn trace_event(trace: &mut blake3::Hasher, kind: u8, nodes: &[usize]) {
+    trace.update(&[kind]);
+    for n in nodes {
+        trace.update(&(*n as u32).to_le_bytes());
+    }
+}
+
 pub fn progress_every(length: Duration) -> Duration {
     (length / 480).max(Duration::from_millis(250))
 }
@@ -885,7 +895,7 @@ impl Sim {
                     let next = Duration::from_micros(self.engine.uniform(gap / 2, gap * 3 / 2));
                     self.engine.after(next, Event::Append);
                     if self.nodes[n].up {
-                        self.trace.update(&[0, n as u8]);
+                        trace_event(&mut self.trace, 0, &[n]);
                         let seq = self.nodes[n].own.len() as u64;
                         let value = ciborium::Value::Integer(seq.into());
                         self.append(n, EntryBody::Unknown { kind: 99, value });
@@ -935,7 +945,7 @@ impl Sim {
                     self.report.lost += 1;
                     return;
                 }
-                self.trace.update(&[1, from as u8, to as u8]);
+                trace_event(&mut self.trace, 1, &[from, to]);
                 match *msg {
                     Msg::Gossip(p) if p.telemetry => self.telemetry_in(to, from, p),
                     Msg::IHave(ids) => {
@@ -1150,7 +1160,7 @@ impl Sim {
                 if !self.nodes[n].up {
                     return; // already down: a process crashes once
                 }
-                self.trace.update(&[2, n as u8]);
+                trace_event(&mut self.trace, 2, &[n]);
                 self.stop(n, "the submitting node crashed");
                 self.engine.after(Duration::from_secs(1), Event::Restart(n));
             }
@@ -1158,7 +1168,7 @@ impl Sim {
                 if self.nodes[n].left {
                     return;
                 }
-                self.trace.update(&[6, n as u8]);
+                trace_event(&mut self.trace, 6, &[n]);
                 if self.nodes[n].up {
                     self.stop(n, "the submitting node left the mesh");
                 }
@@ -1169,7 +1179,7 @@ impl Sim {
                 if self.nodes[n].left {
                     return;
                 }
-                self.trace.update(&[3, n as u8]);
+                trace_event(&mut self.trace, 3, &[n]);
                 if self.config.planted == Planted::StaleRestart {
                     self.nodes[n].up = true;
                 } else {
@@ -1324,7 +1334,7 @@ impl Sim {
             return;
         };
         let n = self.nodes.len();
-        self.trace.update(&[7, n as u8]);
+        trace_event(&mut self.trace, 7, &[n]);
         let link = link_index(&self.config, joiner.profile);
         let node = Node::new(
             joiner.secret,
@@ -1426,7 +1436,7 @@ impl Sim {
         };
         // One version to half its peers, the other to the rest; both answer IWANT.
         self.report.forks += 1;
-        self.trace.update(&[8, n as u8]);
+        trace_event(&mut self.trace, 8, &[n]);
         self.nodes[n].forks.insert(twin.id(), twin.clone());
         let other = GossipMsg::Entry(twin.encode()).encode();
         let links = self.gossip_peers(n);
@@ -1452,7 +1462,7 @@ impl Sim {
             }
         };
         self.report.forgeries += 1;
-        self.trace.update(&[9, n as u8]);
+        trace_event(&mut self.trace, 9, &[n]);
         let payload = Payload::new(payload, false);
         for to in self.gossip_peers(n) {
             self.send(n, to, Msg::Gossip(payload.clone()));
@@ -1839,4 +1849,22 @@ fn run_of(value: &ciborium::Value) -> Option<(JobId, u32)> {
 /// The first 8 bytes of a job id, in hex, for messages.
 fn hex8(id: &JobId) -> String {
     id[..8].iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::trace_event;
+
+    #[test]
+    fn trace_events_keep_node_indices_above_255_apart() {
+        let hash = |n: usize| {
+            let mut h = blake3::Hasher::new();
+            trace_event(&mut h, 1, &[n, 3]);
+            *h.finalize().as_bytes()
+        };
+        // 256 and 512 were both hashed as 0 when indices were cut to one byte.
+        assert_ne!(hash(256), hash(512));
+        assert_ne!(hash(0), hash(256));
+        assert_eq!(hash(9_999), hash(9_999));
+    }
 }
