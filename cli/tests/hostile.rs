@@ -658,33 +658,6 @@ fn refusals_to_peers_do_not_list_models_or_paths() {
     drop(rt);
 }
 
-/// A job for `model` on `input`, signed by `key` as requester.
-fn signed_job(
-    key: &Keypair,
-    nonce: u64,
-    model: &str,
-    digest: [u8; 32],
-    input_name: &str,
-    input: &fab_inference::Tensor,
-) -> Vec<u8> {
-    use fab_ledger::{ContentId, JobRequest};
-    let now = now_ms();
-    let request = JobRequest {
-        requester: key.public(),
-        nonce,
-        model: model.into(),
-        model_digest: ContentId(digest),
-        input_digest: ContentId(fab_inference::tensor::digest_named(&[(
-            input_name.to_owned(),
-            input.clone(),
-        )])),
-        input_bytes: input.byte_len() as u64,
-        created_ms: now,
-        deadline_ms: now + 20_000,
-    };
-    Signed::sign(request, key).encode()
-}
-
 #[test]
 fn a_peer_flooding_exec_requests_is_refused_and_cannot_take_the_local_slots() {
     use fab_mesh::exec::{ExecRequest, ExecResponse};
@@ -728,7 +701,7 @@ fn a_peer_flooding_exec_requests_is_refused_and_cannot_take_the_local_slots() {
     let answers: Vec<_> = (0..8u64)
         .map(|i| {
             let request = ExecRequest::Run {
-                job: signed_job(&key, i, "spin", digest, &inputs[0], &input),
+                job: signed_job(&key, &key, i, "spin", digest, &inputs[0], &input),
                 inputs: vec![(inputs[0].clone(), input.to_npy())],
             };
             let m = m.clone();

@@ -593,24 +593,15 @@ mod bad_peer {
         model_digest: ContentId,
         input: &Tensor,
     ) -> Vec<u8> {
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_millis() as u64;
-        let request = fab_ledger::JobRequest {
-            requester: requester.public(),
-            nonce: now,
-            model: "digits".into(),
-            model_digest,
-            input_digest: ContentId(fab_inference::tensor::digest_named(&[(
-                "image".into(),
-                input.clone(),
-            )])),
-            input_bytes: input.byte_len() as u64,
-            created_ms: now,
-            deadline_ms: now + 10_000,
-        };
-        Signed::sign(request, signer).encode()
+        signed_job(
+            signer,
+            requester,
+            now_ms(),
+            "digits",
+            model_digest.0,
+            "image",
+            input,
+        )
     }
 
     #[test]

@@ -91,3 +91,32 @@ pub fn now_ms() -> u64 {
         .unwrap()
         .as_millis() as u64
 }
+
+/// A job for `model` on `input` naming `requester`, signed by `signer` (the same key for an
+/// honest job), due 20 s from now.
+pub fn signed_job(
+    signer: &Keypair,
+    requester: &Keypair,
+    nonce: u64,
+    model: &str,
+    digest: [u8; 32],
+    input_name: &str,
+    input: &fab_inference::Tensor,
+) -> Vec<u8> {
+    use fab_ledger::{ContentId, JobRequest, Signed};
+    let now = now_ms();
+    let request = JobRequest {
+        requester: requester.public(),
+        nonce,
+        model: model.into(),
+        model_digest: ContentId(digest),
+        input_digest: ContentId(fab_inference::tensor::digest_named(&[(
+            input_name.to_owned(),
+            input.clone(),
+        )])),
+        input_bytes: input.byte_len() as u64,
+        created_ms: now,
+        deadline_ms: now + 20_000,
+    };
+    Signed::sign(request, signer).encode()
+}
