@@ -280,7 +280,7 @@ async fn run(
     Ok(ExecResponse::Ran {
         entry: executed.entry.encode(),
         outputs: executed
-            .outputs
+            .outcome
             .unwrap_or_default()
             .into_iter()
             .map(|(n, t)| (n, t.to_npy()))
@@ -486,8 +486,7 @@ pub(crate) fn verify_answer(
             "the receipt's model or input is not the job's",
         ));
     }
-    let error = r.error.clone();
-    let outputs = match r.output_digest {
+    let outcome = match r.output_digest {
         Some(want) => {
             let mut named = Vec::with_capacity(outputs.len());
             for (name, npy) in outputs {
@@ -501,13 +500,9 @@ pub(crate) fn verify_answer(
                     "the outputs are not the ones the receipt records",
                 ));
             }
-            Some(named)
+            Ok(named)
         }
-        None => None,
+        None => Err(r.error.clone()),
     };
-    Ok(Executed {
-        entry,
-        outputs,
-        error,
-    })
+    Ok(Executed { entry, outcome })
 }

@@ -411,7 +411,7 @@ pub async fn run(st: Arc<AppState>, mut rx: mpsc::Receiver<PlaceJob>) {
                     let running = auction.is_running(&job, &from);
                     let Some((ctx, _)) = jobs.get_mut(&job) else { continue };
                     match result {
-                        Ok(executed) if executed.outputs.is_some() => {
+                        Ok(executed) if executed.outcome.is_ok() => {
                             ctx.results.push((from, executed));
                             Input::Done { job, from }
                         }

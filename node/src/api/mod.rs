@@ -581,10 +581,15 @@ impl SubmitBody {
 #[derive(Debug)]
 pub struct Executed {
     pub entry: SignedEntry,
-    /// The outputs with their names; `None` when the job failed.
-    pub outputs: Option<Vec<(String, Tensor)>>,
-    /// Why it failed (empty on success).
-    pub error: String,
+    /// The outputs with their names, or why the run failed (the receipt records it too).
+    pub outcome: Result<Vec<(String, Tensor)>, String>,
+}
+
+impl Executed {
+    /// The outputs, when the run succeeded.
+    pub fn outputs(&self) -> Option<&[(String, Tensor)]> {
+        self.outcome.as_deref().ok()
+    }
 }
 
 /// Finds a registered model, loading it on first use.
@@ -759,8 +764,7 @@ pub async fn execute(
     tracing::info!(seq = entry.body().seq, status = ?status, "job recorded");
     Ok(Executed {
         entry,
-        outputs: named,
-        error,
+        outcome: named.ok_or(error),
     })
 }
 
@@ -782,7 +786,7 @@ pub fn job_body(
     executed: Executed,
     executor: Option<String>,
 ) -> Result<Value, ApiError> {
-    let Some(outs) = &executed.outputs else {
+    let Some(outs) = executed.outputs() else {
         return Err(failed_response(executed));
     };
     let mut body = json!({
@@ -803,7 +807,7 @@ pub fn failed_response(executed: Executed) -> ApiError {
     ApiError {
         status: StatusCode::INTERNAL_SERVER_ERROR,
         code: "execution_failed",
-        message: executed.error,
+        message: executed.outcome.err().unwrap_or_default(),
         receipt: Some(entry_json(&executed.entry)),
         placement: None,
         www_authenticate: false,
