@@ -143,8 +143,9 @@ impl<T: ReadableTable<(u8, u64), &'static [u8]>> NodeSource for TableNodes<'_, T
     }
 }
 
-fn storage(path: &Path) -> impl Fn(redb::Error) -> StoreError + '_ {
-    move |e| match e {
+/// What a redb failure means for the ledger file at `path`.
+fn storage_error(path: &Path, e: redb::Error) -> StoreError {
+    match e {
         redb::Error::Corrupted(detail) => StoreError::Corrupt {
             path: path.to_owned(),
             detail,
@@ -156,6 +157,18 @@ fn storage(path: &Path) -> impl Fn(redb::Error) -> StoreError + '_ {
             path: path.to_owned(),
             detail: other.to_string(),
         },
+    }
+}
+
+/// One context helper for every redb call: `txn.open_table(T).at(file)?` names the file in
+/// the error (instead of a closure at each of the ~80 calls).
+trait At<T> {
+    fn at(self, file: &Path) -> Result<T, StoreError>;
+}
+
+impl<T, E: Into<redb::Error>> At<T> for Result<T, E> {
+    fn at(self, file: &Path) -> Result<T, StoreError> {
+        self.map_err(|e| storage_error(file, e.into()))
     }
 }
 
@@ -181,7 +194,7 @@ fn open_error(path: &Path, e: redb::DatabaseError) -> StoreError {
         redb::DatabaseError::RepairAborted => StoreError::NeedsRecovery {
             path: path.to_owned(),
         },
-        other => storage(path)(other.into()),
+        other => storage_error(path, other.into()),
     }
 }
 
@@ -202,24 +215,20 @@ impl Store {
     /// the tree against the last checkpoint. `network` names the mesh in checkpoint origins.
     pub fn open(path: &Path, key: &Keypair, network: &str) -> Result<Store, StoreError> {
         let feed = key.public();
-        let st = storage(path);
+        let file: &Path = path;
         let db = redb::Builder::new()
             .set_concurrency_mode(ConcurrencyMode::SingleWriter)
             .set_check_integrity_on_open(true)
             .create(path)
             .map_err(|e| open_error(path, e))?;
 
-        let txn = db.begin_write().map_err(|e| st(e.into()))?;
+        let txn = db.begin_write().at(file)?;
         {
-            let mut meta = txn.open_table(META).map_err(|e| st(e.into()))?;
-            let stored = meta
-                .get(META_FEED)
-                .map_err(|e| st(e.into()))?
-                .map(|v| v.value().to_vec());
+            let mut meta = txn.open_table(META).at(file)?;
+            let stored = meta.get(META_FEED).at(file)?.map(|v| v.value().to_vec());
             match stored {
                 None => {
-                    meta.insert(META_FEED, &feed.to_bytes()[..])
-                        .map_err(|e| st(e.into()))?;
+                    meta.insert(META_FEED, &feed.to_bytes()[..]).at(file)?;
                 }
                 Some(bytes) if bytes == feed.to_bytes() => {}
                 Some(bytes) => {
@@ -234,15 +243,14 @@ impl Store {
                     });
                 }
             }
-            txn.open_table(ENTRIES).map_err(|e| st(e.into()))?;
-            txn.open_table(JOBS).map_err(|e| st(e.into()))?;
-            txn.open_table(NODES).map_err(|e| st(e.into()))?;
-            txn.open_table(CHECKPOINTS).map_err(|e| st(e.into()))?;
-            txn.open_table(REPLICA_ENTRIES).map_err(|e| st(e.into()))?;
-            txn.open_table(REPLICA_CHECKPOINTS)
-                .map_err(|e| st(e.into()))?;
+            txn.open_table(ENTRIES).at(file)?;
+            txn.open_table(JOBS).at(file)?;
+            txn.open_table(NODES).at(file)?;
+            txn.open_table(CHECKPOINTS).at(file)?;
+            txn.open_table(REPLICA_ENTRIES).at(file)?;
+            txn.open_table(REPLICA_CHECKPOINTS).at(file)?;
         }
-        txn.commit().map_err(|e| st(e.into()))?;
+        txn.commit().at(file)?;
 
         let (next_seq, head) = verify_tail(path, &db, feed)?;
         let mut store = Store {
@@ -263,19 +271,19 @@ impl Store {
     /// for a ledger written before the tree existed.
     fn open_tree(&mut self) -> Result<(), StoreError> {
         let path = self.path.clone();
-        let st = storage(&path);
+        let file: &Path = &path;
         let cp_err = |detail: String| StoreError::Checkpoint {
             path: path.clone(),
             detail,
         };
-        let txn = self.db.begin_read().map_err(|e| st(e.into()))?;
-        let nodes = txn.open_table(NODES).map_err(|e| st(e.into()))?;
-        let cps = txn.open_table(CHECKPOINTS).map_err(|e| st(e.into()))?;
+        let txn = self.db.begin_read().at(file)?;
+        let nodes = txn.open_table(NODES).at(file)?;
+        let cps = txn.open_table(CHECKPOINTS).at(file)?;
         let last_cp = cps
             .last()
-            .map_err(|e| st(e.into()))?
+            .at(file)?
             .map(|(k, v)| (k.value(), v.value().to_owned()));
-        if self.next_seq > 0 && nodes.len().map_err(|e| st(e.into()))? == 0 && last_cp.is_none() {
+        if self.next_seq > 0 && nodes.len().at(file)? == 0 && last_cp.is_none() {
             drop((nodes, cps, txn));
             return self.rebuild_tree();
         }
@@ -299,10 +307,10 @@ impl Store {
                 cp.size
             )));
         }
-        let entries = txn.open_table(ENTRIES).map_err(|e| st(e.into()))?;
+        let entries = txn.open_table(ENTRIES).at(file)?;
         let tail = entries
             .get(self.next_seq - 1)
-            .map_err(|e| st(e.into()))?
+            .at(file)?
             .map(|v| v.value().to_vec())
             .unwrap_or_default();
         let leaf = TableNodes(&nodes)
@@ -320,21 +328,21 @@ impl Store {
     }
 
     fn rebuild_tree(&mut self) -> Result<(), StoreError> {
-        let st = storage(&self.path);
+        let file: &Path = &self.path;
         let mut frontier = Frontier::new();
-        let mut txn = self.db.begin_write().map_err(|e| st(e.into()))?;
+        let mut txn = self.db.begin_write().at(file)?;
         txn.set_two_phase_commit(true);
         let cp;
         {
-            let entries = txn.open_table(ENTRIES).map_err(|e| st(e.into()))?;
-            let mut nodes = txn.open_table(NODES).map_err(|e| st(e.into()))?;
-            for item in entries.iter().map_err(|e| st(e.into()))? {
-                let (_, v) = item.map_err(|e| st(e.into()))?;
-                add_leaf(&mut nodes, &mut frontier, v.value()).map_err(|e| st(e.into()))?;
+            let entries = txn.open_table(ENTRIES).at(file)?;
+            let mut nodes = txn.open_table(NODES).at(file)?;
+            for item in entries.iter().at(file)? {
+                let (_, v) = item.at(file)?;
+                add_leaf(&mut nodes, &mut frontier, v.value()).at(file)?;
             }
             cp = self.put_checkpoint(&txn, &frontier)?;
         }
-        txn.commit().map_err(|e| st(e.into()))?;
+        txn.commit().at(file)?;
         self.frontier = frontier;
         self.checkpoint = Some(cp);
         Ok(())
@@ -346,11 +354,10 @@ impl Store {
         txn: &redb::WriteTransaction,
         frontier: &Frontier,
     ) -> Result<Checkpoint, StoreError> {
-        let st = storage(&self.path);
+        let file: &Path = &self.path;
         let cp = Checkpoint::sign(&self.key, &self.network, frontier.size(), frontier.root());
-        let mut cps = txn.open_table(CHECKPOINTS).map_err(|e| st(e.into()))?;
-        cps.insert(cp.size, cp.note.as_str())
-            .map_err(|e| st(e.into()))?;
+        let mut cps = txn.open_table(CHECKPOINTS).at(file)?;
+        cps.insert(cp.size, cp.note.as_str()).at(file)?;
         Ok(cp)
     }
 
@@ -371,25 +378,23 @@ impl Store {
         &mut self,
         writes: &[(&PublicKey, &[SignedEntry], Option<&Checkpoint>)],
     ) -> Result<(), StoreError> {
-        let st = storage(&self.path);
-        let txn = self.db.begin_write().map_err(|e| st(e.into()))?;
+        let file: &Path = &self.path;
+        let txn = self.db.begin_write().at(file)?;
         {
-            let mut t = txn.open_table(REPLICA_ENTRIES).map_err(|e| st(e.into()))?;
-            let mut c = txn
-                .open_table(REPLICA_CHECKPOINTS)
-                .map_err(|e| st(e.into()))?;
+            let mut t = txn.open_table(REPLICA_ENTRIES).at(file)?;
+            let mut c = txn.open_table(REPLICA_CHECKPOINTS).at(file)?;
             for (feed, entries, trusted) in writes {
                 let key = feed.to_bytes();
                 for e in *entries {
                     t.insert((key, e.body().seq), e.encode().as_slice())
-                        .map_err(|e| st(e.into()))?;
+                        .at(file)?;
                 }
                 if let Some(cp) = trusted {
-                    c.insert(key, cp.note.as_str()).map_err(|e| st(e.into()))?;
+                    c.insert(key, cp.note.as_str()).at(file)?;
                 }
             }
         }
-        txn.commit().map_err(|e| st(e.into()))?;
+        txn.commit().at(file)?;
         Ok(())
     }
 
@@ -418,31 +423,29 @@ impl Store {
         let Some(last) = batch.last() else {
             return Ok(());
         };
-        let st = storage(&self.path);
+        let file: &Path = &self.path;
         let mut frontier = self.frontier.clone();
-        let mut txn = self.db.begin_write().map_err(|e| st(e.into()))?;
+        let mut txn = self.db.begin_write().at(file)?;
         // Entries will come from peers too: two-phase commit keeps a torn write from ever
         // being taken for a committed one.
         txn.set_two_phase_commit(true);
         let cp;
         {
-            let mut entries = txn.open_table(ENTRIES).map_err(|e| st(e.into()))?;
-            let mut jobs = txn.open_table(JOBS).map_err(|e| st(e.into()))?;
-            let mut nodes = txn.open_table(NODES).map_err(|e| st(e.into()))?;
+            let mut entries = txn.open_table(ENTRIES).at(file)?;
+            let mut jobs = txn.open_table(JOBS).at(file)?;
+            let mut nodes = txn.open_table(NODES).at(file)?;
             for e in batch {
                 let bytes = e.encode();
-                entries
-                    .insert(e.body().seq, bytes.as_slice())
-                    .map_err(|e| st(e.into()))?;
+                entries.insert(e.body().seq, bytes.as_slice()).at(file)?;
                 if let EntryBody::Execution(r) = &e.body().body {
                     jobs.insert(r.job.id().as_bytes().as_slice(), e.body().seq)
-                        .map_err(|e| st(e.into()))?;
+                        .at(file)?;
                 }
-                add_leaf(&mut nodes, &mut frontier, &bytes).map_err(|e| st(e.into()))?;
+                add_leaf(&mut nodes, &mut frontier, &bytes).at(file)?;
             }
             cp = self.put_checkpoint(&txn, &frontier)?;
         }
-        txn.commit().map_err(|e| st(e.into()))?;
+        txn.commit().at(file)?;
         self.next_seq = last.body().seq + 1;
         self.head = Some(last.id());
         self.frontier = frontier;
@@ -484,10 +487,10 @@ fn verify_tail(
     db: &impl ReadableDatabase,
     feed: PublicKey,
 ) -> Result<(u64, Option<ContentId>), StoreError> {
-    let st = storage(path);
-    let txn = db.begin_read().map_err(|e| st(e.into()))?;
-    let entries = txn.open_table(ENTRIES).map_err(|e| st(e.into()))?;
-    let len = entries.len().map_err(|e| st(e.into()))?;
+    let file: &Path = path;
+    let txn = db.begin_read().at(file)?;
+    let entries = txn.open_table(ENTRIES).at(file)?;
+    let len = entries.len().at(file)?;
     if len == 0 {
         return Ok((0, None));
     }
@@ -496,7 +499,7 @@ fn verify_tail(
     if len >= 2 {
         let prev = entries
             .get(len - 2)
-            .map_err(|e| st(e.into()))?
+            .at(file)?
             .ok_or_else(|| StoreError::Corrupt {
                 path: path.to_owned(),
                 detail: format!("entry {} is missing", len - 2),
@@ -513,7 +516,7 @@ fn verify_tail(
     }
     let tail = entries
         .get(len - 1)
-        .map_err(|e| st(e.into()))?
+        .at(file)?
         .ok_or_else(|| StoreError::Corrupt {
             path: path.to_owned(),
             detail: format!("entry {} is missing", len - 1),
@@ -550,40 +553,38 @@ pub struct Reader<'a> {
 
 impl Reader<'_> {
     fn txn(&self) -> Result<redb::ReadTransaction, StoreError> {
-        let st = storage(self.path);
+        let file: &Path = self.path;
         match self.db {
             Db::Writer(db) => db.begin_read(),
             Db::Reader(db) => db.begin_read(),
         }
-        .map_err(|e| st(e.into()))
+        .at(file)
     }
 
     /// Number of entries.
     pub fn entry_count(&self) -> Result<u64, StoreError> {
-        let st = storage(self.path);
+        let file: &Path = self.path;
         let txn = self.txn()?;
-        let t = txn.open_table(ENTRIES).map_err(|e| st(e.into()))?;
-        t.len().map_err(|e| st(e.into()))
+        let t = txn.open_table(ENTRIES).at(file)?;
+        t.len().at(file)
     }
 
     /// Raw signed-entry bytes of `seq`.
     pub fn get(&self, seq: u64) -> Result<Option<Vec<u8>>, StoreError> {
-        let st = storage(self.path);
+        let file: &Path = self.path;
         let txn = self.txn()?;
-        let t = txn.open_table(ENTRIES).map_err(|e| st(e.into()))?;
-        Ok(t.get(seq)
-            .map_err(|e| st(e.into()))?
-            .map(|v| v.value().to_vec()))
+        let t = txn.open_table(ENTRIES).at(file)?;
+        Ok(t.get(seq).at(file)?.map(|v| v.value().to_vec()))
     }
 
     /// Up to `limit` raw entries starting at `from`.
     pub fn range(&self, from: u64, limit: usize) -> Result<Vec<(u64, Vec<u8>)>, StoreError> {
-        let st = storage(self.path);
+        let file: &Path = self.path;
         let txn = self.txn()?;
-        let t = txn.open_table(ENTRIES).map_err(|e| st(e.into()))?;
+        let t = txn.open_table(ENTRIES).at(file)?;
         let mut out = Vec::with_capacity(limit.min(1024));
-        for item in t.range(from..).map_err(|e| st(e.into()))?.take(limit) {
-            let (k, v) = item.map_err(|e| st(e.into()))?;
+        for item in t.range(from..).at(file)?.take(limit) {
+            let (k, v) = item.at(file)?;
             out.push((k.value(), v.value().to_vec()));
         }
         Ok(out)
@@ -591,22 +592,22 @@ impl Reader<'_> {
 
     /// The seq of the execution entry for `job`.
     pub fn seq_of_job(&self, job: &ContentId) -> Result<Option<u64>, StoreError> {
-        let st = storage(self.path);
+        let file: &Path = self.path;
         let txn = self.txn()?;
-        let t = txn.open_table(JOBS).map_err(|e| st(e.into()))?;
+        let t = txn.open_table(JOBS).at(file)?;
         Ok(t.get(job.as_bytes().as_slice())
-            .map_err(|e| st(e.into()))?
+            .at(file)?
             .map(|v| v.value()))
     }
 
     /// The feed key recorded in the file.
     pub fn feed(&self) -> Result<PublicKey, StoreError> {
-        let st = storage(self.path);
+        let file: &Path = self.path;
         let txn = self.txn()?;
-        let t = txn.open_table(META).map_err(|e| st(e.into()))?;
+        let t = txn.open_table(META).at(file)?;
         let v = t
             .get(META_FEED)
-            .map_err(|e| st(e.into()))?
+            .at(file)?
             .ok_or_else(|| StoreError::Corrupt {
                 path: self.path.to_owned(),
                 detail: "no feed key recorded".into(),
@@ -622,22 +623,22 @@ impl Reader<'_> {
 
     /// The checkpoint with the largest size, as stored (not verified).
     pub fn latest_checkpoint(&self) -> Result<Option<(u64, String)>, StoreError> {
-        let st = storage(self.path);
+        let file: &Path = self.path;
         let txn = self.txn()?;
-        let t = txn.open_table(CHECKPOINTS).map_err(|e| st(e.into()))?;
+        let t = txn.open_table(CHECKPOINTS).at(file)?;
         Ok(t.last()
-            .map_err(|e| st(e.into()))?
+            .at(file)?
             .map(|(k, v)| (k.value(), v.value().to_owned())))
     }
 
     /// All stored checkpoints, in size order.
     pub fn checkpoints(&self) -> Result<Vec<(u64, String)>, StoreError> {
-        let st = storage(self.path);
+        let file: &Path = self.path;
         let txn = self.txn()?;
-        let t = txn.open_table(CHECKPOINTS).map_err(|e| st(e.into()))?;
+        let t = txn.open_table(CHECKPOINTS).at(file)?;
         let mut out = Vec::new();
-        for item in t.iter().map_err(|e| st(e.into()))? {
-            let (k, v) = item.map_err(|e| st(e.into()))?;
+        for item in t.iter().at(file)? {
+            let (k, v) = item.at(file)?;
             out.push((k.value(), v.value().to_owned()));
         }
         Ok(out)
@@ -649,9 +650,9 @@ impl Reader<'_> {
             &TableNodes<'_, redb::ReadOnlyTable<(u8, u64), &'static [u8]>>,
         ) -> Result<T, String>,
     ) -> Result<T, StoreError> {
-        let st = storage(self.path);
+        let file: &Path = self.path;
         let txn = self.txn()?;
-        let t = txn.open_table(NODES).map_err(|e| st(e.into()))?;
+        let t = txn.open_table(NODES).at(file)?;
         f(&TableNodes(&t)).map_err(|detail| StoreError::Checkpoint {
             path: self.path.to_owned(),
             detail,
@@ -680,12 +681,10 @@ impl Reader<'_> {
 
     /// Every replicated feed: its key, stored entry count, and last trusted checkpoint note.
     pub fn replica_heads(&self) -> Result<Vec<ReplicaHead>, StoreError> {
-        let st = storage(self.path);
+        let file: &Path = self.path;
         let txn = self.txn()?;
-        let t = txn.open_table(REPLICA_ENTRIES).map_err(|e| st(e.into()))?;
-        let c = txn
-            .open_table(REPLICA_CHECKPOINTS)
-            .map_err(|e| st(e.into()))?;
+        let t = txn.open_table(REPLICA_ENTRIES).at(file)?;
+        let c = txn.open_table(REPLICA_CHECKPOINTS).at(file)?;
         let mut out: Vec<ReplicaHead> = Vec::new();
         let mut cursor: Option<[u8; 32]> = None;
         loop {
@@ -697,22 +696,19 @@ impl Reader<'_> {
                     None => break,
                 },
             };
-            let Some(item) = t.range(start..).map_err(|e| st(e.into()))?.next() else {
+            let Some(item) = t.range(start..).at(file)?.next() else {
                 break;
             };
-            let (k, _) = item.map_err(|e| st(e.into()))?;
+            let (k, _) = item.at(file)?;
             let feed = k.value().0;
             let last = t
                 .range((feed, 0)..=(feed, u64::MAX))
-                .map_err(|e| st(e.into()))?
+                .at(file)?
                 .next_back()
                 .transpose()
-                .map_err(|e| st(e.into()))?
+                .at(file)?
                 .map(|(k, _)| k.value().1);
-            let note = c
-                .get(feed)
-                .map_err(|e| st(e.into()))?
-                .map(|v| v.value().to_owned());
+            let note = c.get(feed).at(file)?.map(|v| v.value().to_owned());
             out.push((feed, last.map_or(0, |s| s + 1), note));
             cursor = Some(feed);
         }
@@ -726,16 +722,16 @@ impl Reader<'_> {
         from: u64,
         limit: usize,
     ) -> Result<Vec<(u64, Vec<u8>)>, StoreError> {
-        let st = storage(self.path);
+        let file: &Path = self.path;
         let txn = self.txn()?;
-        let t = txn.open_table(REPLICA_ENTRIES).map_err(|e| st(e.into()))?;
+        let t = txn.open_table(REPLICA_ENTRIES).at(file)?;
         let mut out = Vec::new();
         for item in t
             .range((*feed, from)..=(*feed, u64::MAX))
-            .map_err(|e| st(e.into()))?
+            .at(file)?
             .take(limit)
         {
-            let (k, v) = item.map_err(|e| st(e.into()))?;
+            let (k, v) = item.at(file)?;
             out.push((k.value().1, v.value().to_vec()));
         }
         Ok(out)
@@ -829,15 +825,10 @@ impl Reader<'_> {
         &self,
         feed: &[u8; 32],
     ) -> Result<Result<ReplicaVerified, VerifyError>, StoreError> {
-        let st = storage(self.path);
+        let file: &Path = self.path;
         let txn = self.txn()?;
-        let c = txn
-            .open_table(REPLICA_CHECKPOINTS)
-            .map_err(|e| st(e.into()))?;
-        let note = c
-            .get(feed)
-            .map_err(|e| st(e.into()))?
-            .map(|v| v.value().to_owned());
+        let c = txn.open_table(REPLICA_CHECKPOINTS).at(file)?;
+        let note = c.get(feed).at(file)?.map(|v| v.value().to_owned());
         self.verify_replica_noted(feed, note)
     }
 
