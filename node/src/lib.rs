@@ -15,7 +15,9 @@
 //! - [`models`]: models registered by path and the cache of loaded engines.
 //! - [`ledger_writer`]: the thread that owns the store and commits entries in batches.
 //! - `mesh_task`: publishes own entries, replicates peers' feeds through `fab_mesh`.
-//! - [`api`]: the control API (routes, job pipeline, errors).
+//! - [`api`]: the control API: routes, the job pipeline and errors (`api/mod.rs`), who may
+//!   call it (`api/guard.rs`), the HTTP server and its bounds (`api/serve.rs`), the bearer
+//!   token (`api/token.rs`).
 //! - [`views`]: JSON views of entries and receipts.
 //! - [`Node`]: startup, serving and graceful shutdown.
 //! - [`supervise`]: the node's subsystems, owned in one place; one that stops stops the node.
