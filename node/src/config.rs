@@ -297,8 +297,8 @@ impl Default for LimitsConfig {
             input_bytes_max: 4 << 20,
             request_bytes_max: 16 << 20,
             jobs_in_flight_max: 256,
-            remote_jobs_max: 32,
-            remote_jobs_per_peer_max: 8,
+            remote_jobs_max: 64,
+            remote_jobs_per_peer_max: 32,
             job_timeout_ms: 30_000,
         }
     }
