@@ -713,6 +713,32 @@ fn a_peer_flooding_exec_requests_is_refused_and_cannot_take_the_local_slots() {
             .lines()
             .any(|l| l.starts_with("fabnode_jobs_in_flight ") && !l.ends_with(" 0"))
     });
+    // At its cap, the peer is declined a bid rather than offered one it would be refused.
+    let call = fab_mesh::bid::BidRequest {
+        job: [9; 32],
+        requester: key.public().to_bytes(),
+        model_digest: digest,
+        input_bytes: input.byte_len() as u64,
+        reference_latency_us: 1_000,
+        deadline_us: 30_000_000,
+        max_cost_micros: None,
+        tiers: vec![],
+        regions: vec![],
+        labels: vec![],
+        replicas: 1,
+    };
+    let declined = rt
+        .block_on(m.bid(peer, call))
+        .unwrap()
+        .body()
+        .answer
+        .clone();
+    assert!(
+        declined
+            .as_ref()
+            .is_err_and(|r| r.contains("remote_jobs_per_peer_max")),
+        "{declined:?}"
+    );
     // The operator's own job is served while the peer's are running (pinned here, so the
     // auction's estimate of a queue of spin runs is not what is tested).
     let (status, body) = b.post_json(

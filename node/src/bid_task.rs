@@ -44,6 +44,29 @@ fn offer(st: &AppState, from: PeerId, r: &BidRequest, rtt_us: u64) -> Result<Off
     if requester.peer_id() != from.to_string() {
         return Err("the call names another requester than the peer that sent it".into());
     }
+    // A peer at its cap of requests here would be refused the job: decline now, so the auction
+    // places it elsewhere instead of paying for a refusal and a re-award.
+    let limits = &st.config.limits;
+    let (theirs, all) = st
+        .remote_per_peer
+        .lock()
+        .map(|m| {
+            (
+                m.get(&from).copied().unwrap_or(0),
+                m.values().sum::<usize>(),
+            )
+        })
+        .unwrap_or((0, 0));
+    if theirs >= limits.remote_jobs_per_peer_max {
+        return Err(format!(
+            "already handles {theirs} requests of yours (limits.remote_jobs_per_peer_max)"
+        ));
+    }
+    if all >= limits.remote_jobs_max {
+        return Err(format!(
+            "already handles {all} requests from peers (limits.remote_jobs_max)"
+        ));
+    }
     // Live state, not the last (possibly noised) report: a bid is an answer to one requester,
     // and a stale queue would win jobs the node cannot start soon.
     let own = crate::telemetry_task::now(st);

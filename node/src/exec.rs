@@ -51,7 +51,12 @@ pub async fn serve(st: Arc<AppState>, mut rx: mpsc::Receiver<Incoming>) {
     // Whose request each task serves, and how many each peer has in flight (both at most
     // `global_max` entries).
     let mut owner: HashMap<tokio::task::Id, PeerId> = HashMap::new();
-    let mut per_peer: HashMap<PeerId, usize> = HashMap::new();
+    // Shared with the bid server (only this loop writes it).
+    let count = |f: &mut dyn FnMut(&mut HashMap<PeerId, usize>)| {
+        if let Ok(mut m) = st.remote_per_peer.lock() {
+            f(&mut m);
+        }
+    };
     loop {
         let (from, request, reply) = tokio::select! {
             Some(done) = tasks.join_next_with_id(), if !tasks.is_empty() => {
@@ -62,13 +67,15 @@ pub async fn serve(st: Arc<AppState>, mut rx: mpsc::Receiver<Incoming>) {
                         e.id()
                     }
                 };
-                if let Some(peer) = owner.remove(&id)
-                    && let Some(n) = per_peer.get_mut(&peer)
-                {
-                    *n -= 1;
-                    if *n == 0 {
-                        per_peer.remove(&peer);
-                    }
+                if let Some(peer) = owner.remove(&id) {
+                    count(&mut |per_peer| {
+                        if let Some(n) = per_peer.get_mut(&peer) {
+                            *n -= 1;
+                            if *n == 0 {
+                                per_peer.remove(&peer);
+                            }
+                        }
+                    });
                 }
                 continue;
             }
@@ -77,7 +84,8 @@ pub async fn serve(st: Arc<AppState>, mut rx: mpsc::Receiver<Incoming>) {
                 None => break,
             },
         };
-        let theirs = per_peer.get(&from).copied().unwrap_or(0);
+        let mut theirs = 0;
+        count(&mut |per_peer| theirs = per_peer.get(&from).copied().unwrap_or(0));
         let refusal = if theirs >= per_peer_max {
             Some(format!(
                 "this node already handles {theirs} requests of yours \
@@ -102,7 +110,7 @@ pub async fn serve(st: Arc<AppState>, mut rx: mpsc::Receiver<Incoming>) {
             }
             continue;
         }
-        *per_peer.entry(from).or_default() += 1;
+        count(&mut |per_peer| *per_peer.entry(from).or_default() += 1);
         let st = Arc::clone(&st);
         let handle = tasks.spawn(async move {
             let response = match request {

@@ -235,6 +235,7 @@ impl Node {
             pool: InferencePool::new(config.inference.workers, config.inference.queue_depth),
             job_slots: Arc::new(Semaphore::new(config.limits.jobs_in_flight_max)),
             remote_running: Default::default(),
+            remote_per_peer: Default::default(),
             telemetry: telemetry_view,
             own_telemetry: Default::default(),
             model_latency: Default::default(),

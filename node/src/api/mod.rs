@@ -51,6 +51,10 @@ pub struct AppState {
     pub job_slots: Arc<Semaphore>,
     /// Jobs from peers being run now, so a replayed request cannot run twice concurrently.
     pub remote_running: std::sync::Mutex<std::collections::HashSet<ContentId>>,
+    /// Peers' requests being handled, per peer (kept by the exec server, read by the bid
+    /// server so that a peer at its cap is declined rather than offered a bid it would then be
+    /// refused).
+    pub remote_per_peer: std::sync::Mutex<std::collections::HashMap<libp2p::PeerId, usize>>,
     /// Where each replica stands in the replication core (updated every 250 ms).
     pub replication: tokio::sync::watch::Receiver<Vec<fab_mesh::replicate::FeedHead>>,
     /// Peers' telemetry, signature-checked.
