@@ -54,6 +54,8 @@ pub mod supervise;
 mod telemetry_task;
 #[cfg(feature = "runtime")]
 pub mod views;
+#[cfg(feature = "runtime")]
+mod wake;
 
 #[cfg(feature = "runtime")]
 pub use config::Config;

@@ -328,7 +328,7 @@ pub async fn run(task: MeshTask) {
                     flush(&mesh, &mut unsent, &gossiped).await;
                 }
             }
-            () = sleep_until(wake), if wake.is_some() => {
+            () = crate::wake::sleep_until(wake), if wake.is_some() => {
                 let now = tokio::time::Instant::now();
                 // A held checkpoint goes out once its slot is open, unless entries it covers
                 // are still lingering (they go first, with it, in a few milliseconds).
@@ -383,14 +383,6 @@ fn next_wake(w: Wake) -> Option<tokio::time::Instant> {
         .into_iter()
         .flatten()
         .min()
-}
-
-/// Sleeps until `at`; never resolves for `None` (its branch is disabled then anyway).
-async fn sleep_until(at: Option<tokio::time::Instant>) {
-    match at {
-        Some(t) => tokio::time::sleep_until(t).await,
-        None => std::future::pending().await,
-    }
 }
 
 /// Answers a peer's sync request from the own feed or a replica.

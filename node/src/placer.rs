@@ -434,7 +434,7 @@ pub async fn run(st: Arc<AppState>, mut rx: mpsc::Receiver<PlaceJob>) {
                     }
                 }
             },
-            () = sleep_until_some(wake), if wake.is_some() => Input::Tick,
+            () = crate::wake::sleep_until(wake), if wake.is_some() => Input::Tick,
             Some(done) = tasks.join_next(), if !tasks.is_empty() => {
                 if let Err(e) = done {
                     tracing::error!(error = %e, "a placement task failed");
@@ -447,14 +447,6 @@ pub async fn run(st: Arc<AppState>, mut rx: mpsc::Receiver<PlaceJob>) {
         for o in out {
             carry(&st, &auction, &mut jobs, &mut tasks, &ev_tx, o);
         }
-    }
-}
-
-/// Sleeps until `at`; never resolves for `None` (the branch is disabled then anyway).
-async fn sleep_until_some(at: Option<tokio::time::Instant>) {
-    match at {
-        Some(t) => tokio::time::sleep_until(t).await,
-        None => std::future::pending().await,
     }
 }
 
