@@ -1,0 +1,386 @@
+//! `POST /v1/jobs` (run here, on a named peer, or placed by the auction) and the jobs this node
+//! placed.
+
+use super::*;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct SubmitBody {
+    model: String,
+    /// Parsed straight into compact numbers: no JSON value tree (docs/SECURITY.md).
+    #[serde(default)]
+    input: Option<fab_inference::tensor::JsonTensor>,
+    /// The job's deadline, from submission to result.
+    #[serde(default, alias = "deadline_ms")]
+    timeout_ms: Option<u64>,
+    /// Run on this peer (a peer id) over `/fabnode/exec/1`, with no auction.
+    #[serde(default)]
+    on: Option<String>,
+    #[serde(default)]
+    max_cost_micros: Option<u64>,
+    /// Allowed tiers (`device`, `edge`, `cloud`); empty allows all.
+    #[serde(default)]
+    tiers: Vec<String>,
+    #[serde(default)]
+    regions: Vec<String>,
+    /// Labels the node must carry, all of them.
+    #[serde(default)]
+    labels: Vec<String>,
+    /// Distinct nodes that each run the job.
+    #[serde(default)]
+    replicas: Option<u64>,
+    /// This job's scoring weights; missing terms take the configured ones.
+    #[serde(default)]
+    weights: Option<WeightsBody>,
+    /// Answer with every candidate's bid or reason and the score breakdown.
+    #[serde(default)]
+    explain: bool,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub(super) struct WeightsBody {
+    time: Option<u64>,
+    cost: Option<u64>,
+    energy: Option<u64>,
+    cache: Option<u64>,
+    reliability: Option<u64>,
+    battery: Option<u64>,
+}
+
+/// Most replicas a job may ask for.
+pub const REPLICAS_MAX: u64 = 16;
+
+/// Largest scoring weight.
+pub(super) const WEIGHT_MAX: u64 = 1_000_000;
+
+impl SubmitBody {
+    /// Whether the body asks for anything only the auction does.
+    fn places(&self) -> bool {
+        self.max_cost_micros.is_some()
+            || !self.tiers.is_empty()
+            || !self.regions.is_empty()
+            || !self.labels.is_empty()
+            || self.replicas.is_some_and(|r| r != 1)
+            || self.weights.is_some()
+            || self.explain
+    }
+
+    fn sla(&self, timeout_ms: u64) -> Result<crate::sched::Sla, ApiError> {
+        use fab_mesh::bid::{NAMES_MAX, TEXT_BYTES_MAX};
+        let bad = |m: String| ApiError::new(StatusCode::BAD_REQUEST, "bad_sla", m);
+        let tiers = self
+            .tiers
+            .iter()
+            .map(|t| {
+                crate::sched::Tier::parse(t)
+                    .ok_or_else(|| bad(format!("tiers: {t:?} is not device, edge or cloud")))
+            })
+            .collect::<Result<_, _>>()?;
+        for (field, names) in [("regions", &self.regions), ("labels", &self.labels)] {
+            if names.len() > NAMES_MAX
+                || names
+                    .iter()
+                    .any(|n| n.is_empty() || n.len() > TEXT_BYTES_MAX)
+            {
+                return Err(bad(format!(
+                    "{field}: at most {NAMES_MAX} names of 1 to {TEXT_BYTES_MAX} bytes"
+                )));
+            }
+        }
+        let replicas = self.replicas.unwrap_or(1);
+        if !(1..=REPLICAS_MAX).contains(&replicas) {
+            return Err(bad(format!(
+                "replicas: 1 to {REPLICAS_MAX}, not {replicas}"
+            )));
+        }
+        Ok(crate::sched::Sla {
+            deadline_us: timeout_ms.saturating_mul(1000),
+            max_cost_micros: self.max_cost_micros,
+            tiers,
+            regions: self.regions.iter().cloned().collect(),
+            labels: self.labels.iter().cloned().collect(),
+            replicas: replicas as u8,
+        })
+    }
+
+    fn weights(
+        &self,
+        configured: crate::sched::Weights,
+    ) -> Result<Option<crate::sched::Weights>, ApiError> {
+        let Some(w) = &self.weights else {
+            return Ok(None);
+        };
+        let all = [w.time, w.cost, w.energy, w.cache, w.reliability, w.battery];
+        if all.iter().flatten().any(|v| *v > WEIGHT_MAX) {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "bad_sla",
+                format!("weights: integers from 0 to {WEIGHT_MAX}"),
+            ));
+        }
+        Ok(Some(crate::sched::Weights {
+            time: w.time.unwrap_or(configured.time),
+            cost: w.cost.unwrap_or(configured.cost),
+            energy: w.energy.unwrap_or(configured.energy),
+            cache: w.cache.unwrap_or(configured.cache),
+            reliability: w.reliability.unwrap_or(configured.reliability),
+            battery: w.battery.unwrap_or(configured.battery),
+        }))
+    }
+}
+
+pub(super) async fn submit_job(
+    State(st): State<Arc<AppState>>,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let accepted = Instant::now();
+    let limit = st.config.limits.request_bytes_max;
+    let body_timeout = Duration::from_millis(st.config.api.body_timeout_ms);
+    let bytes: Bytes = tokio::time::timeout(body_timeout, axum::body::to_bytes(body, limit))
+        .await
+        .map_err(|_| {
+            ApiError::new(
+                StatusCode::REQUEST_TIMEOUT,
+                "request_timeout",
+                format!(
+                    "the request body did not arrive within api.body_timeout_ms = {} ms",
+                    st.config.api.body_timeout_ms
+                ),
+            )
+        })?
+        .map_err(|_| {
+            ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "request_too_large",
+                format!("request body is over limits.request_bytes_max = {limit} bytes"),
+            )
+        })?;
+    let mut req: SubmitBody = serde_json::from_slice(&bytes).map_err(|e| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            format!(
+                "request body: {e}; expected {{\"model\": name, \"input\": tensor, \"on\"?: peer id}}"
+            ),
+        )
+    })?;
+    let input = req.input.take().ok_or_else(|| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            "request body: missing field `input`; expected {\"model\": name, \"input\": tensor, \"on\"?: peer id}",
+        )
+    })?;
+    let input = Tensor::from_json(input)
+        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_tensor", format!("input: {e}")))?;
+    check_input_size(&st, &input)?;
+    let timeout_ms = req
+        .timeout_ms
+        .unwrap_or(st.config.limits.job_timeout_ms)
+        .clamp(1, st.config.limits.job_timeout_ms.max(1));
+    if req.on.is_some() && req.places() {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "bad_sla",
+            "`on` pins the job to one peer; placement fields (tiers, regions, labels, max cost, \
+             replicas, weights, explain) choose a peer: use one or the other",
+        ));
+    }
+    if req.on.is_none() && st.placer.is_some() {
+        return place(&st, req, input, timeout_ms, accepted).await;
+    }
+    if req.places() {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "mesh_disabled",
+            "placement fields need the mesh (mesh.enabled = false here)",
+        ));
+    }
+    if let Some(on) = req.on {
+        let peer: libp2p::PeerId = on.parse().map_err(|_| {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "bad_peer_id",
+                format!("on: {on:?} is not a peer id (fabnode peers lists them)"),
+            )
+        })?;
+        if peer.to_string() != st.key.public().peer_id() {
+            return crate::exec::submit_remote(&st, peer, &req.model, input, timeout_ms).await;
+        }
+    }
+    let permit = job_slot(&st)?;
+    let model = resolve_model(&st, &req.model).await?;
+    let input_name = model
+        .info()
+        .inputs
+        .first()
+        .map_or_else(|| "input".to_owned(), |f| f.name.clone());
+    let input_digest = ContentId(digest_named(&[(input_name.clone(), input.clone())]));
+    let created_ms = now_ms();
+    let request = JobRequest {
+        requester: st.key.public(),
+        nonce: st.nonce.fetch_add(1, Ordering::Relaxed),
+        model: model.name.clone(),
+        model_digest: model.digest,
+        input_digest,
+        input_bytes: input.byte_len() as u64,
+        created_ms,
+        deadline_ms: created_ms + timeout_ms,
+    };
+    let job = Signed::sign(request, &st.key);
+    let job_id = job.id();
+    let span = tracing::info_span!("job", job = %job_id.short(), model = %model.name);
+    let executed = execute(&st, job, &model, input, timeout_ms, accepted)
+        .instrument(span)
+        .await?;
+    drop(permit);
+    job_response(job_id, &input_name, executed, None)
+}
+
+/// Places a job with the auction and answers with its first result, every replica's output
+/// digest, and the placement.
+pub(super) async fn place(
+    st: &Arc<AppState>,
+    req: SubmitBody,
+    input: Tensor,
+    timeout_ms: u64,
+    accepted: Instant,
+) -> Result<Response, ApiError> {
+    let sla = req.sla(timeout_ms)?;
+    let weights = req.weights(st.config.scheduler.weights())?;
+    let placed = crate::placer::place(
+        st,
+        crate::placer::Request {
+            model: req.model.clone(),
+            input,
+            timeout_ms,
+            sla,
+            weights,
+            accepted,
+        },
+    )
+    .await
+    .map_err(|mut e| {
+        if !req.explain
+            && let Some(p) = &mut e.placement
+        {
+            *p = crate::placer::summary(p);
+        }
+        e
+    })?;
+    let crate::placer::Placed {
+        results,
+        placement,
+        job,
+        input_name,
+        replicas_agree,
+    } = placed;
+    let replicas: Vec<Value> = results
+        .iter()
+        .map(|(peer, e)| {
+            json!({"executor": peer.to_string(), "seq": e.entry.body().seq,
+                   "output_digest": crate::placer::output_digest(e)})
+        })
+        .collect();
+    let placement = if req.explain {
+        placement
+    } else {
+        crate::placer::summary(&placement)
+    };
+    if replicas_agree == Some(false) {
+        // No output is returned: the client cannot know which replica, if any, is right.
+        let digests: Vec<String> = results
+            .iter()
+            .map(|(peer, e)| {
+                let d = crate::placer::output_digest(e)
+                    .map_or_else(|| "none".into(), |d| d.to_string());
+                format!("{peer}: {d}")
+            })
+            .collect();
+        let mut e = ApiError::new(
+            StatusCode::CONFLICT,
+            "replicas_disagree",
+            format!(
+                "the {} replicas' outputs differ ({}); every run is in its executor's ledger",
+                results.len(),
+                digests.join(", ")
+            ),
+        );
+        e.replicas = Some(Box::new(json!(replicas)));
+        e.placement = Some(placement);
+        return Err(e);
+    }
+    let mut results = results.into_iter();
+    let (peer, first) = results
+        .next()
+        .ok_or_else(|| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "no result"))?;
+    let mut body = job_body(job, &input_name, first, Some(peer.to_string()))?;
+    body["placement"] = placement;
+    if let Some(agree) = replicas_agree {
+        body["replicas"] = json!(replicas);
+        body["replicas_agree"] = json!(agree);
+    }
+    Ok(axum::Json(body).into_response())
+}
+
+#[derive(Deserialize)]
+pub(super) struct JobsQuery {
+    #[serde(default = "default_limit")]
+    limit: usize,
+}
+
+/// Jobs this node placed recently, newest first.
+pub(super) async fn list_jobs(
+    State(st): State<Arc<AppState>>,
+    Query(q): Query<JobsQuery>,
+) -> ApiResult {
+    let jobs: Vec<Value> = crate::placer::recent(&st, q.limit.min(crate::placer::RECENT_MAX))
+        .iter()
+        .map(crate::placer::JobRecord::to_json)
+        .collect();
+    Ok(axum::Json(json!({ "jobs": jobs })))
+}
+
+/// A job: its receipt when this node ran it, and its placement when this node placed it.
+pub(super) async fn get_job(State(st): State<Arc<AppState>>, Path(id): Path<String>) -> ApiResult {
+    let job: ContentId = id.parse().map_err(|_| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "bad_job_id",
+            "a job id is 64 hex digits",
+        )
+    })?;
+    let seq = st
+        .ledger
+        .job_seq(job)
+        .await
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "ledger_error", e))?;
+    let placed = crate::placer::find(&st, &job);
+    if seq.is_none() && placed.is_none() {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "unknown_job",
+            format!("no job {id} in this node's ledger or among the jobs it placed"),
+        ));
+    }
+    let mut body = match &placed {
+        Some(r) => {
+            let mut b = r.to_json();
+            b["placement"] = r.placement.clone();
+            b
+        }
+        None => json!({"job_id": job}),
+    };
+    if let Some(seq) = seq {
+        let entry = entry_at(&st, seq).await?.ok_or_else(|| {
+            ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "ledger_error",
+                "job index points past the ledger",
+            )
+        })?;
+        body["receipt"] = entry_json(&entry);
+    }
+    Ok(axum::Json(body))
+}
