@@ -742,19 +742,7 @@ mod bad_peer {
         .unwrap()
         .try_into()
         .unwrap();
-        let call = |requester: [u8; 32], model: [u8; 32]| BidRequest {
-            job: [4; 32],
-            requester,
-            model_digest: model,
-            input_bytes: 256,
-            reference_latency_us: 1_000,
-            deadline_us: 30_000_000,
-            max_cost_micros: None,
-            tiers: vec![],
-            regions: vec![],
-            labels: vec![],
-            replicas: 1,
-        };
+        let call = bid_call;
         let ask = |r: BidRequest| rt.block_on(m.bid(peer, r)).unwrap();
         let bid = ask(call(key.public().to_bytes(), digest));
         assert_eq!(bid.body().bidder.peer_id(), b_id);

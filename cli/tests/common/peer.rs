@@ -120,3 +120,35 @@ pub fn signed_job(
     };
     Signed::sign(request, signer).encode()
 }
+
+/// A plain call for bids for `model` from `requester` (key bytes): no SLA beyond a 30 s
+/// deadline, one replica.
+pub fn bid_call(requester: [u8; 32], model: [u8; 32]) -> fab_mesh::bid::BidRequest {
+    fab_mesh::bid::BidRequest {
+        job: [4; 32],
+        requester,
+        model_digest: model,
+        input_bytes: 256,
+        reference_latency_us: 1_000,
+        deadline_us: 30_000_000,
+        max_cost_micros: None,
+        tiers: vec![],
+        regions: vec![],
+        labels: vec![],
+        replicas: 1,
+    }
+}
+
+/// `key`'s signed bid for `job` with `answer`.
+pub fn signed_bid(
+    key: &Keypair,
+    job: [u8; 32],
+    answer: Result<fab_mesh::bid::Offer, String>,
+) -> fab_mesh::bid::SignedBid {
+    let body = fab_mesh::bid::BidBody {
+        job,
+        bidder: key.public(),
+        answer,
+    };
+    fab_ledger::Signed::sign(body, key)
+}
