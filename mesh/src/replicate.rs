@@ -51,7 +51,7 @@ pub struct ReplicateConfig {
     /// Feeds followed at most.
     pub feeds_max: usize,
     /// Of those, feeds with no entry stored yet (known only from a peer's claim) at most: a
-    /// new one evicts the one untouched longest, so a flood of claims about fresh keys can
+    /// new one evicts the oldest of them, so a flood of claims about fresh keys can
     /// neither grow memory nor push out a feed that has entries.
     pub empty_feeds_max: usize,
     /// Pieces of evidence (conflicting positions) emitted per feed at most; each position
@@ -169,14 +169,12 @@ struct Feed<P> {
     head: Option<SignedEntry>,
     /// Outstanding request: (peer, start, count, asked at).
     asked: Option<(P, u64, u64, Duration)>,
-    /// When an input last named this feed (eviction of empty feeds).
-    touched: Duration,
     /// Positions whose conflict was already reported (at most `evidence_per_feed_max`).
     conflicts: BTreeSet<u64>,
 }
 
 impl<P> Feed<P> {
-    fn new(key: PublicKey, verifier: FeedVerifier, tree: Frontier, now: Duration) -> Self {
+    fn new(key: PublicKey, verifier: FeedVerifier, tree: Frontier) -> Self {
         Feed {
             key,
             verifier,
@@ -187,7 +185,6 @@ impl<P> Feed<P> {
             last_time_ms: None,
             head: None,
             asked: None,
-            touched: now,
             conflicts: BTreeSet::new(),
         }
     }
@@ -210,6 +207,10 @@ pub struct Replicator<P> {
     last_heads: Option<Duration>,
     /// Bytes of out-of-order entries held across every feed.
     pending_bytes: usize,
+    /// Feeds followed without an entry stored yet, and the order they were first named in
+    /// (keys of feeds that have since stored entries are skipped when met).
+    empty_count: usize,
+    empty_order: std::collections::VecDeque<[u8; 32]>,
     /// No outstanding range request times out before this (it may be earlier than the real
     /// earliest timeout, never later: a tick recomputes it exactly).
     request_due: Option<Duration>,
@@ -238,6 +239,8 @@ impl<P: Clone + Ord + std::fmt::Debug> Replicator<P> {
             heads_turn: 0,
             last_heads: None,
             pending_bytes: 0,
+            empty_count: 0,
+            empty_order: Default::default(),
             request_due: None,
         }
     }
@@ -270,17 +273,19 @@ impl<P: Clone + Ord + std::fmt::Debug> Replicator<P> {
         tree: Frontier,
         trusted: Option<Checkpoint>,
     ) {
-        let mut f = Feed::new(
-            feed,
-            FeedVerifier::resume(feed, size, head),
-            tree,
-            Duration::ZERO,
-        );
+        let mut f = Feed::new(feed, FeedVerifier::resume(feed, size, head), tree);
         f.trusted = trusted;
         f.known = size;
         f.last_time_ms = last_time_ms;
         if let Some(old) = self.feeds.insert(feed.to_bytes(), f) {
             self.pending_bytes -= old.pending.values().map(pending_cost).sum::<usize>();
+            if old.verifier.next_seq() == 0 {
+                self.empty_count -= 1;
+            }
+        }
+        if size == 0 {
+            self.empty_order.push_back(feed.to_bytes());
+            self.empty_count += 1;
         }
     }
 
@@ -299,37 +304,53 @@ impl<P: Clone + Ord + std::fmt::Debug> Replicator<P> {
             .collect()
     }
 
-    /// The feed `key`, followed from now on if it is not yet and a bound allows.
-    fn feed(&mut self, key: PublicKey, now: Duration) -> Option<&mut Feed<P>> {
+    /// The feed `key`, followed from now on if it is not yet and a bound allows. Constant work
+    /// per new feed (a heads answer may name 10,000 fresh keys).
+    fn feed(&mut self, key: PublicKey) -> Option<&mut Feed<P>> {
         let k = key.to_bytes();
         if !self.feeds.contains_key(&k) {
             if !self.config.scope.contains(&key) {
                 return None;
             }
-            let empty: Vec<([u8; 32], Duration)> = self
-                .feeds
-                .iter()
-                .filter(|(_, f)| f.verifier.next_seq() == 0)
-                .map(|(k, f)| (*k, f.touched))
-                .collect();
-            if empty.len() >= self.config.empty_feeds_max
+            if self.empty_count >= self.config.empty_feeds_max
                 || self.feeds.len() >= self.config.feeds_max
             {
-                // Make room by forgetting the empty feed untouched longest (ties: lowest key);
-                // a feed with entries is never evicted.
-                let (victim, _) = empty.iter().min_by_key(|(k, t)| (*t, *k))?;
-                if let Some(old) = self.feeds.remove(victim) {
-                    self.pending_bytes -= old.pending.values().map(pending_cost).sum::<usize>();
+                // Make room by forgetting the oldest feed still without entries; a feed with
+                // entries is never evicted (queue entries of those are skipped).
+                loop {
+                    let victim = self.empty_order.pop_front()?;
+                    if self
+                        .feeds
+                        .get(&victim)
+                        .is_some_and(|f| f.verifier.next_seq() == 0)
+                    {
+                        if let Some(old) = self.feeds.remove(&victim) {
+                            self.pending_bytes -=
+                                old.pending.values().map(pending_cost).sum::<usize>();
+                        }
+                        self.empty_count -= 1;
+                        break;
+                    }
                 }
             }
-            self.feeds.insert(
-                k,
-                Feed::new(key, FeedVerifier::new(key), Frontier::new(), now),
-            );
+            self.feeds
+                .insert(k, Feed::new(key, FeedVerifier::new(key), Frontier::new()));
+            self.empty_order.push_back(k);
+            self.empty_count += 1;
         }
-        let f = self.feeds.get_mut(&k)?;
-        f.touched = now;
-        Some(f)
+        self.feeds.get_mut(&k)
+    }
+
+    /// Keeps the count of feeds without entries when `key`'s replica may have stored its first.
+    fn settle(&mut self, key: &PublicKey, was_empty: bool) {
+        if was_empty
+            && self
+                .feeds
+                .get(&key.to_bytes())
+                .is_some_and(|f| f.verifier.next_seq() > 0)
+        {
+            self.empty_count -= 1;
+        }
     }
 
     pub fn handle(&mut self, input: Input<P>, now: Duration, out: &mut impl Extend<Output<P>>) {
@@ -338,18 +359,21 @@ impl<P: Clone + Ord + std::fmt::Debug> Replicator<P> {
             Input::Entry { from, entry } => {
                 let key = entry.body().feed;
                 let (mut budget, mut due) = (self.pending_bytes, self.request_due);
-                if let Some(f) = self.feed(key, now) {
+                let mut was_empty = false;
+                if let Some(f) = self.feed(key) {
+                    was_empty = f.verifier.next_seq() == 0;
                     f.known = f.known.max(entry.body().seq.saturating_add(1));
                     offer(f, &config, (&mut budget, &mut due), from, entry, now, out);
                 }
                 (self.pending_bytes, self.request_due) = (budget, due);
+                self.settle(&key, was_empty);
             }
             Input::Checkpoint {
                 from,
                 feed,
                 checkpoint,
             } => {
-                if let Some(f) = self.feed(feed, now) {
+                if let Some(f) = self.feed(feed) {
                     f.known = f.known.max(checkpoint.size);
                     let size = f.verifier.next_seq();
                     if checkpoint.size == size && size > 0 {
@@ -374,7 +398,7 @@ impl<P: Clone + Ord + std::fmt::Debug> Replicator<P> {
             }
             Input::Heads { from, heads } => {
                 for (feed, their_size) in heads {
-                    if let Some(f) = self.feed(feed, now) {
+                    if let Some(f) = self.feed(feed) {
                         f.known = f.known.max(their_size);
                         if their_size > f.verifier.next_seq()
                             && ask(f, &config, from.clone(), their_size, now, out)
@@ -391,9 +415,10 @@ impl<P: Clone + Ord + std::fmt::Debug> Replicator<P> {
                 entries,
             } => {
                 let (mut budget, mut due) = (self.pending_bytes, self.request_due);
-                let Some(f) = self.feed(feed, now) else {
+                let Some(f) = self.feed(feed) else {
                     return;
                 };
+                let was_empty = f.verifier.next_seq() == 0;
                 if f.asked
                     .as_ref()
                     .is_some_and(|(p, s, _, _)| *p == from && *s == start)
@@ -429,6 +454,7 @@ impl<P: Clone + Ord + std::fmt::Debug> Replicator<P> {
                             ),
                         }]);
                         (self.pending_bytes, self.request_due) = (budget, due);
+                        self.settle(&feed, was_empty);
                         return;
                     }
                     offer(
@@ -442,6 +468,7 @@ impl<P: Clone + Ord + std::fmt::Debug> Replicator<P> {
                     );
                 }
                 (self.pending_bytes, self.request_due) = (budget, due);
+                self.settle(&feed, was_empty);
                 if let Some(reason) = bad {
                     out.extend([Output::Penalize { peer: from, reason }]);
                 }
