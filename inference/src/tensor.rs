@@ -190,6 +190,33 @@ impl std::fmt::Debug for JsonTensor {
     }
 }
 
+/// A tensor is written as its JSON form, `{"dtype", "shape", "data"}` (data flat, row-major).
+impl Serialize for Tensor {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        let mut st = s.serialize_struct("Tensor", 3)?;
+        st.serialize_field("dtype", &self.dtype())?;
+        st.serialize_field("shape", &self.shape)?;
+        match &self.data {
+            TensorData::F32(v) => st.serialize_field("data", v)?,
+            TensorData::F64(v) => st.serialize_field("data", v)?,
+            TensorData::I32(v) => st.serialize_field("data", v)?,
+            TensorData::I64(v) => st.serialize_field("data", v)?,
+            TensorData::U8(v) => st.serialize_field("data", v)?,
+        }
+        st.end()
+    }
+}
+
+/// Read from the JSON form with the same checks as [`Tensor::from_json`]: numbers packed as
+/// they are parsed (no value tree), shape and element range checked.
+impl<'de> Deserialize<'de> for Tensor {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let parsed = JsonTensor::deserialize(d)?;
+        Tensor::from_json(parsed).map_err(serde::de::Error::custom)
+    }
+}
+
 /// A JSON number as it was written.
 #[derive(Clone, Copy, Debug)]
 enum Num {
@@ -636,6 +663,11 @@ impl Tensor {
 
 /// Digest of a list of named tensors, in order: the input or output digest of a job.
 pub fn digest_named(tensors: &[(String, Tensor)]) -> [u8; 32] {
+    digest_pairs(tensors.iter().map(|(n, t)| (n.as_str(), t)))
+}
+
+/// [`digest_named`] of borrowed (name, tensor) pairs: the same digest, no copy of the data.
+pub fn digest_pairs<'a>(tensors: impl ExactSizeIterator<Item = (&'a str, &'a Tensor)>) -> [u8; 32] {
     let mut h = blake3::Hasher::new();
     h.update(b"fabnode/v1/tensors\0");
     h.update(&(tensors.len() as u32).to_le_bytes());

@@ -8,7 +8,7 @@ use fab_mesh::net::BidReply;
 use libp2p::PeerId;
 use tokio::sync::mpsc;
 
-use crate::api::AppState;
+use crate::jobs::NodeState;
 use crate::sched::bidder::{AllowAll, Answer, BidderLimits, Call, answer};
 use crate::sched::{Estimate, JobShape, Link, Sla, Tier};
 
@@ -17,10 +17,10 @@ pub const BID_QUEUE: usize = 256;
 
 pub type Incoming = (PeerId, BidRequest, BidReply);
 
-pub async fn serve(st: Arc<AppState>, mut rx: mpsc::Receiver<Incoming>) {
+pub async fn serve(st: Arc<NodeState>, mut rx: mpsc::Receiver<Incoming>) {
     while let Some((from, request, reply)) = rx.recv().await {
         // Round trips as measured within the last second: a bid costs no mesh round trip.
-        let rtt_us = crate::placer::rtts(&st)
+        let rtt_us = crate::jobs::place::rtts(&st)
             .await
             .get(&from)
             .copied()
@@ -38,7 +38,7 @@ pub async fn serve(st: Arc<AppState>, mut rx: mpsc::Receiver<Incoming>) {
 }
 
 /// This node's offer for a call, or why it declines.
-fn offer(st: &AppState, from: PeerId, r: &BidRequest, rtt_us: u64) -> Result<Offer, String> {
+fn offer(st: &NodeState, from: PeerId, r: &BidRequest, rtt_us: u64) -> Result<Offer, String> {
     let requester = PublicKey::from_bytes(&r.requester)
         .ok_or_else(|| "the requester key is not valid".to_owned())?;
     if requester.peer_id() != from.to_string() {

@@ -121,7 +121,7 @@ pub struct MeshTask {
     pub ledger: LedgerClient,
     pub replicator: Replicator<PeerId>,
     /// Where peers' exec requests go.
-    pub exec: mpsc::Sender<crate::exec::Incoming>,
+    pub exec: mpsc::Sender<crate::jobs::serve::Incoming>,
     /// The replication core's view of every replica, for the API.
     pub heads: tokio::sync::watch::Sender<Vec<FeedHead>>,
     /// Where peers' calls for bids go.

@@ -15,9 +15,10 @@ use thiserror::Error;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
-use crate::api::{AppState, router};
+use crate::api::router;
 use crate::config::Config;
 use crate::datadir;
+use crate::jobs::NodeState;
 use crate::ledger_writer::{COMMITTED_QUEUE, LedgerWriter, now_ms};
 use crate::models::ModelCache;
 use fab_mesh::net::MeshConfig;
@@ -63,7 +64,7 @@ pub enum StartError {
 /// A started node: key loaded, ledger open and verified at its tail, API socket bound.
 #[derive(Debug)]
 pub struct Node {
-    state: Arc<AppState>,
+    state: Arc<NodeState>,
     writer: LedgerWriter,
     listener: TcpListener,
     addr: SocketAddr,
@@ -178,10 +179,10 @@ impl Node {
         }
         let mut mesh = None;
         let entries_gossiped: Arc<crate::mesh_task::Gossiped> = Default::default();
-        let (exec_tx, exec_rx) = tokio::sync::mpsc::channel(crate::exec::EXEC_QUEUE);
+        let (exec_tx, exec_rx) = tokio::sync::mpsc::channel(crate::jobs::serve::EXEC_QUEUE);
         let (heads_tx, heads_rx) = tokio::sync::watch::channel(Vec::new());
         let (bid_tx, bid_rx) = tokio::sync::mpsc::channel(crate::bid_task::BID_QUEUE);
-        let (place_tx, place_rx) = tokio::sync::mpsc::channel(crate::placer::PLACE_QUEUE);
+        let (place_tx, place_rx) = tokio::sync::mpsc::channel(crate::jobs::place::PLACE_QUEUE);
         let telemetry_view = Arc::new(std::sync::Mutex::new(
             crate::sched::telemetry::TelemetryView::new(config.telemetry.stale_ms),
         ));
@@ -230,7 +231,7 @@ impl Node {
             );
             mesh = Some(client);
         }
-        let state = Arc::new(AppState {
+        let state = Arc::new(NodeState {
             models: ModelCache::new(data_dir.to_owned(), config.inference.model_bytes_max),
             pool: InferencePool::new(config.inference.workers, config.inference.queue_depth),
             job_slots: Arc::new(Semaphore::new(config.limits.jobs_in_flight_max)),
@@ -269,7 +270,7 @@ impl Node {
         if state.mesh.is_some() {
             subsystems.spawn(
                 "the exec server",
-                crate::exec::serve(Arc::clone(&state), exec_rx),
+                crate::jobs::serve::serve(Arc::clone(&state), exec_rx),
             );
             subsystems.spawn(
                 "the telemetry publisher",
@@ -281,7 +282,7 @@ impl Node {
             );
             subsystems.spawn(
                 "the placer",
-                crate::placer::run(Arc::clone(&state), place_rx),
+                crate::jobs::place::run(Arc::clone(&state), place_rx),
             );
         }
         let addr_file = datadir::api_addr_path(data_dir);

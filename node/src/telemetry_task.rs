@@ -7,13 +7,13 @@ use std::time::Duration;
 
 use fab_ledger::Signed;
 
-use crate::api::AppState;
+use crate::jobs::NodeState;
 use crate::ledger_writer::now_ms;
 use crate::sched::telemetry::{SignedTelemetry, TelemetryReport, publish_due, queue_moved};
 use crate::sched::{Host, Telemetry};
 
 /// Jobs this node is running or about to run.
-pub fn in_flight(st: &AppState) -> usize {
+pub fn in_flight(st: &NodeState) -> usize {
     let local = st.config.limits.jobs_in_flight_max - st.job_slots.available_permits();
     // Peers' jobs hold no API slot: they are counted by the set that stops replays.
     let remote = st.remote_running.lock().map_or(0, |r| r.len());
@@ -21,7 +21,7 @@ pub fn in_flight(st: &AppState) -> usize {
 }
 
 /// This node's telemetry now.
-fn current(st: &AppState, in_flight: usize, host: Host, speed_permille: u32) -> Telemetry {
+fn current(st: &NodeState, in_flight: usize, host: Host, speed_permille: u32) -> Telemetry {
     use crate::sched::telemetry as limits;
     let sc = &st.config.scheduler;
     // Kept within the ranges every peer checks when it decodes a report, so this node's own
@@ -54,7 +54,7 @@ fn current(st: &AppState, in_flight: usize, host: Host, speed_permille: u32) -> 
 
 /// This node as a candidate for a job being placed now: the last published report (host figures
 /// and calibrated speed) with the live queue and the latest model measurements.
-pub fn now(st: &AppState) -> Telemetry {
+pub fn now(st: &NodeState) -> Telemetry {
     let last = st
         .own_telemetry
         .lock()
@@ -75,7 +75,7 @@ pub fn now(st: &AppState) -> Telemetry {
 
 /// Signs a report with the sequence number after `last` (never lower than the clock, so it keeps
 /// increasing across restarts).
-fn sign(st: &AppState, last: &mut u64, telemetry: Telemetry) -> SignedTelemetry {
+fn sign(st: &NodeState, last: &mut u64, telemetry: Telemetry) -> SignedTelemetry {
     let seq = (*last).max(telemetry.at_ms) + 1;
     *last = seq;
     Signed::sign(
@@ -127,7 +127,7 @@ pub fn privatise(t: &mut Telemetry, epsilon: f64, mut draw: impl FnMut() -> f64)
 const QUEUE_CHECK: Duration = Duration::from_millis(100);
 
 /// Publishes until the node stops (the task is aborted with the other mesh tasks).
-pub async fn run(st: Arc<AppState>) {
+pub async fn run(st: Arc<NodeState>) {
     let Some(mesh) = st.mesh.clone() else { return };
     let speed = match st.config.scheduler.speed_permille {
         0 => {

@@ -22,12 +22,12 @@ use std::net::IpAddr;
 use std::sync::Arc;
 
 use axum::extract::{Request, State};
-use axum::http::{HeaderMap, Method, StatusCode, header};
+use axum::http::{HeaderMap, Method, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
-use super::ApiError;
 use super::token::ApiToken;
+use super::{ApiCode, ApiError};
 
 /// What the guard admits.
 #[derive(Debug, Default)]
@@ -47,8 +47,7 @@ impl Guard {
             let origin = origin.to_str().unwrap_or("");
             if !self.allowed_origins.contains(origin.trim_end_matches('/')) {
                 return Err(ApiError::new(
-                    StatusCode::FORBIDDEN,
-                    "forbidden_origin",
+                    ApiCode::ForbiddenOrigin,
                     format!(
                         "requests from the web origin {origin:?} are refused; an operator can \
                          allow it with api.allowed_origins"
@@ -63,8 +62,7 @@ impl Guard {
                     let name = host_name(host);
                     if !is_loopback_name(&name) && !self.allowed_hosts.contains(&name) {
                         return Err(ApiError::new(
-                            StatusCode::FORBIDDEN,
-                            "forbidden_host",
+                            ApiCode::ForbiddenHost,
                             format!(
                                 "the Host {host:?} is not a loopback name; an operator can allow \
                                  it with api.allowed_hosts"
@@ -81,8 +79,7 @@ impl Guard {
                     .and_then(|v| v.strip_prefix("Bearer "));
                 if !presented.is_some_and(|p| token.matches(p)) {
                     let mut e = ApiError::new(
-                        StatusCode::UNAUTHORIZED,
-                        "unauthorized",
+                        ApiCode::Unauthorized,
                         "this API needs `Authorization: Bearer <token>`; the token is in the \
                          node's data dir (api.token); the CLI reads it from there or from \
                          FABNODE_API_TOKEN",
@@ -94,8 +91,7 @@ impl Guard {
         }
         if carries_body(method, headers) && !is_json(headers) {
             return Err(ApiError::new(
-                StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                "unsupported_media_type",
+                ApiCode::UnsupportedMediaType,
                 "send the body as JSON with `Content-Type: application/json`",
             ));
         }
@@ -170,7 +166,7 @@ mod tests {
     fn code(g: &Guard, m: Method, pairs: &[(header::HeaderName, &str)]) -> Option<&'static str> {
         g.check(&m, "/v1/node", &headers(pairs))
             .err()
-            .map(|e| e.code)
+            .map(|e| e.code.code())
     }
 
     #[test]

@@ -68,7 +68,7 @@ impl SubmitBody {
 
     fn sla(&self, timeout_ms: u64) -> Result<crate::sched::Sla, ApiError> {
         use fab_mesh::bid::{NAMES_MAX, TEXT_BYTES_MAX};
-        let bad = |m: String| ApiError::new(StatusCode::BAD_REQUEST, "bad_sla", m);
+        let bad = |m: String| ApiError::new(ErrorKind::BadSla, m);
         let tiers = self
             .tiers
             .iter()
@@ -114,8 +114,7 @@ impl SubmitBody {
         let all = [w.time, w.cost, w.energy, w.cache, w.reliability, w.battery];
         if all.iter().flatten().any(|v| *v > WEIGHT_MAX) {
             return Err(ApiError::new(
-                StatusCode::BAD_REQUEST,
-                "bad_sla",
+                ErrorKind::BadSla,
                 format!("weights: integers from 0 to {WEIGHT_MAX}"),
             ));
         }
@@ -131,7 +130,7 @@ impl SubmitBody {
 }
 
 pub(super) async fn submit_job(
-    State(st): State<Arc<AppState>>,
+    State(st): State<Arc<NodeState>>,
     body: Body,
 ) -> Result<Response, ApiError> {
     let accepted = Instant::now();
@@ -141,8 +140,7 @@ pub(super) async fn submit_job(
         .await
         .map_err(|_| {
             ApiError::new(
-                StatusCode::REQUEST_TIMEOUT,
-                "request_timeout",
+                ApiCode::RequestTimeout,
                 format!(
                     "the request body did not arrive within api.body_timeout_ms = {} ms",
                     st.config.api.body_timeout_ms
@@ -151,15 +149,13 @@ pub(super) async fn submit_job(
         })?
         .map_err(|_| {
             ApiError::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "request_too_large",
+                ApiCode::RequestTooLarge,
                 format!("request body is over limits.request_bytes_max = {limit} bytes"),
             )
         })?;
     let mut req: SubmitBody = serde_json::from_slice(&bytes).map_err(|e| {
         ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "bad_request",
+            ApiCode::BadRequest,
             format!(
                 "request body: {e}; expected {{\"model\": name, \"input\": tensor, \"on\"?: peer id}}"
             ),
@@ -167,22 +163,19 @@ pub(super) async fn submit_job(
     })?;
     let input = req.input.take().ok_or_else(|| {
         ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "bad_request",
+            ApiCode::BadRequest,
             "request body: missing field `input`; expected {\"model\": name, \"input\": tensor, \"on\"?: peer id}",
         )
     })?;
     let input = Tensor::from_json(input)
-        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_tensor", format!("input: {e}")))?;
-    check_input_size(&st, &input)?;
+        .map_err(|e| ApiError::new(ErrorKind::BadTensor, format!("input: {e}")))?;
     let timeout_ms = req
         .timeout_ms
         .unwrap_or(st.config.limits.job_timeout_ms)
         .clamp(1, st.config.limits.job_timeout_ms.max(1));
     if req.on.is_some() && req.places() {
         return Err(ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "bad_sla",
+            ErrorKind::BadSla,
             "`on` pins the job to one peer; placement fields (tiers, regions, labels, max cost, \
              replicas, weights, explain) choose a peer: use one or the other",
         ));
@@ -192,56 +185,58 @@ pub(super) async fn submit_job(
     }
     if req.places() {
         return Err(ApiError::new(
-            StatusCode::CONFLICT,
-            "mesh_disabled",
+            ErrorKind::MeshDisabled,
             "placement fields need the mesh (mesh.enabled = false here)",
         ));
     }
     if let Some(on) = req.on {
         let peer: libp2p::PeerId = on.parse().map_err(|_| {
             ApiError::new(
-                StatusCode::BAD_REQUEST,
-                "bad_peer_id",
+                ApiCode::BadPeerId,
                 format!("on: {on:?} is not a peer id (fabnode peers lists them)"),
             )
         })?;
         if peer.to_string() != st.key.public().peer_id() {
-            return crate::exec::submit_remote(&st, peer, &req.model, input, timeout_ms).await;
+            let run = crate::jobs::remote::submit_remote(&st, peer, &req.model, input, timeout_ms)
+                .await?;
+            let body = job_body(
+                run.job,
+                &run.input_name,
+                &run.executed,
+                Some(run.executor.to_string()),
+            );
+            return Ok(axum::Json(body).into_response());
         }
     }
-    let permit = job_slot(&st)?;
-    let model = resolve_model(&st, &req.model).await?;
-    let input_name = model
-        .info()
-        .inputs
-        .first()
-        .map_or_else(|| "input".to_owned(), |f| f.name.clone());
-    let input_digest = ContentId(digest_named(&[(input_name.clone(), input.clone())]));
-    let created_ms = now_ms();
-    let request = JobRequest {
-        requester: st.key.public(),
-        nonce: st.nonce.fetch_add(1, Ordering::Relaxed),
-        model: model.name.clone(),
-        model_digest: model.digest,
-        input_digest,
-        input_bytes: input.byte_len() as u64,
-        created_ms,
-        deadline_ms: created_ms + timeout_ms,
-    };
-    let job = Signed::sign(request, &st.key);
-    let job_id = job.id();
-    let span = tracing::info_span!("job", job = %job_id.short(), model = %model.name);
-    let executed = execute(&st, job, &model, input, timeout_ms, accepted)
-        .instrument(span)
-        .await?;
-    drop(permit);
-    job_response(job_id, &input_name, executed, None)
+    let run = crate::jobs::run_local(&st, &req.model, input, timeout_ms, accepted).await?;
+    Ok(axum::Json(job_body(run.job, &run.input_name, &run.executed, None)).into_response())
+}
+
+/// The JSON answer for a job that ran and succeeded.
+fn job_body(
+    job_id: ContentId,
+    input_name: &str,
+    executed: &crate::jobs::Executed,
+    executor: Option<String>,
+) -> Value {
+    let outs = executed.outputs().unwrap_or_default();
+    let mut body = json!({
+        "job_id": job_id,
+        "status": "ok",
+        "input_names": [input_name],
+        "outputs": outs.iter().map(|(n, t)| json!({"name": n, "tensor": t.to_json_value()})).collect::<Vec<_>>(),
+        "receipt": entry_json(&executed.entry),
+    });
+    if let Some(peer) = executor {
+        body["executor"] = json!(peer);
+    }
+    body
 }
 
 /// Places a job with the auction and answers with its first result, every replica's output
 /// digest, and the placement.
-pub(super) async fn place(
-    st: &Arc<AppState>,
+async fn place(
+    st: &Arc<NodeState>,
     req: SubmitBody,
     input: Tensor,
     timeout_ms: u64,
@@ -249,9 +244,9 @@ pub(super) async fn place(
 ) -> Result<Response, ApiError> {
     let sla = req.sla(timeout_ms)?;
     let weights = req.weights(st.config.scheduler.weights())?;
-    let placed = crate::placer::place(
+    let placed = crate::jobs::place::place(
         st,
-        crate::placer::Request {
+        crate::jobs::place::Request {
             model: req.model.clone(),
             input,
             timeout_ms,
@@ -261,15 +256,8 @@ pub(super) async fn place(
         },
     )
     .await
-    .map_err(|mut e| {
-        if !req.explain
-            && let Some(p) = &mut e.placement
-        {
-            *p = crate::placer::summary(p);
-        }
-        e
-    })?;
-    let crate::placer::Placed {
+    .map_err(|e| ApiError::from_job(e, req.explain))?;
+    let crate::jobs::place::Placed {
         results,
         placement,
         job,
@@ -280,27 +268,23 @@ pub(super) async fn place(
         .iter()
         .map(|(peer, e)| {
             json!({"executor": peer.to_string(), "seq": e.entry.body().seq,
-                   "output_digest": crate::placer::output_digest(e)})
+                   "output_digest": e.output_digest()})
         })
         .collect();
-    let placement = if req.explain {
-        placement
-    } else {
-        crate::placer::summary(&placement)
-    };
+    let placement = placement::placement_json(&placement, req.explain);
     if replicas_agree == Some(false) {
         // No output is returned: the client cannot know which replica, if any, is right.
         let digests: Vec<String> = results
             .iter()
             .map(|(peer, e)| {
-                let d = crate::placer::output_digest(e)
+                let d = e
+                    .output_digest()
                     .map_or_else(|| "none".into(), |d| d.to_string());
                 format!("{peer}: {d}")
             })
             .collect();
         let mut e = ApiError::new(
-            StatusCode::CONFLICT,
-            "replicas_disagree",
+            ApiCode::ReplicasDisagree,
             format!(
                 "the {} replicas' outputs differ ({}); every run is in its executor's ledger",
                 results.len(),
@@ -311,11 +295,10 @@ pub(super) async fn place(
         e.placement = Some(placement);
         return Err(e);
     }
-    let mut results = results.into_iter();
-    let (peer, first) = results
-        .next()
-        .ok_or_else(|| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "no result"))?;
-    let mut body = job_body(job, &input_name, first, Some(peer.to_string()))?;
+    let Some((peer, first)) = results.first() else {
+        return Err(ApiError::new(ErrorKind::Internal, "no result"));
+    };
+    let mut body = job_body(job, &input_name, first, Some(peer.to_string()));
     body["placement"] = placement;
     if let Some(agree) = replicas_agree {
         body["replicas"] = json!(replicas);
@@ -332,53 +315,45 @@ pub(super) struct JobsQuery {
 
 /// Jobs this node placed recently, newest first.
 pub(super) async fn list_jobs(
-    State(st): State<Arc<AppState>>,
+    State(st): State<Arc<NodeState>>,
     Query(q): Query<JobsQuery>,
 ) -> ApiResult {
-    let jobs: Vec<Value> = crate::placer::recent(&st, q.limit.min(crate::placer::RECENT_MAX))
+    let limit = q.limit.min(crate::jobs::place::RECENT_MAX);
+    let jobs: Vec<Value> = crate::jobs::place::recent(&st, limit)
         .iter()
-        .map(crate::placer::JobRecord::to_json)
+        .map(placement::job_record_json)
         .collect();
     Ok(axum::Json(json!({ "jobs": jobs })))
 }
 
 /// A job: its receipt when this node ran it, and its placement when this node placed it.
-pub(super) async fn get_job(State(st): State<Arc<AppState>>, Path(id): Path<String>) -> ApiResult {
-    let job: ContentId = id.parse().map_err(|_| {
-        ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "bad_job_id",
-            "a job id is 64 hex digits",
-        )
-    })?;
+pub(super) async fn get_job(State(st): State<Arc<NodeState>>, Path(id): Path<String>) -> ApiResult {
+    let job: ContentId = id
+        .parse()
+        .map_err(|_| ApiError::new(ApiCode::BadJobId, "a job id is 64 hex digits"))?;
     let seq = st
         .ledger
         .job_seq(job)
         .await
-        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "ledger_error", e))?;
-    let placed = crate::placer::find(&st, &job);
+        .map_err(|e| ApiError::new(ErrorKind::LedgerError, e))?;
+    let placed = crate::jobs::place::find(&st, &job);
     if seq.is_none() && placed.is_none() {
         return Err(ApiError::new(
-            StatusCode::NOT_FOUND,
-            "unknown_job",
+            ApiCode::UnknownJob,
             format!("no job {id} in this node's ledger or among the jobs it placed"),
         ));
     }
     let mut body = match &placed {
         Some(r) => {
-            let mut b = r.to_json();
-            b["placement"] = r.placement.clone();
+            let mut b = placement::job_record_json(r);
+            b["placement"] = placement::placement_json(&r.placement, true);
             b
         }
         None => json!({"job_id": job}),
     };
     if let Some(seq) = seq {
         let entry = entry_at(&st, seq).await?.ok_or_else(|| {
-            ApiError::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "ledger_error",
-                "job index points past the ledger",
-            )
+            ApiError::new(ErrorKind::LedgerError, "job index points past the ledger")
         })?;
         body["receipt"] = entry_json(&entry);
     }

@@ -2,13 +2,13 @@
 
 use super::*;
 
-pub(super) async fn ledger_heads(State(st): State<Arc<AppState>>) -> ApiResult {
+pub(super) async fn ledger_heads(State(st): State<Arc<NodeState>>) -> ApiResult {
     let (entries, head) = st.ledger.head().await;
     let replicas = st
         .ledger
         .replica_heads()
         .await
-        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "ledger_error", e))?;
+        .map_err(|e| ApiError::new(ErrorKind::LedgerError, e))?;
     let mut feeds = vec![
         json!({"feed": st.key.public().peer_id(), "own": true, "size": entries, "head": head}),
     ];
@@ -57,12 +57,12 @@ pub(super) fn entry_time(bytes: &[u8]) -> Option<u64> {
         .map(|e| e.body().time_ms)
 }
 
-pub(super) async fn entry_at(st: &AppState, seq: u64) -> Result<Option<SignedEntry>, ApiError> {
+pub(super) async fn entry_at(st: &NodeState, seq: u64) -> Result<Option<SignedEntry>, ApiError> {
     let rows = st
         .ledger
         .range(seq, 1)
         .await
-        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "ledger_error", e))?;
+        .map_err(|e| ApiError::new(ErrorKind::LedgerError, e))?;
     match rows.into_iter().next() {
         Some((s, bytes)) if s == seq => decode_stored(s, &bytes).map(Some),
         _ => Ok(None),
@@ -72,14 +72,13 @@ pub(super) async fn entry_at(st: &AppState, seq: u64) -> Result<Option<SignedEnt
 pub(super) fn decode_stored(seq: u64, bytes: &[u8]) -> Result<SignedEntry, ApiError> {
     SignedEntry::decode_verified(bytes).map_err(|e| {
         ApiError::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "ledger_corrupt",
+            ApiCode::LedgerCorrupt,
             format!("stored entry {seq} does not verify: {e}; run `fabnode ledger verify`"),
         )
     })
 }
 
-pub(super) async fn ledger_head(State(st): State<Arc<AppState>>) -> ApiResult {
+pub(super) async fn ledger_head(State(st): State<Arc<NodeState>>) -> ApiResult {
     let (entries, head) = st.ledger.head().await;
     Ok(axum::Json(
         json!({"feed": st.key.public().peer_id(), "entries": entries, "head": head}),
@@ -99,13 +98,12 @@ pub(super) fn default_limit() -> usize {
 }
 
 pub(super) async fn ledger_entries(
-    State(st): State<Arc<AppState>>,
+    State(st): State<Arc<NodeState>>,
     Query(q): Query<RangeQuery>,
 ) -> ApiResult {
     if q.limit == 0 || q.limit > READ_ENTRIES_MAX {
         return Err(ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "bad_limit",
+            ApiCode::BadLimit,
             format!("limit must be 1 to {READ_ENTRIES_MAX}"),
         ));
     }
@@ -113,7 +111,7 @@ pub(super) async fn ledger_entries(
         .ledger
         .range(q.from, q.limit)
         .await
-        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "ledger_error", e))?;
+        .map_err(|e| ApiError::new(ErrorKind::LedgerError, e))?;
     let entries = rows
         .iter()
         .map(|(seq, bytes)| decode_stored(*seq, bytes).map(|e| entry_json(&e)))
@@ -126,22 +124,14 @@ pub(super) async fn ledger_entries(
 }
 
 pub(super) async fn ledger_entry(
-    State(st): State<Arc<AppState>>,
+    State(st): State<Arc<NodeState>>,
     Path(seq): Path<String>,
 ) -> ApiResult {
-    let seq: u64 = seq.parse().map_err(|_| {
-        ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "bad_seq",
-            "seq is a non-negative integer",
-        )
-    })?;
-    let entry = entry_at(&st, seq).await?.ok_or_else(|| {
-        ApiError::new(
-            StatusCode::NOT_FOUND,
-            "unknown_entry",
-            format!("no entry {seq}"),
-        )
-    })?;
+    let seq: u64 = seq
+        .parse()
+        .map_err(|_| ApiError::new(ApiCode::BadSeq, "seq is a non-negative integer"))?;
+    let entry = entry_at(&st, seq)
+        .await?
+        .ok_or_else(|| ApiError::new(ApiCode::UnknownEntry, format!("no entry {seq}")))?;
     Ok(axum::Json(entry_json(&entry)))
 }

@@ -1,6 +1,8 @@
 //! What the node says about itself: health probes, identity and mesh, telemetry, models,
 //! Prometheus metrics.
 
+use std::sync::atomic::Ordering;
+
 use super::*;
 
 /// Liveness: the process answers. For systemd watchdogs and Kubernetes liveness probes.
@@ -10,7 +12,7 @@ pub(super) async fn live() -> axum::Json<Value> {
 
 /// Readiness: the node serves jobs (its ledger answers; a stopped subsystem stops the node, so
 /// a node that answers has all of them). 503 while it cannot.
-pub(super) async fn health(State(st): State<Arc<AppState>>) -> Response {
+pub(super) async fn health(State(st): State<Arc<NodeState>>) -> Response {
     let ledger = tokio::time::timeout(Duration::from_secs(1), st.ledger.head()).await;
     let (status, body) = match ledger {
         Ok((entries, _)) => (
@@ -27,17 +29,14 @@ pub(super) async fn health(State(st): State<Arc<AppState>>) -> Response {
     (status, axum::Json(body)).into_response()
 }
 
-pub(super) async fn peers(State(st): State<Arc<AppState>>) -> ApiResult {
+pub(super) async fn peers(State(st): State<Arc<NodeState>>) -> ApiResult {
     let Some(mesh) = &st.mesh else {
         return Ok(axum::Json(json!({"mesh": false, "peers": []})));
     };
-    let peers = mesh.peers().await.map_err(|e| {
-        ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "mesh_unavailable",
-            e.to_string(),
-        )
-    })?;
+    let peers = mesh
+        .peers()
+        .await
+        .map_err(|e| ApiError::new(ApiCode::MeshUnavailable, e.to_string()))?;
     let list: Vec<Value> = peers
         .into_iter()
         .map(|(id, p)| {
@@ -64,7 +63,7 @@ pub(super) fn telemetry_json(t: &crate::sched::Telemetry, now: u64) -> Value {
 }
 
 /// This node's last report and every fresh peer report.
-pub(super) async fn telemetry(State(st): State<Arc<AppState>>) -> ApiResult {
+pub(super) async fn telemetry(State(st): State<Arc<NodeState>>) -> ApiResult {
     let now = now_ms();
     let own = st
         .own_telemetry
@@ -90,7 +89,7 @@ pub(super) async fn telemetry(State(st): State<Arc<AppState>>) -> ApiResult {
 }
 
 /// Prometheus text exposition of the node's counters.
-pub(super) async fn metrics(State(st): State<Arc<AppState>>) -> Response {
+pub(super) async fn metrics(State(st): State<Arc<NodeState>>) -> Response {
     use std::fmt::Write;
     let (entries, _) = st.ledger.head().await;
     let mut out = String::new();
@@ -185,7 +184,7 @@ pub(super) async fn metrics(State(st): State<Arc<AppState>>) -> Response {
         .into_response()
 }
 
-pub(super) async fn node_info(State(st): State<Arc<AppState>>) -> ApiResult {
+pub(super) async fn node_info(State(st): State<Arc<NodeState>>) -> ApiResult {
     let (entries, head) = st.ledger.head().await;
     let mesh = match &st.mesh {
         Some(m) => {
@@ -214,12 +213,12 @@ pub(super) async fn node_info(State(st): State<Arc<AppState>>) -> ApiResult {
     })))
 }
 
-pub(super) async fn list_models(State(st): State<Arc<AppState>>) -> ApiResult {
+pub(super) async fn list_models(State(st): State<Arc<NodeState>>) -> ApiResult {
     let dir = st.data_dir.clone();
     let registered = tokio::task::spawn_blocking(move || crate::models::list(&dir))
         .await
-        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?
-        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "registry", e.to_string()))?;
+        .map_err(|e| ApiError::new(ErrorKind::Internal, e.to_string()))?
+        .map_err(|e| ApiError::new(ApiCode::Registry, e.to_string()))?;
     let loaded = st.models.loaded();
     let models: Vec<Value> = registered
         .into_iter()

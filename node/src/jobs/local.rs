@@ -1,8 +1,19 @@
-//! The job pipeline the routes and the mesh share: resolving a model, taking a job slot, running
-//! a signed job on the inference pool and recording its receipt, and the answer for a recorded
-//! job. (It moves to a jobs service without HTTP types: docs/ARCHITECTURE.md.)
+//! Running a job on this node: resolving a model, taking a job slot, running a signed job on
+//! the inference pool and recording its receipt. Only a recorded job returns `Ok`.
 
-use super::*;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use fab_inference::tensor::digest_named;
+use fab_inference::{PoolError, RunError, Tensor};
+use fab_ledger::{
+    ContentId, Determinism, EntryBody, ExecStatus, ExecutionReceipt, JobRequest, Metering, Signed,
+    SignedEntry, Timings,
+};
+use tracing::Instrument;
+
+use super::{ErrorKind, JobError, JobSpec, NodeState, sign_job};
+use crate::models::{LoadedModel, ModelError};
 
 /// A job that ran (or failed while running) and was recorded.
 #[derive(Debug)]
@@ -17,39 +28,68 @@ impl Executed {
     pub fn outputs(&self) -> Option<&[(String, Tensor)]> {
         self.outcome.as_deref().ok()
     }
+
+    /// The output digest the receipt records.
+    pub fn output_digest(&self) -> Option<ContentId> {
+        match &self.entry.body().body {
+            EntryBody::Execution(r) => r.output_digest,
+            _ => None,
+        }
+    }
+
+    /// A recorded run that failed, as an error carrying its receipt; `Ok` when it succeeded.
+    pub fn into_result(self) -> Result<Self, JobError> {
+        if self.outcome.is_ok() {
+            return Ok(self);
+        }
+        let mut e = JobError::new(
+            ErrorKind::ExecutionFailed,
+            self.outcome.err().unwrap_or_default(),
+        );
+        e.receipt = Some(Box::new(self.entry));
+        Err(e)
+    }
+}
+
+/// A job run here for a local caller.
+#[derive(Debug)]
+pub struct LocalRun {
+    pub job: ContentId,
+    pub input_name: String,
+    pub executed: Executed,
+}
+
+/// The model's first input name (the name the input digest covers).
+pub fn input_name(model: &LoadedModel) -> String {
+    model
+        .info()
+        .inputs
+        .first()
+        .map_or_else(|| "input".to_owned(), |f| f.name.clone())
 }
 
 /// Finds a registered model, loading it on first use.
-pub async fn resolve_model(
-    st: &Arc<AppState>,
-    name: &str,
-) -> Result<crate::models::LoadedModel, ApiError> {
+pub async fn resolve_model(st: &Arc<NodeState>, name: &str) -> Result<LoadedModel, JobError> {
     let st2 = Arc::clone(st);
     let name = name.to_owned();
     tokio::task::spawn_blocking(move || st2.models.get(&name))
         .await
-        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?
-        .map_err(|e| match e {
-            ModelError::Unknown { .. } | ModelError::BadName(_) => {
-                ApiError::new(StatusCode::NOT_FOUND, "unknown_model", e.to_string())
-            }
-            ModelError::Changed { .. } => {
-                ApiError::new(StatusCode::CONFLICT, "model_changed", e.to_string())
-            }
-            _ => ApiError::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "model_load_failed",
-                e.to_string(),
-            ),
+        .map_err(|e| JobError::new(ErrorKind::Internal, e.to_string()))?
+        .map_err(|e| {
+            let kind = match e {
+                ModelError::Unknown { .. } | ModelError::BadName(_) => ErrorKind::UnknownModel,
+                ModelError::Changed { .. } => ErrorKind::ModelChanged,
+                _ => ErrorKind::ModelLoadFailed,
+            };
+            JobError::new(kind, e.to_string())
         })
 }
 
 /// Takes one of the node's job slots, or says it is busy.
-pub fn job_slot(st: &Arc<AppState>) -> Result<tokio::sync::OwnedSemaphorePermit, ApiError> {
+pub fn job_slot(st: &Arc<NodeState>) -> Result<tokio::sync::OwnedSemaphorePermit, JobError> {
     Arc::clone(&st.job_slots).try_acquire_owned().map_err(|_| {
-        ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "busy",
+        JobError::new(
+            ErrorKind::Busy,
             format!(
                 "{} jobs are already in flight (limits.jobs_in_flight_max); retry later",
                 st.config.limits.jobs_in_flight_max
@@ -59,12 +99,11 @@ pub fn job_slot(st: &Arc<AppState>) -> Result<tokio::sync::OwnedSemaphorePermit,
 }
 
 /// Refuses an input over `limits.input_bytes_max`.
-pub fn check_input_size(st: &AppState, input: &Tensor) -> Result<(), ApiError> {
+pub fn check_input_size(st: &NodeState, input: &Tensor) -> Result<(), JobError> {
     let input_max = st.config.limits.input_bytes_max;
     if input.byte_len() > input_max {
-        return Err(ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "input_too_large",
+        return Err(JobError::new(
+            ErrorKind::InputTooLarge,
             format!(
                 "input is {} bytes, over limits.input_bytes_max = {input_max}",
                 input.byte_len()
@@ -74,16 +113,53 @@ pub fn check_input_size(st: &AppState, input: &Tensor) -> Result<(), ApiError> {
     Ok(())
 }
 
-/// Runs a signed job on a loaded model and records its receipt in the ledger; the caller has
-/// checked that the job names this model and input. Only a recorded job returns `Ok`.
-pub async fn execute(
-    st: &Arc<AppState>,
-    job: Signed<JobRequest>,
-    model: &crate::models::LoadedModel,
+/// Runs a local caller's job on this node: a job slot, the model, a signed job request, the
+/// run and its receipt. A run that failed is an `ExecutionFailed` error with its receipt.
+pub async fn run_local(
+    st: &Arc<NodeState>,
+    model: &str,
     input: Tensor,
     timeout_ms: u64,
     accepted: Instant,
-) -> Result<Executed, ApiError> {
+) -> Result<LocalRun, JobError> {
+    check_input_size(st, &input)?;
+    let permit = job_slot(st)?;
+    let model = resolve_model(st, model).await?;
+    let input_name = input_name(&model);
+    let job = sign_job(
+        st,
+        JobSpec {
+            model: &model.name,
+            model_digest: model.digest,
+            input_name: &input_name,
+            input: &input,
+            timeout_ms,
+        },
+    );
+    let job_id = job.id();
+    let span = tracing::info_span!("job", job = %job_id.short(), model = %model.name);
+    let executed = execute(st, job, &model, input, timeout_ms, accepted)
+        .instrument(span)
+        .await?;
+    drop(permit);
+    Ok(LocalRun {
+        job: job_id,
+        input_name,
+        executed: executed.into_result()?,
+    })
+}
+
+/// Runs a signed job on a loaded model and records its receipt in the ledger; the caller has
+/// checked that the job names this model and input. Only a recorded job returns `Ok` (a run
+/// that failed is recorded too, and returned as such in [`Executed::outcome`]).
+pub async fn execute(
+    st: &Arc<NodeState>,
+    job: Signed<JobRequest>,
+    model: &LoadedModel,
+    input: Tensor,
+    timeout_ms: u64,
+    accepted: Instant,
+) -> Result<Executed, JobError> {
     let info = model.info().clone();
     let input_digest = job.body().input_digest;
     let rx = st
@@ -91,16 +167,10 @@ pub async fn execute(
         .submit(Arc::clone(&model.engine), vec![input])
         .map_err(|e| match e {
             PoolError::Invalid(RunError::InvalidInput(m)) => {
-                ApiError::new(StatusCode::BAD_REQUEST, "invalid_input", m)
+                JobError::new(ErrorKind::InvalidInput, m)
             }
-            PoolError::Busy { .. } => {
-                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "busy", e.to_string())
-            }
-            other => ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "unavailable",
-                other.to_string(),
-            ),
+            PoolError::Busy { .. } => JobError::new(ErrorKind::Busy, e.to_string()),
+            other => JobError::new(ErrorKind::Unavailable, other.to_string()),
         })?;
     let report = tokio::time::timeout(Duration::from_millis(timeout_ms), rx).await;
     let (status, error, outputs, timings, metering) = match report {
@@ -132,9 +202,8 @@ pub async fn execute(
             }
         }
         Ok(Err(_)) => {
-            return Err(ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "unavailable",
+            return Err(JobError::new(
+                ErrorKind::Unavailable,
                 "the inference worker stopped",
             ));
         }
@@ -182,9 +251,8 @@ pub async fn execute(
         .append(EntryBody::Execution(Box::new(receipt)))
         .await
         .map_err(|e| {
-            ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "ledger_unavailable",
+            JobError::new(
+                ErrorKind::LedgerUnavailable,
                 format!("the job ran but could not be recorded, so no result is returned: {e}"),
             )
         })?;
@@ -195,54 +263,8 @@ pub async fn execute(
     })
 }
 
-/// The HTTP answer for a recorded job: 200 with outputs, or 500 `execution_failed` with the
-/// receipt.
-pub fn job_response(
-    job_id: ContentId,
-    input_name: &str,
-    executed: Executed,
-    executor: Option<String>,
-) -> Result<Response, ApiError> {
-    job_body(job_id, input_name, executed, executor).map(|b| axum::Json(b).into_response())
-}
-
-/// The JSON body of [`job_response`].
-pub fn job_body(
-    job_id: ContentId,
-    input_name: &str,
-    executed: Executed,
-    executor: Option<String>,
-) -> Result<Value, ApiError> {
-    let Some(outs) = executed.outputs() else {
-        return Err(failed_response(executed));
-    };
-    let mut body = json!({
-        "job_id": job_id,
-        "status": "ok",
-        "input_names": [input_name],
-        "outputs": outs.iter().map(|(n, t)| json!({"name": n, "tensor": t.to_json_value()})).collect::<Vec<_>>(),
-        "receipt": entry_json(&executed.entry),
-    });
-    if let Some(peer) = executor {
-        body["executor"] = json!(peer);
-    }
-    Ok(body)
-}
-
-/// A recorded job that failed: 500 `execution_failed` with its receipt.
-pub fn failed_response(executed: Executed) -> ApiError {
-    ApiError {
-        status: StatusCode::INTERNAL_SERVER_ERROR,
-        code: "execution_failed",
-        message: executed.outcome.err().unwrap_or_default(),
-        receipt: Some(entry_json(&executed.entry)),
-        placement: None,
-        www_authenticate: false,
-        replicas: None,
-    }
-}
-
-pub(super) fn truncate(mut s: String) -> String {
+/// Cuts an error text to what a receipt may carry, on a character boundary.
+pub(crate) fn truncate(mut s: String) -> String {
     let max = fab_ledger::entry::ERROR_TEXT_BYTES_MAX;
     if s.len() > max {
         let mut cut = max;

@@ -1,8 +1,8 @@
 //! Places the jobs submitted to this node: the auction core ([`crate::sched::auction`]) driven
 //! over the mesh.
 //!
-//! A submission is prepared by the API handler (model resolved, job signed, candidates read from
-//! the telemetry view) and handed to one task that owns the auction. That task carries out the
+//! A submission is prepared by [`place`] (model resolved, job signed, candidates read from the
+//! telemetry view) and handed to one task that owns the auction. That task carries out the
 //! core's outputs: calls for bids over `/fabnode/bid/1`, attempts over `/fabnode/exec/1` or on
 //! this node, and the answer to the client, which gets exactly one result however many attempts
 //! ran. Every attempt that really ran is recorded by the node that ran it.
@@ -11,23 +11,22 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use axum::http::StatusCode;
 use fab_inference::Tensor;
-use fab_inference::tensor::digest_named;
-use fab_ledger::{ContentId, JobRequest, Signed, SignedJobRequest};
+use fab_ledger::{ContentId, SignedJobRequest};
 use fab_mesh::bid::BidRequest;
 use fab_mesh::exec::{ExecRequest, ExecResponse};
 use libp2p::PeerId;
-use serde_json::{Value, json};
 use tokio::sync::{mpsc, oneshot};
 use tracing::Instrument;
 
-use crate::api::{ApiError, AppState, Executed, execute, job_slot, resolve_model};
-use crate::ledger_writer::now_ms;
-use crate::sched::auction::{Candidate, Explanation, JobId, Standing};
-use crate::sched::{
-    Auction, Estimate, Input, JobShape, Link, Output, Score, Sla, Submission, Weights,
+use super::local::input_name;
+use super::{
+    ErrorKind, Executed, JobError, JobSpec, NodeState, check_input_size, execute, job_slot,
+    resolve_model, sign_job,
 };
+use crate::ledger_writer::now_ms;
+use crate::sched::auction::{Candidate, Explanation, JobId};
+use crate::sched::{Auction, Estimate, Input, JobShape, Link, Output, Sla, Submission, Weights};
 
 /// Submissions waiting for the placing task.
 pub const PLACE_QUEUE: usize = 1024;
@@ -47,7 +46,7 @@ const DESCRIBE_TRIES: usize = 3;
 pub struct PlaceJob {
     submission: Submission<PeerId>,
     ctx: Ctx,
-    reply: oneshot::Sender<Result<Placed, ApiError>>,
+    reply: oneshot::Sender<Result<Placed, JobError>>,
 }
 
 /// What the placing task keeps about a job until it ends.
@@ -67,7 +66,7 @@ struct Ctx {
     /// Results in the order they arrived.
     results: Vec<(PeerId, Executed)>,
     /// A failure that no other node would avoid (bad input, the model failed on it).
-    terminal: Option<ApiError>,
+    terminal: Option<JobError>,
 }
 
 /// A placed job's results and why it went where it went.
@@ -75,11 +74,39 @@ struct Ctx {
 pub struct Placed {
     /// (executor, result) for each replica, in the order they completed.
     pub results: Vec<(PeerId, Executed)>,
-    pub placement: Value,
+    pub placement: Placement,
     pub job: ContentId,
     pub input_name: String,
     /// With more than one replica: whether their output digests agree.
     pub replicas_agree: Option<bool>,
+}
+
+/// Why a job went where it went: the auction's explanation, and how long the first award took.
+#[derive(Clone, Debug, Default)]
+pub struct Placement {
+    /// Every candidate, its standing, estimate and score (none when the auction no longer
+    /// remembers the job).
+    pub explanation: Option<Explanation<PeerId>>,
+    /// From the placing task taking the job to its first award: the auction's own time (calls
+    /// for bids included), not the run.
+    pub decided: Option<Duration>,
+}
+
+impl Placement {
+    /// Attempts awarded (re-awards after a failure included).
+    pub fn attempts(&self) -> u32 {
+        self.explanation.as_ref().map_or(0, |e| e.attempts)
+    }
+
+    /// Whether this node scored best and ran the job with no call for bids.
+    pub fn fast_path(&self) -> bool {
+        self.explanation.as_ref().is_some_and(|e| e.fast_path)
+    }
+
+    /// The nodes whose runs answered the job.
+    pub fn winners(&self) -> &[PeerId] {
+        self.explanation.as_ref().map_or(&[], |e| &e.winners)
+    }
 }
 
 /// One line of `fabnode jobs`.
@@ -88,26 +115,11 @@ pub struct JobRecord {
     pub job: ContentId,
     pub model: String,
     pub submitted_ms: u64,
-    pub latency_us: u64,
-    pub ok: bool,
-    pub error: Option<String>,
-    pub executors: Vec<String>,
-    pub attempts: u32,
-    pub fast_path: bool,
+    pub latency: Duration,
+    /// Why it failed, or `Ok` with the peers that ran it.
+    pub outcome: Result<Vec<PeerId>, String>,
     pub replicas_agree: Option<bool>,
-    pub placement: Value,
-}
-
-impl JobRecord {
-    pub fn to_json(&self) -> Value {
-        json!({
-            "job_id": self.job, "model": self.model, "submitted_ms": self.submitted_ms,
-            "latency_ms": self.latency_us as f64 / 1e3,
-            "status": if self.ok { "ok" } else { "failed" }, "error": self.error,
-            "executors": self.executors, "attempts": self.attempts, "fast_path": self.fast_path,
-            "replicas_agree": self.replicas_agree,
-        })
-    }
+    pub placement: Placement,
 }
 
 /// Round-trip times to peers, refreshed at most every [`RTT_REFRESH`].
@@ -128,12 +140,13 @@ pub struct Request {
     pub accepted: Instant,
 }
 
-fn unavailable(message: impl Into<String>) -> ApiError {
-    ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", message)
+fn unavailable(message: impl Into<String>) -> JobError {
+    JobError::new(ErrorKind::Unavailable, message)
 }
 
 /// Prepares a job and waits until the placing task answers.
-pub async fn place(st: &Arc<AppState>, r: Request) -> Result<Placed, ApiError> {
+pub async fn place(st: &Arc<NodeState>, r: Request) -> Result<Placed, JobError> {
+    check_input_size(st, &r.input)?;
     let placer = st
         .placer
         .as_ref()
@@ -141,40 +154,29 @@ pub async fn place(st: &Arc<AppState>, r: Request) -> Result<Placed, ApiError> {
     // The model: this node's copy, else what a peer holding it describes.
     let (model, digest, input_name) = match resolve_model(st, &r.model).await {
         Ok(m) => {
-            let name = m
-                .info()
-                .inputs
-                .first()
-                .map_or_else(|| "input".to_owned(), |f| f.name.clone());
-            (Some(m.clone()), m.digest, name)
+            let name = input_name(&m);
+            let digest = m.digest;
+            (Some(m), digest, name)
         }
-        Err(e) if e.code == "unknown_model" => {
+        Err(e) if e.kind == ErrorKind::UnknownModel => {
             let (d, n) = describe_anywhere(st, &r.model).await.map_err(|why| {
-                ApiError::new(
-                    StatusCode::NOT_FOUND,
-                    "unknown_model",
-                    format!("{}; {why}", e.message),
-                )
+                JobError::new(ErrorKind::UnknownModel, format!("{}; {why}", e.message))
             })?;
             (None, d, n)
         }
         Err(e) => return Err(e),
     };
-    let input_digest = ContentId(digest_named(&[(input_name.clone(), r.input.clone())]));
-    let created_ms = now_ms();
-    let job = Signed::sign(
-        JobRequest {
-            requester: st.key.public(),
-            nonce: st.nonce.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
-            model: r.model.clone(),
+    let job = sign_job(
+        st,
+        JobSpec {
+            model: &r.model,
             model_digest: digest,
-            input_digest,
-            input_bytes: r.input.byte_len() as u64,
-            created_ms,
-            deadline_ms: created_ms + r.timeout_ms,
+            input_name: &input_name,
+            input: &r.input,
+            timeout_ms: r.timeout_ms,
         },
-        &st.key,
     );
+    let created_ms = job.body().created_ms;
     let job_id = job.id();
     let shape = JobShape {
         model_digest: digest.0,
@@ -231,9 +233,8 @@ pub async fn place(st: &Arc<AppState>, r: Request) -> Result<Placed, ApiError> {
         reply,
     };
     placer.try_send(job_msg).map_err(|_| {
-        ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "busy",
+        JobError::new(
+            ErrorKind::Busy,
             format!("{PLACE_QUEUE} jobs are waiting to be placed; retry later"),
         )
     })?;
@@ -244,7 +245,7 @@ pub async fn place(st: &Arc<AppState>, r: Request) -> Result<Placed, ApiError> {
 
 /// The completion time that scores 500: this node's measurement of the model, else the best
 /// a peer reports, else a default.
-fn reference_latency(st: &AppState, digest: &[u8; 32]) -> u64 {
+fn reference_latency(st: &NodeState, digest: &[u8; 32]) -> u64 {
     if let Some(us) = st
         .model_latency
         .lock()
@@ -267,7 +268,7 @@ fn reference_latency(st: &AppState, digest: &[u8; 32]) -> u64 {
 }
 
 /// Every peer with fresh telemetry, with the link to it.
-async fn candidates(st: &Arc<AppState>, own: Option<PeerId>) -> Vec<Candidate<PeerId>> {
+async fn candidates(st: &Arc<NodeState>, own: Option<PeerId>) -> Vec<Candidate<PeerId>> {
     let reports: Vec<(PeerId, crate::sched::Telemetry)> = st
         .telemetry
         .lock()
@@ -296,7 +297,7 @@ async fn candidates(st: &Arc<AppState>, own: Option<PeerId>) -> Vec<Candidate<Pe
 }
 
 /// Round-trip times to connected peers, at most [`RTT_REFRESH`] old.
-pub async fn rtts(st: &Arc<AppState>) -> HashMap<PeerId, u64> {
+pub async fn rtts(st: &Arc<NodeState>) -> HashMap<PeerId, u64> {
     let fresh = st
         .rtts
         .lock()
@@ -326,7 +327,10 @@ pub async fn rtts(st: &Arc<AppState>) -> HashMap<PeerId, u64> {
 }
 
 /// The digest and input name of a model this node does not hold, from peers that may.
-async fn describe_anywhere(st: &Arc<AppState>, model: &str) -> Result<(ContentId, String), String> {
+async fn describe_anywhere(
+    st: &Arc<NodeState>,
+    model: &str,
+) -> Result<(ContentId, String), String> {
     if st.mesh.is_none() {
         return Err("the mesh is disabled, so no peer was asked".into());
     }
@@ -343,7 +347,7 @@ async fn describe_anywhere(st: &Arc<AppState>, model: &str) -> Result<(ContentId
     peers.sort();
     let mut reasons = Vec::new();
     for peer in peers.into_iter().take(DESCRIBE_TRIES) {
-        match crate::exec::describe_on(st, peer, model, Duration::from_secs(2)).await {
+        match super::remote::describe_on(st, peer, model, Duration::from_secs(2)).await {
             Ok(d) => return Ok(d),
             Err(e) => reasons.push(format!("{peer}: {}", e.message)),
         }
@@ -364,27 +368,19 @@ enum Event {
     Ended {
         job: JobId,
         from: PeerId,
-        result: Box<Result<Executed, ApiError>>,
+        result: Box<Result<Executed, JobError>>,
     },
 }
 
 /// Jobs being placed, with where to answer.
-type Waiting = HashMap<JobId, (Ctx, oneshot::Sender<Result<Placed, ApiError>>)>;
+type Waiting = HashMap<JobId, (Ctx, oneshot::Sender<Result<Placed, JobError>>)>;
 
 /// Answers from bidders and executors waiting for the placing task (the tasks that send them
 /// wait when it is full).
 const EVENT_QUEUE: usize = 1024;
 
-/// Errors that every node would give: the job is not re-awarded after one.
-fn terminal(e: &ApiError) -> bool {
-    matches!(
-        e.code,
-        "invalid_input" | "bad_tensor" | "input_too_large" | "execution_failed"
-    )
-}
-
 /// Owns the auction until the node stops.
-pub async fn run(st: Arc<AppState>, mut rx: mpsc::Receiver<PlaceJob>) {
+pub async fn run(st: Arc<NodeState>, mut rx: mpsc::Receiver<PlaceJob>) {
     let mut auction: Auction<PeerId> = Auction::new(st.config.scheduler.auction());
     let (ev_tx, mut ev_rx) = mpsc::channel::<Event>(EVENT_QUEUE);
     let mut jobs: Waiting = HashMap::new();
@@ -416,7 +412,9 @@ pub async fn run(st: Arc<AppState>, mut rx: mpsc::Receiver<PlaceJob>) {
                             Input::Done { job, from }
                         }
                         Ok(executed) => {
-                            let e = crate::api::failed_response(executed);
+                            let e = executed.into_result().err().unwrap_or_else(|| {
+                                JobError::new(ErrorKind::Internal, "a run both failed and not")
+                            });
                             let reason = format!("{from}: {}", e.message);
                             if running {
                                 ctx.terminal = Some(e);
@@ -425,12 +423,12 @@ pub async fn run(st: Arc<AppState>, mut rx: mpsc::Receiver<PlaceJob>) {
                                 Input::Failed { job, from, reason }
                             }
                         }
-                        Err(e) if running && terminal(&e) => {
+                        Err(e) if running && e.is_terminal() => {
                             let reason = e.message.clone();
                             ctx.terminal = Some(e);
                             Input::Abort { job, reason }
                         }
-                        Err(e) => Input::Failed { job, from, reason: format!("{} ({})", e.message, e.code) },
+                        Err(e) => Input::Failed { job, from, reason: e.to_string() },
                     }
                 }
             },
@@ -451,7 +449,7 @@ pub async fn run(st: Arc<AppState>, mut rx: mpsc::Receiver<PlaceJob>) {
 }
 
 fn carry(
-    st: &Arc<AppState>,
+    st: &Arc<NodeState>,
     auction: &Auction<PeerId>,
     jobs: &mut Waiting,
     tasks: &mut tokio::task::JoinSet<()>,
@@ -535,8 +533,8 @@ fn carry(
                 .filter(|(p, _)| peers.contains(p))
                 .collect();
             let agree = (results.len() > 1).then(|| {
-                let first = output_digest(&results[0].1);
-                results.iter().all(|(_, e)| output_digest(e) == first)
+                let first = results[0].1.output_digest();
+                results.iter().all(|(_, e)| e.output_digest() == first)
             });
             record(st, &ctx, &placement, Ok(&results), agree);
             let _ = reply.send(Ok(Placed {
@@ -553,40 +551,24 @@ fn carry(
             };
             let placement = explain(auction, &job, ctx.decided);
             let mut e = ctx.terminal.take().unwrap_or_else(|| {
-                let placed = placement["attempts"].as_u64().unwrap_or(0) > 0;
-                ApiError::new(
-                    if placed {
-                        StatusCode::SERVICE_UNAVAILABLE
-                    } else {
-                        StatusCode::UNPROCESSABLE_ENTITY
-                    },
-                    if placed {
-                        "placement_failed"
-                    } else {
-                        "infeasible"
-                    },
-                    reason,
-                )
+                let kind = if placement.attempts() > 0 {
+                    ErrorKind::PlacementFailed
+                } else {
+                    ErrorKind::Infeasible
+                };
+                JobError::new(kind, reason)
             });
             record(st, &ctx, &placement, Err(&e.message), None);
-            e.placement = Some(placement);
+            e.placement = Some(Box::new(placement));
             let _ = reply.send(Err(e));
         }
     }
 }
 
-/// The output digest an execution's receipt records.
-pub fn output_digest(e: &Executed) -> Option<ContentId> {
-    match &e.entry.body().body {
-        fab_ledger::EntryBody::Execution(r) => r.output_digest,
-        _ => None,
-    }
-}
-
 fn record(
-    st: &AppState,
+    st: &NodeState,
     ctx: &Ctx,
-    placement: &Value,
+    placement: &Placement,
     results: Result<&[(PeerId, Executed)], &str>,
     replicas_agree: Option<bool>,
 ) {
@@ -594,18 +576,14 @@ fn record(
         job: ctx.job.id(),
         model: ctx.job.body().model.clone(),
         submitted_ms: ctx.submitted_ms,
-        latency_us: ctx.accepted.elapsed().as_micros() as u64,
-        ok: results.is_ok(),
-        error: results.err().map(str::to_owned),
-        executors: results
-            .map(|r| r.iter().map(|(p, _)| p.to_string()).collect())
-            .unwrap_or_default(),
-        attempts: placement["attempts"].as_u64().unwrap_or(0) as u32,
-        fast_path: placement["fast_path"].as_bool().unwrap_or(false),
+        latency: ctx.accepted.elapsed(),
+        outcome: results
+            .map(|r| r.iter().map(|(p, _)| *p).collect())
+            .map_err(str::to_owned),
         replicas_agree,
         placement: placement.clone(),
     };
-    let counter = if rec.ok {
+    let counter = if rec.outcome.is_ok() {
         &st.placed.ok
     } else {
         &st.placed.failed
@@ -621,17 +599,16 @@ fn record(
 
 /// Runs an awarded attempt on this node.
 async fn run_here(
-    st: &Arc<AppState>,
+    st: &Arc<NodeState>,
     job: SignedJobRequest,
     model: &crate::models::LoadedModel,
     input: Tensor,
     accepted: Instant,
-) -> Result<Executed, ApiError> {
+) -> Result<Executed, JobError> {
     let left = job.body().deadline_ms.saturating_sub(now_ms());
     if left == 0 {
-        return Err(ApiError::new(
-            StatusCode::GATEWAY_TIMEOUT,
-            "deadline_passed",
+        return Err(JobError::new(
+            ErrorKind::DeadlinePassed,
             "the job's deadline passed before it could run here",
         ));
     }
@@ -646,12 +623,12 @@ async fn run_here(
 
 /// Runs an awarded attempt on a peer and verifies its answer.
 async fn run_on(
-    st: &Arc<AppState>,
+    st: &Arc<NodeState>,
     peer: PeerId,
     job: SignedJobRequest,
     input_name: String,
     input: Tensor,
-) -> Result<Executed, ApiError> {
+) -> Result<Executed, JobError> {
     let mesh = st
         .mesh
         .as_ref()
@@ -666,99 +643,33 @@ async fn run_on(
         .instrument(span)
         .await;
     match answer {
-        Err(_) => Err(ApiError::new(
-            StatusCode::GATEWAY_TIMEOUT,
-            "deadline_passed",
+        Err(_) => Err(JobError::new(
+            ErrorKind::DeadlinePassed,
             format!("peer {peer} did not answer before the job's deadline"),
         )),
-        Ok(Err(e)) => Err(ApiError::new(
-            StatusCode::BAD_GATEWAY,
-            "peer_unreachable",
+        Ok(Err(e)) => Err(JobError::new(
+            ErrorKind::PeerUnreachable,
             format!("peer {peer}: {e}"),
         )),
         Ok(Ok(ExecResponse::Refused { code, message })) => {
-            Err(crate::exec::remote_refusal(peer, code, message))
+            Err(super::remote::remote_refusal(peer, code, message))
         }
         Ok(Ok(ExecResponse::Ran { entry, outputs })) => {
-            crate::exec::verify_answer(peer, &job, &entry, outputs)
+            super::remote::verify_answer(peer, &job, &entry, outputs)
         }
-        Ok(Ok(_)) => Err(crate::exec::bad_answer(peer, "expected a result")),
+        Ok(Ok(_)) => Err(super::remote::bad_answer(peer, "expected a result")),
     }
 }
 
-fn estimate_json(e: &Estimate) -> Value {
-    json!({"queue_us": e.queue_us, "compute_us": e.compute_us, "transfer_us": e.transfer_us,
-           "completion_us": e.completion_us(), "cost_micros": e.cost_micros,
-           "energy_uj": e.energy_uj, "cached": e.cached})
-}
-
-fn score_json(s: &Score) -> Value {
-    json!({"time": s.time, "cost": s.cost, "energy": s.energy, "cache": s.cache,
-           "reliability": s.reliability, "battery": s.battery, "total": s.total})
-}
-
-/// The explanation of a job as JSON: every candidate, its standing, estimate and score.
-pub fn explanation_json(e: &Explanation<PeerId>) -> Value {
-    let candidates: Vec<Value> = e
-        .candidates
-        .iter()
-        .map(|(peer, local, standing)| {
-            let (name, reason, bid) = match standing {
-                Standing::Filtered(r) => ("filtered", Some(r.as_str()), None),
-                Standing::NotAsked => ("not_asked", None, None),
-                Standing::Asked => ("asked", None, None),
-                Standing::Declined(r) => ("declined", Some(r.as_str()), None),
-                Standing::Silent => ("silent", Some("no answer within the bid window"), None),
-                Standing::Bid(e, s) => ("bid", None, Some((e, s))),
-                Standing::Running(e, s) => ("running", None, Some((e, s))),
-                Standing::Succeeded(e, s) => ("succeeded", None, Some((e, s))),
-                Standing::FailedAttempt(e, s, r) => ("failed", Some(r.as_str()), Some((e, s))),
-            };
-            json!({
-                "peer_id": peer.to_string(), "local": local, "standing": name, "reason": reason,
-                "estimate": bid.map(|(e, _)| estimate_json(e)),
-                "score": bid.map(|(_, s)| score_json(s)),
-            })
-        })
-        .collect();
-    let w = &e.weights;
-    json!({
-        "candidates": candidates,
-        "fast_path": e.fast_path,
-        "weights": {"time": w.time, "cost": w.cost, "energy": w.energy, "cache": w.cache,
-                    "reliability": w.reliability, "battery": w.battery},
-        "winners": e.winners.iter().map(|p| p.to_string()).collect::<Vec<_>>(),
-        "attempts": e.attempts,
-        "outcome": match &e.outcome {
-            None => Value::Null,
-            Some(Ok(())) => json!("ok"),
-            Some(Err(r)) => json!({"failed": r}),
-        },
-    })
-}
-
-/// The short form of a placement: who ran it, in how many attempts, whether locally at once.
-pub fn summary(placement: &Value) -> Value {
-    json!({"winners": placement["winners"], "attempts": placement["attempts"],
-           "fast_path": placement["fast_path"], "decided_ms": placement["decided_ms"]})
-}
-
-fn explain(auction: &Auction<PeerId>, job: &JobId, decided: Option<Duration>) -> Value {
-    let mut v = auction
-        .explain(job)
-        .map_or(Value::Null, |e| explanation_json(&e));
-    if let Some(d) = decided
-        && v.is_object()
-    {
-        // From taking the job to its first award: the auction's own time (calls for bids
-        // included), not the run.
-        v["decided_ms"] = json!(d.as_secs_f64() * 1e3);
+fn explain(auction: &Auction<PeerId>, job: &JobId, decided: Option<Duration>) -> Placement {
+    Placement {
+        explanation: auction.explain(job),
+        decided,
     }
-    v
 }
 
 /// Recent jobs placed by this node, newest first.
-pub fn recent(st: &AppState, limit: usize) -> Vec<JobRecord> {
+pub fn recent(st: &NodeState, limit: usize) -> Vec<JobRecord> {
     st.recent
         .lock()
         .map(|r| r.iter().rev().take(limit).cloned().collect())
@@ -766,7 +677,7 @@ pub fn recent(st: &AppState, limit: usize) -> Vec<JobRecord> {
 }
 
 /// One recent job.
-pub fn find(st: &AppState, job: &ContentId) -> Option<JobRecord> {
+pub fn find(st: &NodeState, job: &ContentId) -> Option<JobRecord> {
     st.recent
         .lock()
         .ok()?

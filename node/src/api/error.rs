@@ -1,0 +1,179 @@
+//! The API's errors: one table from every code to its HTTP status. A job's errors keep the
+//! code the jobs service gave them ([`ErrorKind::code`]); the API adds the codes of its own
+//! (bad requests, unknown routes, the guard's refusals).
+
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde_json::{Value, json};
+
+use crate::jobs::{ErrorKind, JobError};
+
+/// What an API error is about: a job's error, or one of the API's own.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ApiCode {
+    Job(ErrorKind),
+    /// The body is not the JSON the route expects.
+    BadRequest,
+    RequestTooLarge,
+    /// The body did not arrive within `api.body_timeout_ms`.
+    RequestTimeout,
+    BadPeerId,
+    BadJobId,
+    UnknownJob,
+    BadSeq,
+    BadLimit,
+    UnknownEntry,
+    /// A stored entry does not decode.
+    LedgerCorrupt,
+    /// The model registry (`models.json`) could not be read.
+    Registry,
+    MeshUnavailable,
+    /// Replicas' output digests differ: no output is returned.
+    ReplicasDisagree,
+    NotFound,
+    ForbiddenOrigin,
+    ForbiddenHost,
+    Unauthorized,
+    UnsupportedMediaType,
+}
+
+impl From<ErrorKind> for ApiCode {
+    fn from(k: ErrorKind) -> Self {
+        ApiCode::Job(k)
+    }
+}
+
+impl ApiCode {
+    /// The code and the HTTP status of each: the one table.
+    pub fn describe(self) -> (&'static str, StatusCode) {
+        use ErrorKind as K;
+        match self {
+            ApiCode::Job(k) => (
+                k.code(),
+                match k {
+                    K::UnknownModel => StatusCode::NOT_FOUND,
+                    K::ModelChanged | K::Replayed | K::MeshDisabled => StatusCode::CONFLICT,
+                    K::BadTensor
+                    | K::InvalidInput
+                    | K::InputMismatch
+                    | K::BadJob
+                    | K::RequesterMismatch
+                    | K::BadSla => StatusCode::BAD_REQUEST,
+                    K::InputTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+                    K::DeadlinePassed => StatusCode::GATEWAY_TIMEOUT,
+                    K::Busy | K::Unavailable | K::LedgerUnavailable | K::PlacementFailed => {
+                        StatusCode::SERVICE_UNAVAILABLE
+                    }
+                    K::Infeasible => StatusCode::UNPROCESSABLE_ENTITY,
+                    K::PeerUnreachable | K::PeerRefused | K::BadPeerAnswer => {
+                        StatusCode::BAD_GATEWAY
+                    }
+                    K::ModelLoadFailed | K::LedgerError | K::ExecutionFailed | K::Internal => {
+                        StatusCode::INTERNAL_SERVER_ERROR
+                    }
+                },
+            ),
+            ApiCode::BadRequest => ("bad_request", StatusCode::BAD_REQUEST),
+            ApiCode::RequestTooLarge => ("request_too_large", StatusCode::PAYLOAD_TOO_LARGE),
+            ApiCode::RequestTimeout => ("request_timeout", StatusCode::REQUEST_TIMEOUT),
+            ApiCode::BadPeerId => ("bad_peer_id", StatusCode::BAD_REQUEST),
+            ApiCode::BadJobId => ("bad_job_id", StatusCode::BAD_REQUEST),
+            ApiCode::UnknownJob => ("unknown_job", StatusCode::NOT_FOUND),
+            ApiCode::BadSeq => ("bad_seq", StatusCode::BAD_REQUEST),
+            ApiCode::BadLimit => ("bad_limit", StatusCode::BAD_REQUEST),
+            ApiCode::UnknownEntry => ("unknown_entry", StatusCode::NOT_FOUND),
+            ApiCode::LedgerCorrupt => ("ledger_corrupt", StatusCode::INTERNAL_SERVER_ERROR),
+            ApiCode::Registry => ("registry", StatusCode::INTERNAL_SERVER_ERROR),
+            ApiCode::MeshUnavailable => ("mesh_unavailable", StatusCode::SERVICE_UNAVAILABLE),
+            ApiCode::ReplicasDisagree => ("replicas_disagree", StatusCode::CONFLICT),
+            ApiCode::NotFound => ("not_found", StatusCode::NOT_FOUND),
+            ApiCode::ForbiddenOrigin => ("forbidden_origin", StatusCode::FORBIDDEN),
+            ApiCode::ForbiddenHost => ("forbidden_host", StatusCode::FORBIDDEN),
+            ApiCode::Unauthorized => ("unauthorized", StatusCode::UNAUTHORIZED),
+            ApiCode::UnsupportedMediaType => {
+                ("unsupported_media_type", StatusCode::UNSUPPORTED_MEDIA_TYPE)
+            }
+        }
+    }
+
+    pub fn code(self) -> &'static str {
+        self.describe().0
+    }
+
+    pub fn status(self) -> StatusCode {
+        self.describe().1
+    }
+}
+
+/// An API error: `{"error": {"code", "message"}}` and what the code carries.
+#[derive(Debug)]
+pub struct ApiError {
+    pub code: ApiCode,
+    pub message: String,
+    pub receipt: Option<Value>,
+    /// Where the job was placed and why (jobs placed by the auction).
+    pub placement: Option<Value>,
+    /// Answer with `WWW-Authenticate: Bearer` (a 401).
+    pub www_authenticate: bool,
+    /// Every replica's executor, entry and output digest (replicas that disagree).
+    pub replicas: Option<Box<Value>>,
+}
+
+impl ApiError {
+    pub fn new(code: impl Into<ApiCode>, message: impl Into<String>) -> Self {
+        ApiError {
+            code: code.into(),
+            message: message.into(),
+            receipt: None,
+            placement: None,
+            www_authenticate: false,
+            replicas: None,
+        }
+    }
+
+    /// A job's error, with its receipt and its placement (in full with `explain`, else the
+    /// short form).
+    pub fn from_job(e: JobError, explain: bool) -> Self {
+        ApiError {
+            receipt: e.receipt.as_deref().map(crate::views::entry_json),
+            placement: e
+                .placement
+                .as_deref()
+                .map(|p| super::placement::placement_json(p, explain)),
+            ..ApiError::new(e.kind, e.message)
+        }
+    }
+
+    pub fn status(&self) -> StatusCode {
+        self.code.status()
+    }
+}
+
+impl From<JobError> for ApiError {
+    fn from(e: JobError) -> Self {
+        ApiError::from_job(e, false)
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut body = json!({"error": {"code": self.code.code(), "message": self.message}});
+        if let Some(r) = self.receipt {
+            body["receipt"] = r;
+        }
+        if let Some(p) = self.placement {
+            body["placement"] = p;
+        }
+        if let Some(r) = self.replicas {
+            body["replicas"] = *r;
+        }
+        let mut response = (self.code.status(), axum::Json(body)).into_response();
+        if self.www_authenticate {
+            response.headers_mut().insert(
+                axum::http::header::WWW_AUTHENTICATE,
+                axum::http::HeaderValue::from_static("Bearer"),
+            );
+        }
+        response
+    }
+}
