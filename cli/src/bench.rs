@@ -11,9 +11,10 @@ use fab_node::config::LogFormat;
 use serde_json::{Value, json};
 
 use crate::Global;
-use crate::client::{Client, error_message};
+use crate::client::Client;
 use crate::cmd::init_logging;
 use crate::demo::{LocalNode, digits_test_set};
+use fab_client::types::SubmitRequest;
 
 #[derive(Debug, Subcommand)]
 pub enum BenchCmd {
@@ -252,14 +253,10 @@ pub fn run(_g: &Global, cmd: BenchCmd) -> Result<ExitCode> {
             let client = Client::new(node.base.clone(), Duration::from_secs(60));
             let mut samples = Vec::with_capacity(runs);
             for i in 0..warmup + runs {
-                let body =
-                    json!({"model": "digits", "input": images[i % images.len()].to_json_value()});
+                let body = SubmitRequest::new("digits", images[i % images.len()].clone());
                 let t0 = Instant::now();
-                let (status, answer) = client.post("/v1/jobs", &body)?;
+                client.submit(&body)?;
                 let dt = t0.elapsed();
-                if status != 200 {
-                    bail!("{}", error_message(status, &answer));
-                }
                 if i >= warmup {
                     samples.push(dt);
                 }

@@ -5,20 +5,21 @@ use std::time::{Duration, Instant};
 use anyhow::{Result, bail};
 use serde_json::{Value, json};
 
+use fab_client::types::SubmitRequest;
+
 use crate::bench::stats;
 use crate::demo::digits_test_set;
 use crate::procs::{Proc, spawn, wait_for_peers};
 
 fn size_of(p: &Proc, feed: &str) -> u64 {
     p.client
-        .get("/v1/ledger/heads")
+        .ledger_heads()
         .ok()
-        .and_then(|(_, v)| {
-            v["feeds"]
-                .as_array()?
+        .and_then(|v| {
+            v.feeds
                 .iter()
-                .find(|f| f["feed"] == feed)
-                .and_then(|f| f["size"].as_u64())
+                .find(|f| f.feed.as_deref() == Some(feed))
+                .map(|f| f.size)
         })
         .unwrap_or(0)
 }
@@ -58,12 +59,12 @@ pub fn run(n: usize, jobs: usize, listen: &str, idle: Duration) -> Result<Value>
         rng ^= rng << 17;
         let k = (rng % n as u64) as usize;
         // Pinned to the node it is posted to: this measures replication of that node's feed.
-        let body = json!({"model": "digits", "input": images[j % images.len()].to_json_value(),
-                          "on": nodes[k].peer_id});
-        let (status, v) = nodes[k].client.post("/v1/jobs", &body)?;
-        if status != 200 {
-            bail!("job failed: {v}");
-        }
+        let mut body = SubmitRequest::new("digits", images[j % images.len()].clone());
+        body.on = Some(nodes[k].peer_id.clone());
+        nodes[k]
+            .client
+            .submit(&body)
+            .map_err(|e| anyhow::anyhow!("job failed: {e}"))?;
         let t0 = Instant::now();
         counts[k] += 1;
         let want = counts[k];
@@ -178,19 +179,21 @@ pub fn exec(runs: usize, warmup: usize, listen: &str) -> Result<Value> {
     let (images, _) = digits_test_set()?;
     // One job: (latency at the client, inference wall time from the receipt).
     let job = |i: usize, on: Option<&str>| -> Result<(Duration, Duration)> {
-        let mut body =
-            json!({"model": "digits", "input": images[i % images.len()].to_json_value()});
+        let mut body = SubmitRequest::new("digits", images[i % images.len()].clone());
         // Local runs are pinned to A too: identical peers may otherwise win A's auction.
-        body["on"] = json!(on.unwrap_or(&a.peer_id));
+        body.on = Some(on.unwrap_or(&a.peer_id).to_owned());
         let t0 = Instant::now();
-        let (status, v) = a.client.post("/v1/jobs", &body)?;
+        let v = a
+            .client
+            .submit(&body)
+            .map_err(|e| anyhow::anyhow!("job failed: {e}"))?;
         let total = t0.elapsed();
-        if status != 200 {
-            bail!("job failed: {v}");
-        }
-        let run_us = v["receipt"]["receipt"]["timings"]["run_us"]
-            .as_u64()
-            .ok_or_else(|| anyhow::anyhow!("no run time in the receipt: {v}"))?;
+        let run_us = v
+            .receipt
+            .receipt
+            .as_ref()
+            .map(|r| r.timings.run_us)
+            .ok_or_else(|| anyhow::anyhow!("no run time in the receipt"))?;
         Ok((total, Duration::from_micros(run_us)))
     };
     let (mut remote, mut remote_total, mut local, mut local_total, mut inference) =

@@ -4,7 +4,8 @@
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Result, bail};
+use fab_client::types::{Feeds, SubmitRequest};
 use serde_json::{Value, json};
 
 use crate::bench::stats;
@@ -15,8 +16,7 @@ const NODES: usize = 5;
 
 /// Entries in a node's own feed.
 fn own_entries(p: &Proc) -> Result<u64> {
-    let (_, v) = p.client.get("/v1/ledger/head")?;
-    v["entries"].as_u64().context("no ledger head")
+    Ok(p.client.ledger_head()?.entries)
 }
 
 /// Waits until every node holds every other node's whole feed, so one phase's replication
@@ -29,13 +29,12 @@ fn settle(nodes: &[Proc]) -> Result<()> {
             .map(|p| Ok((p.peer_id.clone(), own_entries(p)?)))
             .collect::<Result<_>>()?;
         let converged = nodes.iter().all(|p| {
-            p.client.get("/v1/ledger/heads").is_ok_and(|(_, v)| {
+            p.client.ledger_heads().is_ok_and(|v| {
                 sizes.iter().all(|(feed, size)| {
                     *size == 0
-                        || v["feeds"].as_array().is_some_and(|f| {
-                            f.iter()
-                                .any(|x| x["feed"] == feed.as_str() && x["size"] == *size)
-                        })
+                        || v.feeds
+                            .iter()
+                            .any(|x| x.feed.as_deref() == Some(feed) && x.size == *size)
                 })
             })
         });
@@ -43,9 +42,9 @@ fn settle(nodes: &[Proc]) -> Result<()> {
             return Ok(());
         }
         if Instant::now() > deadline {
-            let heads: Vec<Value> = nodes
+            let heads: Vec<Feeds> = nodes
                 .iter()
-                .filter_map(|p| p.client.get("/v1/ledger/heads").ok().map(|(_, v)| v))
+                .filter_map(|p| p.client.ledger_heads().ok())
                 .collect();
             bail!("the ledgers did not converge within 120 s: sizes {sizes:?}, heads {heads:?}");
         }
@@ -55,18 +54,19 @@ fn settle(nodes: &[Proc]) -> Result<()> {
 
 /// One job: (latency at the client, inference time in the receipt, executor, time the auction
 /// took to award it).
-fn job(p: &Proc, body: &Value) -> Result<(Duration, Duration, String, Duration)> {
+fn job(p: &Proc, body: &SubmitRequest) -> Result<(Duration, Duration, String, Duration)> {
     let t0 = Instant::now();
-    let (status, v) = p.client.post("/v1/jobs", body)?;
+    let v = p
+        .client
+        .submit(body)
+        .map_err(|e| anyhow::anyhow!("job failed: {e}"))?;
     let total = t0.elapsed();
-    if status != 200 {
-        bail!("job failed: {v}");
-    }
-    let run_us = v["receipt"]["receipt"]["timings"]["run_us"]
-        .as_u64()
-        .context("no run time in the receipt")?;
-    let executor = v["receipt"]["feed"].as_str().unwrap_or("?").to_owned();
-    let decided = v["placement"]["decided_ms"].as_f64().unwrap_or(0.0);
+    let Some(receipt) = &v.receipt.receipt else {
+        bail!("no run time in the receipt");
+    };
+    let run_us = receipt.timings.run_us;
+    let executor = v.receipt.feed.clone();
+    let decided = v.placement.and_then(|p| p.decided_ms).unwrap_or(0.0);
     Ok((
         total,
         Duration::from_micros(run_us),
@@ -81,7 +81,7 @@ fn sustained(
     ledgers: &[&Proc],
     clients: usize,
     seconds: u64,
-    extra: &Value,
+    tiers: &[&str],
     images: &[fab_inference::Tensor],
 ) -> Result<Value> {
     let before: u64 = ledgers
@@ -106,25 +106,18 @@ fn sustained(
             s.spawn(move || {
                 let mut i = c;
                 while !stop.load(Ordering::Relaxed) {
-                    let mut body = json!({"model": "digits",
-                                          "input": images[i % images.len()].to_json_value()});
-                    for (k, v) in extra.as_object().into_iter().flatten() {
-                        body[k] = v.clone();
-                    }
+                    let mut body = SubmitRequest::new("digits", images[i % images.len()].clone());
+                    body.tiers = tiers.iter().map(|t| (*t).to_owned()).collect();
                     i += clients;
-                    match node.client.post("/v1/jobs", &body) {
-                        Ok((200, _)) => {
+                    match node.client.submit(&body) {
+                        Ok(_) => {
                             done.fetch_add(1, Ordering::Relaxed);
                         }
-                        other => {
-                            if failed.fetch_add(1, Ordering::Relaxed) == 0 {
-                                let why = match other {
-                                    Ok((status, v)) => crate::client::error_message(status, &v),
-                                    Err(e) => e.to_string(),
-                                };
-                                if let Ok(mut f) = first_failure.lock() {
-                                    *f = Some(why);
-                                }
+                        Err(e) => {
+                            if failed.fetch_add(1, Ordering::Relaxed) == 0
+                                && let Ok(mut f) = first_failure.lock()
+                            {
+                                *f = Some(e.to_string());
                             }
                         }
                     }
@@ -207,17 +200,15 @@ pub fn run(
     let (mut decided_remote, mut decided_fast) = (Vec::new(), Vec::new());
     let mut winners = std::collections::BTreeMap::<String, u64>::new();
     for i in 0..warmup + runs {
-        let input = images[i % images.len()].to_json_value();
+        let plain = SubmitRequest::new("digits", images[i % images.len()].clone());
+        let mut edge = plain.clone();
+        edge.tiers = vec!["edge".to_owned()];
+        let mut pinned_body = plain.clone();
+        pinned_body.on = Some(cheapest.clone());
         // Interleaved, so all three see the same machine state.
-        let (at, ar, winner, ad) = job(
-            r,
-            &json!({"model": "digits", "input": input, "tiers": ["edge"]}),
-        )?;
-        let (ft, fr, _, fd) = job(r, &json!({"model": "digits", "input": input}))?;
-        let (pt, pr, _, _) = job(
-            r,
-            &json!({"model": "digits", "input": input, "on": cheapest}),
-        )?;
+        let (at, ar, winner, ad) = job(r, &edge)?;
+        let (ft, fr, _, fd) = job(r, &plain)?;
+        let (pt, pr, _, _) = job(r, &pinned_body)?;
         if i >= warmup {
             auction.push(at.saturating_sub(ar));
             decided_remote.push(ad);
@@ -230,33 +221,22 @@ pub fn run(
     }
     let all: Vec<&Proc> = nodes.iter().collect();
     settle(&nodes)?;
-    let every_node = sustained(&all, &all, clients, seconds, &json!({}), &images)?;
+    let every_node = sustained(&all, &all, clients, seconds, &[], &images)?;
     settle(&nodes)?;
     wait_for_telemetry(r, NODES - 1, Duration::from_secs(30))?;
-    let through_auction = sustained(
-        &[r],
-        &all,
-        clients,
-        seconds,
-        &json!({"tiers": ["edge"]}),
-        &images,
-    )?;
+    let through_auction = sustained(&[r], &all, clients, seconds, &["edge"], &images)?;
     // How the last placed jobs went: attempts per job, and what ended the failed attempts.
-    let (_, recent) = r.client.get("/v1/jobs?limit=1024")?;
-    let mut attempts = std::collections::BTreeMap::<u64, u64>::new();
-    for j in recent["jobs"].as_array().into_iter().flatten() {
-        *attempts
-            .entry(j["attempts"].as_u64().unwrap_or(0))
-            .or_default() += 1;
+    let recent = r.client.jobs(1024)?;
+    let mut attempts = std::collections::BTreeMap::<u32, u64>::new();
+    for j in &recent.jobs {
+        *attempts.entry(j.attempts).or_default() += 1;
     }
-    let sample_failure = recent["jobs"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .find(|j| j["attempts"].as_u64() > Some(1))
-        .and_then(|j| j["job_id"].as_str())
-        .and_then(|id| r.client.get(&format!("/v1/jobs/{id}")).ok())
-        .map(|(_, v)| v["placement"].clone());
+    let sample_failure = recent
+        .jobs
+        .iter()
+        .find(|j| j.attempts > 1)
+        .and_then(|j| r.client.job(&j.job_id).ok())
+        .and_then(|v| v.placement);
     for p in nodes {
         p.stop()?;
     }
@@ -270,7 +250,7 @@ pub fn run(
         None,
         &[],
     )?;
-    let one_node = sustained(&[&alone], &[&alone], clients, seconds, &json!({}), &images)?;
+    let one_node = sustained(&[&alone], &[&alone], clients, seconds, &[], &images)?;
     alone.stop()?;
     Ok(json!({
         "bench": "sched",

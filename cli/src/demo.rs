@@ -14,9 +14,9 @@ use fab_node::config::LogFormat;
 use fab_node::{Config, Node, datadir};
 use serde_json::json;
 
-use crate::client::{error_message, verify_job_response};
 use crate::cmd::init_logging;
 use crate::procs::{Proc, spawn, spawn_with, wait_for_peers, wait_for_telemetry};
+use fab_client::types::{JobResult, SubmitRequest};
 
 /// The digits classifier and its held-out set, from `fixtures/digits/` (see make_digits.py).
 pub const DIGITS_ONNX: &[u8] = include_bytes!("../../fixtures/digits/digits.onnx");
@@ -202,49 +202,52 @@ fn place(nodes: &[Proc], image: &Tensor) -> Result<Placement> {
     };
     // A places with its peers' telemetry: wait until it holds both.
     wait_for_telemetry(a, 2, Duration::from_secs(30))?;
-    let post = |extra: serde_json::Value| -> Result<serde_json::Value> {
-        let mut body = json!({"model": "digits", "input": image.to_json_value(), "explain": true});
-        for (k, v) in extra.as_object().into_iter().flatten() {
-            body[k] = v.clone();
-        }
-        let (status, answer) = a.client.post("/v1/jobs", &body)?;
-        if status != 200 {
-            bail!("{}", error_message(status, &answer));
-        }
-        verify_job_response(
+    let post = |set: &dyn Fn(&mut SubmitRequest)| -> Result<JobResult> {
+        let mut body = SubmitRequest::new("digits", image.clone());
+        body.explain = true;
+        set(&mut body);
+        let answer = a.client.submit(&body)?;
+        fab_client::verify::job_result(
             &answer,
-            answer["input_names"][0].as_str(),
+            answer.input_names.first().map(String::as_str),
             image,
-            answer["executor"].as_str(),
+            answer.executor.as_deref(),
         )?;
         Ok(answer)
     };
-    let cloud = post(json!({"tiers": ["cloud"]}))?;
-    let cloud_others = cloud["placement"]["candidates"]
-        .as_array()
+    let cloud = post(&|b| b.tiers = vec!["cloud".to_owned()])?;
+    let cloud_executor = cloud.executor.clone().unwrap_or_default();
+    let cloud_others = cloud
+        .placement
+        .as_ref()
+        .and_then(|p| p.candidates.as_ref())
         .into_iter()
         .flatten()
-        .filter(|c| c["peer_id"] != cloud["executor"])
+        .filter(|c| c.peer_id != cloud_executor)
         .map(|c| {
-            let name = ["A", "B", "C"][index(c["peer_id"].as_str().unwrap_or("")).unwrap_or(0)];
-            format!("{name}: {}", c["reason"].as_str().unwrap_or("not chosen"))
+            let name = ["A", "B", "C"][index(&c.peer_id).unwrap_or(0)];
+            format!("{name}: {}", c.reason.as_deref().unwrap_or("not chosen"))
         })
         .collect::<std::collections::BTreeSet<_>>()
         .into_iter()
         .collect();
-    let replicated = post(json!({"replicas": 3}))?;
-    let replicas = replicated["replicas"]
-        .as_array()
+    let replicated = post(&|b| b.replicas = Some(3))?;
+    let replicas = replicated
+        .replicas
+        .as_ref()
         .context("no replicas in the answer")?
         .iter()
-        .map(|r| index(r["executor"].as_str().unwrap_or("")))
+        .map(|r| index(&r.executor))
         .collect::<Result<Vec<_>>>()?;
     Ok(Placement {
-        cloud: index(cloud["executor"].as_str().unwrap_or(""))?,
-        cloud_attempts: cloud["placement"]["attempts"].as_u64().unwrap_or(0),
+        cloud: index(&cloud_executor)?,
+        cloud_attempts: cloud
+            .placement
+            .as_ref()
+            .map_or(0, |p| u64::from(p.attempts)),
         cloud_others,
         replicas,
-        agree: replicated["replicas_agree"] == true,
+        agree: replicated.replicas_agree == Some(true),
     })
 }
 
@@ -317,24 +320,23 @@ pub fn run(a: DemoArgs) -> Result<ExitCode> {
                     let t0 = Instant::now();
                     let img = &images[i % images.len()];
                     let (submitter, executor) = (&nodes[i % 3], &nodes[(i + 1) % 3]);
-                    let body = json!({"model": "digits", "input": img.to_json_value(), "on": executor.peer_id});
-                    let outcome = submitter.client.post("/v1/jobs", &body).and_then(|(status, answer)| {
-                        if status != 200 {
-                            bail!("{}", error_message(status, &answer));
-                        }
-                        let v = verify_job_response(
+                    let mut body = SubmitRequest::new("digits", img.clone());
+                    body.on = Some(executor.peer_id.clone());
+                    let outcome = (|| -> Result<usize> {
+                        let answer = submitter.client.submit(&body)?;
+                        fab_client::verify::job_result(
                             &answer,
-                            answer["input_names"][0].as_str(),
+                            answer.input_names.first().map(String::as_str),
                             img,
                             Some(&executor.peer_id),
                         )?;
-                        let probs = v
+                        let probs = answer
                             .outputs
                             .iter()
-                            .find(|(n, _)| n == "probabilities")
+                            .find(|o| o.name == "probabilities")
                             .context("no probabilities output")?;
-                        probs.1.argmax_row(0).context("empty output")
-                    });
+                        probs.tensor.argmax_row(0).context("empty output")
+                    })();
                     match outcome {
                         Ok(prediction) => {
                             results.lock().unwrap_or_else(|p| p.into_inner())[i] = Some(Done {
@@ -382,12 +384,12 @@ pub fn run(a: DemoArgs) -> Result<ExitCode> {
     let t_rep = Instant::now();
     loop {
         let converged = nodes.iter().all(|p| {
-            p.client.get("/v1/ledger/heads").is_ok_and(|(_, v)| {
+            p.client.ledger_heads().is_ok_and(|v| {
                 nodes.iter().zip(&expected).all(|(owner, want)| {
-                    v["feeds"].as_array().into_iter().flatten().any(|f| {
-                        f["feed"] == owner.peer_id.as_str()
-                            && f["size"].as_u64() == Some(*want)
-                            && (f["own"] == true || f["trusted_size"].as_u64() == Some(*want))
+                    v.feeds.iter().any(|f| {
+                        f.feed.as_deref() == Some(owner.peer_id.as_str())
+                            && f.size == *want
+                            && (f.own || f.trusted_size.flatten() == Some(*want))
                     })
                 })
             })

@@ -120,8 +120,7 @@ pub fn spawn_with(
     std::thread::spawn(move || for _ in lines.map_while(Result::ok) {});
     let api = api.context("node did not start")?;
     let client = Client::new(format!("http://{api}"), Duration::from_secs(30));
-    let (_, info) = client.get("/v1/node")?;
-    let peer_id = info["peer_id"].as_str().context("peer id")?.to_owned();
+    let peer_id = client.node()?.peer_id;
     Ok(Proc {
         child,
         client,
@@ -132,20 +131,19 @@ pub fn spawn_with(
 impl Proc {
     /// The first mesh listen address with the peer id: what others bootstrap from.
     pub fn dial_addr(&self) -> Result<String> {
-        let (_, info) = self.client.get("/v1/node")?;
+        let info = self.client.node()?;
         Ok(format!(
             "{}/p2p/{}",
-            info["mesh"]["listen"][0]
-                .as_str()
+            info.mesh
+                .listen
+                .and_then(|l| l.into_iter().next())
                 .context("no mesh listen address")?,
             self.peer_id
         ))
     }
 
     pub fn peer_count(&self) -> usize {
-        self.client
-            .get("/v1/peers")
-            .map_or(0, |(_, v)| v["peers"].as_array().map_or(0, |p| p.len()))
+        self.client.peers().map_or(0, |v| v.peers.len())
     }
 
     /// Stops the node with SIGTERM and waits for a clean exit.
@@ -182,9 +180,7 @@ pub fn wait_for_peers(nodes: &[Proc], want: usize, limit: Duration) -> Result<()
 pub fn wait_for_telemetry(node: &Proc, want: usize, limit: Duration) -> Result<()> {
     let deadline = Instant::now() + limit;
     loop {
-        let held = node.client.get("/v1/telemetry")?.1["peers"]
-            .as_array()
-            .map_or(0, Vec::len);
+        let held = node.client.telemetry()?.peers.len();
         if held >= want {
             return Ok(());
         }

@@ -73,30 +73,31 @@ pub enum LedgerCmd {
 }
 
 fn heads(g: &Global, json_out: bool) -> Result<ExitCode> {
-    let v = api_get(g, "/v1/ledger/heads")?;
+    let v = api(g)?.ledger_heads()?;
     if json_out {
         print_json(&v);
     } else {
-        for f in v["feeds"].as_array().into_iter().flatten() {
-            let who = if f["own"] == true { "own " } else { "peer" };
-            let trusted = f["trusted_size"]
-                .as_u64()
+        for f in &v.feeds {
+            let who = if f.own { "own " } else { "peer" };
+            let trusted = f
+                .trusted_size
+                .flatten()
                 .map_or_else(|| "-".to_owned(), |s| s.to_string());
-            let root = f["trusted_root"]
-                .as_str()
+            let root = f
+                .trusted_root
+                .clone()
+                .flatten()
                 .map_or_else(String::new, |r| format!(" root {}", &r[..r.len().min(16)]));
-            let lag = f["lag_entries"]
-                .as_u64()
+            let lag = f
+                .lag_entries
                 .map_or_else(String::new, |l| format!("  lag {l}"));
-            let age = f["last_entry_age_ms"]
-                .as_u64()
-                .map_or_else(String::new, |a| {
-                    format!("  last entry {:.1} s ago", a as f64 / 1e3)
-                });
+            let age = f.last_entry_age_ms.flatten().map_or_else(String::new, |a| {
+                format!("  last entry {:.1} s ago", a as f64 / 1e3)
+            });
             println!(
                 "{who}  {}  size {}  trusted checkpoint {trusted}{root}{lag}{age}",
-                f["feed"].as_str().unwrap_or("?"),
-                f["size"]
+                f.feed.as_deref().unwrap_or("?"),
+                f.size
             );
         }
     }

@@ -17,7 +17,7 @@ use fab_node::{Config, Node, datadir};
 use serde_json::json;
 
 use crate::Global;
-use crate::client::{Client, api_base, error_message, verify_job_response};
+use crate::client::{Client, api_base};
 
 mod identity;
 mod inspect;
@@ -38,7 +38,7 @@ fn api_client(g: &Global, config: &Config, timeout: Duration) -> Result<Client> 
     let dir = data_dir(g);
     Ok(
         Client::new(api_base(g.api.as_deref(), &dir, config.api.listen), timeout)
-            .with_token(crate::client::api_token(&dir)?),
+            .with_token(crate::client::api_token(&dir)?.as_deref()),
     )
 }
 
@@ -61,7 +61,7 @@ pub fn load_config(g: &Global, flags: &[(String, String)]) -> Result<Config> {
     Ok(Config::load(file.as_deref(), std::env::vars(), flags)?)
 }
 
-pub fn print_json(v: &serde_json::Value) {
+pub fn print_json(v: &impl serde::Serialize) {
     println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
 }
 
@@ -78,12 +78,8 @@ pub fn init_logging(level: &str, format: LogFormat) {
     };
 }
 
-fn api_get(g: &Global, path: &str) -> Result<serde_json::Value> {
+/// A client for a quick query (10 s).
+fn api(g: &Global) -> Result<Client> {
     let config = load_config(g, &[])?;
-    let client = api_client(g, &config, Duration::from_secs(10))?;
-    let (status, v) = client.get(path)?;
-    if status != 200 {
-        bail!("{}", error_message(status, &v));
-    }
-    Ok(v)
+    api_client(g, &config, Duration::from_secs(10))
 }

@@ -1,5 +1,9 @@
 //! `submit` and `jobs`: running a job through the node's API, and the jobs it placed.
 
+use fab_client::types::{
+    Candidate, JobRecord, Placement, PlacementOutcome, SubmitRequest, WeightsRequest,
+};
+
 use super::*;
 
 #[derive(Debug, Args)]
@@ -119,57 +123,61 @@ pub fn submit(g: &Global, a: SubmitArgs) -> Result<ExitCode> {
     let config = load_config(g, &[])?;
     let input = read_tensor(&a.input)?;
     let client = api_client(g, &config, Duration::from_secs(300))?;
-    let mut body = json!({"model": a.model, "input": input.to_json_value()});
-    if let Some(t) = a.deadline_ms {
-        body["deadline_ms"] = json!(t);
-    }
-    if let Some(peer) = &a.on {
-        body["on"] = json!(peer);
-    }
-    if let Some(c) = a.max_cost {
-        body["max_cost_micros"] = json!(c);
-    }
-    for (key, v) in [
-        ("tiers", &a.tier),
-        ("regions", &a.region),
-        ("labels", &a.label),
-    ] {
-        if !v.is_empty() {
-            body[key] = json!(v);
-        }
-    }
-    if let Some(k) = a.replicas {
-        body["replicas"] = json!(k);
-    }
+    let mut request = SubmitRequest::new(a.model.clone(), input.clone());
+    request.deadline_ms = a.deadline_ms;
+    request.on = a.on.clone();
+    request.max_cost_micros = a.max_cost;
+    request.tiers = a.tier.clone();
+    request.regions = a.region.clone();
+    request.labels = a.label.clone();
+    request.replicas = a.replicas;
     if !a.weight.is_empty() {
-        let mut w = serde_json::Map::new();
+        let mut w = WeightsRequest::default();
         for kv in &a.weight {
             let (k, v) = kv
                 .split_once('=')
                 .and_then(|(k, v)| Some((k.trim(), v.trim().parse::<u64>().ok()?)))
                 .with_context(|| format!("--weight {kv:?}: expected TERM=N, e.g. cost=100"))?;
-            w.insert(k.to_owned(), json!(v));
+            let term = match k {
+                "time" => &mut w.time,
+                "cost" => &mut w.cost,
+                "energy" => &mut w.energy,
+                "cache" => &mut w.cache,
+                "reliability" => &mut w.reliability,
+                "battery" => &mut w.battery,
+                other => bail!(
+                    "--weight {other}: the terms are time, cost, energy, cache, reliability, battery"
+                ),
+            };
+            *term = Some(v);
         }
-        body["weights"] = serde_json::Value::Object(w);
+        request.weights = Some(w);
     }
-    if a.explain {
-        body["explain"] = json!(true);
-    }
-    let (status, answer) = client.post("/v1/jobs", &body)?;
-    if status != 200 {
-        if a.json {
-            print_json(&answer);
-        } else if a.explain && answer["placement"].is_object() {
-            print_placement(&answer["placement"]);
+    request.explain = a.explain;
+    let answer = match client.submit(&request) {
+        Ok(answer) => answer,
+        Err(e) => {
+            if let Some(body) = e.body() {
+                if a.json {
+                    print_json(body);
+                } else if let (true, Some(p)) = (a.explain, &body.placement) {
+                    print_placement(p);
+                }
+            }
+            return Err(e.into());
         }
-        bail!("{}", error_message(status, &answer));
-    }
-    let input_name = answer["input_names"][0].as_str();
-    let executor = answer["executor"].as_str().or(a.on.as_deref());
-    let verified = verify_job_response(&answer, input_name, &input, executor)?;
+    };
+    let input_name = answer.input_names.first().map(String::as_str);
+    let executor = answer.executor.as_deref().or(a.on.as_deref());
+    let verified = fab_client::verify::job_result(&answer, input_name, &input, executor)?;
+    let outputs: Vec<(&str, &fab_inference::Tensor)> = answer
+        .outputs
+        .iter()
+        .map(|o| (o.name.as_str(), &o.tensor))
+        .collect();
     if let Some(dir) = &a.out {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-        for (name, t) in &verified.outputs {
+        for (name, t) in &outputs {
             let safe: String = name
                 .chars()
                 .map(|c| {
@@ -186,8 +194,8 @@ pub fn submit(g: &Global, a: SubmitArgs) -> Result<ExitCode> {
         }
     }
     if a.json {
-        let mut out = answer.clone();
-        out["receipt_verified"] = json!(true);
+        let mut out = serde_json::to_value(&answer)?;
+        out["receipt_verified"] = serde_json::Value::Bool(true);
         print_json(&out);
         return Ok(ExitCode::SUCCESS);
     }
@@ -195,14 +203,13 @@ pub fn submit(g: &Global, a: SubmitArgs) -> Result<ExitCode> {
     let EntryBody::Execution(r) = &e.body else {
         bail!("receipt is not an execution entry")
     };
-    for (name, t) in &verified.outputs {
+    for (name, t) in &outputs {
         println!("{}", describe_output(name, t));
     }
-    if let Some((_, probs)) = verified
-        .outputs
+    if let Some((_, probs)) = outputs
         .iter()
-        .find(|(n, _)| n == "probabilities")
-        .or(verified.outputs.last())
+        .find(|(n, _)| *n == "probabilities")
+        .or(outputs.last())
         && let Some(top) = probs.argmax_row(0)
     {
         println!("prediction: {top}");
@@ -227,34 +234,25 @@ pub fn submit(g: &Global, a: SubmitArgs) -> Result<ExitCode> {
     );
     println!("  class      {}", r.determinism.class());
     println!("  signature  {}", hex::encode(verified.entry.signature()));
-    let p = &answer["placement"];
-    if p.is_object() {
+    if let Some(p) = &answer.placement {
         println!(
             "placed on {} in {} attempt(s){}{}",
-            p["winners"]
-                .as_array()
-                .map(|w| w
-                    .iter()
-                    .filter_map(|x| x.as_str())
-                    .collect::<Vec<_>>()
-                    .join(", "))
-                .unwrap_or_default(),
-            p["attempts"],
-            if p["fast_path"] == true {
+            p.winners.join(", "),
+            p.attempts,
+            if p.fast_path {
                 " (this node, no round trip)"
             } else {
                 ""
             },
-            p["decided_ms"]
-                .as_f64()
+            p.decided_ms
                 .map_or_else(String::new, |ms| format!(", decided in {ms:.2} ms"))
         );
     }
-    if let Some(reps) = answer["replicas"].as_array() {
+    if let Some(reps) = &answer.replicas {
         println!(
             "replicas: {} ran it; outputs {}",
             reps.len(),
-            if answer["replicas_agree"] == true {
+            if answer.replicas_agree == Some(true) {
                 "agree"
             } else {
                 "DIFFER"
@@ -263,32 +261,34 @@ pub fn submit(g: &Global, a: SubmitArgs) -> Result<ExitCode> {
         for rep in reps {
             println!(
                 "  {}  entry #{}  output {}",
-                rep["executor"].as_str().unwrap_or("?"),
-                rep["seq"],
-                rep["output_digest"]
-                    .as_str()
-                    .map_or("-", |d| &d[..d.len().min(16)])
+                rep.executor,
+                rep.seq,
+                rep.output_digest
+                    .map_or_else(|| "-".to_owned(), |d| d.short())
             );
         }
     }
-    if a.explain {
+    if let (true, Some(p)) = (a.explain, &answer.placement) {
         print_placement(p);
     }
     Ok(ExitCode::SUCCESS)
 }
 
 /// Every candidate of a placement, one line each, best first as the auction ranked them.
-fn print_placement(p: &serde_json::Value) {
-    let w = &p["weights"];
+fn print_placement(p: &Placement) {
+    let w = p.weights.as_ref();
+    let term = |f: fn(&fab_client::types::Weights) -> u64| {
+        w.map_or_else(|| "-".to_owned(), |w| f(w).to_string())
+    };
     println!(
         "placement: weights time {} cost {} energy {} cache {} reliability {} battery {}{}",
-        w["time"],
-        w["cost"],
-        w["energy"],
-        w["cache"],
-        w["reliability"],
-        w["battery"],
-        if p["fast_path"] == true {
+        term(|w| w.time),
+        term(|w| w.cost),
+        term(|w| w.energy),
+        term(|w| w.cache),
+        term(|w| w.reliability),
+        term(|w| w.battery),
+        if p.fast_path {
             "; fast path: this node scored best, no call for bids"
         } else {
             ""
@@ -298,115 +298,124 @@ fn print_placement(p: &serde_json::Value) {
         "  {:<59} {:<10} {:>10} {:>8} {:>9}  {:>6}  score terms (time cost energy cache reliability battery)",
         "candidate", "standing", "completion", "cost", "energy", "total"
     );
-    let winner = |c: &serde_json::Value| {
-        p["winners"]
-            .as_array()
-            .is_some_and(|w| w.contains(&c["peer_id"]))
-    };
+    let winner = |c: &Candidate| p.winners.contains(&c.peer_id);
     // Winners first, then by score, then those that did not bid.
-    let mut cands: Vec<&serde_json::Value> =
-        p["candidates"].as_array().into_iter().flatten().collect();
-    cands.sort_by_key(|c| (!winner(c), std::cmp::Reverse(c["score"]["total"].as_u64())));
+    let mut cands: Vec<&Candidate> = p.candidates.iter().flatten().collect();
+    cands.sort_by_key(|c| (!winner(c), std::cmp::Reverse(c.score.map(|s| s.total))));
     for c in cands {
-        let winner = winner(c);
-        let who = format!(
-            "{}{}",
-            c["peer_id"].as_str().unwrap_or("?"),
-            if c["local"] == true { " (self)" } else { "" }
-        );
-        let e = &c["estimate"];
-        let s = &c["score"];
-        let num =
-            |v: &serde_json::Value| v.as_u64().map_or_else(|| "-".to_owned(), |n| n.to_string());
-        let terms = if s.is_object() {
+        let who = format!("{}{}", c.peer_id, if c.local { " (self)" } else { "" });
+        let num = |v: Option<u64>| v.map_or_else(|| "-".to_owned(), |n| n.to_string());
+        let terms = c.score.map_or_else(String::new, |s| {
             format!(
                 "{} {} {} {} {} {}",
-                s["time"], s["cost"], s["energy"], s["cache"], s["reliability"], s["battery"]
+                s.time, s.cost, s.energy, s.cache, s.reliability, s.battery
             )
-        } else {
-            String::new()
-        };
+        });
+        let standing = serde_json::to_value(c.standing)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_owned))
+            .unwrap_or_default();
         println!(
             "{} {:<59} {:<10} {:>8}µs {:>8} {:>7}µJ  {:>6}  {terms}{}",
-            if winner { "*" } else { " " },
+            if winner(c) { "*" } else { " " },
             who,
-            c["standing"].as_str().unwrap_or("?"),
-            num(&e["completion_us"]),
-            num(&e["cost_micros"]),
-            num(&e["energy_uj"]),
-            num(&s["total"]),
-            c["reason"]
-                .as_str()
+            standing,
+            num(c.estimate.map(|e| e.completion_us)),
+            num(c.estimate.map(|e| e.cost_micros)),
+            num(c.estimate.map(|e| e.energy_uj)),
+            num(c.score.map(|s| s.total)),
+            c.reason
+                .as_deref()
                 .map_or_else(String::new, |r| format!("  {r}"))
         );
     }
-    match &p["outcome"] {
-        v if v == "ok" => println!("outcome: ok after {} attempt(s)", p["attempts"]),
-        v if v.is_object() => println!("outcome: failed: {}", v["failed"].as_str().unwrap_or("?")),
+    match &p.outcome {
+        Some(Some(PlacementOutcome::Ok)) => println!("outcome: ok after {} attempt(s)", p.attempts),
+        Some(Some(PlacementOutcome::Failed(r))) => println!("outcome: failed: {r}"),
         _ => println!("outcome: running"),
     }
 }
 
 pub fn jobs(g: &Global, a: JobsArgs) -> Result<ExitCode> {
+    let client = api(g)?;
     if let Some(id) = &a.job {
-        let v = api_get(g, &format!("/v1/jobs/{id}"))?;
+        let id: fab_ledger::ContentId = id
+            .parse()
+            .map_err(|_| anyhow::anyhow!("{id:?} is not a job id (64 hex digits)"))?;
+        let v = client.job(&id)?;
         if a.json {
             print_json(&v);
         } else {
-            job_line(&v);
-            if v["placement"].is_object() {
-                print_placement(&v["placement"]);
-            } else {
-                println!("(this node ran the job for a peer; the peer that placed it explains it)");
+            println!(
+                "{}  {:<12} {:<6} {:>8.2} ms  {} attempt(s){}  on {}{}{}",
+                &v.job_id.to_string()[..16],
+                v.model.as_deref().unwrap_or("?"),
+                v.status.as_deref().unwrap_or("ran"),
+                v.latency_ms.unwrap_or(0.0),
+                v.attempts.unwrap_or(0),
+                if v.fast_path == Some(true) {
+                    " (local)"
+                } else {
+                    ""
+                },
+                v.executors
+                    .as_ref()
+                    .map(|e| e.join(","))
+                    .filter(|s| !s.is_empty())
+                    .unwrap_or_else(|| "-".into()),
+                agree_note(v.replicas_agree.flatten()),
+                v.error
+                    .flatten()
+                    .map_or_else(String::new, |e| format!("  error: {e}"))
+            );
+            match &v.placement {
+                Some(p) => print_placement(p),
+                None => println!(
+                    "(this node ran the job for a peer; the peer that placed it explains it)"
+                ),
             }
         }
         return Ok(ExitCode::SUCCESS);
     }
-    let v = api_get(g, &format!("/v1/jobs?limit={}", a.limit))?;
+    let v = client.jobs(a.limit)?;
     if a.json {
         print_json(&v);
         return Ok(ExitCode::SUCCESS);
     }
-    let jobs = v["jobs"].as_array().cloned().unwrap_or_default();
-    if jobs.is_empty() {
+    if v.jobs.is_empty() {
         println!("no jobs placed by this node yet (fabnode submit places one)");
     }
-    for j in &jobs {
+    for j in &v.jobs {
         job_line(j);
     }
     Ok(ExitCode::SUCCESS)
 }
 
-fn job_line(j: &serde_json::Value) {
-    let id = j["job_id"].as_str().unwrap_or("?");
+fn agree_note(agree: Option<bool>) -> &'static str {
+    match agree {
+        Some(true) => "  replicas agree",
+        Some(false) => "  replicas DIFFER",
+        None => "",
+    }
+}
+
+fn job_line(j: &JobRecord) {
     println!(
         "{}  {:<12} {:<6} {:>8.2} ms  {} attempt(s){}  on {}{}{}",
-        &id[..id.len().min(16)],
-        j["model"].as_str().unwrap_or("?"),
-        j["status"].as_str().unwrap_or("?"),
-        j["latency_ms"].as_f64().unwrap_or(0.0),
-        j["attempts"],
-        if j["fast_path"] == true {
-            " (local)"
+        &j.job_id.to_string()[..16],
+        j.model,
+        j.status,
+        j.latency_ms,
+        j.attempts,
+        if j.fast_path { " (local)" } else { "" },
+        if j.executors.is_empty() {
+            "-".to_owned()
         } else {
-            ""
+            j.executors.join(",")
         },
-        j["executors"]
-            .as_array()
-            .map(|e| e
-                .iter()
-                .filter_map(|x| x.as_str())
-                .collect::<Vec<_>>()
-                .join(","))
-            .filter(|s| !s.is_empty())
-            .unwrap_or_else(|| "-".into()),
-        match j["replicas_agree"].as_bool() {
-            Some(true) => "  replicas agree",
-            Some(false) => "  replicas DIFFER",
-            None => "",
-        },
-        j["error"]
-            .as_str()
+        agree_note(j.replicas_agree),
+        j.error
+            .as_deref()
             .map_or_else(String::new, |e| format!("  error: {e}"))
     );
 }

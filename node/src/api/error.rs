@@ -4,7 +4,7 @@
 
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use serde_json::{Value, json};
+use fab_client::types::{Entry, ErrorBody, ErrorInfo, Placement, Replica};
 
 use crate::jobs::{ErrorKind, JobError};
 
@@ -36,6 +36,30 @@ pub enum ApiCode {
     Unauthorized,
     UnsupportedMediaType,
 }
+
+/// The API's own codes (the jobs service's are [`ErrorKind::all`]); the tests check every
+/// code against docs/openapi.yaml.
+#[cfg(test)]
+const OWN: [ApiCode; 18] = [
+    ApiCode::BadRequest,
+    ApiCode::RequestTooLarge,
+    ApiCode::RequestTimeout,
+    ApiCode::BadPeerId,
+    ApiCode::BadJobId,
+    ApiCode::UnknownJob,
+    ApiCode::BadSeq,
+    ApiCode::BadLimit,
+    ApiCode::UnknownEntry,
+    ApiCode::LedgerCorrupt,
+    ApiCode::Registry,
+    ApiCode::MeshUnavailable,
+    ApiCode::ReplicasDisagree,
+    ApiCode::NotFound,
+    ApiCode::ForbiddenOrigin,
+    ApiCode::ForbiddenHost,
+    ApiCode::Unauthorized,
+    ApiCode::UnsupportedMediaType,
+];
 
 impl From<ErrorKind> for ApiCode {
     fn from(k: ErrorKind) -> Self {
@@ -110,13 +134,13 @@ impl ApiCode {
 pub struct ApiError {
     pub code: ApiCode,
     pub message: String,
-    pub receipt: Option<Value>,
+    pub receipt: Option<Box<Entry>>,
     /// Where the job was placed and why (jobs placed by the auction).
-    pub placement: Option<Value>,
+    pub placement: Option<Box<Placement>>,
     /// Answer with `WWW-Authenticate: Bearer` (a 401).
     pub www_authenticate: bool,
     /// Every replica's executor, entry and output digest (replicas that disagree).
-    pub replicas: Option<Box<Value>>,
+    pub replicas: Option<Vec<Replica>>,
 }
 
 impl ApiError {
@@ -135,11 +159,15 @@ impl ApiError {
     /// short form).
     pub fn from_job(e: JobError, explain: bool) -> Self {
         ApiError {
-            receipt: e.receipt.as_deref().map(crate::views::entry_json),
+            receipt: e
+                .receipt
+                .as_deref()
+                .map(|r| Box::new(crate::views::entry(r))),
             placement: e
                 .placement
                 .as_deref()
-                .map(|p| super::placement::placement_json(p, explain)),
+                .and_then(|p| super::placement::placement(p, explain))
+                .map(Box::new),
             ..ApiError::new(e.kind, e.message)
         }
     }
@@ -157,16 +185,15 @@ impl From<JobError> for ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let mut body = json!({"error": {"code": self.code.code(), "message": self.message}});
-        if let Some(r) = self.receipt {
-            body["receipt"] = r;
-        }
-        if let Some(p) = self.placement {
-            body["placement"] = p;
-        }
-        if let Some(r) = self.replicas {
-            body["replicas"] = *r;
-        }
+        let body = ErrorBody {
+            error: ErrorInfo {
+                code: self.code.code().to_owned(),
+                message: self.message,
+            },
+            receipt: self.receipt.map(|r| *r),
+            placement: self.placement.map(|p| *p),
+            replicas: self.replicas,
+        };
         let mut response = (self.code.status(), axum::Json(body)).into_response();
         if self.www_authenticate {
             response.headers_mut().insert(
@@ -175,5 +202,51 @@ impl IntoResponse for ApiError {
             );
         }
         response
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn every_code() -> impl Iterator<Item = ApiCode> {
+        ErrorKind::all().map(ApiCode::Job).chain(OWN)
+    }
+
+    #[test]
+    fn codes_are_distinct_and_every_status_is_an_error() {
+        let mut codes: Vec<&str> = every_code().map(ApiCode::code).collect();
+        let n = codes.len();
+        codes.sort_unstable();
+        codes.dedup();
+        assert_eq!(codes.len(), n, "two kinds share a code");
+        for c in every_code() {
+            let s = c.status().as_u16();
+            assert!((400..600).contains(&s), "{} answers {s}", c.code());
+        }
+    }
+
+    #[test]
+    fn every_code_is_documented_in_openapi_yaml() {
+        let doc =
+            std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/openapi.yaml"))
+                .expect("docs/openapi.yaml");
+        // The code as a word of its own (not a prefix of a longer code).
+        let word = |c: &str| {
+            doc.match_indices(c).any(|(i, _)| {
+                let ident =
+                    |b: Option<&u8>| b.is_some_and(|b| b.is_ascii_lowercase() || *b == b'_');
+                !ident(doc.as_bytes().get(i.wrapping_sub(1)))
+                    && !ident(doc.as_bytes().get(i + c.len()))
+            })
+        };
+        let missing: Vec<&str> = every_code()
+            .map(ApiCode::code)
+            .filter(|c| !word(c))
+            .collect();
+        assert!(
+            missing.is_empty(),
+            "codes missing from the Error response: {missing:?}"
+        );
     }
 }

@@ -1,52 +1,13 @@
 //! `POST /v1/jobs` (run here, on a named peer, or placed by the auction) and the jobs this node
 //! placed.
 
+use fab_client::types as api;
+
 use super::*;
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(super) struct SubmitBody {
-    model: String,
-    /// Parsed straight into compact numbers: no JSON value tree (docs/SECURITY.md).
-    #[serde(default)]
-    input: Option<fab_inference::tensor::JsonTensor>,
-    /// The job's deadline, from submission to result.
-    #[serde(default, alias = "deadline_ms")]
-    timeout_ms: Option<u64>,
-    /// Run on this peer (a peer id) over `/fabnode/exec/1`, with no auction.
-    #[serde(default)]
-    on: Option<String>,
-    #[serde(default)]
-    max_cost_micros: Option<u64>,
-    /// Allowed tiers (`device`, `edge`, `cloud`); empty allows all.
-    #[serde(default)]
-    tiers: Vec<String>,
-    #[serde(default)]
-    regions: Vec<String>,
-    /// Labels the node must carry, all of them.
-    #[serde(default)]
-    labels: Vec<String>,
-    /// Distinct nodes that each run the job.
-    #[serde(default)]
-    replicas: Option<u64>,
-    /// This job's scoring weights; missing terms take the configured ones.
-    #[serde(default)]
-    weights: Option<WeightsBody>,
-    /// Answer with every candidate's bid or reason and the score breakdown.
-    #[serde(default)]
-    explain: bool,
-}
-
-#[derive(Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-pub(super) struct WeightsBody {
-    time: Option<u64>,
-    cost: Option<u64>,
-    energy: Option<u64>,
-    cache: Option<u64>,
-    reliability: Option<u64>,
-    battery: Option<u64>,
-}
+/// The body of `POST /v1/jobs`: the client's type, with the input parsed straight into
+/// compact numbers (no JSON value tree: docs/SECURITY.md).
+type SubmitBody = api::SubmitRequest<fab_inference::tensor::JsonTensor>;
 
 /// Most replicas a job may ask for.
 pub const REPLICAS_MAX: u64 = 16;
@@ -54,22 +15,24 @@ pub const REPLICAS_MAX: u64 = 16;
 /// Largest scoring weight.
 pub(super) const WEIGHT_MAX: u64 = 1_000_000;
 
-impl SubmitBody {
-    /// Whether the body asks for anything only the auction does.
-    fn places(&self) -> bool {
-        self.max_cost_micros.is_some()
-            || !self.tiers.is_empty()
-            || !self.regions.is_empty()
-            || !self.labels.is_empty()
-            || self.replicas.is_some_and(|r| r != 1)
-            || self.weights.is_some()
-            || self.explain
-    }
+/// Whether the body asks for anything only the auction does.
+fn places(req: &SubmitBody) -> bool {
+    req.max_cost_micros.is_some()
+        || !req.tiers.is_empty()
+        || !req.regions.is_empty()
+        || !req.labels.is_empty()
+        || req.replicas.is_some_and(|r| r != 1)
+        || req.weights.is_some()
+        || req.explain
+}
 
-    fn sla(&self, timeout_ms: u64) -> Result<crate::sched::Sla, ApiError> {
+/// The placement fields as the auction's SLA, range-checked.
+fn sla(req: &SubmitBody, timeout_ms: u64) -> Result<crate::sched::Sla, ApiError> {
+    {
+        let this = req;
         use fab_mesh::bid::{NAMES_MAX, TEXT_BYTES_MAX};
         let bad = |m: String| ApiError::new(ErrorKind::BadSla, m);
-        let tiers = self
+        let tiers = this
             .tiers
             .iter()
             .map(|t| {
@@ -77,7 +40,7 @@ impl SubmitBody {
                     .ok_or_else(|| bad(format!("tiers: {t:?} is not device, edge or cloud")))
             })
             .collect::<Result<_, _>>()?;
-        for (field, names) in [("regions", &self.regions), ("labels", &self.labels)] {
+        for (field, names) in [("regions", &this.regions), ("labels", &this.labels)] {
             if names.len() > NAMES_MAX
                 || names
                     .iter()
@@ -88,7 +51,7 @@ impl SubmitBody {
                 )));
             }
         }
-        let replicas = self.replicas.unwrap_or(1);
+        let replicas = this.replicas.unwrap_or(1);
         if !(1..=REPLICAS_MAX).contains(&replicas) {
             return Err(bad(format!(
                 "replicas: 1 to {REPLICAS_MAX}, not {replicas}"
@@ -96,19 +59,22 @@ impl SubmitBody {
         }
         Ok(crate::sched::Sla {
             deadline_us: timeout_ms.saturating_mul(1000),
-            max_cost_micros: self.max_cost_micros,
+            max_cost_micros: this.max_cost_micros,
             tiers,
-            regions: self.regions.iter().cloned().collect(),
-            labels: self.labels.iter().cloned().collect(),
+            regions: this.regions.iter().cloned().collect(),
+            labels: this.labels.iter().cloned().collect(),
             replicas: replicas as u8,
         })
     }
+}
 
-    fn weights(
-        &self,
-        configured: crate::sched::Weights,
-    ) -> Result<Option<crate::sched::Weights>, ApiError> {
-        let Some(w) = &self.weights else {
+/// This job's weights, missing terms taken from the configured ones.
+fn weights(
+    req: &SubmitBody,
+    configured: crate::sched::Weights,
+) -> Result<Option<crate::sched::Weights>, ApiError> {
+    {
+        let Some(w) = &req.weights else {
             return Ok(None);
         };
         let all = [w.time, w.cost, w.energy, w.cache, w.reliability, w.battery];
@@ -170,10 +136,10 @@ pub(super) async fn submit_job(
     let input = Tensor::from_json(input)
         .map_err(|e| ApiError::new(ErrorKind::BadTensor, format!("input: {e}")))?;
     let timeout_ms = req
-        .timeout_ms
+        .deadline_ms
         .unwrap_or(st.config.limits.job_timeout_ms)
         .clamp(1, st.config.limits.job_timeout_ms.max(1));
-    if req.on.is_some() && req.places() {
+    if req.on.is_some() && places(&req) {
         return Err(ApiError::new(
             ErrorKind::BadSla,
             "`on` pins the job to one peer; placement fields (tiers, regions, labels, max cost, \
@@ -183,13 +149,13 @@ pub(super) async fn submit_job(
     if req.on.is_none() && st.placer.is_some() {
         return place(&st, req, input, timeout_ms, accepted).await;
     }
-    if req.places() {
+    if places(&req) {
         return Err(ApiError::new(
             ErrorKind::MeshDisabled,
             "placement fields need the mesh (mesh.enabled = false here)",
         ));
     }
-    if let Some(on) = req.on {
+    if let Some(on) = req.on.take() {
         let peer: libp2p::PeerId = on.parse().map_err(|_| {
             ApiError::new(
                 ApiCode::BadPeerId,
@@ -202,35 +168,40 @@ pub(super) async fn submit_job(
             let body = job_body(
                 run.job,
                 &run.input_name,
-                &run.executed,
+                run.executed,
                 Some(run.executor.to_string()),
             );
             return Ok(axum::Json(body).into_response());
         }
     }
     let run = crate::jobs::run_local(&st, &req.model, input, timeout_ms, accepted).await?;
-    Ok(axum::Json(job_body(run.job, &run.input_name, &run.executed, None)).into_response())
+    Ok(axum::Json(job_body(run.job, &run.input_name, run.executed, None)).into_response())
 }
 
-/// The JSON answer for a job that ran and succeeded.
+/// The answer for a job that ran and succeeded.
 fn job_body(
     job_id: ContentId,
     input_name: &str,
-    executed: &crate::jobs::Executed,
+    executed: crate::jobs::Executed,
     executor: Option<String>,
-) -> Value {
-    let outs = executed.outputs().unwrap_or_default();
-    let mut body = json!({
-        "job_id": job_id,
-        "status": "ok",
-        "input_names": [input_name],
-        "outputs": outs.iter().map(|(n, t)| json!({"name": n, "tensor": t.to_json_value()})).collect::<Vec<_>>(),
-        "receipt": entry_json(&executed.entry),
-    });
-    if let Some(peer) = executor {
-        body["executor"] = json!(peer);
+) -> api::JobResult {
+    let receipt = crate::views::entry(&executed.entry);
+    api::JobResult {
+        job_id,
+        status: "ok".to_owned(),
+        input_names: vec![input_name.to_owned()],
+        outputs: executed
+            .outcome
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(name, tensor)| api::Output { name, tensor })
+            .collect(),
+        receipt,
+        executor,
+        placement: None,
+        replicas: None,
+        replicas_agree: None,
     }
-    body
 }
 
 /// Places a job with the auction and answers with its first result, every replica's output
@@ -242,8 +213,8 @@ async fn place(
     timeout_ms: u64,
     accepted: Instant,
 ) -> Result<Response, ApiError> {
-    let sla = req.sla(timeout_ms)?;
-    let weights = req.weights(st.config.scheduler.weights())?;
+    let sla = sla(&req, timeout_ms)?;
+    let weights = weights(&req, st.config.scheduler.weights())?;
     let placed = crate::jobs::place::place(
         st,
         crate::jobs::place::Request {
@@ -264,14 +235,15 @@ async fn place(
         input_name,
         replicas_agree,
     } = placed;
-    let replicas: Vec<Value> = results
+    let replicas: Vec<api::Replica> = results
         .iter()
-        .map(|(peer, e)| {
-            json!({"executor": peer.to_string(), "seq": e.entry.body().seq,
-                   "output_digest": e.output_digest()})
+        .map(|(peer, e)| api::Replica {
+            executor: peer.to_string(),
+            seq: e.entry.body().seq,
+            output_digest: e.output_digest(),
         })
         .collect();
-    let placement = placement::placement_json(&placement, req.explain);
+    let placement = placement::placement(&placement, req.explain);
     if replicas_agree == Some(false) {
         // No output is returned: the client cannot know which replica, if any, is right.
         let digests: Vec<String> = results
@@ -291,18 +263,18 @@ async fn place(
                 digests.join(", ")
             ),
         );
-        e.replicas = Some(Box::new(json!(replicas)));
-        e.placement = Some(placement);
+        e.replicas = Some(replicas);
+        e.placement = placement.map(Box::new);
         return Err(e);
     }
-    let Some((peer, first)) = results.first() else {
+    let Some((peer, first)) = results.into_iter().next() else {
         return Err(ApiError::new(ErrorKind::Internal, "no result"));
     };
     let mut body = job_body(job, &input_name, first, Some(peer.to_string()));
-    body["placement"] = placement;
+    body.placement = placement;
     if let Some(agree) = replicas_agree {
-        body["replicas"] = json!(replicas);
-        body["replicas_agree"] = json!(agree);
+        body.replicas = Some(replicas);
+        body.replicas_agree = Some(agree);
     }
     Ok(axum::Json(body).into_response())
 }
@@ -317,17 +289,20 @@ pub(super) struct JobsQuery {
 pub(super) async fn list_jobs(
     State(st): State<Arc<NodeState>>,
     Query(q): Query<JobsQuery>,
-) -> ApiResult {
+) -> ApiResult<api::Jobs> {
     let limit = q.limit.min(crate::jobs::place::RECENT_MAX);
-    let jobs: Vec<Value> = crate::jobs::place::recent(&st, limit)
+    let jobs: Vec<api::JobRecord> = crate::jobs::place::recent(&st, limit)
         .iter()
-        .map(placement::job_record_json)
+        .map(placement::job_record)
         .collect();
-    Ok(axum::Json(json!({ "jobs": jobs })))
+    Ok(axum::Json(api::Jobs { jobs }))
 }
 
 /// A job: its receipt when this node ran it, and its placement when this node placed it.
-pub(super) async fn get_job(State(st): State<Arc<NodeState>>, Path(id): Path<String>) -> ApiResult {
+pub(super) async fn get_job(
+    State(st): State<Arc<NodeState>>,
+    Path(id): Path<String>,
+) -> ApiResult<api::JobDetail> {
     let job: ContentId = id
         .parse()
         .map_err(|_| ApiError::new(ApiCode::BadJobId, "a job id is 64 hex digits"))?;
@@ -344,18 +319,17 @@ pub(super) async fn get_job(State(st): State<Arc<NodeState>>, Path(id): Path<Str
         ));
     }
     let mut body = match &placed {
-        Some(r) => {
-            let mut b = placement::job_record_json(r);
-            b["placement"] = placement::placement_json(&r.placement, true);
-            b
-        }
-        None => json!({"job_id": job}),
+        Some(r) => api::JobDetail::placed(
+            placement::job_record(r),
+            placement::placement(&r.placement, true),
+        ),
+        None => api::JobDetail::ran(job),
     };
     if let Some(seq) = seq {
         let entry = entry_at(&st, seq).await?.ok_or_else(|| {
             ApiError::new(ErrorKind::LedgerError, "job index points past the ledger")
         })?;
-        body["receipt"] = entry_json(&entry);
+        body.receipt = Some(crate::views::entry(&entry));
     }
     Ok(axum::Json(body))
 }

@@ -1,17 +1,28 @@
 //! This node's ledger and the replicas it holds, read through the ledger writer.
 
+use fab_client::types as api;
+
 use super::*;
 
-pub(super) async fn ledger_heads(State(st): State<Arc<NodeState>>) -> ApiResult {
+pub(super) async fn ledger_heads(State(st): State<Arc<NodeState>>) -> ApiResult<api::Feeds> {
     let (entries, head) = st.ledger.head().await;
     let replicas = st
         .ledger
         .replica_heads()
         .await
         .map_err(|e| ApiError::new(ErrorKind::LedgerError, e))?;
-    let mut feeds = vec![
-        json!({"feed": st.key.public().peer_id(), "own": true, "size": entries, "head": head}),
-    ];
+    let mut own = api::Feed {
+        feed: Some(st.key.public().peer_id()),
+        own: true,
+        size: entries,
+        head,
+        trusted_size: None,
+        trusted_root: None,
+        known_size: None,
+        lag_entries: None,
+        last_entry_ms: None,
+        last_entry_age_ms: None,
+    };
     // The replication core's view (known sizes, last entry times): no ledger reads per feed.
     let view: std::collections::HashMap<[u8; 32], (u64, Option<u64>)> = st
         .replication
@@ -29,7 +40,8 @@ pub(super) async fn ledger_heads(State(st): State<Arc<NodeState>>) -> ApiResult 
             .ok()
             .and_then(|r| r.into_iter().next()),
     };
-    feeds[0]["last_entry_ms"] = json!(own_last.and_then(|(_, b)| entry_time(&b)));
+    own.last_entry_ms = own_last.and_then(|(_, b)| entry_time(&b));
+    let mut feeds = vec![own];
     for (key, size, note) in replicas {
         let feed = fab_ledger::PublicKey::from_bytes(&key);
         let cp = feed
@@ -37,17 +49,20 @@ pub(super) async fn ledger_heads(State(st): State<Arc<NodeState>>) -> ApiResult 
             .and_then(|(f, n)| fab_ledger::checkpoint::Checkpoint::verify(&n, &f, None).ok());
         let (known, last) = view.get(&key).copied().unwrap_or((size, None));
         let known_size = known.max(size);
-        feeds.push(json!({
-            "feed": feed.map(|f| f.peer_id()), "own": false, "size": size,
-            "trusted_size": cp.as_ref().map(|c| c.size),
-            "trusted_root": cp.as_ref().map(|c| hex::encode(c.root)),
-            "known_size": known_size,
-            "lag_entries": known_size - size,
-            "last_entry_ms": last,
-            "last_entry_age_ms": last.map(|t| now.saturating_sub(t)),
-        }));
+        feeds.push(api::Feed {
+            feed: feed.map(|f| f.peer_id()),
+            own: false,
+            size,
+            head: None,
+            trusted_size: Some(cp.as_ref().map(|c| c.size)),
+            trusted_root: Some(cp.as_ref().map(|c| hex::encode(c.root))),
+            known_size: Some(known_size),
+            lag_entries: Some(known_size - size),
+            last_entry_ms: last,
+            last_entry_age_ms: Some(last.map(|t| now.saturating_sub(t))),
+        });
     }
-    Ok(axum::Json(json!({"feeds": feeds})))
+    Ok(axum::Json(api::Feeds { feeds }))
 }
 
 /// The signed time of a stored entry.
@@ -78,11 +93,13 @@ pub(super) fn decode_stored(seq: u64, bytes: &[u8]) -> Result<SignedEntry, ApiEr
     })
 }
 
-pub(super) async fn ledger_head(State(st): State<Arc<NodeState>>) -> ApiResult {
+pub(super) async fn ledger_head(State(st): State<Arc<NodeState>>) -> ApiResult<api::LedgerHead> {
     let (entries, head) = st.ledger.head().await;
-    Ok(axum::Json(
-        json!({"feed": st.key.public().peer_id(), "entries": entries, "head": head}),
-    ))
+    Ok(axum::Json(api::LedgerHead {
+        feed: st.key.public().peer_id(),
+        entries,
+        head,
+    }))
 }
 
 #[derive(Deserialize)]
@@ -100,7 +117,7 @@ pub(super) fn default_limit() -> usize {
 pub(super) async fn ledger_entries(
     State(st): State<Arc<NodeState>>,
     Query(q): Query<RangeQuery>,
-) -> ApiResult {
+) -> ApiResult<api::EntryPage> {
     if q.limit == 0 || q.limit > READ_ENTRIES_MAX {
         return Err(ApiError::new(
             ApiCode::BadLimit,
@@ -114,24 +131,27 @@ pub(super) async fn ledger_entries(
         .map_err(|e| ApiError::new(ErrorKind::LedgerError, e))?;
     let entries = rows
         .iter()
-        .map(|(seq, bytes)| decode_stored(*seq, bytes).map(|e| entry_json(&e)))
+        .map(|(seq, bytes)| decode_stored(*seq, bytes).map(|e| crate::views::entry(&e)))
         .collect::<Result<Vec<_>, _>>()?;
     let (total, _) = st.ledger.head().await;
     let next = rows.last().map(|(s, _)| s + 1).filter(|n| *n < total);
-    Ok(axum::Json(
-        json!({"feed": st.key.public().peer_id(), "total": total, "entries": entries, "next": next}),
-    ))
+    Ok(axum::Json(api::EntryPage {
+        feed: st.key.public().peer_id(),
+        total,
+        next,
+        entries,
+    }))
 }
 
 pub(super) async fn ledger_entry(
     State(st): State<Arc<NodeState>>,
     Path(seq): Path<String>,
-) -> ApiResult {
+) -> ApiResult<api::Entry> {
     let seq: u64 = seq
         .parse()
         .map_err(|_| ApiError::new(ApiCode::BadSeq, "seq is a non-negative integer"))?;
     let entry = entry_at(&st, seq)
         .await?
         .ok_or_else(|| ApiError::new(ApiCode::UnknownEntry, format!("no entry {seq}")))?;
-    Ok(axum::Json(entry_json(&entry)))
+    Ok(axum::Json(crate::views::entry(&entry)))
 }

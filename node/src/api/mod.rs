@@ -23,11 +23,9 @@ use axum::routing::{get, post};
 use fab_inference::Tensor;
 use fab_ledger::{ContentId, SignedEntry};
 use serde::Deserialize;
-use serde_json::{Value, json};
 
 use crate::jobs::{ErrorKind, NodeState};
 use crate::ledger_writer::{READ_ENTRIES_MAX, now_ms};
-use crate::views::entry_json;
 
 pub mod error;
 pub mod guard;
@@ -44,7 +42,7 @@ use jobs::*;
 use ledger::*;
 use status::*;
 
-type ApiResult = Result<axum::Json<Value>, ApiError>;
+type ApiResult<T> = Result<axum::Json<T>, ApiError>;
 
 /// The router with every route, behind `guard`.
 pub fn router(state: Arc<NodeState>, guard: Arc<guard::Guard>) -> Router {

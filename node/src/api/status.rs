@@ -3,11 +3,15 @@
 
 use std::sync::atomic::Ordering;
 
+use fab_client::types as api;
+
 use super::*;
 
 /// Liveness: the process answers. For systemd watchdogs and Kubernetes liveness probes.
-pub(super) async fn live() -> axum::Json<Value> {
-    axum::Json(json!({"status": "live"}))
+pub(super) async fn live() -> axum::Json<api::Live> {
+    axum::Json(api::Live {
+        status: "live".to_owned(),
+    })
 }
 
 /// Readiness: the node serves jobs (its ledger answers; a stopped subsystem stops the node, so
@@ -17,75 +21,117 @@ pub(super) async fn health(State(st): State<Arc<NodeState>>) -> Response {
     let (status, body) = match ledger {
         Ok((entries, _)) => (
             StatusCode::OK,
-            json!({"status": "ready", "ledger_entries": entries,
-                   "uptime_s": st.started.elapsed().as_secs(),
-                   "mesh": st.mesh.is_some()}),
+            api::Health {
+                status: "ready".to_owned(),
+                ledger_entries: Some(entries),
+                uptime_s: Some(st.started.elapsed().as_secs()),
+                mesh: Some(st.mesh.is_some()),
+                reason: None,
+            },
         ),
         Err(_) => (
             StatusCode::SERVICE_UNAVAILABLE,
-            json!({"status": "not_ready", "reason": "the ledger did not answer within 1 s"}),
+            api::Health {
+                status: "not_ready".to_owned(),
+                ledger_entries: None,
+                uptime_s: None,
+                mesh: None,
+                reason: Some("the ledger did not answer within 1 s".to_owned()),
+            },
         ),
     };
     (status, axum::Json(body)).into_response()
 }
 
-pub(super) async fn peers(State(st): State<Arc<NodeState>>) -> ApiResult {
+pub(super) async fn peers(State(st): State<Arc<NodeState>>) -> ApiResult<api::Peers> {
     let Some(mesh) = &st.mesh else {
-        return Ok(axum::Json(json!({"mesh": false, "peers": []})));
+        return Ok(axum::Json(api::Peers {
+            mesh: false,
+            peers: Vec::new(),
+        }));
     };
     let peers = mesh
         .peers()
         .await
         .map_err(|e| ApiError::new(ApiCode::MeshUnavailable, e.to_string()))?;
-    let list: Vec<Value> = peers
+    let peers = peers
         .into_iter()
-        .map(|(id, p)| {
-            json!({"peer_id": id.to_base58(), "addresses": p.addresses.iter().map(|a| a.to_string()).collect::<Vec<_>>(),
-                   "agent_version": p.agent_version, "protocols": p.protocols,
-                   "rtt_ms": p.rtt.map(|d| d.as_secs_f64() * 1e3), "score": p.score, "transport": p.transport,
-                   "role": if p.member { "node" } else if p.agent_version.is_some() { "observer" } else { "connecting" }})
+        .map(|(id, p)| api::Peer {
+            peer_id: id.to_base58(),
+            addresses: p.addresses.iter().map(|a| a.to_string()).collect(),
+            role: if p.member {
+                "node"
+            } else if p.agent_version.is_some() {
+                "observer"
+            } else {
+                "connecting"
+            }
+            .to_owned(),
+            agent_version: p.agent_version,
+            protocols: p.protocols,
+            rtt_ms: p.rtt.map(|d| d.as_secs_f64() * 1e3),
+            transport: p.transport.map(str::to_owned),
+            score: p.score,
         })
         .collect();
-    Ok(axum::Json(json!({"mesh": true, "peers": list})))
+    Ok(axum::Json(api::Peers { mesh: true, peers }))
 }
 
-pub(super) fn telemetry_json(t: &crate::sched::Telemetry, now: u64) -> Value {
-    json!({
-        "tier": t.tier.name(), "region": t.region, "labels": t.labels,
-        "price_per_s_micros": t.price_per_s_micros, "queue_depth": t.queue_depth,
-        "workers": t.workers, "speed_permille": t.speed_permille, "power_mw": t.power_mw,
-        "battery_permille": t.battery_permille,
-        "host": {"cores": t.host.cores, "load_permille": t.host.load_permille,
-                 "mem_free_mib": t.host.mem_free_mib, "temp_max_mc": t.host.temp_max_mc},
-        "models": t.model_latency_us.iter().map(|(d, l)| (hex::encode(d), json!(l))).collect::<serde_json::Map<_, _>>(),
-        "at_ms": t.at_ms, "age_ms": now.saturating_sub(t.at_ms),
-    })
+/// A telemetry report as the API shows it.
+pub(super) fn telemetry_view(t: &crate::sched::Telemetry, now: u64) -> api::Telemetry {
+    api::Telemetry {
+        peer_id: None,
+        seq: None,
+        tier: t.tier.name().to_owned(),
+        region: t.region.clone(),
+        labels: t.labels.iter().cloned().collect(),
+        price_per_s_micros: t.price_per_s_micros,
+        queue_depth: t.queue_depth.into(),
+        workers: t.workers.into(),
+        speed_permille: t.speed_permille.into(),
+        power_mw: t.power_mw.into(),
+        battery_permille: t.battery_permille.map(u64::from),
+        host: api::HostInfo {
+            cores: t.host.cores.into(),
+            load_permille: t.host.load_permille.into(),
+            mem_free_mib: t.host.mem_free_mib,
+            temp_max_mc: t.host.temp_max_mc.map(u64::from),
+        },
+        models: t
+            .model_latency_us
+            .iter()
+            .map(|(d, l)| (hex::encode(d), *l))
+            .collect(),
+        at_ms: t.at_ms,
+        age_ms: now.saturating_sub(t.at_ms),
+    }
 }
 
 /// This node's last report and every fresh peer report.
-pub(super) async fn telemetry(State(st): State<Arc<NodeState>>) -> ApiResult {
+pub(super) async fn telemetry(
+    State(st): State<Arc<NodeState>>,
+) -> ApiResult<api::TelemetryReports> {
     let now = now_ms();
     let own = st
         .own_telemetry
         .lock()
         .ok()
-        .and_then(|o| o.as_ref().map(|r| telemetry_json(&r.body().telemetry, now)));
-    let peers: Vec<Value> = st
+        .and_then(|o| o.as_ref().map(|r| telemetry_view(&r.body().telemetry, now)));
+    let peers = st
         .telemetry
         .lock()
         .map(|v| {
             v.fresh(now)
                 .into_iter()
-                .map(|r| {
-                    let mut j = telemetry_json(&r.telemetry, now);
-                    j["peer_id"] = json!(r.node.peer_id());
-                    j["seq"] = json!(r.seq);
-                    j
+                .map(|r| api::Telemetry {
+                    peer_id: Some(r.node.peer_id()),
+                    seq: Some(r.seq),
+                    ..telemetry_view(&r.telemetry, now)
                 })
                 .collect()
         })
         .unwrap_or_default();
-    Ok(axum::Json(json!({"self": own, "peers": peers})))
+    Ok(axum::Json(api::TelemetryReports { own, peers }))
 }
 
 /// Prometheus text exposition of the node's counters.
@@ -184,7 +230,7 @@ pub(super) async fn metrics(State(st): State<Arc<NodeState>>) -> Response {
         .into_response()
 }
 
-pub(super) async fn node_info(State(st): State<Arc<NodeState>>) -> ApiResult {
+pub(super) async fn node_info(State(st): State<Arc<NodeState>>) -> ApiResult<api::NodeInfo> {
     let (entries, head) = st.ledger.head().await;
     let mesh = match &st.mesh {
         Some(m) => {
@@ -192,44 +238,61 @@ pub(super) async fn node_info(State(st): State<Arc<NodeState>>) -> ApiResult {
             let stats = m.stats().await.unwrap_or_default();
             // The config was validated at start: the count is in range.
             let shards = fab_mesh::shard::Shards::new(st.config.mesh.shards).unwrap_or_default();
-            json!({"enabled": true, "peer_id": m.peer_id().to_base58(),
-                   "shards": shards.count(), "shard": shards.of(&st.key.public()),
-                   "listen": listen.iter().map(|a| a.to_string()).collect::<Vec<_>>(),
-                   "gossip": {"accepted": stats.accepted, "rejected": stats.rejected,
-                              "events_dropped": stats.events_dropped},
-                   "penalties": stats.penalties})
+            api::MeshInfo {
+                enabled: true,
+                peer_id: Some(m.peer_id().to_base58()),
+                listen: Some(listen.iter().map(|a| a.to_string()).collect()),
+                shards: Some(shards.count().into()),
+                shard: Some(shards.of(&st.key.public()).into()),
+                gossip: Some(api::GossipCounts {
+                    accepted: stats.accepted,
+                    rejected: stats.rejected,
+                    events_dropped: stats.events_dropped,
+                }),
+                penalties: Some(stats.penalties),
+            }
         }
-        None => json!({"enabled": false}),
+        None => api::MeshInfo::default(),
     };
-    Ok(axum::Json(json!({
-        "peer_id": st.key.public().peer_id(),
-        "version": env!("CARGO_PKG_VERSION"),
-        "data_dir": st.data_dir,
-        "uptime_s": st.started.elapsed().as_secs(),
-        "ledger": {"entries": entries, "head": head},
-        "inference": {"workers": st.config.inference.workers, "queue_depth": st.config.inference.queue_depth},
-        "models_loaded": st.models.loaded().iter().map(|m| &m.name).collect::<Vec<_>>(),
-        "mesh": mesh,
-    })))
+    Ok(axum::Json(api::NodeInfo {
+        peer_id: st.key.public().peer_id(),
+        version: env!("CARGO_PKG_VERSION").to_owned(),
+        data_dir: st.data_dir.display().to_string(),
+        uptime_s: st.started.elapsed().as_secs(),
+        ledger: api::Head { entries, head },
+        inference: api::InferenceInfo {
+            workers: st.config.inference.workers as u64,
+            queue_depth: st.config.inference.queue_depth as u64,
+        },
+        models_loaded: st.models.loaded().iter().map(|m| m.name.clone()).collect(),
+        mesh,
+    }))
 }
 
-pub(super) async fn list_models(State(st): State<Arc<NodeState>>) -> ApiResult {
+pub(super) async fn list_models(State(st): State<Arc<NodeState>>) -> ApiResult<api::Models> {
     let dir = st.data_dir.clone();
     let registered = tokio::task::spawn_blocking(move || crate::models::list(&dir))
         .await
         .map_err(|e| ApiError::new(ErrorKind::Internal, e.to_string()))?
         .map_err(|e| ApiError::new(ApiCode::Registry, e.to_string()))?;
     let loaded = st.models.loaded();
-    let models: Vec<Value> = registered
+    let models = registered
         .into_iter()
         .map(|(name, rec)| {
             let info = loaded
                 .iter()
                 .find(|m| m.name == name && m.digest == rec.digest)
                 .map(|m| m.info().clone());
-            json!({"name": name, "path": rec.path, "digest": rec.digest, "bytes": rec.bytes,
-                   "engine": rec.engine, "loaded": info.is_some(), "facts": info})
+            api::ModelInfo {
+                name,
+                path: rec.path.display().to_string(),
+                digest: rec.digest,
+                bytes: rec.bytes,
+                engine: rec.engine.clone(),
+                loaded: info.is_some(),
+                facts: info.and_then(|i| serde_json::to_value(i).ok()),
+            }
         })
         .collect();
-    Ok(axum::Json(json!({ "models": models })))
+    Ok(axum::Json(api::Models { models }))
 }

@@ -90,6 +90,11 @@ const CODES: [(ErrorKind, &str); 24] = [
 ];
 
 impl ErrorKind {
+    /// Every kind.
+    pub fn all() -> impl Iterator<Item = ErrorKind> {
+        CODES.iter().map(|(k, _)| *k)
+    }
+
     /// The stable code: on the wire and in the API.
     pub fn code(self) -> &'static str {
         CODES
