@@ -28,44 +28,41 @@ fn places(req: &SubmitBody) -> bool {
 
 /// The placement fields as the auction's SLA, range-checked.
 fn sla(req: &SubmitBody, timeout_ms: u64) -> Result<crate::sched::Sla, ApiError> {
-    {
-        let this = req;
-        use fab_mesh::bid::{NAMES_MAX, TEXT_BYTES_MAX};
-        let bad = |m: String| ApiError::new(ErrorKind::BadSla, m);
-        let tiers = this
-            .tiers
-            .iter()
-            .map(|t| {
-                crate::sched::Tier::parse(t)
-                    .ok_or_else(|| bad(format!("tiers: {t:?} is not device, edge or cloud")))
-            })
-            .collect::<Result<_, _>>()?;
-        for (field, names) in [("regions", &this.regions), ("labels", &this.labels)] {
-            if names.len() > NAMES_MAX
-                || names
-                    .iter()
-                    .any(|n| n.is_empty() || n.len() > TEXT_BYTES_MAX)
-            {
-                return Err(bad(format!(
-                    "{field}: at most {NAMES_MAX} names of 1 to {TEXT_BYTES_MAX} bytes"
-                )));
-            }
-        }
-        let replicas = this.replicas.unwrap_or(1);
-        if !(1..=REPLICAS_MAX).contains(&replicas) {
+    use fab_mesh::bid::{NAMES_MAX, TEXT_BYTES_MAX};
+    let bad = |m: String| ApiError::new(ErrorKind::BadSla, m);
+    let tiers = req
+        .tiers
+        .iter()
+        .map(|t| {
+            crate::sched::Tier::parse(t)
+                .ok_or_else(|| bad(format!("tiers: {t:?} is not device, edge or cloud")))
+        })
+        .collect::<Result<_, _>>()?;
+    for (field, names) in [("regions", &req.regions), ("labels", &req.labels)] {
+        if names.len() > NAMES_MAX
+            || names
+                .iter()
+                .any(|n| n.is_empty() || n.len() > TEXT_BYTES_MAX)
+        {
             return Err(bad(format!(
-                "replicas: 1 to {REPLICAS_MAX}, not {replicas}"
+                "{field}: at most {NAMES_MAX} names of 1 to {TEXT_BYTES_MAX} bytes"
             )));
         }
-        Ok(crate::sched::Sla {
-            deadline_us: timeout_ms.saturating_mul(1000),
-            max_cost_micros: this.max_cost_micros,
-            tiers,
-            regions: this.regions.iter().cloned().collect(),
-            labels: this.labels.iter().cloned().collect(),
-            replicas: replicas as u8,
-        })
     }
+    let replicas = req.replicas.unwrap_or(1);
+    if !(1..=REPLICAS_MAX).contains(&replicas) {
+        return Err(bad(format!(
+            "replicas: 1 to {REPLICAS_MAX}, not {replicas}"
+        )));
+    }
+    Ok(crate::sched::Sla {
+        deadline_us: timeout_ms.saturating_mul(1000),
+        max_cost_micros: req.max_cost_micros,
+        tiers,
+        regions: req.regions.iter().cloned().collect(),
+        labels: req.labels.iter().cloned().collect(),
+        replicas: replicas as u8,
+    })
 }
 
 /// This job's weights, missing terms taken from the configured ones.
@@ -73,26 +70,24 @@ fn weights(
     req: &SubmitBody,
     configured: crate::sched::Weights,
 ) -> Result<Option<crate::sched::Weights>, ApiError> {
-    {
-        let Some(w) = &req.weights else {
-            return Ok(None);
-        };
-        let all = [w.time, w.cost, w.energy, w.cache, w.reliability, w.battery];
-        if all.iter().flatten().any(|v| *v > WEIGHT_MAX) {
-            return Err(ApiError::new(
-                ErrorKind::BadSla,
-                format!("weights: integers from 0 to {WEIGHT_MAX}"),
-            ));
-        }
-        Ok(Some(crate::sched::Weights {
-            time: w.time.unwrap_or(configured.time),
-            cost: w.cost.unwrap_or(configured.cost),
-            energy: w.energy.unwrap_or(configured.energy),
-            cache: w.cache.unwrap_or(configured.cache),
-            reliability: w.reliability.unwrap_or(configured.reliability),
-            battery: w.battery.unwrap_or(configured.battery),
-        }))
+    let Some(w) = &req.weights else {
+        return Ok(None);
+    };
+    let all = [w.time, w.cost, w.energy, w.cache, w.reliability, w.battery];
+    if all.iter().flatten().any(|v| *v > WEIGHT_MAX) {
+        return Err(ApiError::new(
+            ErrorKind::BadSla,
+            format!("weights: integers from 0 to {WEIGHT_MAX}"),
+        ));
     }
+    Ok(Some(crate::sched::Weights {
+        time: w.time.unwrap_or(configured.time),
+        cost: w.cost.unwrap_or(configured.cost),
+        energy: w.energy.unwrap_or(configured.energy),
+        cache: w.cache.unwrap_or(configured.cache),
+        reliability: w.reliability.unwrap_or(configured.reliability),
+        battery: w.battery.unwrap_or(configured.battery),
+    }))
 }
 
 pub(super) async fn submit_job(

@@ -19,7 +19,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use fab_inference::tensor::digest_named;
+use fab_inference::tensor::digest_pairs;
 use fab_inference::{InferencePool, Tensor};
 use fab_ledger::{ContentId, JobRequest, Keypair, Signed, SignedJobRequest};
 use libp2p::PeerId;
@@ -105,10 +105,7 @@ pub struct JobSpec<'a> {
 /// Builds and signs a job request with this node's key: a fresh nonce, the input's digest and
 /// size, created now, due `timeout_ms` from now.
 pub fn sign_job(st: &NodeState, spec: JobSpec<'_>) -> SignedJobRequest {
-    let input_digest = ContentId(digest_named(&[(
-        spec.input_name.to_owned(),
-        spec.input.clone(),
-    )]));
+    let input_digest = ContentId(digest_pairs([(spec.input_name, spec.input)].into_iter()));
     let created_ms = now_ms();
     let request = JobRequest {
         requester: st.key.public(),
