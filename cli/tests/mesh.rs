@@ -10,12 +10,13 @@ use common::*;
 use serde_json::{Value, json};
 
 fn feed_size(node: &RunningNode, feed: &str) -> Option<(u64, Option<u64>)> {
-    let (_, v) = node.get("/v1/ledger/heads");
-    v["feeds"]
-        .as_array()?
-        .iter()
-        .find(|f| f["feed"] == feed)
-        .map(|f| (f["size"].as_u64().unwrap(), f["trusted_size"].as_u64()))
+    node.api()
+        .ledger_heads()
+        .unwrap()
+        .feeds
+        .into_iter()
+        .find(|f| f.feed.as_deref() == Some(feed))
+        .map(|f| (f.size, f.trusted_size.flatten()))
 }
 
 #[test]
@@ -26,12 +27,10 @@ fn three_nodes_replicate_every_ledger_through_one_bootstrap_peer() {
     let (a_id, env) = joining_env(&a, &network, TCP);
     let b = start(&tb, &env);
     let mut c = start(&tc, &env);
-    let b_id = b.get("/v1/node").1["peer_id"].as_str().unwrap().to_owned();
+    let b_id = b.api().node().unwrap().peer_id;
 
     wait_for("A to see two peers", Duration::from_secs(20), || {
-        a.get("/v1/peers").1["peers"]
-            .as_array()
-            .is_some_and(|p| p.len() == 2)
+        peer_count(&a) == 2
     });
     let out = ta.run(&["peers", "--json"]);
     let peers: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
@@ -158,12 +157,13 @@ fn three_nodes_replicate_every_ledger_through_one_bootstrap_peer() {
         "C's resumed replicas to show their last entry times",
         Duration::from_secs(5),
         || {
-            c2.get("/v1/ledger/heads").1["feeds"]
-                .as_array()
+            c2.api()
+                .ledger_heads()
                 .unwrap()
+                .feeds
                 .iter()
-                .filter(|f| f["own"] == false)
-                .all(|f| f["last_entry_ms"].as_u64().is_some())
+                .filter(|f| !f.own)
+                .all(|f| f.last_entry_ms.is_some())
         },
     );
 }
@@ -246,9 +246,7 @@ fn catch_up(listen: &str, tag: &str) {
     let c = start(&tc, &env);
     let mut b = start(&tb, &env);
     wait_for("A to see B and C", Duration::from_secs(20), || {
-        a.get("/v1/peers").1["peers"]
-            .as_array()
-            .is_some_and(|p| p.len() == 2)
+        peer_count(&a) == 2
     });
     b.signal(libc::SIGTERM);
     assert!(b.wait().success());
@@ -282,22 +280,39 @@ fn catch_up(listen: &str, tag: &str) {
     );
     assert_eq!(s, 200, "{v}");
     assert_eq!(v["executor"], a_id.as_str());
-    let (_, peers) = b.get("/v1/peers");
+    let peers = b.api().peers().unwrap().peers;
     let transport = if listen == QUIC { "quic" } else { "tcp" };
     assert!(
-        peers["peers"]
-            .as_array()
-            .unwrap()
+        peers
             .iter()
-            .all(|p| p["transport"] == transport),
-        "{peers}"
+            .all(|p| p.transport.as_deref() == Some(transport)),
+        "{peers:?}"
     );
 }
 
+/// Gossip messages `n` rejected.
+fn rejected(n: &RunningNode) -> u64 {
+    n.api()
+        .node()
+        .unwrap()
+        .mesh
+        .gossip
+        .map_or(0, |g| g.rejected)
+}
+
+/// `n`'s gossip score of `peer`.
+fn score_of(n: &RunningNode, peer: &str) -> Option<f64> {
+    n.api()
+        .peers()
+        .unwrap()
+        .peers
+        .into_iter()
+        .find(|p| p.peer_id == peer)
+        .and_then(|p| p.score)
+}
+
 fn peer_count(n: &RunningNode) -> usize {
-    n.get("/v1/peers").1["peers"]
-        .as_array()
-        .map_or(0, |p| p.len())
+    n.api().peers().map_or(0, |p| p.peers.len())
 }
 
 /// Runs a digits job on `node` itself (pinned: the scheduler would otherwise place it on
@@ -419,9 +434,9 @@ fn a_sharded_network_replicates_hears_and_places_within_each_shard() {
     let d = start(&one[1], &env);
     let (b_id, c_id, d_id) = (peer_id(&b), peer_id(&c), peer_id(&d));
     for (n, shard) in [(&a, 0), (&b, 0), (&c, 1), (&d, 1)] {
-        let (_, info) = n.get("/v1/node");
-        assert_eq!(info["mesh"]["shards"], 2, "{info}");
-        assert_eq!(info["mesh"]["shard"], shard, "{info}");
+        let info = n.api().node().unwrap();
+        assert_eq!(info.mesh.shards, Some(2), "{info:?}");
+        assert_eq!(info.mesh.shard, Some(shard), "{info:?}");
     }
     let out = one[0].run(&["status"]);
     assert!(
@@ -431,12 +446,13 @@ fn a_sharded_network_replicates_hears_and_places_within_each_shard() {
     );
     // Each node hears the telemetry of its shard's other member, and of no one else.
     let heard = |n: &RunningNode| -> Vec<String> {
-        let (_, v) = n.get("/v1/telemetry");
-        let mut ids: Vec<String> = v["peers"]
-            .as_array()
+        let mut ids: Vec<String> = n
+            .api()
+            .telemetry()
             .unwrap()
-            .iter()
-            .map(|p| p["peer_id"].as_str().unwrap().to_owned())
+            .peers
+            .into_iter()
+            .map(|p| p.peer_id.unwrap())
             .collect();
         ids.sort();
         ids
@@ -534,12 +550,12 @@ fn nodes_publish_signed_telemetry_and_keep_a_view_of_their_peers() {
     let c = start(&tc, &fast(env, "device", "camera,arm64"));
     let (b_id, c_id) = (peer_id(&b), peer_id(&c));
     let peer_report = |id: &str| {
-        a.get("/v1/telemetry").1["peers"]
-            .as_array()
+        a.api()
+            .telemetry()
             .unwrap()
-            .iter()
-            .find(|p| p["peer_id"] == id)
-            .cloned()
+            .peers
+            .into_iter()
+            .find(|p| p.peer_id.as_deref() == Some(id))
     };
     wait_for(
         "A to hold B's and C's telemetry",
@@ -547,26 +563,20 @@ fn nodes_publish_signed_telemetry_and_keep_a_view_of_their_peers() {
         || peer_report(&b_id).is_some() && peer_report(&c_id).is_some(),
     );
     let rb = peer_report(&b_id).unwrap();
-    assert_eq!(rb["tier"], "cloud", "{rb}");
-    assert_eq!(rb["labels"], json!(["gpu"]));
-    assert!(rb["host"]["cores"].as_u64().unwrap() >= 1, "{rb}");
-    assert!(rb["speed_permille"].as_u64().unwrap() > 0, "{rb}");
-    assert_eq!(
-        peer_report(&c_id).unwrap()["labels"],
-        json!(["arm64", "camera"])
-    );
+    assert_eq!(rb.tier, "cloud", "{rb:?}");
+    assert_eq!(rb.labels, ["gpu"]);
+    assert!(rb.host.cores >= 1, "{rb:?}");
+    assert!(rb.speed_permille > 0, "{rb:?}");
+    assert_eq!(peer_report(&c_id).unwrap().labels, ["arm64", "camera"]);
     // B runs a job: its next report carries the model's measured latency.
     let (s, _) = job_here(&b, 1);
     assert_eq!(s, 200);
     wait_for(
         "B's report to carry the model latency",
         Duration::from_secs(10),
-        || {
-            peer_report(&b_id)
-                .is_some_and(|r| r["models"].as_object().is_some_and(|m| m.len() == 1))
-        },
+        || peer_report(&b_id).is_some_and(|r| r.models.len() == 1),
     );
-    assert_eq!(b.get("/v1/telemetry").1["self"]["tier"], "cloud");
+    assert_eq!(b.api().telemetry().unwrap().own.unwrap().tier, "cloud");
     let out = ta.run(&["telemetry"]);
     let (stdout, stderr) = text(&out);
     assert!(out.status.success(), "{stderr}");
@@ -681,19 +691,13 @@ mod bad_peer {
         wait_for(
             "A to reject the 3 bad messages",
             Duration::from_secs(10),
-            || a.get("/v1/node").1["mesh"]["gossip"]["rejected"].as_u64() >= Some(3),
+            || rejected(&a) >= 3,
         );
         let m_id = m.peer_id().to_string();
-        let peers = a.get("/v1/peers").1;
-        let score = peers["peers"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|p| p["peer_id"] == m_id.as_str())
-            .and_then(|p| p["score"].as_f64());
+        let score = score_of(&a, &m_id);
         assert!(
             score.is_some_and(|s| s < 0.0),
-            "bad peer's score {score:?}: {peers}"
+            "bad peer's score {score:?}"
         );
         let metrics = a
             .agent()
@@ -732,16 +736,9 @@ mod bad_peer {
         let (rt, m, key) = join(&network, &addr);
         let peer: Peer = b_id.parse().unwrap();
         wait_for("B's first telemetry", Duration::from_secs(20), || {
-            !b.get("/v1/telemetry").1["self"].is_null()
+            b.api().telemetry().unwrap().own.is_some()
         });
-        let digest: [u8; 32] = hex::decode(
-            b.get("/v1/models").1["models"][0]["digest"]
-                .as_str()
-                .unwrap(),
-        )
-        .unwrap()
-        .try_into()
-        .unwrap();
+        let digest: [u8; 32] = b.api().models().unwrap().models[0].digest.0;
         let call = bid_call;
         let ask = |r: BidRequest| rt.block_on(m.bid(peer, r)).unwrap();
         let bid = ask(call(key.public().to_bytes(), digest));
@@ -810,21 +807,11 @@ mod bad_peer {
             }
         });
         wait_for("A to reject both", Duration::from_secs(10), || {
-            a.get("/v1/node").1["mesh"]["gossip"]["rejected"].as_u64() >= Some(2)
+            rejected(&a) >= 2
         });
-        assert!(
-            a.get("/v1/telemetry").1["peers"]
-                .as_array()
-                .unwrap()
-                .is_empty()
-        );
+        assert!(a.api().telemetry().unwrap().peers.is_empty());
         let m_id = m.peer_id().to_string();
-        let score = a.get("/v1/peers").1["peers"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|p| p["peer_id"] == m_id.as_str())
-            .and_then(|p| p["score"].as_f64());
+        let score = score_of(&a, &m_id);
         assert!(score.is_some_and(|s| s < 0.0), "{score:?}");
         assert!(
             a.log().contains("telemetry: ") && a.log().contains("signature"),
@@ -911,7 +898,7 @@ mod bad_peer {
             "bad_tensor"
         );
         assert_eq!(
-            b.get("/v1/ledger/head").1["entries"],
+            b.api().ledger_head().unwrap().entries,
             0,
             "nothing refused reached the ledger"
         );
@@ -924,7 +911,7 @@ mod bad_peer {
         assert_eq!(entry.body().feed.peer_id(), b_id);
         assert_eq!(outputs.len(), 2);
         assert_eq!(refused(ask(run(good, npy))), "replayed");
-        assert_eq!(b.get("/v1/ledger/head").1["entries"], 1);
+        assert_eq!(b.api().ledger_head().unwrap().entries, 1);
     }
 }
 
@@ -1047,11 +1034,12 @@ fn a_js_libp2p_peer_identifies_pings_and_reads_the_ledger_topic() {
     );
     // The js peer is an observer: connected and identified, not a fabnode node.
     wait_for("A to identify the js peer", Duration::from_secs(10), || {
-        a.get("/v1/peers").1["peers"]
-            .as_array()
+        a.api()
+            .peers()
             .unwrap()
+            .peers
             .iter()
-            .any(|p| p["role"] == "observer")
+            .any(|p| p.role == "observer")
     });
     let (s, _) = job_here(&a, 4);
     assert_eq!(s, 200);

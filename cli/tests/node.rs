@@ -62,8 +62,7 @@ fn start_submit_verify_then_tamper_is_named() {
     assert_eq!(job["receipt"]["seq"], 1);
     let (status, _) = node.get(&format!("/v1/jobs/{}", "0".repeat(64)));
     assert_eq!(status, 404);
-    let (status, head) = node.get("/v1/ledger/head");
-    assert_eq!((status, head["entries"].as_u64()), (200, Some(3)));
+    assert_eq!(node.api().ledger_head().unwrap().entries, 3);
 
     let out = t.run(&["ledger", "verify"]);
     let (so, se) = text(&out);
@@ -224,15 +223,13 @@ fn bad_input_gets_clear_errors_and_nothing_reaches_the_ledger() {
     assert_eq!(s, 400);
 
     // Nothing was recorded, and the node still serves.
-    let (_, head) = node.get("/v1/ledger/head");
-    assert_eq!(head["entries"], 0);
+    assert_eq!(node.api().ledger_head().unwrap().entries, 0);
     let (s, v) = node.post_json(
         "/v1/jobs",
         &json!({"model": "digits", "input": image_json(5)}),
     );
     assert_eq!(s, 200, "{v}");
-    let (_, head) = node.get("/v1/ledger/head");
-    assert_eq!(head["entries"], 1);
+    assert_eq!(node.api().ledger_head().unwrap().entries, 1);
 
     // A model registered while the node runs is picked up on its first job.
     let out = t.run(&[

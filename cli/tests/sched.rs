@@ -46,12 +46,13 @@ fn with(mut base: Vec<(String, String)>, settings: &[(&str, &str)]) -> Vec<(Stri
 }
 
 /// A peer's entry in `node`'s telemetry view.
-fn report_of(node: &RunningNode, peer: &str) -> Option<Value> {
-    node.get("/v1/telemetry").1["peers"]
-        .as_array()?
-        .iter()
-        .find(|p| p["peer_id"] == peer)
-        .cloned()
+fn report_of(node: &RunningNode, peer: &str) -> Option<fab_client::types::Telemetry> {
+    node.api()
+        .telemetry()
+        .ok()?
+        .peers
+        .into_iter()
+        .find(|p| p.peer_id.as_deref() == Some(peer))
 }
 
 fn wait_for_reports(node: &RunningNode, peers: &[&str]) {
@@ -166,7 +167,7 @@ fn two_hundred_jobs_go_where_their_weights_and_tiers_send_them_and_explain_agree
     let (f, c, b, m) = (&ids[0], &ids[1], &ids[2], &ids[3]);
     let r_id = peer_id(&r);
     wait_for_reports(&r, &[f, c, b, m]);
-    assert_eq!(report_of(&r, b).unwrap()["battery_permille"], 100);
+    assert_eq!(report_of(&r, b).unwrap().battery_permille, Some(100));
 
     let batches = [
         (
@@ -389,7 +390,7 @@ fn killing_the_executor_mid_job_fails_over_and_the_client_gets_one_result() {
             "E1's telemetry since its start",
             Duration::from_secs(30),
             || {
-                report_of(&r, &e1_id).is_some_and(|p| p["at_ms"].as_u64().unwrap() > e1_started)
+                report_of(&r, &e1_id).is_some_and(|p| p.at_ms > e1_started)
                     && report_of(&r, &e2_id).is_some()
             },
         );
@@ -425,14 +426,11 @@ fn killing_the_executor_mid_job_fails_over_and_the_client_gets_one_result() {
     }
     // E2's ledger holds exactly one execution per trial; R lists every job as done in two
     // attempts.
-    let (_, head) = e2.get("/v1/ledger/head");
-    assert_eq!(head["entries"], TRIALS as u64, "{head}");
-    let (_, jobs) = r.get("/v1/jobs?limit=100");
-    let jobs = jobs["jobs"].as_array().unwrap().clone();
+    assert_eq!(e2.api().ledger_head().unwrap().entries, TRIALS as u64);
+    let jobs = r.api().jobs(100).unwrap().jobs;
     assert_eq!(jobs.len(), TRIALS);
     assert!(
-        jobs.iter()
-            .all(|j| j["status"] == "ok" && j["attempts"] == 2),
+        jobs.iter().all(|j| j.status == "ok" && j.attempts == 2),
         "{jobs:?}"
     );
 }
@@ -553,7 +551,7 @@ fn an_executor_that_stops_answering_is_given_up_at_its_deadline_and_its_late_run
     });
     let (_, e2_job) = e2.get(&format!("/v1/jobs/{job}"));
     assert_eq!(e2_job["receipt"]["feed"], e2_id.as_str());
-    let (_, listed) = r.get("/v1/jobs");
-    assert_eq!(listed["jobs"].as_array().unwrap().len(), 1);
-    assert_eq!(listed["jobs"][0]["executors"], json!([e2_id]));
+    let listed = r.api().jobs(100).unwrap().jobs;
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0].executors, [e2_id]);
 }

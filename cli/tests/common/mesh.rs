@@ -22,13 +22,12 @@ pub fn mesh_env_on(network: &str, listen: &str) -> Vec<(String, String)> {
 
 /// A node's first mesh listen address with its peer id: what others dial or bootstrap from.
 pub fn dial_addr(n: &RunningNode) -> String {
-    let (_, info) = n.get("/v1/node");
+    let info = n.api().node().unwrap();
+    let listen = info.mesh.listen.unwrap_or_default();
     format!(
         "{}/p2p/{}",
-        info["mesh"]["listen"][0]
-            .as_str()
-            .expect("the node listens"),
-        info["peer_id"].as_str().unwrap()
+        listen.first().expect("the node listens"),
+        info.peer_id
     )
 }
 
@@ -63,5 +62,5 @@ pub fn wait_for(what: &str, limit: Duration, mut check: impl FnMut() -> bool) ->
 }
 
 pub fn peer_id(n: &RunningNode) -> String {
-    n.get("/v1/node").1["peer_id"].as_str().unwrap().to_owned()
+    n.api().node().unwrap().peer_id
 }

@@ -129,6 +129,11 @@ pub struct RunningNode {
 }
 
 impl RunningNode {
+    /// The typed API client (fab-client), for everything but HTTP-level checks.
+    pub fn api(&self) -> fab_client::Client {
+        fab_client::Client::new(self.base.clone(), std::time::Duration::from_secs(20))
+    }
+
     pub fn agent(&self) -> ureq::Agent {
         ureq::Agent::config_builder()
             .http_status_as_error(false)

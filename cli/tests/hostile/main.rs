@@ -23,5 +23,5 @@ use fab_node::sched::{Telemetry, Tier};
 use serde_json::{Value, json};
 
 fn entries(n: &RunningNode) -> u64 {
-    n.get("/v1/ledger/head").1["entries"].as_u64().unwrap()
+    n.api().ledger_head().unwrap().entries
 }

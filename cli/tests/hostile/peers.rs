@@ -3,11 +3,7 @@
 use super::*;
 
 fn model_digest(n: &RunningNode) -> [u8; 32] {
-    let (_, models) = n.get("/v1/models");
-    hex::decode(models["models"][0]["digest"].as_str().unwrap())
-        .unwrap()
-        .try_into()
-        .unwrap()
+    n.api().models().unwrap().models[0].digest.0
 }
 
 /// A plausible report that makes `key` look like the best place for `digest`: it holds the
@@ -60,9 +56,12 @@ fn announce(
         "A to hear the peer's report",
         Duration::from_secs(10),
         || {
-            a.get("/v1/telemetry").1["peers"]
-                .as_array()
-                .is_some_and(|p| p.iter().any(|r| r["peer_id"] == id.as_str()))
+            a.api()
+                .telemetry()
+                .unwrap()
+                .peers
+                .iter()
+                .any(|r| r.peer_id.as_deref() == Some(id.as_str()))
         },
     );
 }
@@ -152,14 +151,16 @@ fn extreme_bids_and_telemetry_are_refused_the_peer_penalised_and_placement_goes_
     wait_for(
         "A to reject the absurd report",
         Duration::from_secs(10),
-        || a.get("/v1/node").1["mesh"]["gossip"]["rejected"].as_u64() >= Some(1),
+        || {
+            a.api()
+                .node()
+                .unwrap()
+                .mesh
+                .gossip
+                .is_some_and(|g| g.rejected >= 1)
+        },
     );
-    assert!(
-        a.get("/v1/telemetry").1["peers"]
-            .as_array()
-            .unwrap()
-            .is_empty()
-    );
+    assert!(a.api().telemetry().unwrap().peers.is_empty());
     // A plausible report: the peer becomes the best candidate for the model.
     announce(&rt, &m, &a, &key, 2, digest);
     // Jobs that weigh energy only: the peer (no power drawn) outscores A, so A calls for its
@@ -184,14 +185,14 @@ fn extreme_bids_and_telemetry_are_refused_the_peer_penalised_and_placement_goes_
             me["reason"].as_str().is_some_and(|r| r.contains(field)),
             "job {i} should name {field}: {me}"
         );
-        assert_eq!(body["executor"], a.get("/v1/node").1["peer_id"]);
+        assert_eq!(body["executor"], a.api().node().unwrap().peer_id.as_str());
     }
     assert_eq!(asked.load(Ordering::SeqCst), EXTREME.len());
     // Every absurd answer was an offence; the node kept placing and still does.
-    let node = a.get("/v1/node").1;
+    let node = a.api().node().unwrap();
     assert!(
-        node["mesh"]["penalties"].as_u64() >= Some(EXTREME.len() as u64),
-        "{node}"
+        node.mesh.penalties >= Some(EXTREME.len() as u64),
+        "{node:?}"
     );
     assert!(
         a.get_text("/metrics")
@@ -493,8 +494,8 @@ fn reports_about_nodes_nobody_is_connected_to_are_not_kept_or_placed_on() {
     });
     // Then the peer's own report, which A keeps: every stranger's was handled before it.
     announce(&rt, &m, &a, &key, 1, digest);
-    let peers = a.get("/v1/telemetry").1["peers"].clone();
-    assert_eq!(peers.as_array().unwrap().len(), 1, "{peers}");
+    let peers = a.api().telemetry().unwrap().peers;
+    assert_eq!(peers.len(), 1, "{peers:?}");
     let (status, body) = a.post_json(
         "/v1/jobs",
         &json!({"model": "digits", "input": image_json(2), "explain": true}),
