@@ -68,8 +68,12 @@ pub fn input_name(model: &LoadedModel) -> String {
         .map_or_else(|| "input".to_owned(), |f| f.name.clone())
 }
 
-/// Finds a registered model, loading it on first use.
+/// Finds a registered model, loading it on first use (or after its registration changed).
 pub async fn resolve_model(st: &Arc<NodeState>, name: &str) -> Result<LoadedModel, JobError> {
+    // A loaded model whose registration has not changed needs no blocking thread.
+    if let Some(m) = st.models.ready(name) {
+        return Ok(m);
+    }
     let st2 = Arc::clone(st);
     let name = name.to_owned();
     tokio::task::spawn_blocking(move || st2.models.get(&name))
