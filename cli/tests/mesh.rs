@@ -695,10 +695,7 @@ mod bad_peer {
         );
         let m_id = m.peer_id().to_string();
         let score = score_of(&a, &m_id);
-        assert!(
-            score.is_some_and(|s| s < 0.0),
-            "bad peer's score {score:?}"
-        );
+        assert!(score.is_some_and(|s| s < 0.0), "bad peer's score {score:?}");
         let metrics = a
             .agent()
             .get(format!("{}/metrics", a.base))
