@@ -195,12 +195,22 @@ impl PublicKey {
     }
 
     /// The libp2p `PeerId` of this key, e.g. `12D3KooW...`.
+    ///
+    /// Written directly from the key bytes: an identity multihash (code 0, length 36) of the
+    /// protobuf `PublicKey { Type: Ed25519, Data: key }` (`08 01 12 20` + 32 bytes), in base58,
+    /// which is what libp2p derives; going through libp2p's key type would decompress the
+    /// curve point first, the costliest step, on every call (tests check both agree).
     pub fn peer_id(&self) -> String {
-        let key = libp2p_identity::ed25519::PublicKey::try_from_bytes(&self.0.to_bytes())
-            .expect("a valid ed25519 verifying key is a valid libp2p ed25519 key");
-        libp2p_identity::PublicKey::from(key)
-            .to_peer_id()
-            .to_base58()
+        bs58::encode(self.peer_id_bytes()).into_string()
+    }
+
+    /// The binary form of [`PublicKey::peer_id`] (what `libp2p::PeerId::from_bytes` takes):
+    /// for comparing with a connection's peer without formatting either as text.
+    pub fn peer_id_bytes(&self) -> [u8; 38] {
+        let mut bytes = [0u8; 38];
+        bytes[..6].copy_from_slice(&[0x00, 0x24, 0x08, 0x01, 0x12, 0x20]);
+        bytes[6..].copy_from_slice(self.0.as_bytes());
+        bytes
     }
 
     pub(crate) fn dalek(&self) -> &VerifyingKey {
@@ -284,6 +294,15 @@ mod tests {
         let lp = libp2p_identity::Keypair::from(libp2p_identity::ed25519::Keypair::from(lp));
         assert_eq!(kp.public().peer_id(), lp.public().to_peer_id().to_base58());
         assert!(kp.public().peer_id().starts_with("12D3KooW"));
+        // Many keys: the bytes written directly are the ones libp2p derives.
+        for i in 0..200u8 {
+            let kp = Keypair::from_secret([i; 32]);
+            let lp = libp2p_identity::ed25519::PublicKey::try_from_bytes(&kp.public().to_bytes())
+                .unwrap();
+            let want = libp2p_identity::PublicKey::from(lp).to_peer_id();
+            assert_eq!(kp.public().peer_id(), want.to_base58());
+            assert_eq!(kp.public().peer_id_bytes().as_slice(), want.to_bytes());
+        }
     }
 
     #[test]

@@ -41,7 +41,7 @@ pub async fn serve(st: Arc<NodeState>, mut rx: mpsc::Receiver<Incoming>) {
 fn offer(st: &NodeState, from: PeerId, r: &BidRequest, rtt_us: u64) -> Result<Offer, String> {
     let requester = PublicKey::from_bytes(&r.requester)
         .ok_or_else(|| "the requester key is not valid".to_owned())?;
-    if requester.peer_id() != from.to_string() {
+    if crate::jobs::peer_of(&requester) != from {
         return Err("the call names another requester than the peer that sent it".into());
     }
     // A peer at its cap of requests here would be refused the job: decline now, so the auction

@@ -157,7 +157,7 @@ pub(super) async fn submit_job(
                 format!("on: {on:?} is not a peer id (fabnode peers lists them)"),
             )
         })?;
-        if peer.to_string() != st.key.public().peer_id() {
+        if peer != crate::jobs::peer_of(&st.key.public()) {
             let run = crate::jobs::remote::submit_remote(&st, peer, &req.model, input, timeout_ms)
                 .await?;
             let body = job_body(

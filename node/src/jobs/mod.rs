@@ -83,6 +83,12 @@ pub struct NodeState {
     pub started: Instant,
 }
 
+/// The libp2p peer id of a ledger key, without going through its text form.
+pub fn peer_of(key: &fab_ledger::PublicKey) -> PeerId {
+    PeerId::from_bytes(&key.peer_id_bytes())
+        .expect("an ed25519 key's identity multihash is a valid peer id")
+}
+
 /// Jobs this node placed, by outcome.
 #[derive(Debug, Default)]
 pub struct Outcomes {

@@ -276,7 +276,7 @@ async fn candidates(st: &Arc<NodeState>, own: Option<PeerId>) -> Vec<Candidate<P
             v.fresh(now_ms())
                 .into_iter()
                 .filter_map(|r| {
-                    let peer: PeerId = r.node.peer_id().parse().ok()?;
+                    let peer = super::peer_of(&r.node);
                     (Some(peer) != own).then(|| (peer, r.telemetry.clone()))
                 })
                 .collect()
@@ -340,7 +340,7 @@ async fn describe_anywhere(
         .map(|v| {
             v.fresh(now_ms())
                 .into_iter()
-                .filter_map(|r| r.node.peer_id().parse().ok())
+                .map(|r| super::peer_of(&r.node))
                 .collect()
         })
         .unwrap_or_default();

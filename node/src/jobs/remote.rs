@@ -198,7 +198,7 @@ pub(crate) fn verify_answer(
     outputs: Vec<(String, Vec<u8>)>,
 ) -> Result<Executed, JobError> {
     let entry = SignedEntry::decode_verified(entry).map_err(|e| bad_answer(peer, e))?;
-    if entry.body().feed.peer_id() != peer.to_string() {
+    if super::peer_of(&entry.body().feed) != peer {
         return Err(bad_answer(peer, "the entry is signed by another node"));
     }
     let EntryBody::Execution(r) = &entry.body().body else {

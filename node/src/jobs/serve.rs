@@ -182,7 +182,7 @@ async fn run(
     let job = SignedJobRequest::decode_verified(job_bytes)
         .map_err(|e| bad(ErrorKind::BadJob, format!("job request: {e}")))?;
     let body = job.body().clone();
-    if body.requester.peer_id() != from.to_string() {
+    if super::peer_of(&body.requester) != from {
         return Err(bad(
             ErrorKind::RequesterMismatch,
             format!(
