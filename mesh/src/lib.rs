@@ -10,6 +10,9 @@
 //!   accept, reject (the sender is penalised) or ignore. The simulator reuses it unchanged.
 //! - [`replicate`]: the sans-IO replication core: which peer entries to store, which gaps to
 //!   fetch, which checkpoints to trust, whom to penalise.
+//! - [`node`]: one node's side of the mesh, sans-IO: the replication core plus own-gossip pacing
+//!   (entries and checkpoints), own-feed filtering and heads serving; the node's mesh task and
+//!   the simulator's node both drive it.
 //! - [`shard`]: how a large fleet splits its gossip (topics, telemetry and replication per
 //!   shard) so that no node's work grows with the fleet.
 //! - [`net`] (feature `net`): the libp2p swarm (TCP + Noise + Yamux, QUIC, identify, ping,
@@ -21,6 +24,7 @@ pub mod bid;
 pub mod exec;
 #[cfg(feature = "net")]
 pub mod net;
+pub mod node;
 pub mod replicate;
 pub mod shard;
 pub mod validate;

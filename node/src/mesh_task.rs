@@ -1,98 +1,56 @@
 //! The node's side of the mesh: publishes its own committed entries and checkpoints, and feeds
-//! every validated peer message through the replication core, carrying out what it decides.
+//! every validated peer message through the mesh core, carrying out what it decides.
 //!
-//! Protocol decisions live in `fab_mesh::replicate` (sans-IO); this task only moves messages
-//! between the mesh, the core and the ledger writer.
+//! Protocol decisions live in `fab_mesh::node` and `fab_mesh::replicate` (sans-IO; the
+//! simulator drives the same core); this task only moves messages between the mesh, the core
+//! and the ledger writer.
 
-use std::collections::VecDeque;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant};
 
 use fab_ledger::PublicKey;
 use fab_mesh::net::{MeshClient, MeshEvent};
-use fab_mesh::replicate::{FeedHead, Input, Output, Replicator};
-use fab_mesh::validate::Valid;
+use fab_mesh::node::{Gossip, MeshNode, NodeConfig, serve_heads};
+use fab_mesh::replicate::{FeedHead, Output, Replicator};
 use fab_mesh::wire::{GossipMsg, RANGE_MAX, SyncRequest, SyncResponse};
 use libp2p::PeerId;
 use tokio::sync::mpsc;
 
 use crate::ledger_writer::{Committed, LedgerClient};
 
-/// How often unsent gossip is retried (while some waits for a subscribed peer), and how often
-/// the replication view the API reads is refreshed at most. Nothing else ticks: the task
-/// sleeps until the replication core's next deadline ([`Replicator::poll_timeout`]), a held
-/// checkpoint's slot, or the replica-sync due time, whichever comes first.
+/// How often the replication view the API reads is refreshed at most. Nothing ticks: the task
+/// sleeps until the mesh core's next deadline ([`MeshNode::poll_timeout`]: replication,
+/// gossip slots, retries), the replica-sync due time or the view's refresh, whichever comes
+/// first.
 const TICK: Duration = Duration::from_millis(250);
-/// Own checkpoints are gossiped at most this often; the latest one covers every earlier entry,
-/// and one per commit would cost every peer two signature checks per job under load. A held
-/// checkpoint goes out at the next tick.
-const CHECKPOINT_GOSSIP_EVERY: Duration = Duration::from_millis(200);
-/// Own entries go out at most this often: an entry committed after a quiet spell goes at once;
-/// under load, what commits in the meantime waits for the next slot and goes as batches
-/// ([`GossipMsg::pack`]), so each peer pays gossip's per-message costs once per slot instead of
-/// once per entry, and checks the batch's signatures together. Replication is up to this much
-/// later under load; the client's answer never waits for gossip. Measured with `bench sched`
-/// (five nodes, every execution ledgered): 10 ms 1,071 / 1,174 jobs/s, 50 ms 1,221 / 1,266.
-const ENTRY_GOSSIP_EVERY: Duration = Duration::from_millis(50);
-/// Own entries kept for retry while no peer is subscribed yet; older messages are dropped.
-const UNSENT_MAX: usize = 4096;
 
-/// How many entries a queued message carries (a checkpoint counts as one).
-fn entries_in(msg: &GossipMsg) -> usize {
-    match msg {
-        GossipMsg::Entries(list) => list.len(),
-        _ => 1,
-    }
-}
-
-/// Moves lingering own entries to the send queue, followed by the newest checkpoint when one is
-/// due (a checkpoint never goes ahead of the entries it covers), and bounds the queue.
-fn release(
+/// Publishes what the mesh core releases now, in order, stopping at the first message that
+/// finds no subscribed peer (the core retries it later).
+async fn flush(
+    mesh: &MeshClient,
+    core: &mut MeshNode<PeerId, String>,
     own: PublicKey,
-    lingering: &mut Vec<GossipMsg>,
-    held: &mut Option<String>,
-    checkpoint_sent: &mut Option<Instant>,
-    unsent: &mut VecDeque<GossipMsg>,
+    now: Duration,
+    gossiped: &Gossiped,
 ) {
-    unsent.extend(lingering.drain(..));
-    if checkpoint_sent.is_none_or(|t| t.elapsed() >= CHECKPOINT_GOSSIP_EVERY)
-        && let Some(note) = held.take()
-    {
-        unsent.push_back(GossipMsg::Checkpoint {
-            feed: own.to_bytes(),
-            note,
-        });
-        *checkpoint_sent = Some(Instant::now());
-    }
-    let mut queued: usize = unsent.iter().map(entries_in).sum();
-    while queued > UNSENT_MAX {
-        queued -= unsent.pop_front().as_ref().map_or(0, entries_in);
-    }
-}
-
-/// Publishes queued messages in order, stopping at the first that finds no peer. Runs of own
-/// entries go out as batches ([`GossipMsg::pack`]): under load a commit group of dozens of
-/// entries costs each peer one gossip message and one batch signature check instead of dozens;
-/// an entry committed alone still goes out alone, at once.
-async fn flush(mesh: &MeshClient, unsent: &mut VecDeque<GossipMsg>, gossiped: &Gossiped) {
-    if unsent.len() > 1 {
-        let packed = GossipMsg::pack(unsent.drain(..));
-        unsent.extend(packed);
-    }
-    while let Some(msg) = unsent.front() {
-        match mesh.publish(msg.clone()).await {
+    while let Some(gossip) = core.poll_gossip(now) {
+        let msg = match &gossip {
+            Gossip::Entries(msg) => msg.clone(),
+            Gossip::Checkpoint(note) => GossipMsg::Checkpoint {
+                feed: own.to_bytes(),
+                note: note.clone(),
+            },
+        };
+        match mesh.publish(msg).await {
             Ok(()) => {
-                if let Some(sent) = unsent.pop_front()
-                    && !matches!(sent, GossipMsg::Checkpoint { .. })
-                {
+                if let Gossip::Entries(_) = gossip {
                     gossiped.messages.fetch_add(1, Relaxed);
-                    gossiped
-                        .entries
-                        .fetch_add(entries_in(&sent) as u64, Relaxed);
+                    gossiped.entries.fetch_add(gossip.weight() as u64, Relaxed);
                 }
             }
             Err(err) => {
-                tracing::debug!(error = %err, queued = unsent.len(), "gossip held for retry");
+                tracing::debug!(error = %err, queued = core.unsent_entries(), "gossip held for retry");
+                core.unsent(gossip, now);
                 return;
             }
         }
@@ -161,7 +119,7 @@ pub async fn run(task: MeshTask) {
         mut events,
         mut committed,
         ledger,
-        mut replicator,
+        replicator,
         exec,
         heads,
         telemetry,
@@ -174,6 +132,8 @@ pub async fn run(task: MeshTask) {
     let mut children = tokio::task::JoinSet::new();
     children.spawn(serve_sync(own, ledger.clone(), mesh.clone(), sync_rx));
     let started_at = tokio::time::Instant::from_std(started);
+    // The protocol: replication, own-gossip pacing, own-feed filtering (fab_mesh::node).
+    let mut core: MeshNode<PeerId, String> = MeshNode::new(own, replicator, NodeConfig::default());
     // Replica entries stored since the last sync: when the writer must next be told to write
     // them (it writes those that waited REPLICA_SYNC), and whether more came in meanwhile.
     let mut sync_due: Option<tokio::time::Instant> = None;
@@ -182,69 +142,33 @@ pub async fn run(task: MeshTask) {
     let mut heads_changed = false;
     let mut heads_sent = tokio::time::Instant::now();
     let mut outputs: Vec<Output<PeerId>> = Vec::new();
-    // Own entries and checkpoints not yet published because no peer was subscribed: retried, so
-    // live peers see them promptly (catch-up would also find them, later).
-    let mut unsent: VecDeque<GossipMsg> = VecDeque::new();
-    // The newest own checkpoint not gossiped yet, and when one last was.
-    let mut held: Option<String> = None;
-    let mut checkpoint_sent: Option<Instant> = None;
     // Keys of the connected, identified members of this network (bounded by the mesh's
     // connection limit): whose telemetry is kept.
     let mut members: std::collections::BTreeSet<[u8; 32]> = Default::default();
-    // Own committed entries waiting for the next gossip slot, and when entries last went out
-    // (the slot opens ENTRY_GOSSIP_EVERY after that).
-    let mut lingering: Vec<GossipMsg> = Vec::new();
-    let mut entries_sent: Option<tokio::time::Instant> = None;
     loop {
-        let next_slot =
-            entries_sent.map_or_else(tokio::time::Instant::now, |t| t + ENTRY_GOSSIP_EVERY);
-        let wake = next_wake(Wake {
-            replicator: replicator.poll_timeout().map(|t| started_at + t),
-            checkpoint: (held.is_some() && lingering.is_empty()).then(|| {
-                checkpoint_sent.map_or_else(tokio::time::Instant::now, |t| {
-                    tokio::time::Instant::from_std(t) + CHECKPOINT_GOSSIP_EVERY
-                })
-            }),
-            retry: !unsent.is_empty(),
-            sync: sync_due,
-            heads: heads_changed.then_some(heads_sent + TICK),
-        });
+        let wake = [
+            core.poll_timeout().map(|t| started_at + t),
+            sync_due,
+            heads_changed.then_some(heads_sent + TICK),
+        ]
+        .into_iter()
+        .flatten()
+        .min();
         tokio::select! {
             batch = committed.recv() => {
                 let Some(batch) = batch else { break };
-                lingering.extend(batch.entries.iter().map(|e| GossipMsg::Entry(e.encode())));
-                held = Some(batch.checkpoint.note.clone());
-                if next_slot <= tokio::time::Instant::now() {
-                    release(own, &mut lingering, &mut held, &mut checkpoint_sent, &mut unsent);
-                    entries_sent = Some(tokio::time::Instant::now());
-                    flush(&mesh, &mut unsent, &gossiped).await;
-                }
-            }
-            _ = tokio::time::sleep_until(next_slot), if !lingering.is_empty() => {
-                release(own, &mut lingering, &mut held, &mut checkpoint_sent, &mut unsent);
-                entries_sent = Some(tokio::time::Instant::now());
-                flush(&mesh, &mut unsent, &gossiped).await;
+                core.committed(batch.entries.iter().map(|e| e.encode()), batch.checkpoint.note.clone());
             }
             event = events.recv() => {
                 let Some(event) = event else { break };
+                let now = started.elapsed();
                 // Most events reach the replication core: the API's copy of its view is
                 // refreshed within TICK.
                 heads_changed = true;
                 match event {
-                    MeshEvent::Valid { from, valid } => match *valid {
-                        Valid::Entry(entry) if entry.body().feed != own => {
-                            replicator.handle(Input::Entry { from, entry }, started.elapsed(), &mut outputs);
-                        }
-                        Valid::Entries(entries) if entries.first().is_some_and(|e| e.body().feed != own) => {
-                            for entry in entries {
-                                replicator.handle(Input::Entry { from, entry }, started.elapsed(), &mut outputs);
-                            }
-                        }
-                        Valid::Checkpoint { feed, checkpoint } if feed != own => {
-                            replicator.handle(Input::Checkpoint { from, feed, checkpoint }, started.elapsed(), &mut outputs);
-                        }
-                        _ => {}
-                    },
+                    MeshEvent::Valid { from, valid } => {
+                        core.gossip(from, *valid, now, &mut outputs);
+                    }
                     MeshEvent::BidRequest { from, request, reply } => {
                         // A full queue drops the call: the caller's window closes without it.
                         let _ = bids.try_send((from, request, reply));
@@ -275,7 +199,7 @@ pub async fn run(task: MeshTask) {
                             members.insert(key.to_bytes());
                         }
                         if fab_mesh::net::in_scope(&scope, &peer) {
-                            replicator.handle(Input::PeerUp(peer), started.elapsed(), &mut outputs);
+                            core.peer_up(peer, now, &mut outputs);
                         }
                     }
                     MeshEvent::PeerDisconnected(peer) => {
@@ -286,7 +210,7 @@ pub async fn run(task: MeshTask) {
                             }
                         }
                         if fab_mesh::net::in_scope(&scope, &peer) {
-                            replicator.handle(Input::PeerDown(peer), started.elapsed(), &mut outputs);
+                            core.peer_down(peer, now, &mut outputs);
                         }
                     }
                     MeshEvent::ExecRequest { from, request, reply } => {
@@ -312,50 +236,36 @@ pub async fn run(task: MeshTask) {
                             let heads = heads
                                 .into_iter()
                                 .filter_map(|(k, n)| PublicKey::from_bytes(&k).map(|f| (f, n)))
-                                .filter(|(f, _)| *f != own)
                                 .collect();
-                            replicator.handle(Input::Heads { from, heads }, started.elapsed(), &mut outputs);
+                            core.heads(from, heads, now, &mut outputs);
                         }
                         SyncResponse::Range { feed, start, entries } => {
-                            if let Some(feed) = PublicKey::from_bytes(&feed).filter(|f| *f != own) {
-                                replicator.handle(Input::Range { from, feed, start, entries }, started.elapsed(), &mut outputs);
+                            if let Some(feed) = PublicKey::from_bytes(&feed) {
+                                core.range(from, feed, start, entries, now, &mut outputs);
                             }
                         }
                         SyncResponse::Refused(reason) => tracing::debug!(peer = %from, %reason, "sync refused"),
                     },
                 }
-                if !unsent.is_empty() {
-                    flush(&mesh, &mut unsent, &gossiped).await;
-                }
             }
             () = crate::wake::sleep_until(wake), if wake.is_some() => {
                 let now = tokio::time::Instant::now();
-                // A held checkpoint goes out once its slot is open, unless entries it covers
-                // are still lingering (they go first, with it, in a few milliseconds).
-                if lingering.is_empty()
-                    && checkpoint_sent.is_none_or(|t| t.elapsed() >= CHECKPOINT_GOSSIP_EVERY)
-                    && let Some(note) = held.take()
-                {
-                    unsent.push_back(GossipMsg::Checkpoint { feed: own.to_bytes(), note });
-                    checkpoint_sent = Some(Instant::now());
-                }
                 if sync_due.is_some_and(|t| now >= t) {
                     ledger.sync_replicas();
                     sync_due = stored_since_sync.then(|| now + crate::ledger_writer::REPLICA_SYNC);
                     stored_since_sync = false;
                 }
-                if replicator.poll_timeout().is_some_and(|t| started_at + t <= now) {
-                    replicator.handle(Input::Tick, started.elapsed(), &mut outputs);
+                if core.handle_timeout(started.elapsed(), &mut outputs) {
                     heads_changed = true;
                 }
                 if heads_changed && now >= heads_sent + TICK {
-                    heads.send_replace(replicator.heads());
+                    heads.send_replace(core.replicator().heads());
                     heads_sent = now;
                     heads_changed = false;
                 }
-                flush(&mesh, &mut unsent, &gossiped).await;
             }
         }
+        flush(&mesh, &mut core, own, started.elapsed(), &gossiped).await;
         if apply(&mesh, &ledger, &evidence, &mut outputs).await {
             if sync_due.is_none() {
                 sync_due = Some(tokio::time::Instant::now() + crate::ledger_writer::REPLICA_SYNC);
@@ -366,36 +276,19 @@ pub async fn run(task: MeshTask) {
     }
 }
 
-/// What the mesh task may have to do later, each at its own time.
-struct Wake {
-    replicator: Option<tokio::time::Instant>,
-    checkpoint: Option<tokio::time::Instant>,
-    /// Unsent gossip waits for a subscribed peer: retry every [`TICK`].
-    retry: bool,
-    sync: Option<tokio::time::Instant>,
-    heads: Option<tokio::time::Instant>,
-}
-
-/// The earliest of them; `None` when there is nothing to wake for.
-fn next_wake(w: Wake) -> Option<tokio::time::Instant> {
-    let retry = w.retry.then(|| tokio::time::Instant::now() + TICK);
-    [w.replicator, w.checkpoint, retry, w.sync, w.heads]
-        .into_iter()
-        .flatten()
-        .min()
-}
-
 /// Answers a peer's sync request from the own feed or a replica.
 async fn serve(own: PublicKey, ledger: &LedgerClient, request: SyncRequest) -> SyncResponse {
     match request {
         SyncRequest::Heads => {
             let (size, _) = ledger.head().await;
-            let mut heads = vec![(own.to_bytes(), size)];
             match ledger.replica_heads().await {
-                Ok(r) => heads.extend(r.into_iter().map(|(k, n, _)| (k, n))),
-                Err(e) => return storage_refusal(&e),
+                Ok(r) => SyncResponse::Heads(serve_heads(
+                    own.to_bytes(),
+                    size,
+                    r.into_iter().map(|(k, n, _)| (k, n)),
+                )),
+                Err(e) => storage_refusal(&e),
             }
-            SyncResponse::Heads(heads)
         }
         SyncRequest::Range { feed, start, count } => {
             let limit = count.min(RANGE_MAX) as usize;

@@ -118,7 +118,7 @@ impl MeshConfig {
             listen: Vec::new(),
             mdns: true,
             bootstrap: Vec::new(),
-            heartbeat: Duration::from_millis(500),
+            heartbeat: crate::node::gossip::HEARTBEAT,
             peers_target: 8,
             connections_max: 128,
             memory_transport: false,
@@ -338,13 +338,13 @@ fn identify_protocol(network: &str) -> String {
     format!("/fabnode/1.0.0/{network}")
 }
 
-/// The Kademlia protocol id: one DHT per network, so discovery never crosses meshes.
 /// Largest batch of gossipsub control messages (IHAVE, IWANT, IDONTWANT, GRAFT, PRUNE) in one
 /// frame.
 const CONTROL_BYTES_MAX: usize = 64 * 1024;
 /// Most message ids gossipsub puts in one IHAVE or IWANT batch (ids are 32-byte content ids).
-const CONTROL_IDS_MAX: usize = 512;
+use crate::node::gossip::CONTROL_IDS_MAX;
 
+/// The Kademlia protocol id: one DHT per network, so discovery never crosses meshes.
 pub fn kad_protocol(network: &str) -> String {
     format!("/fabnode/{network}/kad/1.0.0")
 }
@@ -385,7 +385,7 @@ fn transport_of(addr: &Multiaddr) -> &'static str {
 }
 
 /// How often the event loop checks its connection count against the target.
-const MAINTAIN_EVERY: Duration = Duration::from_secs(2);
+use crate::node::gossip::MAINTAIN_EVERY;
 /// How often a node re-walks the DHT while it has fewer connections than its target: first
 /// after [`BOOTSTRAP_FIRST`], then twice as long each time up to this. Nodes that start
 /// together learn of each other only from walks made after their bootstrap peer heard of
@@ -418,6 +418,7 @@ pub fn start(
         .with_max_established_per_peer(Some(2))
         .with_max_pending_incoming(Some(64))
         .with_max_pending_outgoing(Some(64));
+    use crate::node::gossip as gossip_params;
     let make_behaviour = |kp: &libp2p::identity::Keypair| -> Result<Behaviour, Box<dyn std::error::Error + Send + Sync>> {
             // Messages carry no libp2p signature (anonymous mode): every payload is signed by the
             // node it is about (entries, checkpoints, telemetry) and checked by the validators,
@@ -429,6 +430,14 @@ pub fn start(
                 // Nothing is forwarded before the application has validated it.
                 .validate_messages()
                 .heartbeat_interval(heartbeat)
+                // The simulator models these same values (crate::node::gossip).
+                .mesh_n(gossip_params::MESH_DEGREE)
+                .mesh_n_low(gossip_params::MESH_LOW)
+                .mesh_n_high(gossip_params::MESH_HIGH)
+                .gossip_lazy(gossip_params::GOSSIP_LAZY)
+                .duplicate_cache_time(gossip_params::DUPLICATE_CACHE)
+                .history_length(gossip_params::HISTORY_LENGTH)
+                .history_gossip(gossip_params::HISTORY_GOSSIP)
                 // A frame holds one message (with room for gossipsub's framing) or a batch of
                 // control messages. gossipsub's defaults let a node send IHAVE/IWANT batches of
                 // 5,000 ids (~170 KB) that its peers' 16 KB control limit then refuses, and a

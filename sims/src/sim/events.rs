@@ -132,11 +132,52 @@ impl Sim {
         }
     }
 
-    pub(super) fn input(&mut self, node: usize, input: Input<usize>) {
-        let mut out = Vec::new();
+    /// Calls `n`'s mesh core, carries out what it decided, publishes what it releases and
+    /// keeps its wake-up scheduled: what the node's mesh task does after each event.
+    pub(super) fn core(
+        &mut self,
+        n: usize,
+        call: impl FnOnce(&mut MeshNode<usize, ()>, Duration, &mut Vec<Output<usize>>),
+    ) {
         let now = self.engine.now();
-        self.nodes[node].replicator.handle(input, now, &mut out);
-        self.apply(node, out);
+        let mut out = Vec::new();
+        call(&mut self.nodes[n].core, now, &mut out);
+        self.apply(n, out);
+        self.drive(n);
+    }
+
+    /// Publishes what `n`'s core releases now (a checkpoint is signed as it goes out, over the
+    /// entries released before it) and schedules the core's next wake-up.
+    fn drive(&mut self, n: usize) {
+        let now = self.engine.now();
+        while let Some(gossip) = self.nodes[n].core.poll_gossip(now) {
+            let payload = match gossip {
+                Gossip::Entries(msg) => msg.encode(),
+                Gossip::Checkpoint(()) => {
+                    let node = &self.nodes[n];
+                    let cp = fab_ledger::checkpoint::Checkpoint::sign(
+                        &node.keypair,
+                        NETWORK,
+                        node.own.len() as u64,
+                        node.tree.root(),
+                    );
+                    let feed = node.key.to_bytes();
+                    GossipMsg::Checkpoint {
+                        feed,
+                        note: cp.note,
+                    }
+                    .encode()
+                }
+            };
+            self.publish(n, Payload::new(payload, false));
+        }
+        if let Some(t) = self.nodes[n].core.poll_timeout() {
+            let t = t.max(now);
+            if self.nodes[n].core_wake.is_none_or(|w| t < w) {
+                self.nodes[n].core_wake = Some(t);
+                self.engine.after(t - now, Event::Core(n));
+            }
+        }
     }
 
     pub(super) fn handle(&mut self, event: Event) {
@@ -170,14 +211,32 @@ impl Sim {
                     }
                 }
             }
-            Event::Checkpoint(n) => {
-                self.nodes[n].checkpoint_timer = false;
-                self.checkpoint_if_due(n);
+            Event::Core(n) => {
+                if !self.nodes[n].up {
+                    return; // a restart schedules its own
+                }
+                if self.nodes[n].core_wake.is_some_and(|w| w <= now) {
+                    self.nodes[n].core_wake = None;
+                }
+                self.core(n, |core, now, out| {
+                    core.handle_timeout(now, out);
+                });
             }
             Event::AuctionTick(n) => {
-                self.nodes[n].auction_ticking = false;
-                if self.nodes[n].up {
+                if self.nodes[n].auction_wake.is_some_and(|w| w <= now) {
+                    self.nodes[n].auction_wake = None;
+                }
+                if !self.nodes[n].up {
+                    return; // a restart starts a new auction
+                }
+                if self.nodes[n]
+                    .auction
+                    .poll_timeout()
+                    .is_some_and(|t| t <= now)
+                {
                     self.auction(n, auction::Input::Tick);
+                } else {
+                    self.schedule_auction(n);
                 }
             }
             Event::Finish { node, life } => {
@@ -292,30 +351,16 @@ impl Sim {
                                 Verdict::Reject(reason) => Err(reason),
                             })
                             .clone();
-                        let own = self.nodes[to].key;
                         match verdict {
-                            Ok(Valid::Entry(entry)) if entry.body().feed != own => {
-                                self.input(to, Input::Entry { from, entry });
-                                self.forward(to, from, payload);
-                            }
-                            Ok(Valid::Entries(entries))
-                                if entries.first().is_some_and(|e| e.body().feed != own) =>
-                            {
-                                for entry in entries {
-                                    self.input(to, Input::Entry { from, entry });
+                            Ok(valid) => {
+                                let mut used = false;
+                                self.core(to, |core, now, out| {
+                                    used = core.gossip(from, valid, now, out);
+                                });
+                                if used {
+                                    self.forward(to, from, payload);
                                 }
-                                self.forward(to, from, payload);
                             }
-                            Ok(Valid::Checkpoint { feed, checkpoint }) if feed != own => {
-                                let input = Input::Checkpoint {
-                                    from,
-                                    feed,
-                                    checkpoint,
-                                };
-                                self.input(to, input);
-                                self.forward(to, from, payload);
-                            }
-                            Ok(_) => {} // its own, back from a peer
                             Err(_) if self.nodes[from].forger => {
                                 // Dropped, not forwarded; gossipsub penalises the sender.
                                 self.report.forgeries_rejected += 1;
@@ -328,18 +373,15 @@ impl Sim {
                     }
                     Msg::HeadsRequest => {
                         let me = &self.nodes[to];
-                        let mut heads = vec![(me.key, me.own.len() as u64)];
-                        for (feed, ids) in &me.replicas {
-                            if let (false, Some(&o)) = (ids.is_empty(), self.index.get(feed)) {
-                                heads.push((self.nodes[o].key, ids.len() as u64));
-                            }
-                        }
+                        let replicas = me.replicas.iter().filter_map(|(feed, ids)| {
+                            let &o = self.index.get(feed)?;
+                            Some((self.nodes[o].key, ids.len() as u64))
+                        });
+                        let heads = serve_heads(me.key, me.own.len() as u64, replicas);
                         self.send(to, from, Msg::Heads(heads));
                     }
                     Msg::Heads(heads) => {
-                        let own = self.nodes[to].key;
-                        let heads = heads.into_iter().filter(|(f, _)| *f != own).collect();
-                        self.input(to, Input::Heads { from, heads });
+                        self.core(to, |core, now, out| core.heads(from, heads, now, out));
                     }
                     Msg::RangeRequest { feed, start, count } => {
                         // What it holds, entry by entry as its author signed it.
@@ -371,17 +413,9 @@ impl Sim {
                         start,
                         entries,
                     } => {
-                        if feed != self.nodes[to].key {
-                            self.input(
-                                to,
-                                Input::Range {
-                                    from,
-                                    feed,
-                                    start,
-                                    entries,
-                                },
-                            );
-                        }
+                        self.core(to, |core, now, out| {
+                            core.range(from, feed, start, entries, now, out);
+                        });
                     }
                 }
             }
@@ -398,7 +432,6 @@ impl Sim {
                     if self.nodes[n].forger && now < self.fault_end && self.engine.chance(0.4) {
                         self.forge(n);
                     }
-                    self.input(n, Input::Tick);
                     if now >= self.nodes[n].dialed_at + REDIAL_EVERY {
                         self.nodes[n].dialed_at = now;
                         self.redial(n);
@@ -525,7 +558,7 @@ impl Sim {
         }
         for p in self.links[n].clone() {
             if self.nodes[p].up && self.same_shard(n, p) {
-                self.input(p, Input::PeerDown(n));
+                self.core(p, |core, now, out| core.peer_down(n, now, out));
             }
         }
     }
@@ -537,8 +570,8 @@ impl Sim {
     /// `a` and `b` are connected: peers of one shard replicate with each other.
     fn peer_up(&mut self, a: usize, b: usize) {
         if self.same_shard(a, b) {
-            self.input(a, Input::PeerUp(b));
-            self.input(b, Input::PeerUp(a));
+            self.core(a, |core, now, out| core.peer_up(b, now, out));
+            self.core(b, |core, now, out| core.peer_up(a, now, out));
         }
     }
 
@@ -681,24 +714,24 @@ impl Sim {
         self.nodes[n].own_ids.push(entry.id());
         self.nodes[n].tree.append(leaf_hash(&entry.encode()));
         self.nodes[n].own.push(entry.clone());
-        self.nodes[n].checkpoint_held = true;
         self.report.entries += 1;
-        let payload = GossipMsg::Entry(entry.encode()).encode();
         let Some(twin) = twin else {
-            self.publish(n, Payload::new(payload, false));
-            self.checkpoint_if_due(n);
+            // Paced like the node's: out at once after a quiet spell, batched under load.
+            self.core(n, |core, _, _| core.committed([entry.encode()], ()));
             return;
         };
-        // One version to half its peers, the other to the rest; both answer IWANT.
+        // One version to half its peers, the other to the rest, at once (an equivocator does
+        // not follow the pacing); both answer IWANT.
         self.report.forks += 1;
         trace_event(&mut self.trace, 8, &[n]);
         self.nodes[n].forks.insert(twin.id(), twin.clone());
+        let payload = GossipMsg::Entry(entry.encode()).encode();
         let other = GossipMsg::Entry(twin.encode()).encode();
         let links = self.gossip_peers(n);
         let (first, rest) = links.split_at(links.len() / 2);
         self.publish_to(n, Payload::new(payload, false), first);
         self.publish_to(n, Payload::new(other, false), rest);
-        self.checkpoint_if_due(n);
+        self.core(n, |core, _, _| core.committed([], ()));
     }
 
     /// A forger sends one forged message to every connection: another node's newest entry
@@ -722,43 +755,6 @@ impl Sim {
         for to in self.gossip_peers(n) {
             self.send(n, to, Msg::Gossip(payload.clone()));
         }
-    }
-
-    /// Gossips `n`'s newest checkpoint (its signed tree head) when one is held and the last
-    /// went out at least [`CHECKPOINT_EVERY`] ago, as a node does after its commits.
-    fn checkpoint_if_due(&mut self, n: usize) {
-        let now = self.engine.now();
-        let node = &self.nodes[n];
-        if !node.up || !node.checkpoint_held {
-            return;
-        }
-        if let Some(t) = node.checkpoint_at
-            && now < t + CHECKPOINT_EVERY
-        {
-            // Held until its turn, as the node's mesh task holds it.
-            if !node.checkpoint_timer {
-                self.nodes[n].checkpoint_timer = true;
-                self.engine
-                    .after(t + CHECKPOINT_EVERY - now, Event::Checkpoint(n));
-            }
-            return;
-        }
-        let size = node.own.len() as u64;
-        let cp = fab_ledger::checkpoint::Checkpoint::sign(
-            &node.keypair,
-            NETWORK,
-            size,
-            node.tree.root(),
-        );
-        let payload = GossipMsg::Checkpoint {
-            feed: node.key.to_bytes(),
-            note: cp.note,
-        }
-        .encode();
-        let node = &mut self.nodes[n];
-        node.checkpoint_held = false;
-        node.checkpoint_at = Some(now);
-        self.publish(n, Payload::new(payload, false));
     }
 
     /// The entry a holder has at position `i` of `owner`'s feed, by its id: the owner's own,

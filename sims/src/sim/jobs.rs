@@ -159,10 +159,20 @@ impl Sim {
                 }
             }
         }
+        self.schedule_auction(n);
+    }
+
+    /// Keeps an [`Event::AuctionTick`] scheduled for when `n`'s auction next needs one
+    /// ([`Auction::poll_timeout`]), as the node's placer sleeps until then.
+    pub(super) fn schedule_auction(&mut self, n: usize) {
+        let now = self.engine.now();
         let node = &mut self.nodes[n];
-        if node.auction.in_flight() > 0 && !node.auction_ticking {
-            node.auction_ticking = true;
-            self.engine.after(AUCTION_TICK, Event::AuctionTick(n));
+        if let Some(t) = node.auction.poll_timeout() {
+            let t = t.max(now);
+            if node.auction_wake.is_none_or(|w| t < w) {
+                node.auction_wake = Some(t);
+                self.engine.after(t - now, Event::AuctionTick(n));
+            }
         }
     }
 

@@ -39,7 +39,8 @@ use std::time::Duration;
 
 use fab_ledger::merkle::{Frontier, leaf_hash};
 use fab_ledger::{ContentId, EntryBody, FeedWriter, Keypair, PublicKey, SignedEntry};
-use fab_mesh::replicate::{Input, Output, ReplicateConfig, Replicator};
+use fab_mesh::node::{Gossip, MeshNode, NodeConfig, serve_heads};
+use fab_mesh::replicate::{Output, ReplicateConfig, Replicator};
 use fab_mesh::shard::Scope;
 pub use fab_mesh::shard::Shards;
 use fab_mesh::validate::{Valid, Verdict, validate_in};
@@ -56,37 +57,19 @@ use crate::fleet::{LinkProfile, Model, Profile, WAN_ONE_WAY_US, gini, pick};
 type JobId = auction::JobId;
 
 const NETWORK: &str = "sim";
-/// Own checkpoints are gossiped at most this often (the node's `CHECKPOINT_GOSSIP_EVERY`).
-const CHECKPOINT_EVERY: Duration = Duration::from_millis(200);
-/// A node below its connection target dials more peers this often (the node's discovery
-/// loop, `mesh.peers_target`).
-const REDIAL_EVERY: Duration = Duration::from_secs(2);
-/// How long a node remembers a gossip message id (gossipsub's `duplicate_cache_time`).
-const DUPLICATE_CACHE: Duration = Duration::from_secs(60);
 /// The validators' shared verdicts are forgotten this often, so long runs do not keep every
 /// payload (a verdict depends on the bytes alone: recomputing it changes nothing).
 const VERDICT_CACHE: Duration = Duration::from_secs(60);
-/// The auction's clock step while it places jobs (the node's placer ticks as often).
-const AUCTION_TICK: Duration = Duration::from_millis(5);
 /// Ledger entry kind of a simulated execution: `[job id, attempt, requester]`.
 const KIND_RUN: u64 = 98;
 /// Regions the fleet is spread over, round robin.
 const REGIONS: [&str; 2] = ["eu", "us"];
-/// gossipsub's mesh degree D, and the bounds the heartbeat keeps it in (D_lo, D_hi).
-pub const MESH_DEGREE: usize = 6;
-const MESH_LOW: usize = 4;
-const MESH_HIGH: usize = 12;
-/// Peers outside the mesh that get IHAVE gossip each heartbeat (D_lazy).
-const GOSSIP_LAZY: usize = 6;
-/// The node's gossipsub heartbeat.
-const HEARTBEAT: Duration = Duration::from_millis(500);
-/// Heartbeats a message stays in the message cache (answers IWANT), and of those, the
-/// heartbeats whose ids are announced in IHAVE (gossipsub's history_length and
-/// history_gossip).
-const MCACHE_LEN: usize = 5;
-const MCACHE_GOSSIP: usize = 3;
-/// Most ids in one IHAVE or IWANT (the node's `max_control_messages_sent` batch).
-const CONTROL_IDS_MAX: usize = 512;
+/// The gossip layer's parameters, the node's own.
+pub use fab_mesh::node::gossip::MESH_DEGREE;
+use fab_mesh::node::gossip::{
+    CONTROL_IDS_MAX, DUPLICATE_CACHE, GOSSIP_LAZY, HEARTBEAT, HISTORY_GOSSIP as MCACHE_GOSSIP,
+    HISTORY_LENGTH as MCACHE_LEN, MAINTAIN_EVERY as REDIAL_EVERY, MESH_HIGH, MESH_LOW,
+};
 
 /// Adds an event to the trace hash: its kind and every node index in full (four bytes each;
 /// indices above 255 used to be truncated to one byte, so two runs that differed only in which
@@ -212,11 +195,11 @@ enum Event {
         msg: Box<Msg>,
     },
     /// A node's timer, every [`HEARTBEAT`]: its gossipsub heartbeat (mesh upkeep, IHAVE gossip,
-    /// message cache shift), its replication core's tick, its telemetry when due, the sync of
-    /// replica writes, redials.
+    /// message cache shift), its telemetry when due, the sync of replica writes, redials.
     Tick(usize),
-    /// A node's held checkpoint may go out now.
-    Checkpoint(usize),
+    /// A node's mesh core asked to be woken now ([`MeshNode::poll_timeout`]: replication
+    /// deadlines, own-gossip slots).
+    Core(usize),
     Crash(usize),
     Restart(usize),
     /// A node leaves the mesh for good; the k-th joiner joins.
@@ -224,7 +207,7 @@ enum Event {
     Join(usize),
     /// A client submits a job at a random node.
     Submit,
-    /// A node's auction clock advances (while it places jobs).
+    /// A node's auction asked to be woken now ([`Auction::poll_timeout`]).
     AuctionTick(usize),
     /// A run ends on `node`, unless the node crashed since (`life` changed).
     Finish {
@@ -272,14 +255,15 @@ struct Node {
     shard: u16,
     /// When its telemetry is next considered for publication.
     next_publish: Duration,
-    /// A [`Event::Checkpoint`] is scheduled.
-    checkpoint_timer: bool,
+    /// The earliest [`Event::Core`] scheduled and not yet handled.
+    core_wake: Option<Duration>,
     profile: usize,
     /// Its access link, an index into [`Config::links`].
     link: usize,
     /// The requester side of the scheduler; its state dies with the process.
     auction: Auction<usize>,
-    auction_ticking: bool,
+    /// The earliest [`Event::AuctionTick`] scheduled and not yet handled.
+    auction_wake: Option<Duration>,
     view: TelemetryView,
     telemetry_seq: u64,
     /// The last report it published, and when.
@@ -308,7 +292,9 @@ struct Node {
     forks: BTreeMap<ContentId, SignedEntry>,
     writer: FeedWriter,
     own: Vec<SignedEntry>,
-    replicator: Replicator<usize>,
+    /// The node's mesh core (replication, own-gossip pacing), the one the node runs; its
+    /// checkpoints are signed when they go out (`()` until then).
+    core: MeshNode<usize, ()>,
     /// Ids of the entries held of each other feed, in order. The entries themselves are the
     /// owner's (a replica holding an entry with another id is reported at the end), so a
     /// run keeps one copy of each entry however many nodes hold it.
@@ -317,9 +303,6 @@ struct Node {
     own_ids: Vec<ContentId>,
     /// The Merkle frontier of its own feed, for its checkpoints.
     tree: Frontier,
-    /// When it last gossiped a checkpoint, and whether a newer one is waiting for its turn.
-    checkpoint_at: Option<Duration>,
-    checkpoint_held: bool,
     /// Gossip already seen (gossipsub's duplicate cache), by message id: BLAKE3 of the payload,
     /// as the node's gossipsub config sets it; checked before validation, as there.
     seen: IdSet,
@@ -352,17 +335,18 @@ impl Node {
         config: &Config,
     ) -> Self {
         let key = Keypair::from_secret(secret);
-        let scope = Scope::of(config.shards(), &key.public());
+        let scope_key = key.public();
+        let scope = Scope::of(config.shards(), &scope_key);
         Node {
             key: key.public(),
             keypair: key.clone(),
             shard: scope.shard,
             next_publish: Duration::ZERO,
-            checkpoint_timer: false,
+            core_wake: None,
             profile,
             link,
             auction: Auction::new(auction_config()),
-            auction_ticking: false,
+            auction_wake: None,
             view: TelemetryView::new(config.telemetry_stale.as_millis() as u64),
             telemetry_seq: 0,
             published: None,
@@ -380,12 +364,14 @@ impl Node {
             forks: BTreeMap::new(),
             writer: FeedWriter::resume(key, 0, None),
             own: Vec::new(),
-            replicator: Replicator::new(replicate_config(scope)),
+            core: MeshNode::new(
+                scope_key,
+                Replicator::new(replicate_config(scope)),
+                NodeConfig::default(),
+            ),
             replicas: BTreeMap::new(),
             own_ids: Vec::new(),
             tree: Frontier::new(),
-            checkpoint_at: None,
-            checkpoint_held: false,
             seen: Default::default(),
             seen_before: Default::default(),
             seen_since: Duration::ZERO,
@@ -402,9 +388,10 @@ impl Node {
     /// A restart with a replication core rebuilt from what the node had stored; what lived
     /// in memory (the auction, the telemetry view and counter) starts over.
     fn restart(&mut self, replicator: Replicator<usize>, config: &Config) {
-        self.replicator = replicator;
+        self.core = MeshNode::new(self.key, replicator, NodeConfig::default());
+        self.core_wake = None;
         self.auction = Auction::new(auction_config());
-        self.auction_ticking = false;
+        self.auction_wake = None;
         self.view = TelemetryView::new(config.telemetry_stale.as_millis() as u64);
         self.telemetry_seq = 0;
         self.published = None;
@@ -590,7 +577,7 @@ fn run_part(config: &Config, plan: plan::Plan, watch: &mut dyn FnMut(Progress)) 
     for a in 0..sim.nodes.len() {
         for b in sim.links[a].clone() {
             if sim.same_shard(a, b) {
-                sim.input(a, Input::PeerUp(b));
+                sim.core(a, |core, now, out| core.peer_up(b, now, out));
             }
         }
         let offset = Duration::from_micros(sim.engine.uniform(0, 500_000));
