@@ -88,10 +88,10 @@ fn sustained(
         .iter()
         .map(|p| own_entries(p))
         .sum::<Result<u64>>()?;
-    let cpu = |ps: &[&Proc]| -> u64 {
+    let cpu = |ps: &[&Proc]| -> Vec<u64> {
         ps.iter()
             .map(|p| crate::bench_mesh::cpu_ticks(p.child.id()))
-            .sum()
+            .collect()
     };
     let cpu_before = cpu(ledgers);
     let done = AtomicU64::new(0);
@@ -134,10 +134,18 @@ fn sustained(
         .iter()
         .map(|p| own_entries(p))
         .sum::<Result<u64>>()?;
-    let cpu_s = (cpu(ledgers) - cpu_before) as f64 / crate::bench_mesh::clock_ticks_per_s();
+    let ticks = crate::bench_mesh::clock_ticks_per_s();
+    let each: Vec<f64> = cpu(ledgers)
+        .iter()
+        .zip(&cpu_before)
+        .map(|(after, before)| after.saturating_sub(*before) as f64 / ticks)
+        .collect();
+    let cpu_s: f64 = each.iter().sum();
+    let per_job = |s: f64| s * 1e6 / done.max(1) as f64;
     Ok(json!({
         "node_cpu_s": cpu_s,
-        "node_cpu_us_per_job": cpu_s * 1e6 / done.max(1) as f64,
+        "node_cpu_us_per_job": per_job(cpu_s),
+        "node_cpu_us_per_job_each": each.iter().map(|s| per_job(*s).round()).collect::<Vec<_>>(),
         "clients": clients, "seconds": elapsed.as_secs_f64(), "jobs_ok": done, "jobs_failed": failed,
         "jobs_per_s": done as f64 / elapsed.as_secs_f64(),
         "entries_written": all_nodes_after - before,
@@ -223,6 +231,10 @@ pub fn run(
     settle(&nodes)?;
     let every_node = sustained(&all, &all, clients, seconds, &[], &images)?;
     settle(&nodes)?;
+    // The same load on R alone with default placement: R runs nearly every job itself, so the
+    // four others' CPU per job is what keeping a replica of one busy feed costs.
+    let on_r = sustained(&[r], &all, clients, seconds, &[], &images)?;
+    settle(&nodes)?;
     wait_for_telemetry(r, NODES - 1, Duration::from_secs(30))?;
     let through_auction = sustained(&[r], &all, clients, seconds, &["edge"], &images)?;
     // How the last placed jobs went: attempts per job, and what ended the failed attempts.
@@ -265,6 +277,7 @@ pub fn run(
         "pinned_remote": {"what": "reference: \"on\": the same winner, no auction", "overhead": stats(pinned)},
         "inference": stats(inference),
         "sustained_every_node": {"what": "clients spread over all 5 nodes, default placement (each node's own auction), every execution ledgered", "result": every_node},
+        "sustained_on_r": {"what": "clients all on R, default placement (R runs nearly every job itself): node_cpu_us_per_job_each shows what a replica of a busy feed costs per entry", "result": on_r},
         "last_1024_jobs_attempts": attempts,
         "a_job_with_retries": sample_failure,
         "sustained_one_node": {"what": "the same clients on one node with no peers, placement by its own auction (fast path), every execution ledgered", "result": one_node},

@@ -52,7 +52,12 @@ impl Error {
     }
 }
 
-/// A blocking API client. Cheap to clone (the connection pool is shared).
+/// Idle keep-alive connections a client (and its clones) keeps open, per node. The node serves
+/// 256 connections by default (`api.connections_max`).
+pub const IDLE_CONNECTIONS_MAX: usize = 64;
+
+/// A blocking API client. Cheap to clone (the connection pool is shared: up to
+/// [`IDLE_CONNECTIONS_MAX`] threads each keep their connection between calls).
 #[derive(Debug, Clone)]
 pub struct Client {
     base: String,
@@ -67,6 +72,10 @@ impl Client {
         let agent = ureq::Agent::config_builder()
             .http_status_as_error(false)
             .timeout_global(Some(timeout))
+            // Clones share the pool: keep a connection per thread that uses it (ureq keeps 3
+            // per host by default, so a fourth concurrent caller reconnected on every call).
+            .max_idle_connections(IDLE_CONNECTIONS_MAX)
+            .max_idle_connections_per_host(IDLE_CONNECTIONS_MAX)
             .build()
             .new_agent();
         Client {
