@@ -134,6 +134,20 @@ fn sustained(
         .iter()
         .map(|p| own_entries(p))
         .sum::<Result<u64>>()?;
+    // How the last jobs each submission node placed were placed: its own fast path, a call
+    // for bids won by itself, or a run on a peer.
+    let (mut fast, mut bid_here, mut on_peer) = (0u64, 0u64, 0u64);
+    for p in nodes {
+        for j in p.client.jobs(1024)?.jobs {
+            if j.fast_path {
+                fast += 1;
+            } else if j.executors.iter().all(|e| *e == p.peer_id) {
+                bid_here += 1;
+            } else {
+                on_peer += 1;
+            }
+        }
+    }
     let ticks = crate::bench_mesh::clock_ticks_per_s();
     let each: Vec<f64> = cpu(ledgers)
         .iter()
@@ -146,6 +160,7 @@ fn sustained(
         "node_cpu_s": cpu_s,
         "node_cpu_us_per_job": per_job(cpu_s),
         "node_cpu_us_per_job_each": each.iter().map(|s| per_job(*s).round()).collect::<Vec<_>>(),
+        "last_jobs_placed": {"fast_path": fast, "bids_won_here": bid_here, "on_a_peer": on_peer},
         "clients": clients, "seconds": elapsed.as_secs_f64(), "jobs_ok": done, "jobs_failed": failed,
         "jobs_per_s": done as f64 / elapsed.as_secs_f64(),
         "entries_written": all_nodes_after - before,

@@ -184,11 +184,15 @@ impl<P: Clone + Ord + std::fmt::Debug, C> MeshNode<P, C> {
                 .replicator
                 .handle(Input::Entry { from, entry }, now, out),
             Valid::Entries(entries) => {
+                // One Store for a run of a batch, not one per entry: the driver makes one
+                // storage round trip per gossip message.
+                let mut each = Vec::new();
                 for entry in entries {
                     let from = from.clone();
                     self.replicator
-                        .handle(Input::Entry { from, entry }, now, out);
+                        .handle(Input::Entry { from, entry }, now, &mut each);
                 }
+                out.extend(coalesce(each));
             }
             Valid::Checkpoint { feed, checkpoint } => self.replicator.handle(
                 Input::Checkpoint {
@@ -335,6 +339,24 @@ impl<P: Clone + Ord + std::fmt::Debug, C> MeshNode<P, C> {
     }
 }
 
+/// Merges adjacent [`Output::Store`]s of one feed (the order of everything is kept).
+fn coalesce<P>(outputs: Vec<Output<P>>) -> Vec<Output<P>> {
+    let mut merged: Vec<Output<P>> = Vec::with_capacity(outputs.len());
+    for o in outputs {
+        match (merged.last_mut(), o) {
+            (
+                Some(Output::Store { feed, entries }),
+                Output::Store {
+                    feed: next,
+                    entries: more,
+                },
+            ) if *feed == next => entries.extend(more),
+            (_, o) => merged.push(o),
+        }
+    }
+    merged
+}
+
 /// The heads a node announces in answer to a heads request: its own feed first, then every
 /// replica it holds something of, at most [`HEADS_MAX`] in all. Served off the node's mesh
 /// loop, so it needs only the node's key.
@@ -462,6 +484,25 @@ mod tests {
             }
         }
         assert!(core.unsent_entries() <= 3, "{}", core.unsent_entries());
+    }
+
+    #[test]
+    fn a_batch_from_a_peer_is_stored_with_one_output() {
+        let (mut core, _) = node();
+        let other = Keypair::from_secret([3; 32]);
+        let mut w = FeedWriter::resume(other.clone(), 0, None);
+        let batch: Vec<_> = (0..5)
+            .map(|t| fab_ledger::SignedEntry::decode_verified(&entry(&mut w, t)).expect("decodes"))
+            .collect();
+        let mut out = Vec::new();
+        assert!(core.gossip(1, Valid::Entries(batch), MS, &mut out));
+        match &out[..] {
+            [Output::Store { feed, entries }] => {
+                assert_eq!(*feed, other.public());
+                assert_eq!(entries.len(), 5);
+            }
+            other => panic!("expected one Store, got {other:?}"),
+        }
     }
 
     #[test]

@@ -89,7 +89,6 @@ struct ReplicaWrite {
     feed: fab_ledger::PublicKey,
     entries: Vec<SignedEntry>,
     trusted: Option<Checkpoint>,
-    reply: oneshot::Sender<Result<(), String>>,
 }
 
 /// A committed batch of this node's own entries and the checkpoint that covers it, handed to
@@ -228,7 +227,6 @@ fn run(
                         feed: peer_feed,
                         entries,
                         trusted,
-                        reply,
                     } = *w;
                     replicas.entries += entries.len();
                     replicas.writes.push((peer_feed, entries, trusted));
@@ -236,7 +234,6 @@ fn run(
                     if replicas.entries >= REPLICA_BUFFER_MAX {
                         replicas.flush(&mut store);
                     }
-                    let _ = reply.send(Ok(()));
                 }
             }
             if pending.len() < batch_max {
@@ -353,23 +350,25 @@ impl LedgerClient {
             .unwrap_or_else(|| Err("the ledger writer has stopped".into()))
     }
 
-    /// Stores verified entries (and a newly trusted checkpoint) of another node's feed.
+    /// Hands verified entries (and a newly trusted checkpoint) of another node's feed to the
+    /// writer, which buffers them and writes them within [`REPLICA_SYNC`] (a failed write is
+    /// logged there; catch-up fetches what was lost). Waits only for room in the queue, not
+    /// for the writer: one gossip message costs the mesh task no round trip.
     pub async fn store_replica(
         &self,
         feed: fab_ledger::PublicKey,
         entries: Vec<SignedEntry>,
         trusted: Option<Checkpoint>,
     ) -> Result<(), String> {
-        self.ask(|reply| {
-            Command::Replica(Box::new(ReplicaWrite {
-                feed,
-                entries,
-                trusted,
-                reply,
-            }))
-        })
-        .await
-        .unwrap_or_else(|| Err("the ledger writer has stopped".into()))
+        let write = ReplicaWrite {
+            feed,
+            entries,
+            trusted,
+        };
+        self.tx
+            .send(Command::Replica(Box::new(write)))
+            .await
+            .map_err(|_| "the ledger writer has stopped".to_owned())
     }
 
     pub async fn replica_heads(&self) -> Result<Vec<ReplicaHead>, String> {
