@@ -52,13 +52,22 @@ pub fn start(t: &TestDir, env: &[(String, String)]) -> RunningNode {
 }
 
 /// Polls `check` until it holds or the deadline passes; returns how long it took.
-pub fn wait_for(what: &str, limit: Duration, mut check: impl FnMut() -> bool) -> Duration {
+pub fn wait_for(what: &str, limit: Duration, check: impl FnMut() -> bool) -> Duration {
+    let t0 = Instant::now();
+    assert!(holds_within(limit, check), "timed out waiting for {what}");
+    t0.elapsed()
+}
+
+/// Polls `check` until it holds (`true`) or `limit` passes (`false`).
+pub fn holds_within(limit: Duration, mut check: impl FnMut() -> bool) -> bool {
     let t0 = Instant::now();
     while !check() {
-        assert!(t0.elapsed() < limit, "timed out waiting for {what}");
+        if t0.elapsed() >= limit {
+            return false;
+        }
         std::thread::sleep(Duration::from_millis(20));
     }
-    t0.elapsed()
+    true
 }
 
 pub fn peer_id(n: &RunningNode) -> String {
